@@ -1,0 +1,93 @@
+"""Input checks shared by every public entry point.
+
+Numba does not check bounds: a buffer one element short is read or written past
+its end silently.  Every public wrapper therefore validates all of its arguments
+*before* any kernel runs, so a rejected call modifies nothing.  Each error names
+the argument and says how to fix it.
+"""
+import numbers
+
+import numpy as np
+
+
+def check_dim(routine, name, value, *, minimum=1):
+    """An integer dimension or count >= ``minimum``; returns it as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{routine}: {name} must be an integer, got {type(value).__name__} "
+            f"{value!r}; pass int({name})"
+        )
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{routine}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_scalar(routine, name, value):
+    """A real number that C would pass as ``float``; returns it as np.float32."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{routine}: {name} must be a real number, got {type(value).__name__} {value!r}"
+        )
+    with np.errstate(over="ignore"):
+        return np.float32(value)
+
+
+def check_buffer(routine, name, arr, length, *, writable=False, at_least=False, what=""):
+    """A flat, C-contiguous, aligned float32 ndarray of exactly ``length`` elements.
+
+    ``at_least=True`` accepts longer buffers (strided BLAS-1 routines, where the
+    C touches only ``(N-1)*INC + 1`` elements).  ``what`` explains ``length``.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(
+            f"{routine}: {name} must be a numpy.ndarray of float32, got "
+            f"{type(arr).__name__}; convert with np.ascontiguousarray({name}, dtype=np.float32)"
+        )
+    if arr.dtype != np.float32:
+        raise TypeError(
+            f"{routine}: {name} must have dtype float32 (native byte order), got {arr.dtype}; "
+            f"convert with np.ascontiguousarray({name}, dtype=np.float32) "
+            "(and copy the result back if the routine writes it)"
+        )
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{routine}: {name} must be a flat 1-D batch-major buffer, got shape {arr.shape}; "
+            f"pass {name}.reshape(-1) of a C-contiguous array"
+        )
+    if not arr.flags.c_contiguous or not arr.flags.aligned:
+        raise ValueError(
+            f"{routine}: {name} is not contiguous (strides {arr.strides}); "
+            f"pass np.ascontiguousarray({name})"
+        )
+    if writable and not arr.flags.writeable:
+        raise ValueError(
+            f"{routine}: {name} is read-only but {routine} writes into it in place; "
+            f"pass a writable copy ({name}.copy())"
+        )
+    n = arr.shape[0]
+    if (n < length) if at_least else (n != length):
+        need = f"at least {length}" if at_least else f"exactly {length}"
+        raise ValueError(
+            f"{routine}: {name} has {n} elements but needs {need}"
+            + (f" ({what})" if what else "")
+            + "; pass a buffer of that size"
+        )
+    return arr
+
+
+def check_no_overlap(routine, written, *read):
+    """Reject a written buffer that shares memory with another argument.
+
+    The C loops run in sequence, so aliasing has one defined result there; the
+    port runs channels in parallel, where aliasing would make the result depend
+    on thread timing.  ``written`` and ``read`` are ``(name, array)`` pairs.
+    """
+    wname, warr = written
+    for rname, rarr in read:
+        if np.may_share_memory(warr, rarr):
+            raise ValueError(
+                f"{routine}: {wname} shares memory with {rname}; the port writes {wname} "
+                "in parallel, so pass separate buffers (e.g. "
+                f"{rname}.copy())"
+            )

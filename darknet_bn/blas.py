@@ -1,0 +1,330 @@
+"""Darknet's ``src/blas.c``: the batchnorm routines, one to one.
+
+Dimensions (named once, as in Darknet)::
+
+    batch    images in the batch                 (l.batch)
+    filters  channels                            (l.out_c)
+    spatial  elements of one channel plane       (l.out_h * l.out_w)
+    index    (b*filters + f)*spatial + k         flat, batch-major, float32
+
+Every routine keeps Darknet's name and argument order and writes in place like
+the C.  The kernel ``_name`` runs ``prange`` over channels with the C's serial
+order inside a channel, so each reduction is summed exactly as Darknet sums it.
+C's float rules are spelled out (docs: ../shared/docs/darknet-semantics.md):
+``float op float`` rounds to float32; a double literal, ``sqrt``, ``pow`` or a
+``double`` operand promotes the sub-expression to float64, rounded to float32
+when stored; ``float / int`` converts the int to float32.
+
+The public function validates every argument (dtype, length, contiguity,
+writability, dimensions, aliasing) before its kernel runs.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import BUF, FLT, INT, kernel, sig
+from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar
+from .dialects import PJREDDIE, get_dialect
+
+_EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cpu
+_EPS = np.float32(0.00001)                 # .00001f everywhere else
+_NEG_THREE_HALVES = np.float64(np.float32(-3.0 / 2.0))   # (float)(-3./2.), then pow(double,...)
+
+
+def _bn_dims(routine, batch, filters, spatial):
+    return (check_dim(routine, "batch", batch), check_dim(routine, "filters", filters),
+            check_dim(routine, "spatial", spatial))
+
+
+def _bn_buf(routine, name, arr, batch, filters, spatial, writable=False):
+    return check_buffer(routine, name, arr, batch * filters * spatial, writable=writable,
+                        what=f"batch*filters*spatial = {batch}*{filters}*{spatial}")
+
+
+def _ch_buf(routine, name, arr, filters, writable=False):
+    return check_buffer(routine, name, arr, filters, writable=writable,
+                        what=f"one value per channel, filters = {filters}")
+
+
+def _strided_buf(routine, name, arr, N, inc, writable=False):
+    need = (N - 1) * inc + 1 if N > 0 else 0
+    return check_buffer(routine, name, arr, need, writable=writable, at_least=True,
+                        what=f"(N-1)*INC+1 with N={N}, INC={inc}")
+
+
+# --------------------------------------------------------------------------
+# mean_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, INT, INT, INT, BUF))
+def _mean_cpu(x, batch, filters, spatial, mean):
+    scale = np.float32(1.0 / (batch * spatial))        # float scale = 1./(batch*spatial)
+    for i in prange(filters):
+        acc = np.float32(0.0)                          # mean[i] = 0
+        for j in range(batch):
+            base = (j * filters + i) * spatial
+            for k in range(spatial):
+                acc += x[base + k]                     # float += float
+        mean[i] = acc * scale                          # mean[i] *= scale
+
+
+def mean_cpu(x, batch, filters, spatial, mean):
+    """``mean_cpu`` (blas.c): ``mean[f] = (sum over b, k of x) * (float)(1./(batch*spatial))``.
+
+    The sum is float32, sequential in (b, k) order from +0.0f.
+    """
+    r = "mean_cpu"
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    _bn_buf(r, "x", x, batch, filters, spatial)
+    _ch_buf(r, "mean", mean, filters, writable=True)
+    check_no_overlap(r, ("mean", mean), ("x", x))
+    _mean_cpu(x, batch, filters, spatial, mean)
+
+
+# --------------------------------------------------------------------------
+# variance_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, INT, INT, INT, BUF))
+def _variance_cpu(x, mean, batch, filters, spatial, variance):
+    scale = np.float32(1.0 / (batch * spatial - 1))    # unbiased: 1./(batch*spatial - 1)
+    for i in prange(filters):
+        m = mean[i]
+        acc = np.float32(0.0)
+        for j in range(batch):
+            base = (j * filters + i) * spatial
+            for k in range(spatial):
+                d = np.float64(x[base + k] - m)        # float difference, promoted by pow()
+                # variance[i] += pow(d, 2): (double)variance[i] + d*d, rounded every step
+                acc = np.float32(np.float64(acc) + d * d)
+        variance[i] = acc * scale
+
+
+def variance_cpu(x, mean, batch, filters, spatial, variance):
+    """``variance_cpu`` (blas.c): unbiased variance, ``/(batch*spatial - 1)``.
+
+    Each step is ``variance[i] += pow(x - mean, 2)``: a float32 difference, squared
+    exactly in float64, added in float64 and rounded back to float32 every
+    iteration.  Needs ``batch*spatial >= 2`` (Darknet divides by zero otherwise).
+    """
+    r = "variance_cpu"
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    if batch * spatial < 2:
+        raise ValueError(
+            f"variance_cpu: batch*spatial = {batch * spatial} leaves one value per channel; "
+            "Darknet's unbiased variance divides by batch*spatial - 1 = 0. "
+            "Use batch >= 2 or a larger spatial size"
+        )
+    _bn_buf(r, "x", x, batch, filters, spatial)
+    _ch_buf(r, "mean", mean, filters)
+    _ch_buf(r, "variance", variance, filters, writable=True)
+    check_no_overlap(r, ("variance", variance), ("x", x), ("mean", mean))
+    _variance_cpu(x, mean, batch, filters, spatial, variance)
+
+
+# --------------------------------------------------------------------------
+# normalize_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, BUF, INT, INT, INT, INT))
+def _normalize_cpu(x, mean, variance, batch, filters, spatial, dialect):
+    for f in prange(filters):
+        m = mean[f]
+        if dialect == PJREDDIE:     # (x - mean)/(sqrt(variance) + .000001f)
+            denom = math.sqrt(np.float64(variance[f])) + np.float64(_EPS_NORMALIZE_PJ)
+        else:                       # (x - mean)/(sqrt(variance + .00001f))
+            denom = math.sqrt(np.float64(variance[f] + _EPS))
+        for b in range(batch):
+            base = (b * filters + f) * spatial
+            for i in range(spatial):
+                x[base + i] = np.float32(np.float64(x[base + i] - m) / denom)
+
+
+def normalize_cpu(x, mean, variance, batch, filters, spatial, *, dialect="pjreddie"):
+    """``normalize_cpu`` (blas.c): ``x = (x - mean) / denominator``, in place.
+
+    pjreddie: ``(x - mean)/(sqrt(variance) + .000001f)``;
+    alexeyab: ``(x - mean)/sqrt(variance + .00001f)``.  The difference is float32;
+    ``sqrt`` and the division are float64, rounded once on store.
+    """
+    r = "normalize_cpu"
+    d = get_dialect(dialect, r)
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    _bn_buf(r, "x", x, batch, filters, spatial, writable=True)
+    _ch_buf(r, "mean", mean, filters)
+    _ch_buf(r, "variance", variance, filters)
+    check_no_overlap(r, ("x", x), ("mean", mean), ("variance", variance))
+    _normalize_cpu(x, mean, variance, batch, filters, spatial, d.code)
+
+
+# --------------------------------------------------------------------------
+# axpy_cpu, scal_cpu, copy_cpu (BLAS level 1, strided)
+# --------------------------------------------------------------------------
+@kernel(sig(INT, FLT, BUF, INT, BUF, INT))
+def _axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
+    for i in prange(N):
+        Y[i * INCY] += ALPHA * X[i * INCX]             # float*float, then float+float
+
+
+@kernel(sig(INT, FLT, BUF, INT))
+def _scal_cpu(N, ALPHA, X, INCX):
+    for i in prange(N):
+        X[i * INCX] *= ALPHA
+
+
+@kernel(sig(INT, BUF, INT, BUF, INT))
+def _copy_cpu(N, X, INCX, Y, INCY):
+    for i in prange(N):
+        Y[i * INCY] = X[i * INCX]
+
+
+def _blas1_args(r, N, INCX, INCY=None):
+    N = check_dim(r, "N", N, minimum=0)
+    INCX = check_dim(r, "INCX", INCX)
+    INCY = None if INCY is None else check_dim(r, "INCY", INCY)
+    return N, INCX, INCY
+
+
+def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
+    """``axpy_cpu`` (blas.c): ``Y[i*INCY] += ALPHA*X[i*INCX]`` for i < N, in float32.
+
+    ``ALPHA`` is rounded to float32 first, as C passes it as ``float``.  ``N = 0``
+    is a no-op (as in C and BLAS); INCX, INCY must be >= 1.
+    """
+    r = "axpy_cpu"
+    N, INCX, INCY = _blas1_args(r, N, INCX, INCY)
+    ALPHA = check_scalar(r, "ALPHA", ALPHA)
+    _strided_buf(r, "X", X, N, INCX)
+    _strided_buf(r, "Y", Y, N, INCY, writable=True)
+    check_no_overlap(r, ("Y", Y), ("X", X))
+    _axpy_cpu(N, ALPHA, X, INCX, Y, INCY)
+
+
+def scal_cpu(N, ALPHA, X, INCX):
+    """``scal_cpu`` (blas.c): ``X[i*INCX] *= ALPHA`` for i < N, in float32."""
+    r = "scal_cpu"
+    N, INCX, _ = _blas1_args(r, N, INCX)
+    ALPHA = check_scalar(r, "ALPHA", ALPHA)
+    _strided_buf(r, "X", X, N, INCX, writable=True)
+    _scal_cpu(N, ALPHA, X, INCX)
+
+
+def copy_cpu(N, X, INCX, Y, INCY):
+    """``copy_cpu`` (blas.c): ``Y[i*INCY] = X[i*INCX]`` for i < N."""
+    r = "copy_cpu"
+    N, INCX, INCY = _blas1_args(r, N, INCX, INCY)
+    _strided_buf(r, "X", X, N, INCX)
+    _strided_buf(r, "Y", Y, N, INCY, writable=True)
+    check_no_overlap(r, ("Y", Y), ("X", X))
+    _copy_cpu(N, X, INCX, Y, INCY)
+
+
+# --------------------------------------------------------------------------
+# mean_delta_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, INT, INT, INT, BUF))
+def _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
+    for i in prange(filters):
+        acc = np.float32(0.0)
+        for j in range(batch):
+            base = (j * filters + i) * spatial
+            for k in range(spatial):
+                acc += delta[base + k]
+        # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f))
+        mean_delta[i] = np.float32(
+            np.float64(acc) * (-1.0 / math.sqrt(np.float64(variance[i] + _EPS))))
+
+
+def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
+    """``mean_delta_cpu`` (blas.c): ``mean_delta[f] = sum(delta) * (-1./sqrt(var + .00001f))``.
+
+    Darknet's d(loss)/d(mean) omits the variance term ``dL/dvar * dvar/dmean``,
+    which is zero in exact arithmetic (the deviations sum to 0) but not in float32.
+    """
+    r = "mean_delta_cpu"
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    _bn_buf(r, "delta", delta, batch, filters, spatial)
+    _ch_buf(r, "variance", variance, filters)
+    _ch_buf(r, "mean_delta", mean_delta, filters, writable=True)
+    check_no_overlap(r, ("mean_delta", mean_delta), ("delta", delta), ("variance", variance))
+    _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta)
+
+
+# --------------------------------------------------------------------------
+# variance_delta_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, BUF, BUF, INT, INT, INT, BUF))
+def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
+    for i in prange(filters):
+        m = mean[i]
+        acc = np.float32(0.0)
+        for j in range(batch):
+            base = (j * filters + i) * spatial
+            for k in range(spatial):
+                acc += delta[base + k] * (x[base + k] - m)     # all float32
+        # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.))
+        factor = -0.5 * math.pow(np.float64(variance[i] + _EPS), _NEG_THREE_HALVES)
+        variance_delta[i] = np.float32(np.float64(acc) * factor)
+
+
+def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
+    """``variance_delta_cpu`` (blas.c): ``sum(delta*(x-mean)) * -.5*pow(var+.00001f, -1.5)``."""
+    r = "variance_delta_cpu"
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    _bn_buf(r, "x", x, batch, filters, spatial)
+    _bn_buf(r, "delta", delta, batch, filters, spatial)
+    _ch_buf(r, "mean", mean, filters)
+    _ch_buf(r, "variance", variance, filters)
+    _ch_buf(r, "variance_delta", variance_delta, filters, writable=True)
+    check_no_overlap(r, ("variance_delta", variance_delta), ("x", x), ("delta", delta),
+                     ("mean", mean), ("variance", variance))
+    _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta)
+
+
+# --------------------------------------------------------------------------
+# normalize_delta_cpu
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, INT, INT, INT, BUF, INT))
+def _normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta,
+                         batch, filters, spatial, delta, dialect):
+    n = spatial * batch
+    n_d = np.float64(n)             # double / int
+    n_f = np.float32(n)             # float / int: the int becomes a float
+    for f in prange(filters):
+        if dialect == PJREDDIE:     # delta * 1./(sqrt(variance + .00001f))
+            denom = math.sqrt(np.float64(variance[f] + _EPS))
+        else:                       # delta * 1./(sqrt(variance) + .00001f)
+            denom = math.sqrt(np.float64(variance[f])) + np.float64(_EPS)
+        m = mean[f]
+        vd2 = np.float64(variance_delta[f]) * 2.0               # variance_delta[f] * 2.
+        term_mean = np.float64(mean_delta[f] / n_f)            # float division, then promoted
+        for j in range(batch):
+            base = (j * filters + f) * spatial
+            for k in range(spatial):
+                idx = base + k
+                term_x = np.float64(delta[idx]) * 1.0 / denom
+                term_var = vd2 * np.float64(x[idx] - m) / n_d
+                delta[idx] = np.float32(term_x + term_var + term_mean)
+
+
+def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, filters,
+                        spatial, delta, *, dialect="pjreddie"):
+    """``normalize_delta_cpu`` (blas.c): the input gradient, in place in ``delta``::
+
+        delta = delta*1./denominator                      (float64)
+              + variance_delta*2.*(x - mean)/(spatial*batch)  (float64)
+              + mean_delta/(spatial*batch)                (float32 division)
+
+    pjreddie: ``denominator = sqrt(var + .00001f)``; alexeyab: ``sqrt(var) + .00001f``.
+    Note the biased ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
+    """
+    r = "normalize_delta_cpu"
+    d = get_dialect(dialect, r)
+    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
+    _bn_buf(r, "x", x, batch, filters, spatial)
+    for name, arr in (("mean", mean), ("variance", variance), ("mean_delta", mean_delta),
+                      ("variance_delta", variance_delta)):
+        _ch_buf(r, name, arr, filters)
+    _bn_buf(r, "delta", delta, batch, filters, spatial, writable=True)
+    check_no_overlap(r, ("delta", delta), ("x", x), ("mean", mean), ("variance", variance),
+                     ("mean_delta", mean_delta), ("variance_delta", variance_delta))
+    _normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta,
+                         batch, filters, spatial, delta, d.code)

@@ -1,0 +1,76 @@
+"""Every difference between the two Darknet forks, in one place.
+
+pjreddie/darknet (commit f6afaabc, the seeds' code) and AlexeyAB/darknet (commit
+59596d78) share the routines of ``blas.c`` except for the epsilon placement in
+``normalize_cpu`` and ``normalize_delta_cpu``, and their ``batchnorm_layer.c``
+differ in the rolling-average momentum, when ``x`` is saved, whether the BN
+backward computes ``bias_updates``, which statistics an inference-mode backward
+uses, and whether a standalone ``[batchnorm]`` layer has an ``update`` on CPU.
+
+The kernels take the dialect as the small integer ``Dialect.code``; everything
+else is read from the table below by the layer code.
+
+=================================  ===============================  ===============================
+                                   pjreddie                         alexeyab
+=================================  ===============================  ===============================
+normalize_cpu                      (x-mean)/(sqrt(var)+.000001f)    (x-mean)/sqrt(var+.00001f)
+normalize_delta_cpu, first term    delta*1./sqrt(var+.00001f)       delta*1./(sqrt(var)+.00001f)
+rolling update                     scal .99, axpy .01               scal .9, axpy .1
+copy output -> x                   always (train and inference)     training only
+backward_bias inside BN backward   yes                              no (bias_updates untouched)
+inference-mode backward            rolling mean/variance            last batch's mean/variance
+update of a standalone layer       none on CPU                      update_batchnorm_layer
+=================================  ===============================  ===============================
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+PJREDDIE = 0
+ALEXEYAB = 1
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    code: int                      #: passed to normalize_cpu / normalize_delta_cpu kernels
+    rolling_keep: np.float32       #: scal_cpu factor on rolling stats ((float).99 / (float).9)
+    rolling_new: np.float32        #: axpy_cpu factor on batch stats ((float).01 / (float).1)
+    copy_x_in_inference: bool      #: forward copies output -> x also when train == 0
+    backward_bias_in_bn: bool      #: backward_batchnorm_layer calls backward_bias
+    inference_backward_uses_rolling: bool  #: backward with train == 0 swaps in rolling stats
+    standalone_update: bool        #: a [batchnorm] layer has update_batchnorm_layer on CPU
+
+
+DIALECTS = {
+    "pjreddie": Dialect(
+        name="pjreddie", code=PJREDDIE,
+        # C passes the double literals .99/.01 to a float parameter: rounded once.
+        rolling_keep=np.float32(0.99), rolling_new=np.float32(0.01),
+        copy_x_in_inference=True, backward_bias_in_bn=True,
+        inference_backward_uses_rolling=True, standalone_update=False,
+    ),
+    "alexeyab": Dialect(
+        name="alexeyab", code=ALEXEYAB,
+        rolling_keep=np.float32(0.9), rolling_new=np.float32(0.1),
+        copy_x_in_inference=False, backward_bias_in_bn=False,
+        inference_backward_uses_rolling=False, standalone_update=True,
+    ),
+}
+
+
+def get_dialect(dialect, routine="darknet_bn"):
+    """Look up a dialect by name (``"pjreddie"`` or ``"alexeyab"``, any case)."""
+    if isinstance(dialect, Dialect):
+        return dialect
+    if not isinstance(dialect, str):
+        raise TypeError(
+            f"{routine}: dialect must be a string, one of {sorted(DIALECTS)}; "
+            f"got {type(dialect).__name__}"
+        )
+    try:
+        return DIALECTS[dialect.lower()]
+    except KeyError:
+        raise ValueError(
+            f"{routine}: unknown dialect {dialect!r}; use one of {sorted(DIALECTS)}"
+        ) from None
