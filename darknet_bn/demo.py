@@ -1,0 +1,69 @@
+"""Run Darknet golden layer cases through BatchNormLayer on both dialects.
+
+For one case per dialect it prints, step by step (train, train, train,
+inference), what the layer computed, then compares every buffer after every
+forward and backward with the values recorded from Darknet's C, bit for bit.
+Finally it replays all recorded cases and prints one line per case.  The exit
+status is 1 if any buffer differs from Darknet in any bit.
+"""
+import time
+
+import numpy as np
+
+from .golden import data_dir, layer_cases, replay_layer_case, ulp_diff
+
+HELP = "replay Darknet's recorded layer cases on both dialects and compare bits"
+
+SHOWCASE = {"pjreddie": "case12_pjreddie_batchnorm_8x16x6x6_offset",
+            "alexeyab": "case29_alexeyab_conv_8x16x6x6_huge"}
+
+
+def add_arguments(p):
+    p.add_argument("--kernel", default=None,
+                   help="execution path of BatchNormLayer (default: the layer's default)")
+    p.add_argument("--quiet", action="store_true", help="only the summary table")
+
+
+def _summarize(checks):
+    """(number of checks, number differing, max ulp) over a list of golden.Check."""
+    diffs = [ulp_diff(c.actual, c.expected) for c in checks]
+    return len(checks), sum(1 for n, _ in diffs if n), max((u for _, u in diffs), default=0)
+
+
+def _show_case(case, checks):
+    print(f"\n== {case.name}: {case.fork} [{case.layer}] batch={case.batch} c={case.c} "
+          f"h={case.h} w={case.w}, input '{case.input_kind}'")
+    print(f"{'step':>4} {'mode':<9} {'output mean':>12} {'output std':>11} "
+          f"{'rolling_var[0]':>15} {'|grad|_max':>11} {'buffers':>8} {'max ulp':>8}")
+    for t, mode in enumerate(case.steps):
+        step = [c for c in checks if c.step == t]
+        get = {(c.phase, c.buffer): c.actual for c in step}
+        out = get[("fwd", "output")]
+        grad = get.get(("bwd", "net_delta"), get[("bwd", "delta")])
+        n, bad, ulp = _summarize(step)
+        print(f"{t:>4} {mode:<9} {out.mean():>12.5g} {out.std():>11.5g} "
+              f"{get[('fwd', 'rolling_variance')][0]:>15.6g} {np.abs(grad).max():>11.5g} "
+              f"{n - bad:>3}/{n:<4} {ulp:>8}")
+
+
+def run(args):
+    print(f"golden fixtures: {data_dir()}")
+    cases = layer_cases()
+    t0 = time.perf_counter()
+    results = [(case, replay_layer_case(case, kernel=args.kernel)) for case in cases]
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        for case, checks in results:
+            if case.name in SHOWCASE.values():
+                _show_case(case, checks)
+    print(f"\n{'case':<52} {'identical':>10} {'max ulp':>8}")
+    total = total_bad = worst = 0
+    for case, checks in results:
+        n, bad, ulp = _summarize(checks)
+        total, total_bad, worst = total + n, total_bad + bad, max(worst, ulp)
+        print(f"{case.name:<52} {n - bad:>4}/{n:<5} {ulp:>8}")
+    ok = total_bad == 0
+    print(f"\n{len(cases)} cases, {total - total_bad}/{total} buffers bit-identical to "
+          f"Darknet's C, max difference {worst} ulp "
+          f"({'OK' if ok else 'MISMATCH'}; {elapsed:.2f} s incl. compilation)")
+    return 0 if ok else 1
