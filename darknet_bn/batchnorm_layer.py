@@ -84,9 +84,16 @@ def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
 # --------------------------------------------------------------------------
 # The layer: one-to-one compositions of the routines ("blas" path)
 # --------------------------------------------------------------------------
-def _forward_blas(l, train):
-    """``forward_batchnorm_layer`` after the input copy, as the C composes it."""
+def _forward_blas(l, input, train):
+    """``forward_batchnorm_layer``, composed of the routines exactly as the C does.
+
+    ``input`` (validated, or None when the data is already in ``l.output``) is
+    copied into ``l.output`` first: ``copy_cpu(l.outputs*l.batch, net.input, 1,
+    l.output, 1)`` for ``[batchnorm]``; the conv output for ``[convolutional]``.
+    """
     d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    if input is not None:
+        _copy_cpu(n, input, 1, l.output, 1)
     if d.copy_x_in_inference:                          # pjreddie: before the branch
         _copy_cpu(n, l.output, 1, l.x, 1)
     if train:
@@ -107,9 +114,18 @@ def _forward_blas(l, train):
     _add_bias(l.output, l.biases, l.batch, l.out_c, sp)
 
 
-def _backward_blas(l, train, mean, variance):
-    """``backward_batchnorm_layer`` before the ``net.delta`` copy, as the C composes it."""
-    d, sp = l.dialect, l.out_h * l.out_w
+def _backward_blas(l, delta, train, mean, variance, net_delta):
+    """``backward_batchnorm_layer``, composed of the routines exactly as the C does.
+
+    ``delta`` (validated, or None when already in ``l.delta``) is copied into
+    ``l.delta`` first.  ``mean``/``variance`` are the statistics the dialect uses
+    (rolling ones for a pjreddie inference-mode backward).  ``net_delta`` (a
+    ``[batchnorm]`` layer's output gradient buffer, else None) receives
+    ``copy_cpu(l.outputs*l.batch, l.delta, 1, net.delta, 1)`` at the end.
+    """
+    d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    if delta is not None:
+        _copy_cpu(n, delta, 1, l.delta, 1)
     if d.backward_bias_in_bn:
         _backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
     _backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
@@ -118,9 +134,13 @@ def _backward_blas(l, train, mean, variance):
     _variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
     _normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta,
                          l.batch, l.out_c, sp, l.delta, d.code)
+    if net_delta is not None:
+        _copy_cpu(n, l.delta, 1, net_delta, 1)
 
 
-#: Execution paths: name -> (forward(l, train), backward(l, train, mean, variance)).
+#: Execution paths: name -> (forward(l, input, train),
+#: backward(l, delta, train, mean, variance, net_delta)); the layer validates
+#: every argument before calling them.
 #: "blas" composes the one-to-one routines exactly as batchnorm_layer.c does.
 PATHS = {"blas": (_forward_blas, _backward_blas)}
 DEFAULT_KERNEL = "blas"
@@ -254,11 +274,7 @@ class BatchNormLayer:
         if train:
             self._check_trainable(r)
         # --- validated; nothing above modified state ---
-        if input is not None:
-            # [batchnorm]: copy_cpu(l.outputs*l.batch, net.input, 1, l.output, 1);
-            # [convolutional]: the conv output lands in l.output.
-            _copy_cpu(self.batch * self.outputs, input, 1, self.output, 1)
-        PATHS[self.kernel][0](self, train)
+        PATHS[self.kernel][0](self, input, train)
         return self.output
 
     def backward(self, delta=None, train=True, net_delta=None):
@@ -287,19 +303,14 @@ class BatchNormLayer:
         if train:
             self._check_trainable(r)
         # --- validated; nothing above modified state ---
-        if delta is not None:
-            _copy_cpu(self.batch * self.outputs, delta, 1, self.delta, 1)
         mean, variance = self.mean, self.variance
         if not train and self.dialect.inference_backward_uses_rolling:
             # pjreddie: if(!net.train){ l.mean = l.rolling_mean; l.variance = l.rolling_variance; }
             mean, variance = self.rolling_mean, self.rolling_variance
-        PATHS[self.kernel][1](self, train, mean, variance)
-        if self.type != "batchnorm":
-            return self.delta
-        if net_delta is None:
+        if self.type == "batchnorm" and net_delta is None:
             net_delta = self.net_delta
-        _copy_cpu(self.batch * self.outputs, self.delta, 1, net_delta, 1)
-        return net_delta
+        PATHS[self.kernel][1](self, delta, train, mean, variance, net_delta)
+        return self.delta if self.type != "batchnorm" else net_delta
 
     def update(self, learning_rate, momentum, decay, batch=None):
         """Darknet's update of the BN parameters (``biases``, ``scales``).
