@@ -32,9 +32,10 @@ def data_dir():
 # bitwise comparison
 # --------------------------------------------------------------------------
 def _ordered(a):
-    """float32 bit patterns mapped to int64 so that adjacent floats differ by 1."""
+    """float32 bit patterns mapped to int64 so that adjacent floats differ by 1
+    (+0.0 -> 0, -0.0 -> -1, the smallest negative subnormal -> -2, ...)."""
     i = np.ascontiguousarray(a, dtype=np.float32).view(np.int32).astype(np.int64)
-    return np.where(i < 0, np.int64(-2**31) - i, i)
+    return np.where(i < 0, np.int64(-2**31 - 1) - i, i)
 
 
 def bits_equal(actual, expected):

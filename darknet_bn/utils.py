@@ -18,4 +18,4 @@ def sum_array(a, n):
     """``sum_array`` (utils.c): ``float sum = 0; for i < n: sum += a[i]``."""
     n = check_dim("sum_array", "n", n, minimum=0)
     check_buffer("sum_array", "a", a, n, at_least=True, what="n")
-    return _sum_array(a, 0, n)
+    return np.float32(_sum_array(a, 0, n))     # Numba returns a Python float: exact
