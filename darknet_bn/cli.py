@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "demo": "darknet_bn.demo",
+    "compare": "darknet_bn.compare",
 }
 
 

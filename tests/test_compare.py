@@ -1,0 +1,188 @@
+"""The compare sub-command and the claims it reports about Darknet's backward.
+
+Darknet's backward (the port, float32) is compared with float64 formulas.  The
+tolerance is the first-order rounding bound of the float32 code it mirrors, per
+element: a sequential float32 sum of m terms errs by at most ~m*u times the sum
+of the terms' magnitudes (u = 2^-24), and each of the few float32 roundings
+around it adds u.  So |port - formula| <= (m + 8) * u * (sum of the magnitudes of
+the three terms of normalize_delta_cpu), evaluated on the float32 mean/variance
+Darknet had (their own rounding is a separate, measured column).
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from darknet_bn import BatchNormLayer
+from darknet_bn import compare as C
+from darknet_bn import reference as R
+from darknet_bn.cli import main
+
+U32 = 2.0 ** -24
+DIALECTS = ("pjreddie", "alexeyab")
+
+
+def inputs(regime, batch, c, sp, seed=0):
+    return C.make_inputs(regime, batch, c, sp, np.random.default_rng(seed))
+
+
+def layer(dialect, batch, h, w, c, gamma, beta):
+    return C._layer(dialect, batch, h, w, c, gamma, beta)
+
+
+def formula_bound(x, dy, gamma, batch, c, sp, mean, variance, dialect):
+    """Per-element float32 rounding bound of Darknet's backward (see module doc)."""
+    m = batch * sp
+    xs = x.astype(np.float64).reshape(batch, c, sp)
+    g = np.abs(gamma.astype(np.float64).reshape(1, c, 1) * dy.reshape(batch, c, sp))
+    mu = mean.astype(np.float64).reshape(1, c, 1)
+    var = variance.astype(np.float64).reshape(1, c, 1)
+    d = np.abs(xs - mu)
+    root = np.sqrt(var + R.EPS_DARKNET)
+    a = 1 / root if dialect == "pjreddie" else 1 / (np.sqrt(var) + R.EPS_DARKNET)
+    vd = 0.5 * (g * d).sum(axis=(0, 2), keepdims=True) / root ** 3
+    md = g.sum(axis=(0, 2), keepdims=True) / root
+    return ((m + 8) * U32 * (g * a + vd * 2 * d / m + md / m)).reshape(-1)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("regime,batch,h,w", [("normal", 4, 1, 1), ("normal", 4, 8, 8),
+                                              ("offset", 3, 5, 7), ("tiny", 2, 4, 4)])
+def test_port_backward_is_darknet_formula_up_to_float32(dialect, regime, batch, h, w):
+    """What Darknet computes is darknet_backward_formula, rounded: the decomposition's base."""
+    c, sp = 3, h * w
+    x, dy, gamma, beta = inputs(regime, batch, c, sp)
+    l = layer(dialect, batch, h, w, c, gamma, beta)
+    l.forward(x, True)
+    dn = -l.backward(-dy, True).astype(np.float64)
+    f32 = R.darknet_backward_formula(x, dy, gamma, batch, c, sp, dialect=dialect,
+                                     mean=l.mean, variance=l.variance)
+    bound = formula_bound(x, dy, gamma, batch, c, sp, l.mean, l.variance, dialect)
+    assert np.all(np.abs(dn - f32) <= bound)
+    if regime == "tiny":
+        # ... and not the other dialect's formula: the check can fail (where eps
+        # placement matters; for v ~ 1 it moves the result by ~eps, below the bound)
+        other = DIALECTS[1 - DIALECTS.index(dialect)]
+        f_other = R.darknet_backward_formula(x, dy, gamma, batch, c, sp, dialect=other,
+                                             mean=l.mean, variance=l.variance)
+        assert np.all(np.abs(dn - f_other) > 100 * bound)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_parameter_gradients(dialect):
+    """scale_updates = -sum(dy*x_norm) in float32; bias_updates: pjreddie -sum(dy), alexeyab none."""
+    batch, h, w, c = 4, 6, 5, 3
+    sp, m = h * w, batch * h * w
+    x, dy, gamma, beta = inputs("normal", batch, c, sp, seed=1)
+    l = layer(dialect, batch, h, w, c, gamma, beta)
+    l.forward(x, True)
+    l.backward(-dy, True)
+    prod = (dy.astype(np.float64) * l.x_norm).reshape(batch, c, sp)
+    assert np.all(np.abs(-l.scale_updates - prod.sum(axis=(0, 2)))
+                  <= (m + 2) * U32 * np.abs(prod).sum(axis=(0, 2)))
+    dys = dy.astype(np.float64).reshape(batch, c, sp)
+    if dialect == "pjreddie":
+        assert np.all(np.abs(-l.bias_updates - dys.sum(axis=(0, 2)))
+                      <= (m + 2) * U32 * np.abs(dys).sum(axis=(0, 2)))
+    else:
+        assert np.all(l.bias_updates == 0)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_inference_backward_uses_what_the_table_says(dialect):
+    """train=0: pjreddie applies the training formula to the current x with the rolling
+    statistics; alexeyab to the last training batch's x and statistics.  Both
+    accumulate scale_updates from the stale x_norm of the training step."""
+    batch, h, w, c = 4, 4, 4, 3
+    sp = h * w
+    xa, dya, gamma, beta = inputs("normal", batch, c, sp, seed=2)
+    xb, dyb, _, _ = inputs("normal", batch, c, sp, seed=3)
+    l = layer(dialect, batch, h, w, c, gamma, beta)
+    l.forward(xa, True)
+    l.backward(-dya, True)
+    mean_a, var_a, x_norm_a = l.mean.copy(), l.variance.copy(), l.x_norm.copy()
+    l.rolling_mean[:] = 0.1
+    l.rolling_variance[:] = 1.2
+    l.scale_updates[:] = 0
+    l.forward(xb, False)
+    dn = -l.backward(-dyb, False).astype(np.float64)
+    if dialect == "pjreddie":
+        x_used, mean, var = xb, l.rolling_mean, l.rolling_variance
+    else:
+        x_used, mean, var = xa, mean_a, var_a
+    f = R.darknet_backward_formula(x_used, dyb, gamma, batch, c, sp, dialect=dialect,
+                                   mean=mean, variance=var)
+    assert np.all(np.abs(dn - f) <= formula_bound(x_used, dyb, gamma, batch, c, sp, mean, var,
+                                                  dialect))
+    prod = (dyb.astype(np.float64) * x_norm_a).reshape(batch, c, sp)
+    assert np.all(np.abs(-l.scale_updates - prod.sum(axis=(0, 2)))
+                  <= (batch * sp + 2) * U32 * np.abs(prod).sum(axis=(0, 2)))
+
+
+def test_sweep_columns_add_up():
+    """dn - own = (dn - f32) + (f32 - f_m) + (f_m - f_m1) + (f_m1 - own): err_own is at
+    most the sum of its parts (triangle inequality), in every row."""
+    sizes = ((2, 1, 1), (4, 1, 1), (4, 4, 4), (4, 8, 8))
+    rows = C.sweep(sizes=sizes, c=3, seed=1)
+    assert len(rows) == len(sizes) * len(C.REGIMES) * 2
+    for r in rows:
+        values = [r[k] for k in C.COLUMNS[6:]]
+        assert np.all(np.isfinite(values)), r
+        parts = r["divisor"] + r["eps"] + r["stats32"] + r["backward32"]
+        assert r["err_own"] <= parts * (1 + 1e-9), r
+        assert r["dbeta"] == 1.0 if r["dialect"] == "alexeyab" else r["dbeta"] < 1e-5
+        if r["m"] >= 4 and r["regime"] != "tiny":
+            assert r["trap"] > r["err_own"]     # the trap is worse than Darknet's formula
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_eps_column_matches_the_first_term_prediction(dialect):
+    """At m = 1024 the eps part is the first term's mismatch: a relative
+    |a_backward/r_forward - 1| with v ~ 1, i.e. ~eps/2 - 1e-6 (pjreddie) and
+    ~eps/2 (alexeyab), to within the O(1/sqrt(m)) weight of the other terms."""
+    row = C.sweep((dialect,), ("normal",), sizes=((4, 16, 16),), c=3, seed=2)[0]
+    x, _, _, _ = inputs("normal", 4, 3, 256, seed=0)
+    e = R.EPS_DARKNET
+    v = 1.0                                   # N(0, 1) inputs
+    if dialect == "pjreddie":
+        predicted = abs((np.sqrt(v) + R.EPS_PJ_NORMALIZE) / np.sqrt(v + e) - 1)
+    else:
+        predicted = abs(np.sqrt(v + e) / (np.sqrt(v) + e) - 1)
+    assert 0.5 * predicted < row["eps"] < 1.5 * predicted
+
+
+def test_cli_compare_writes_table_and_csv(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--max-m", "16", "--no-plot"]) == 0
+    text = capsys.readouterr().out
+    assert "pjreddie" in text and "alexeyab" in text and "inference mode" in text
+    rows = (out / "compare.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(C.COLUMNS)
+    assert len(rows) == 1 + 4 * len(C.REGIMES) * 2          # m = 2, 4, 8, 16
+    md = (out / "compare.md").read_text()
+    assert "| dialect | regime | m |" in md and "## Inference mode" in md
+    assert (out / "compare_inference.csv").is_file()
+    assert not (out / "compare.png").exists()
+
+
+def test_cli_compare_one_dialect_with_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cmp"
+    assert main(["compare", "--dialect", "alexeyab", "--out", str(out), "--max-m", "16"]) == 0
+    rows = (out / "compare.csv").read_text().splitlines()[1:]
+    assert rows and all(r.startswith("alexeyab,") for r in rows)
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    rows = C.sweep(("pjreddie",), ("normal",), sizes=((4, 1, 1),), c=2)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RuntimeError, match=r"darknet_bn\[plot\]"):
+        C.plot(rows, os.fspath(tmp_path / "x.png"))
+
+
+def test_cli_compare_rejects_a_too_small_max_m(tmp_path, capsys):
+    assert main(["compare", "--out", str(tmp_path), "--max-m", "1"]) == 2
+    assert "--max-m must be >= 2" in capsys.readouterr().out
