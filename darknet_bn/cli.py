@@ -9,6 +9,7 @@ import sys
 
 COMMANDS = {
     "demo": "darknet_bn.demo",
+    "inspect": "darknet_bn.inspect_cmd",
     "compare": "darknet_bn.compare",
 }
 

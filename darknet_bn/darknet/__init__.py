@@ -1,9 +1,21 @@
-"""Darknet model files: ``.cfg`` parsing with Darknet's shape inference.
+"""Darknet model files: ``.cfg`` parsing with Darknet's shape inference, ``.weights``
+batchnorm read/write for both forks, ``BatchNormLayer`` construction and PyTorch export.
 
 - ``parser``: ``read_cfg``, ``parse_cfg`` -> ``Network`` of ``LayerSpec`` (src/parser.c)
+- ``weights``: ``read_weights``, ``write_weights``, ``make_batchnorm_layer_from_record``
+- ``export``: ``batchnorm_state_dict``, ``to_torch_batchnorm``
 """
+from .export import TORCH_EPS, batchnorm_state_dict, export_state_dicts, to_torch_batchnorm
 from .parser import (PARSER_DIALECTS, CfgError, LayerSpec, Network, UnsupportedCfgError,
                      parse_cfg, read_cfg)
+from .weights import (BatchNormRecord, DarknetWeights, WeightsFormatError, WeightsHeader,
+                      make_batchnorm_layer_from_record, make_batchnorm_layers, read_header,
+                      read_weights, write_weights)
 
-__all__ = ["parse_cfg", "read_cfg", "Network", "LayerSpec", "CfgError", "UnsupportedCfgError",
-           "PARSER_DIALECTS"]
+__all__ = [
+    "parse_cfg", "read_cfg", "Network", "LayerSpec", "CfgError", "UnsupportedCfgError",
+    "PARSER_DIALECTS", "read_weights", "write_weights", "read_header", "DarknetWeights",
+    "WeightsHeader", "BatchNormRecord", "WeightsFormatError",
+    "make_batchnorm_layer_from_record", "make_batchnorm_layers",
+    "batchnorm_state_dict", "to_torch_batchnorm", "export_state_dicts", "TORCH_EPS",
+]

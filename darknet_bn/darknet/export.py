@@ -1,0 +1,73 @@
+"""Export Darknet batchnorm parameters as a PyTorch ``BatchNorm`` state_dict.
+
+Darknet's inference (``forward_batchnorm_layer`` with ``train = 0``) computes,
+per channel ``f`` (``normalize_cpu`` then ``scale_bias``, ``add_bias``)::
+
+    AlexeyAB:  y = scales[f] * (x - m) / sqrt(v + .00001f) + biases[f]
+    pjreddie:  y = scales[f] * (x - m) / (sqrt(v) + .000001f) + biases[f]
+
+with ``m, v`` the rolling statistics.  PyTorch's eval-mode ``BatchNorm`` computes
+``weight * (x - running_mean) / sqrt(running_var + eps) + bias``, so:
+
+- AlexeyAB maps directly: ``eps = 1e-5``.
+- pjreddie puts its epsilon outside the square root; the same denominator is
+  obtained with ``eps = 0`` and ``running_var = (sqrt(v) + 1e-6f)**2`` (computed
+  in float64 as the C does, then rounded once to float32).
+- pjreddie's ``[batchnorm]`` stores no biases: ``bias`` is zero.
+
+"Same formula" is not "same bits": PyTorch's CPU kernel folds the statistics
+into ``alpha = weight/sqrt(var+eps)``, ``beta = bias - mean*alpha`` and computes
+``x*alpha + beta`` in float32, while Darknet computes ``(x-m)/sqrt(...)`` in
+float64 and rounds, then multiplies and adds in float32.  The results agree to
+a few float32 roundings of the terms involved (see ``docs/darknet-files.md`` for
+the measured differences), not bit for bit; ``darknet_bn``'s own
+``BatchNormLayer`` is the bit-exact reference.
+"""
+import numpy as np
+
+from ..dialects import get_dialect
+
+#: The eps to pass to torch for each fork (pjreddie's is folded into running_var).
+TORCH_EPS = {"alexeyab": 1e-5, "pjreddie": 0.0}
+
+_PJREDDIE_EPS = np.float64(np.float32(0.000001))       # .000001f promoted to double
+
+
+def batchnorm_state_dict(record, *, dialect=None):
+    """``(state_dict, eps)`` reproducing ``record``'s Darknet inference in PyTorch.
+
+    ``state_dict`` has PyTorch's ``BatchNorm`` keys with numpy values (so torch
+    is not needed): ``weight`` (= scales), ``bias`` (= biases, zeros where the
+    file stores none), ``running_mean``, ``running_var`` (rewritten for
+    pjreddie, see the module doc) and ``num_batches_tracked`` (0: Darknet keeps
+    no such counter and eval mode does not use it).  Load it with
+    ``module.load_state_dict({k: torch.from_numpy(v) ...})`` into a
+    ``BatchNorm2d`` (``BatchNorm1d`` for ``[connected]``) built with ``eps``.
+    """
+    d = get_dialect(dialect or record.dialect, "batchnorm_state_dict").name
+    var = record.rolling_variance
+    if d == "pjreddie":
+        with np.errstate(invalid="ignore"):             # sqrt(negative) is NaN, as in C
+            var = ((np.sqrt(var.astype(np.float64)) + _PJREDDIE_EPS) ** 2).astype(np.float32)
+    bias = record.biases if record.biases is not None else np.zeros(record.channels, np.float32)
+    state = {"weight": record.scales.copy(), "bias": bias.copy(),
+             "running_mean": record.rolling_mean.copy(), "running_var": np.array(var),
+             "num_batches_tracked": np.array(0, dtype=np.int64)}
+    return state, TORCH_EPS[d]
+
+
+def to_torch_batchnorm(record, *, dialect=None):
+    """A ``torch.nn.BatchNorm2d`` (``BatchNorm1d`` for ``[connected]``) in eval mode,
+    loaded with ``batchnorm_state_dict(record)``.  Needs PyTorch."""
+    import torch
+
+    state, eps = batchnorm_state_dict(record, dialect=dialect)
+    cls = torch.nn.BatchNorm1d if record.section == "connected" else torch.nn.BatchNorm2d
+    module = cls(record.channels, eps=eps)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return module.eval()
+
+
+def export_state_dicts(weights):
+    """``{cfg layer index: (state_dict, eps)}`` for every record of a ``DarknetWeights``."""
+    return {rec.index: batchnorm_state_dict(rec) for rec in weights.layers}

@@ -1,0 +1,361 @@
+"""Darknet ``.weights`` files: the batchnorm blocks of ``load_weights``/``save_weights``.
+
+Layout (``src/parser.c``, both forks): a header of three int32 ``major, minor,
+revision`` and ``seen`` (uint64 when ``major*10 + minor >= 2``, else uint32),
+then every layer's blocks in cfg order as float32 (little-endian, as written on
+x86).  Which blocks a layer has is decided by the cfg (``parse_cfg``):
+``[convolutional]`` biases, [scales, rolling_mean, rolling_variance], weights;
+``[connected]`` biases, weights, [scales, rolling_mean, rolling_variance];
+``[batchnorm]`` (pjreddie) scales, rolling_mean, rolling_variance or (AlexeyAB)
+biases first as well.
+
+Darknet's own ``load_weights`` stops silently at the end of a short file and
+ignores extra bytes.  ``read_weights`` instead requires the file size to be
+exactly what the cfg implies and raises ``WeightsFormatError`` (a
+``ValueError``) naming the file, the offset and the layer where it goes wrong.
+Values are returned bit for bit as stored (NaN payloads, -0.0, denormals).
+"""
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..batchnorm_layer import BatchNormLayer
+from .parser import BN_BLOCKS, Network, header_bytes, parse_cfg
+
+#: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
+#: is 0.2 in both forks (files written before 0.2 store ``seen`` as 32 bits).
+MAJOR_VERSION, MAX_MINOR_VERSION = 0, 2
+
+_F32 = np.dtype("<f4")
+_CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
+
+
+class WeightsFormatError(ValueError):
+    """A ``.weights`` file that does not match its cfg or is not a Darknet weights file.
+
+    ``path`` and ``offset`` (bytes from the start of the file, or None) are
+    also attributes.
+    """
+
+    def __init__(self, path, offset, message):
+        self.path, self.offset = path, offset
+        where = f"{path}" + (f" (byte offset {offset})" if offset is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """The header ``save_weights`` writes: version and ``seen`` (images trained on)."""
+    major: int = MAJOR_VERSION
+    minor: int = MAX_MINOR_VERSION
+    revision: int = 0
+    seen: int = 0
+
+    @property
+    def nbytes(self):
+        return header_bytes(self.major, self.minor)
+
+    def to_bytes(self):
+        ints = np.array([self.major, self.minor, self.revision], dtype="<i4").tobytes()
+        seen_t = "<u8" if self.nbytes == 20 else "<u4"
+        return ints + np.array([self.seen], dtype=seen_t).tobytes()
+
+
+@dataclass
+class BatchNormRecord:
+    """The batchnorm parameters of one layer, as stored in the file (float32, 1-D).
+
+    ``biases`` is None for a pjreddie ``[batchnorm]`` section, which does not
+    store them (Darknet's layer then adds zero biases).  ``spec`` is the layer's
+    ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read.
+    """
+    index: int
+    section: str
+    channels: int
+    biases: object
+    scales: np.ndarray
+    rolling_mean: np.ndarray
+    rolling_variance: np.ndarray
+    dialect: str = "pjreddie"
+    spec: object = field(default=None, repr=False)
+
+    def arrays(self):
+        """``{block name: array}`` for the blocks present (biases omitted when None)."""
+        return {name: getattr(self, name) for name in BN_BLOCKS
+                if getattr(self, name) is not None}
+
+
+@dataclass
+class DarknetWeights:
+    """``read_weights``' result: the header and one ``BatchNormRecord`` per BN layer."""
+    path: str
+    dialect: str
+    header: WeightsHeader
+    network: Network
+    layers: list
+
+    def layer(self, index):
+        """The record of cfg layer ``index`` (KeyError if it carries no batchnorm)."""
+        for rec in self.layers:
+            if rec.index == index:
+                return rec
+        raise KeyError(f"layer {index} carries no batchnorm parameters; BN layers: "
+                       f"{[r.index for r in self.layers]}")
+
+
+# --------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------
+def _network(cfg, dialect):
+    if isinstance(cfg, Network):
+        if dialect is not None and cfg.dialect != dialect:
+            raise ValueError(f"the Network was parsed with dialect {cfg.dialect!r} but "
+                             f"dialect={dialect!r} was passed; parse it again with that dialect")
+        return cfg
+    return parse_cfg(cfg, dialect=dialect or "pjreddie")
+
+
+def read_header(path, f):
+    """``load_weights``' header read, checked: the version must be one Darknet writes."""
+    raw = f.read(12)
+    if len(raw) < 12:
+        raise WeightsFormatError(path, len(raw), f"file is {len(raw)} bytes, too short for "
+                                 "the 12-byte version header; not a Darknet .weights file")
+    major, minor, revision = (int(v) for v in np.frombuffer(raw, "<i4"))
+    if major != MAJOR_VERSION or not 0 <= minor <= MAX_MINOR_VERSION:
+        raise WeightsFormatError(
+            path, 0, f"header says version {major}.{minor}.{revision}; this reader knows "
+            f"Darknet weights versions 0.0 to 0.{MAX_MINOR_VERSION} (both forks write 0.2). "
+            "A newer version (or a legacy transposed file, major/minor > 1000) may lay out "
+            "the floats differently; convert it with Darknet's own save_weights")
+    seen_t = np.dtype("<u8") if header_bytes(major, minor) == 20 else np.dtype("<u4")
+    raw = f.read(seen_t.itemsize)
+    if len(raw) < seen_t.itemsize:
+        raise WeightsFormatError(path, 12 + len(raw), "file ends inside the header's 'seen'")
+    return WeightsHeader(major, minor, revision, int(np.frombuffer(raw, seen_t)[0]))
+
+
+def _locate(net, float_pos):
+    """(layer spec, block name) holding float ``float_pos``, or None past the end."""
+    for spec in net.layers:
+        for name, count in spec.blocks:
+            start = spec.offsets[name]
+            if start <= float_pos < start + count:
+                return spec, name
+    return None
+
+
+def _check_size(path, net, header, size):
+    """Exact size check; the error says where a short file ends or how much is extra."""
+    expected = header.nbytes + 4 * net.float_count
+    if size == expected:
+        return
+    if size < expected:
+        floats, partial = divmod(size - header.nbytes, 4)
+        spec, block = _locate(net, floats)
+        msg = (f"truncated: {size} bytes but the cfg implies {expected} "
+               f"({header.nbytes}-byte header + {net.float_count} floats); the file ends "
+               f"inside layer {spec.index} [{spec.section}] (cfg line {spec.line}), block "
+               f"'{block}'" + (", mid-float" if partial else ""))
+    else:
+        msg = (f"oversized: {size} bytes but the cfg implies {expected} ({header.nbytes}-byte "
+               f"header + {net.float_count} floats); {size - expected} extra bytes after the "
+               "last layer")
+    other = _other_dialect_size(net, header)
+    if other and other[1] == size:
+        msg += f". The size matches dialect={other[0]!r}: pass that dialect"
+    else:
+        msg += ". Check that the .weights belongs to this .cfg (same filters, classes, order)"
+    raise WeightsFormatError(path, min(size, expected), msg)
+
+
+def _other_dialect_size(net, header):
+    other = "alexeyab" if net.dialect == "pjreddie" else "pjreddie"
+    try:
+        alt = parse_cfg(net.path, dialect=other)
+    except (ValueError, OSError):
+        return None
+    return other, header.nbytes + 4 * alt.float_count
+
+
+def read_weights(cfg_path, weights_path, *, dialect="pjreddie"):
+    """``load_weights`` for the batchnorm parameters: a ``DarknetWeights``.
+
+    ``cfg_path`` may also be a ``Network`` from ``parse_cfg``.  Every layer with
+    ``bn_channels > 0`` gives one ``BatchNormRecord`` with the stored floats,
+    bit for bit.  Raises ``WeightsFormatError`` if the header is not a version
+    Darknet writes or the size is not exactly what the cfg implies.
+    """
+    net = _network(cfg_path, dialect)
+    path = os.fspath(weights_path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = read_header(path, f)
+        _check_size(path, net, header, size)
+        records = []
+        for spec in net.bn_layers:
+            arrays = {}
+            for name in spec.bn_blocks:
+                f.seek(header.nbytes + 4 * spec.offsets[name])
+                raw = f.read(4 * spec.bn_channels)
+                arrays[name] = np.frombuffer(raw, _F32).astype(np.float32)
+            records.append(BatchNormRecord(
+                spec.index, spec.section, spec.bn_channels, arrays.get("biases"),
+                arrays["scales"], arrays["rolling_mean"], arrays["rolling_variance"],
+                net.dialect, spec))
+    return DarknetWeights(path, net.dialect, header, net, records)
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+def _check_records(path, net, records):
+    """Every BN layer of ``net`` has exactly one record with exactly its blocks."""
+    by_index = {}
+    for rec in records:
+        if rec.index in by_index:
+            raise ValueError(f"write_weights({path}): two records for layer {rec.index}")
+        by_index[rec.index] = rec
+    specs = {s.index: s for s in net.bn_layers}
+    extra = sorted(set(by_index) - set(specs))
+    missing = sorted(set(specs) - set(by_index))
+    if extra or missing:
+        raise ValueError(f"write_weights({path}): the records do not match the cfg's "
+                         f"batchnorm layers (missing {missing}, not BN layers in the cfg "
+                         f"{extra}); read them with read_weights for this cfg")
+    for idx, spec in specs.items():
+        rec = by_index[idx]
+        where = f"write_weights({path}): layer {idx} [{spec.section}]"
+        for name in BN_BLOCKS:
+            arr = getattr(rec, name)
+            stored = name in spec.bn_blocks
+            if not stored:
+                if arr is not None:
+                    raise ValueError(f"{where}: dialect {net.dialect!r} stores no {name} for "
+                                     f"this layer; set record.{name} = None (the value would "
+                                     "be lost)")
+                continue
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+                raise TypeError(f"{where}: {name} must be a float32 numpy array (bits are "
+                                f"written as they are), got {type(arr).__name__} "
+                                f"{getattr(arr, 'dtype', '')}; use np.asarray(x, np.float32)")
+            if arr.shape != (spec.bn_channels,):
+                raise ValueError(f"{where}: {name} has shape {arr.shape}, the cfg needs "
+                                 f"({spec.bn_channels},)")
+    return by_index
+
+
+def _copy_floats(src, dst, count):
+    while count:
+        n = min(count, _CHUNK)
+        raw = src.read(4 * n)
+        if len(raw) != 4 * n:
+            raise WeightsFormatError(getattr(src, "name", "base"), src.tell(),
+                                     "base file ended early")
+        dst.write(raw)
+        count -= n
+
+
+def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, fill=None):
+    """``save_weights``: write ``weights`` (a ``DarknetWeights``) as a ``.weights`` file.
+
+    The header and the batchnorm blocks come from ``weights``; every other float
+    (convolution weights, biases of layers without BN...) is copied from
+    ``base``, a ``.weights`` file for the same cfg (default: ``weights.path``,
+    the file it was read from).  With no base, pass ``fill=<float>`` to write
+    that value everywhere else (e.g. to synthesize a file); otherwise this
+    refuses, rather than invent weights.  ``dialect`` defaults to
+    ``weights.dialect``.  The file is written to a temporary name and renamed,
+    so a failure never leaves a partial file.  Reading a file and writing it
+    back reproduces it byte for byte.
+    """
+    dialect = dialect or weights.dialect
+    net = _network(cfg_path, dialect)
+    out = os.fspath(weights_path)
+    by_index = _check_records(out, net, weights.layers)
+    header = weights.header
+    if not isinstance(header, WeightsHeader):
+        raise TypeError(f"write_weights({out}): weights.header must be a WeightsHeader")
+    if header.major != MAJOR_VERSION or not 0 <= header.minor <= MAX_MINOR_VERSION:
+        raise ValueError(f"write_weights({out}): header version {header.major}."
+                         f"{header.minor} is not one Darknet writes; use 0.2")
+    base = weights.path if base is None and fill is None else base
+    if base is not None and fill is not None:
+        raise ValueError(f"write_weights({out}): pass base= or fill=, not both")
+    if base is None and fill is None:
+        raise ValueError(f"write_weights({out}): the non-batchnorm floats (conv weights...) "
+                         "need a source: pass base=<a .weights file for this cfg>, or "
+                         "fill=<value> to write that value everywhere else")
+    src = None
+    directory = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
+    try:
+        if base is not None:
+            base = os.fspath(base)
+            src = open(base, "rb")
+            base_header = read_header(base, src)
+            _check_size(base, net, base_header, os.path.getsize(base))
+        with os.fdopen(fd, "wb") as dst:
+            dst.write(header.to_bytes())
+            filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
+            for spec in net.layers:
+                rec = by_index.get(spec.index)
+                for name, count in spec.blocks:
+                    if rec is not None and name in spec.bn_blocks:
+                        dst.write(getattr(rec, name).astype(_F32, copy=False).tobytes())
+                        if src is not None:
+                            src.seek(4 * count, os.SEEK_CUR)
+                    elif src is not None:
+                        _copy_floats(src, dst, count)
+                    else:
+                        while count:
+                            n = min(count, _CHUNK)
+                            dst.write(filler[:4 * n])
+                            count -= n
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        if src is not None:
+            src.close()
+    return out
+
+
+# --------------------------------------------------------------------------
+# BatchNormLayer from records
+# --------------------------------------------------------------------------
+def make_batchnorm_layer_from_record(record, *, batch=1, h=None, w=None, dialect=None,
+                                     kernel=None):
+    """A ``BatchNormLayer`` holding ``record``'s parameters, ready for inference.
+
+    Like Darknet after ``load_weights``: ``scales``, ``rolling_mean``,
+    ``rolling_variance`` (and ``biases``, zeros when the file stores none) are
+    the stored floats; ``forward(x, train=False)`` then normalizes with the
+    rolling statistics.  ``h, w`` default to the layer's output size (1x1 for
+    ``[connected]``); the layer type is ``"batchnorm"`` for a ``[batchnorm]``
+    section and ``"convolutional"`` (the in-place BN stage) otherwise.
+    """
+    spec = record.spec
+    if h is None:
+        h = spec.out_h if spec is not None else 1
+    if w is None:
+        w = spec.out_w if spec is not None else 1
+    layer_type = "batchnorm" if record.section == "batchnorm" else "convolutional"
+    layer = BatchNormLayer(batch, w, h, record.channels, dialect=dialect or record.dialect,
+                           layer_type=layer_type, kernel=kernel)
+    for name, arr in record.arrays().items():
+        if arr.shape != (record.channels,):
+            raise ValueError(f"make_batchnorm_layer_from_record: layer {record.index} {name} "
+                             f"has shape {arr.shape}, expected ({record.channels},)")
+        getattr(layer, name)[:] = arr
+    return layer
+
+
+def make_batchnorm_layers(weights, *, batch=1, kernel=None):
+    """``{cfg layer index: BatchNormLayer}`` for every record of a ``DarknetWeights``."""
+    return {rec.index: make_batchnorm_layer_from_record(rec, batch=batch, kernel=kernel)
+            for rec in weights.layers}

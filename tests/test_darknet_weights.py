@@ -1,0 +1,245 @@
+"""darknet_bn.darknet.weights: .weights files written by both forks, round trips, bad files."""
+import filecmp
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from darknet_bn.darknet import (BatchNormRecord, DarknetWeights, WeightsFormatError,
+                                WeightsHeader, make_batchnorm_layer_from_record,
+                                make_batchnorm_layers, parse_cfg, read_weights, write_weights)
+
+CFG_DIR = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
+FORKS = ("pjreddie", "alexeyab")
+OFFSET_KEYS = {"biases": "bias_offset", "scales": "scales_offset",
+               "rolling_mean": "rolling_mean_offset",
+               "rolling_variance": "rolling_variance_offset"}
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.int32)
+
+
+def _zoo(fork):
+    return CFG_DIR / fork / "bn-zoo.cfg", CFG_DIR / fork / "bn-zoo.weights"
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_bn_zoo_values_at_darknets_offsets(fork):
+    """Every record equals the floats at the offsets Darknet recorded, bit for bit."""
+    cfg, path = _zoo(fork)
+    ref = json.loads((CFG_DIR / fork / "bn-zoo.layers.json").read_text())
+    raw = np.fromfile(path, dtype="<f4", offset=20)
+    w = read_weights(cfg, path, dialect=fork)
+    want = [l for l in ref["layers"] if l["bn_channels"]]
+    assert [r.index for r in w.layers] == [l["index"] for l in want]
+    checked = 0
+    for layer in want:
+        rec = w.layer(layer["index"])
+        assert rec.channels == layer["bn_channels"] and rec.section == layer["section"]
+        for name, key in OFFSET_KEYS.items():
+            off, arr = layer[key], getattr(rec, name)
+            if off < 0:
+                assert arr is None            # pjreddie [batchnorm]: no stored biases
+                continue
+            assert arr.dtype == np.float32 and arr.flags.writeable
+            assert np.array_equal(_bits(arr), _bits(raw[off:off + rec.channels]))
+            checked += 1
+    assert checked == (22 if fork == "pjreddie" else 24)
+
+
+def test_headers_as_written_by_each_fork():
+    pj = read_weights(*_zoo("pjreddie"), dialect="pjreddie").header
+    ab = read_weights(*_zoo("alexeyab"), dialect="alexeyab").header
+    assert (pj.major, pj.minor, pj.revision, pj.seen) == (0, 2, 0, 123456789)
+    assert (ab.major, ab.minor, ab.revision, ab.seen) == (0, 2, 5, 0)
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_round_trip_is_byte_exact(fork, tmp_path):
+    cfg, path = _zoo(fork)
+    w = read_weights(cfg, path, dialect=fork)
+    out = write_weights(cfg, tmp_path / "copy.weights", w)
+    assert Path(out).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_edited_values_land_at_their_offsets_only(fork, tmp_path):
+    cfg, path = _zoo(fork)
+    w = read_weights(cfg, path, dialect=fork)
+    rec = w.layer(9)                                   # a standalone [batchnorm]
+    rec.rolling_variance[:] = np.float32(-0.0)
+    rec.scales[3] = np.float32(np.nan)
+    out = tmp_path / "edited.weights"
+    write_weights(cfg, out, w)
+    again = read_weights(cfg, out, dialect=fork)
+    for a, b in zip(w.layers, again.layers):
+        for name, arr in a.arrays().items():
+            assert np.array_equal(_bits(arr), _bits(getattr(b, name)))
+    old, new = np.fromfile(path, "<u1"), np.fromfile(out, "<u1")
+    changed = np.flatnonzero(old != new)
+    lo = 20 + 4 * rec.spec.scales_offset
+    assert changed.min() >= lo and changed.max() < 20 + 4 * (rec.spec.rolling_variance_offset
+                                                               + rec.channels)
+
+
+def _random_records(net, rng, dialect):
+    recs = []
+    for spec in net.bn_layers:
+        n = spec.bn_channels
+        arrays = {name: rng.standard_normal(n).astype(np.float32) for name in spec.bn_blocks}
+        arrays["rolling_variance"] = np.abs(arrays["rolling_variance"])
+        recs.append(BatchNormRecord(spec.index, spec.section, n, arrays.get("biases"),
+                                    arrays["scales"], arrays["rolling_mean"],
+                                    arrays["rolling_variance"], dialect, spec))
+    return recs
+
+
+#: The biggest cfgs (yolov4: 258 MB of weights), synthesized in tmp_path.
+BIG = [("alexeyab", "yolov4"), ("pjreddie", "yolov3"), ("pjreddie", "densenet201"),
+       ("alexeyab", "yolov4-tiny-3l")]
+
+
+@pytest.mark.parametrize("fork,name", BIG, ids=[f"{f}-{n}" for f, n in BIG])
+def test_synthesized_big_weights(fork, name, tmp_path):
+    cfg = CFG_DIR / fork / f"{name}.cfg"
+    ref = json.loads((CFG_DIR / fork / f"{name}.layers.json").read_text())
+    net = parse_cfg(cfg, dialect=fork)
+    rng = np.random.default_rng(7)
+    synth = DarknetWeights(None, fork, WeightsHeader(0, 2, 5, 64000), net,
+                           _random_records(net, rng, fork))
+    path = tmp_path / "synth.weights"
+    write_weights(net, path, synth, fill=0.25)
+    assert path.stat().st_size == ref["file_bytes"]
+    back = read_weights(net, path, dialect=fork)
+    assert back.header == synth.header
+    assert len(back.layers) == sum(1 for l in ref["layers"] if l["bn_channels"])
+    for a, b in zip(synth.layers, back.layers):
+        assert a.index == b.index
+        for nm, arr in a.arrays().items():
+            assert np.array_equal(_bits(arr), _bits(getattr(b, nm)))
+    # the other floats are the fill value: spot-check one conv weights block
+    spec = next(s for s in net.layers if s.section == "convolutional")
+    with open(path, "rb") as f:
+        f.seek(20 + 4 * spec.offsets["weights"])
+        assert np.all(np.frombuffer(f.read(4 * spec.nweights), "<f4") == np.float32(0.25))
+    copy = tmp_path / "copy.weights"                  # round trip: base = the file read
+    write_weights(net, copy, back)
+    assert filecmp.cmp(path, copy, shallow=False)
+
+
+def test_old_header_with_32bit_seen(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.header = WeightsHeader(0, 1, 0, 4242)
+    out = tmp_path / "v01.weights"
+    write_weights(cfg, out, w)
+    assert out.stat().st_size == path.stat().st_size - 4
+    back = read_weights(cfg, out, dialect="pjreddie")
+    assert back.header == WeightsHeader(0, 1, 0, 4242)
+    assert np.array_equal(_bits(back.layer(0).scales), _bits(w.layer(0).scales))
+
+
+def _write_bytes(tmp_path, data):
+    p = tmp_path / "bad.weights"
+    p.write_bytes(data)
+    return p
+
+
+def test_truncated_file_names_layer_and_block(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    data = path.read_bytes()
+    bad = _write_bytes(tmp_path, data[:20 + 4 * 260 + 2])    # inside layer 1's scales..
+    with pytest.raises(WeightsFormatError, match=r"truncated: 1062 bytes but the cfg implies "
+                       r"39604 .*layer 1 \[batchnorm\] \(cfg line 16\), block 'rolling_mean', "
+                       r"mid-float") as e:
+        read_weights(cfg, bad, dialect="pjreddie")
+    assert e.value.path == str(bad) and e.value.offset == 1062
+
+
+def test_oversized_file_and_wrong_dialect_hint(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    bad = _write_bytes(tmp_path, path.read_bytes() + b"\0" * 8)
+    with pytest.raises(WeightsFormatError, match="oversized: .* 8 extra bytes"):
+        read_weights(cfg, bad, dialect="pjreddie")
+    with pytest.raises(WeightsFormatError, match="matches dialect='alexeyab'"):
+        read_weights(cfg, _zoo("alexeyab")[1], dialect="pjreddie")
+
+
+@pytest.mark.parametrize("header", [(0, 3, 0), (1, 0, 0), (1001, 2, 0), (-1, 2, 0)])
+def test_header_from_the_future_is_refused(tmp_path, header):
+    cfg, path = _zoo("pjreddie")
+    data = np.array(header, "<i4").tobytes() + path.read_bytes()[12:]
+    with pytest.raises(WeightsFormatError, match=r"byte offset 0\): header says version "):
+        read_weights(cfg, _write_bytes(tmp_path, data), dialect="pjreddie")
+
+
+def test_too_short_for_a_header(tmp_path):
+    with pytest.raises(WeightsFormatError, match="too short for the 12-byte version header"):
+        read_weights(_zoo("pjreddie")[0], _write_bytes(tmp_path, b"\0" * 7))
+    with pytest.raises(WeightsFormatError, match="inside the header's 'seen'"):
+        read_weights(_zoo("pjreddie")[0],
+                     _write_bytes(tmp_path, np.array([0, 2, 0, 1], "<i4").tobytes()))
+
+
+def test_write_refuses_inconsistent_records(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    out = tmp_path / "out.weights"
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.layer(1).biases = np.zeros(8, np.float32)        # pjreddie [batchnorm] stores none
+    with pytest.raises(ValueError, match=r"layer 1 \[batchnorm\]: dialect 'pjreddie' stores "
+                       "no biases"):
+        write_weights(cfg, out, w)
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.layer(3).scales = w.layer(3).scales.astype(np.float64)
+    with pytest.raises(TypeError, match="scales must be a float32 numpy array"):
+        write_weights(cfg, out, w)
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.layer(3).rolling_mean = w.layer(3).rolling_mean[:4]
+    with pytest.raises(ValueError, match=r"has shape \(4,\), the cfg needs \(16,\)"):
+        write_weights(cfg, out, w)
+    w = read_weights(cfg, path, dialect="pjreddie")
+    del w.layers[0]
+    with pytest.raises(ValueError, match=r"missing \[0\]"):
+        write_weights(cfg, out, w)
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.path = None
+    with pytest.raises(ValueError, match="need a source: pass base="):
+        write_weights(cfg, out, w)
+    with pytest.raises(WeightsFormatError, match="oversized"):
+        write_weights(cfg, out, w, base=_zoo("alexeyab")[1])
+    assert not out.exists()                            # nothing partial was left behind
+    assert not list(tmp_path.glob(".darknet-weights-*"))
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_layers_from_records_run_darknets_inference(fork):
+    """The layer holds the stored floats and normalizes with the rolling statistics:
+    Darknet's expression evaluated with C's float32/float64 rules, bit for bit."""
+    w = read_weights(*_zoo(fork), dialect=fork)
+    layers = make_batchnorm_layers(w, batch=2)
+    rng = np.random.default_rng(3)
+    for rec in w.layers:
+        layer = layers[rec.index]
+        assert layer.type == ("batchnorm" if rec.section == "batchnorm" else "convolutional")
+        assert (layer.c, layer.h, layer.w) == rec.spec.output_shape
+        assert layer.dialect.name == fork
+        x = rng.standard_normal((2, layer.c, layer.h, layer.w)).astype(np.float32)
+        y = layer.forward(x.copy(), train=False).reshape(x.shape)
+        m, v = rec.rolling_mean[:, None, None], rec.rolling_variance[:, None, None]
+        if fork == "alexeyab":       # (x - mean)/sqrt(var + .00001f)
+            den = np.sqrt((v + np.float32(1e-5)).astype(np.float64))
+        else:                        # (x - mean)/(sqrt(var) + .000001f)
+            den = np.sqrt(v.astype(np.float64)) + np.float64(np.float32(1e-6))
+        xn = ((x - m).astype(np.float64) / den).astype(np.float32)
+        bias = rec.biases if rec.biases is not None else np.zeros(rec.channels, np.float32)
+        want = xn * rec.scales[:, None, None] + bias[:, None, None]
+        assert np.array_equal(_bits(y), _bits(want))
+
+
+def test_layer_from_record_with_other_size():
+    w = read_weights(*_zoo("alexeyab"), dialect="alexeyab")
+    layer = make_batchnorm_layer_from_record(w.layer(0), batch=3, h=5, w=7)
+    assert (layer.batch, layer.c, layer.h, layer.w) == (3, 8, 5, 7)
+    assert np.array_equal(_bits(layer.biases), _bits(w.layer(0).biases))
