@@ -123,3 +123,26 @@ def test_alexeyab_options(tmp_path):
     assert mp.output_shape == (2, 16, 8)
     assert sc.nweights == (1 + 1) * 2 and sc.blocks == (("weights", 4),)
     assert route.output_shape == (2, 16, 16) and route.outputs == 4 * 16 * 16 // 2
+
+
+def test_sections_not_in_the_fixtures(tmp_path):
+    """Layer types no golden cfg uses, against the make_*_layer formulas (cited in the
+    parser's docstrings); these are not checked against a Darknet run."""
+    body = ("[local]\nfilters=2\nsize=3\nstride=2\npad=1\n"          # (16-1)/2+1 = 8
+            "[dropout]\nprobability=.5\n"
+            "[activation]\nactivation=relu\n"
+            "[reorg]\nstride=2\nreverse=1\n"                          # 2x8x8 -> 0 channels
+            )
+    with pytest.raises(CfgError, match=r"output would be 0x16x16"):
+        parse_cfg(_cfg(tmp_path, body))
+    body = body.replace("reverse=1", "reverse=0") + "[upsample]\nstride=-2\n[cost]\n"
+    local, drop, act, reorg, up, cost = parse_cfg(_cfg(tmp_path, body)).layers
+    assert local.output_shape == (2, 8, 8) and local.blocks == (
+        ("biases", 128), ("weights", 3 * 3 * 3 * 2 * 64))
+    assert (drop.c, drop.h, drop.w, drop.output_shape) == (0, 0, 0, (2, 8, 8))
+    assert (act.c, act.h, act.w, act.output_shape) == (2, 8, 8, (2, 8, 8))
+    assert reorg.output_shape == (8, 4, 4) and reorg.outputs == 128
+    assert up.output_shape == (8, 2, 2) and up.stride == 2
+    assert (cost.inputs, cost.outputs, cost.output_shape) == (32, 32, (0, 0, 0))
+    extra = parse_cfg(_cfg(tmp_path, "[reorg]\nstride=2\nextra=5\n")).layers[0]
+    assert extra.output_shape == (3 * 16 * 16 + 5, 0, 0) and extra.outputs == 773

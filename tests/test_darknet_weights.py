@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from darknet_bn.darknet import (BatchNormRecord, DarknetWeights, WeightsFormatError,
                                 WeightsHeader, make_batchnorm_layer_from_record,
@@ -243,3 +245,49 @@ def test_layer_from_record_with_other_size():
     layer = make_batchnorm_layer_from_record(w.layer(0), batch=3, h=5, w=7)
     assert (layer.batch, layer.c, layer.h, layer.w) == (3, 8, 5, 7)
     assert np.array_equal(_bits(layer.biases), _bits(w.layer(0).biases))
+
+
+@st.composite
+def _small_cfgs(draw):
+    """Random nets of the three BN-carrying sections (and a maxpool), as cfg text."""
+    body = ["[net]", "width=8", "height=8", f"channels={draw(st.integers(1, 4))}"]
+    flat = False
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["convolutional", "batchnorm", "connected", "maxpool"]))
+        if flat and kind != "connected":
+            kind = "connected"
+        body.append(f"[{kind}]")
+        bn = draw(st.integers(0, 1))
+        if kind == "convolutional":
+            body += [f"filters={draw(st.integers(1, 5))}", f"size={draw(st.sampled_from([1, 3]))}",
+                     "pad=1", f"batch_normalize={bn}"]
+        elif kind == "connected":
+            body += [f"output={draw(st.integers(1, 6))}", f"batch_normalize={bn}"]
+            flat = True
+        elif kind == "maxpool":
+            body += ["size=2", "stride=1"]
+    return "\n".join(body) + "\n"
+
+
+@settings(max_examples=30, deadline=None)
+@given(text=_small_cfgs(), fork=st.sampled_from(FORKS), seed=st.integers(0, 2**32 - 1))
+def test_random_nets_round_trip(tmp_path_factory, text, fork, seed):
+    tmp = tmp_path_factory.mktemp("rt")
+    cfg = tmp / "net.cfg"
+    cfg.write_text(text)
+    net = parse_cfg(cfg, dialect=fork)
+    rng = np.random.default_rng(seed)
+    synth = DarknetWeights(None, fork, WeightsHeader(0, 2, 0, seed), net,
+                           _random_records(net, rng, fork))
+    path = tmp / "net.weights"
+    write_weights(cfg, path, synth, fill=-1.5)
+    assert path.stat().st_size == 20 + 4 * sum(s.float_count for s in net.layers)
+    back = read_weights(cfg, path, dialect=fork)
+    assert back.header == synth.header and len(back.layers) == len(synth.layers)
+    for a, b in zip(synth.layers, back.layers):
+        for name, arr in a.arrays().items():
+            assert np.array_equal(_bits(arr), _bits(getattr(b, name)))
+        assert (b.biases is None) == (fork == "pjreddie" and b.section == "batchnorm")
+    copy = tmp / "copy.weights"
+    write_weights(cfg, copy, back)
+    assert copy.read_bytes() == path.read_bytes()
