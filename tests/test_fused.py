@@ -1,0 +1,220 @@
+"""The "fused" path against the "blas" path (the one-to-one composition), bit for bit.
+
+The golden-fixture and naive-reference tests in test_batchnorm_layer.py already
+run on every path in ``PATHS``; these add random, larger and odd shapes (batch=1,
+c=1, h=w=1, channel counts that are not a multiple of the fused kernels' 8-lane
+groups), both dialects and layer types, train and inference, multi-step
+sequences with ``update``, special values, and the argument variants
+(input/delta None, explicit net_delta).  Every buffer of the layer is compared
+bitwise (``golden.bits_equal``: -0.0 != +0.0, NaN payloads must match) after
+every forward, backward and update.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from darknet_bn import BatchNormLayer
+from darknet_bn import _jit, batchnorm_layer, fused
+from darknet_bn.batchnorm_layer import FIELDS, PATHS
+from darknet_bn.golden import bits_equal, ulp_diff
+
+DIALECTS = ("pjreddie", "alexeyab")
+LAYER_TYPES = ("batchnorm", "convolutional")
+
+# (batch, c, h, w): batch=1, c=1, h=w=1 with batch>=2, odd sizes, c below / at /
+# above / between multiples of fused.LANES, an FC-like shape and a larger one.
+SHAPES = [
+    (1, 3, 5, 7), (4, 1, 3, 3), (2, 5, 1, 1), (3, 13, 7, 5), (2, 17, 4, 4),
+    (5, 8, 2, 3), (1, 9, 1, 2), (64, 40, 1, 1), (2, 24, 33, 31), (7, 3, 1, 1),
+]
+
+#: Step sequences: (mode, update after backward?)
+SEQUENCES = {
+    "train-update-infer": [("train", True), ("train", False), ("infer", False),
+                           ("train", True)],
+    "infer-first": [("infer", False), ("train", True), ("infer", True)],
+}
+
+
+def _random_state(layer, rng):
+    """Random parameters and accumulators, shared by both layers of a pair."""
+    c = layer.c
+    return {
+        "scales": rng.uniform(-2, 2, c).astype(np.float32),
+        "biases": rng.normal(0, 1, c).astype(np.float32),
+        "rolling_mean": rng.normal(0, 1, c).astype(np.float32),
+        "rolling_variance": rng.uniform(0.01, 4, c).astype(np.float32),
+        "scale_updates": rng.normal(0, 1, c).astype(np.float32),
+        "bias_updates": rng.normal(0, 1, c).astype(np.float32),
+    }
+
+
+def _inputs(shape, rng, kind):
+    n = int(np.prod(shape))
+    b, c, h, w = shape
+    x = rng.standard_normal(n).astype(np.float32)
+    x = x.reshape(b, c, h * w) * rng.uniform(0.1, 5, (1, c, 1)).astype(np.float32)
+    x = (x + rng.normal(0, 3, (1, c, 1)).astype(np.float32)).astype(np.float32).reshape(-1)
+    if kind == "huge":
+        x *= np.float32(1e18)
+    elif kind == "tiny":
+        x *= np.float32(1e-30)
+    elif kind == "constant_channel":
+        x.reshape(b, c, h * w)[:, 0, :] = np.float32(1.5)
+    elif kind == "special":
+        flat = x.reshape(b, c, h * w)
+        flat[0, 0, 0] = np.nan
+        if c > 1:
+            flat[-1, 1, -1] = np.inf
+        if c > 2:
+            flat[0, 2, 0] = -0.0
+    d = rng.standard_normal(n).astype(np.float32)
+    if kind == "special" and c > 3:
+        d.reshape(b, c, h * w)[0, 3, 0] = -np.inf
+    return x, d
+
+
+def _pair(shape, dialect, layer_type, rng):
+    b, c, h, w = shape
+    layers = [BatchNormLayer(b, w, h, c, dialect=dialect, layer_type=layer_type, kernel=k)
+              for k in ("blas", "fused")]
+    for name, v in _random_state(layers[0], rng).items():
+        for l in layers:
+            getattr(l, name)[:] = v
+    return layers
+
+
+def _assert_same(blas, fused_l, where, extra=()):
+    bad = []
+    for name in FIELDS:
+        a, e = getattr(fused_l, name), getattr(blas, name)
+        if not bits_equal(a, e):
+            bad.append(f"{name} {ulp_diff(a, e)}")
+    for name, a, e in extra:
+        if not bits_equal(a, e):
+            bad.append(f"{name} {ulp_diff(a, e)}")
+    assert not bad, f"{where}: fused differs from blas in (buffer (n differing, max ulp)): {bad}"
+
+
+def _run_sequence(shape, dialect, layer_type, sequence, kind, seed, variant="plain"):
+    rng = np.random.default_rng(seed)
+    blas, fl = _pair(shape, dialect, layer_type, rng)
+    trainable = shape[0] * shape[2] * shape[3] >= 2
+    for t, (mode, do_update) in enumerate(sequence):
+        train = mode == "train"
+        if train and not trainable:
+            continue
+        x, d = _inputs(shape, rng, kind)
+        where = f"{shape} {dialect} {layer_type} {kind} step{t} {mode}"
+        if variant == "in_place" and layer_type == "convolutional":
+            for l in (blas, fl):          # the conv output already sits in l.output
+                l.output[:] = x
+                l.forward(None, train)
+        else:
+            for l in (blas, fl):
+                l.forward(x.reshape(shape) if variant == "4d" else x, train)
+        _assert_same(blas, fl, where + " forward")
+        if variant == "in_place":
+            for l in (blas, fl):          # backward(None): delta already in l.delta
+                l.delta[:] = d
+            grads = [l.backward(None, train) for l in (blas, fl)]
+        elif variant == "net_delta" and layer_type == "batchnorm":
+            outs = [np.full(d.size, np.float32(7.0)) for _ in range(2)]
+            grads = [l.backward(d, train, net_delta=o) for l, o in zip((blas, fl), outs)]
+            assert grads[0] is outs[0] and grads[1] is outs[1]
+        else:
+            grads = [l.backward(d, train) for l in (blas, fl)]
+        _assert_same(blas, fl, where + " backward", [("returned gradient", *grads[::-1])])
+        if layer_type == "batchnorm":
+            _assert_same(blas, fl, where + " backward", [("net_delta", fl.net_delta,
+                                                         blas.net_delta)])
+        if do_update:
+            r = [l.update(0.01, 0.9, 0.0005, batch=shape[0] * 2) for l in (blas, fl)]
+            assert r[0] == r[1]
+            _assert_same(blas, fl, where + " update")
+
+
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_matches_blas_random(shape, dialect, layer_type):
+    for seq_name, seq in SEQUENCES.items():
+        _run_sequence(shape, dialect, layer_type, seq, "normal", seed=hash(seq_name) % 1000)
+
+
+@pytest.mark.parametrize("kind", ["huge", "tiny", "constant_channel", "special"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_fused_matches_blas_special_values(kind, dialect, layer_type):
+    for shape in [(3, 13, 7, 5), (2, 9, 4, 4), (16, 4, 1, 1)]:
+        _run_sequence(shape, dialect, layer_type, SEQUENCES["train-update-infer"], kind, seed=3)
+
+
+@pytest.mark.parametrize("variant", ["in_place", "net_delta", "4d"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+def test_fused_matches_blas_argument_variants(variant, dialect, layer_type):
+    _run_sequence((3, 11, 5, 6), dialect, layer_type, SEQUENCES["train-update-infer"],
+                  "normal", seed=5, variant=variant)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.integers(1, 6), c=st.integers(1, 20), h=st.integers(1, 9),
+       w=st.integers(1, 9), dialect=st.sampled_from(DIALECTS),
+       layer_type=st.sampled_from(LAYER_TYPES), seed=st.integers(0, 2**32 - 1))
+def test_fused_matches_blas_hypothesis(batch, c, h, w, dialect, layer_type, seed):
+    _run_sequence((batch, c, h, w), dialect, layer_type, SEQUENCES["train-update-infer"],
+                  "normal", seed)
+
+
+def test_large_shape_matches_blas():
+    """A YOLO-like plane size with several 8-channel groups plus a remainder."""
+    _run_sequence((2, 19, 52, 52), "alexeyab", "batchnorm",
+                  [("train", True), ("infer", False)], "normal", seed=11)
+    _run_sequence((2, 19, 52, 52), "pjreddie", "convolutional",
+                  [("train", True), ("infer", False)], "normal", seed=12)
+
+
+# --------------------------------------------------------------------------
+def test_fused_is_registered_and_default():
+    assert PATHS["fused"] == (fused.forward_fused, fused.backward_fused)
+    assert batchnorm_layer.DEFAULT_KERNEL == "fused"
+    assert BatchNormLayer(2, 3, 3, 4).kernel == "fused"
+    assert BatchNormLayer(2, 3, 3, 4, kernel="blas").kernel == "blas"
+
+
+def test_fused_kernels_are_registered_for_warmup():
+    """Every fused kernel goes through _jit.kernel, so warmup() compiles it (cache=True)."""
+    registered = {d for d, _ in _jit.KERNELS}
+    for k in (fused._forward_train, fused._forward_infer, fused._backward):
+        assert k in registered
+        assert k.targetoptions.get("cache", False) or getattr(k, "_cache", None) is not None
+        assert not k.targetoptions.get("fastmath")
+
+
+def test_fused_writes_only_the_layer_buffers():
+    """No output is allocated per call: forward returns l.output itself; the
+    input and delta arrays are left untouched."""
+    rng = np.random.default_rng(0)
+    l = BatchNormLayer(3, 4, 5, 10, kernel="fused")
+    x, d = _inputs((3, 10, 5, 4), rng, "normal")
+    x0, d0 = x.copy(), d.copy()
+    out = l.forward(x, True)
+    assert out is l.output
+    grad = l.backward(d, True)
+    assert grad is l.net_delta
+    assert bits_equal(x, x0) and bits_equal(d, d0)
+
+
+def test_comparison_detects_a_one_ulp_difference():
+    """The checks above can fail: flipping one bit of one buffer is reported."""
+    rng = np.random.default_rng(1)
+    blas, fl = _pair((2, 5, 3, 3), "pjreddie", "batchnorm", rng)
+    x, d = _inputs((2, 5, 3, 3), rng, "normal")
+    for l in (blas, fl):
+        l.forward(x, True)
+    fl.x_norm.view(np.int32)[7] ^= 1
+    with pytest.raises(AssertionError, match="x_norm"):
+        _assert_same(blas, fl, "flipped")
