@@ -85,7 +85,8 @@ def test_torch_eval_matches_port_inference(fork):
               if k != "num_batches_tracked"}
         alpha = st["weight"] / np.sqrt(st["running_var"] + module.eps)
         shape = (1, -1, 1, 1)
-        scale = (np.abs(x * alpha.reshape(shape)) + np.abs(st["running_mean"] * alpha).reshape(shape)
+        scale = (np.abs(x * alpha.reshape(shape))
+                 + np.abs(st["running_mean"] * alpha).reshape(shape)
                  + np.abs(st["bias"]).reshape(shape))
         err = np.abs(theirs.astype(np.float64) - ours) / (U * scale)
         worst = max(worst, float(err.max()))

@@ -331,7 +331,7 @@ def _check_out(sec, spec, hint):
                         f"{spec.c}x{spec.h}x{spec.w}; {hint}")
 
 
-def _refuse(sec, fd, keys, reason):
+def _refuse(sec, keys, reason):
     for key in keys:
         if sec.has(key):
             raise sec.error(f"option {key}= is {reason}; parse with "
@@ -373,7 +373,7 @@ def parse_convolutional(sec, p, layers, fd):
                             "blur layer or shares another layer's weights); remove it", key,
                             UnsupportedCfgError)
     else:
-        _refuse(sec, fd, ("stride_x", "stride_y"), "AlexeyAB-only (pjreddie ignores it)")
+        _refuse(sec, ("stride_x", "stride_y"), "AlexeyAB-only (pjreddie ignores it)")
         sx = sy = sec.find_int("stride", 1, minimum=1)
     padding = sec.find_int("padding", 0, minimum=0)
     if sec.find_int("pad", 0):
@@ -460,7 +460,7 @@ def parse_maxpool(sec, p, layers, fd, section="maxpool"):
             raise sec.error("antialiasing= is not supported by this parser (it adds a "
                             "hidden layer); remove it", "antialiasing", UnsupportedCfgError)
     else:
-        _refuse(sec, fd, ("stride_x", "stride_y", "maxpool_depth"),
+        _refuse(sec, ("stride_x", "stride_y", "maxpool_depth"),
                 "AlexeyAB-only (pjreddie ignores it)")
         sx = sy = stride
     size = sec.find_int("size", stride, minimum=1)
@@ -509,7 +509,7 @@ def parse_route(sec, p, layers, fd):
         if group_id >= groups:
             raise sec.error(f"group_id={group_id} must be < groups={groups}", "group_id")
     else:
-        _refuse(sec, fd, ("groups", "group_id"),
+        _refuse(sec, ("groups", "group_id"),
                 "AlexeyAB-only (pjreddie ignores it and would concatenate whole layers)")
         groups = 1
     first = layers[idx[0]]
@@ -564,7 +564,7 @@ def parse_shortcut(sec, p, layers, fd):
         if s.nweights:
             s.blocks = (("weights", s.nweights),)
     else:
-        _refuse(sec, fd, ("weights_type",), "AlexeyAB-only (pjreddie stores no weights)")
+        _refuse(sec, ("weights_type",), "AlexeyAB-only (pjreddie stores no weights)")
         src = layers[idx[0]]
         s.c, s.h, s.w = src.out_c, src.out_h, src.out_w
     return s

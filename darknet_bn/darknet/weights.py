@@ -180,10 +180,12 @@ def _other_dialect_size(net, header):
     return other, header.nbytes + 4 * alt.float_count
 
 
-def read_weights(cfg_path, weights_path, *, dialect="pjreddie"):
+def read_weights(cfg_path, weights_path, *, dialect=None):
     """``load_weights`` for the batchnorm parameters: a ``DarknetWeights``.
 
-    ``cfg_path`` may also be a ``Network`` from ``parse_cfg``.  Every layer with
+    ``cfg_path`` may also be a ``Network`` from ``parse_cfg``.  ``dialect``:
+    ``"pjreddie"`` (default for a path) or ``"alexeyab"``; for a ``Network`` it
+    defaults to the dialect it was parsed with.  Every layer with
     ``bn_channels > 0`` gives one ``BatchNormRecord`` with the stored floats,
     bit for bit.  Raises ``WeightsFormatError`` if the header is not a version
     Darknet writes or the size is not exactly what the cfg implies.
