@@ -13,10 +13,36 @@ Options, for every faithful kernel:
 Each kernel is declared with its explicit float32 signatures.  They are compiled
 lazily (on first call, or all at once by ``warmup()``) rather than at import, so
 ``import darknet_bn`` stays cheap even with a cold cache.
+
+Threading layer (docs/reliability.md).  Numba picks the first loadable of
+``tbb``, ``omp``, ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise;
+this module never overrides that choice.  ``tbb`` and ``omp`` are threadsafe.
+``workqueue`` is not: two Python threads entering parallel kernels at once abort
+the process ("Terminating: Concurrent access has been detected").  When the
+layer Numba will use is ``workqueue`` (no TBB and no OpenMP runtime, or the user
+asked for it), the kernels are compiled with ``parallel=False`` instead: the
+same loops run serially, so the bits are the same (every channel keeps its
+order), and threads are safe because each call still releases the GIL.  The
+serial variants are cached under their own names (``<name>__serial``) so a cache
+written by a parallel process is never loaded by a serial one, or vice versa.
+``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` are respected as they are.
+
+Cache (docs/reliability.md).  Numba stores compiled code in ``NUMBA_CACHE_DIR``
+if set, else in the package's ``__pycache__`` if writable, else in the user's
+cache directory (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``), so a
+read-only install works.  If none of them is writable, Numba would refuse to
+decorate (``RuntimeError: cannot cache function``) and ``import darknet_bn``
+would fail; the decorators here then compile without a disk cache instead and
+warn once (``CacheFallbackWarning``).
 """
-from numba import njit
+import importlib
+import warnings
+
+from numba import config, njit
 
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
+#: Options for the small serial helpers kernels call (e.g. ``utils._sum_array``).
+HELPER_OPTIONS = dict(cache=True, fastmath=False, error_model="numpy", nogil=True)
 
 #: (dispatcher, signatures) for every registered kernel, in definition order.
 KERNELS = []
@@ -26,18 +52,119 @@ BUF = "float32[::1]"
 INT = "int64"
 FLT = "float32"
 
+THREADSAFE_LAYERS = ("tbb", "omp")
+
+
+class CacheFallbackWarning(UserWarning):
+    """No writable Numba cache location: kernels are compiled in memory only."""
+
+
+def _loadable(layer):
+    """Whether Numba could load threading layer ``layer`` in this process."""
+    try:
+        if layer == "tbb":
+            from numba.np.ufunc import parallel
+            check = getattr(parallel, "_check_tbb_version_compatible", None)
+            if check is not None:
+                check()
+        importlib.import_module("numba.np.ufunc." + {"tbb": "tbbpool", "omp": "omppool",
+                                                     "workqueue": "workqueue"}[layer])
+        return True
+    except (ImportError, OSError):
+        return False
+
+
+def predicted_threading_layer():
+    """The threading layer Numba uses (or will use, at the first parallel launch).
+
+    Follows Numba's own rules: ``NUMBA_THREADING_LAYER`` if it names a layer or a
+    purpose (``safe``/``threadsafe``/``forksafe``), else the first loadable
+    layer of ``NUMBA_THREADING_LAYER_PRIORITY`` (default tbb, omp, workqueue).
+    Returns ``"tbb"``, ``"omp"``, ``"workqueue"`` or ``None`` (nothing loadable:
+    Numba will raise at the first parallel launch).
+    """
+    from numba.np.ufunc import parallel
+    if getattr(parallel, "_is_initialized", False):
+        return parallel._threading_layer
+    requested = str(config.THREADING_LAYER).lower()
+    candidates = {
+        "safe": ["tbb"],
+        "threadsafe": ["tbb", "omp"],
+        "forksafe": ["tbb", "workqueue"],
+        "default": list(config.THREADING_LAYER_PRIORITY),
+    }.get(requested, [requested])
+    for layer in candidates:
+        if layer in ("tbb", "omp", "workqueue") and _loadable(layer):
+            return layer
+    return None
+
+
+#: The layer Numba will run parallel kernels on, decided once at import.
+THREADING_LAYER = predicted_threading_layer()
+#: False when that layer is not threadsafe: kernels are then compiled serially.
+PARALLEL = THREADING_LAYER in THREADSAFE_LAYERS
+if not PARALLEL:
+    KERNEL_OPTIONS["parallel"] = False
+
+#: True once a decorator had to compile without a disk cache.
+CACHE_DISABLED = False
+
+
+def _njit(fn, options):
+    """``njit(**options)(fn)``, without the disk cache if no location is writable."""
+    global CACHE_DISABLED
+    try:
+        return njit(**options)(fn)
+    except RuntimeError as exc:
+        if not options.get("cache") or "cannot cache" not in str(exc):
+            raise
+        if not CACHE_DISABLED:
+            warnings.warn(
+                "darknet_bn: no writable Numba cache location (the package directory, "
+                "NUMBA_CACHE_DIR and the user cache directory are all read-only); "
+                "kernels are compiled in memory on every run. Set NUMBA_CACHE_DIR to a "
+                f"writable directory to cache them. ({exc})", CacheFallbackWarning,
+                stacklevel=3)
+        CACHE_DISABLED = True
+        return njit(**{**options, "cache": False})(fn)
+
 
 def kernel(*signatures, **overrides):
     """Decorate a kernel with KERNEL_OPTIONS (``overrides`` win) and register it."""
     def wrap(fn):
-        dispatcher = njit(**{**KERNEL_OPTIONS, **overrides})(fn)
+        options = {**KERNEL_OPTIONS, **overrides}
+        if options.get("parallel") and not PARALLEL:
+            options["parallel"] = False
+        if not options.get("parallel"):
+            # Keep serial and parallel builds apart in the on-disk cache (its
+            # index is named after the qualname and does not record the flags).
+            fn.__qualname__ += "__serial"
+        dispatcher = _njit(fn, options)
         KERNELS.append((dispatcher, signatures))
         return dispatcher
     return wrap
 
 
+def helper(fn=None, **overrides):
+    """Decorate a serial helper that kernels call: HELPER_OPTIONS, same cache fallback.
+
+    Use as ``@helper`` or ``@helper(inline="always")``.
+    """
+    def wrap(f):
+        return _njit(f, {**HELPER_OPTIONS, **overrides})
+    return wrap(fn) if fn is not None else wrap
+
+
 def sig(*args):
     return "void(" + ", ".join(args) + ")"
+
+
+def threading_info():
+    """How the kernels run here: threading layer, parallel or serial, threads, cache."""
+    import numba
+    return {"threading_layer": THREADING_LAYER, "parallel": PARALLEL,
+            "num_threads": numba.get_num_threads(), "max_threads": config.NUMBA_NUM_THREADS,
+            "cache": not CACHE_DISABLED}
 
 
 def warmup():

@@ -9,6 +9,10 @@ import numbers
 
 import numpy as np
 
+#: Largest dimension, count or stride a kernel takes: they are int64 there (C's
+#: ``int`` would overflow past 2**31 - 1; see tests/test_index_width.py).
+INDEX_MAX = 2**63 - 1
+
 
 def check_dim(routine, name, value, *, minimum=1):
     """An integer dimension or count >= ``minimum``; returns it as a Python int."""
@@ -20,6 +24,9 @@ def check_dim(routine, name, value, *, minimum=1):
     value = int(value)
     if value < minimum:
         raise ValueError(f"{routine}: {name} must be >= {minimum}, got {value}")
+    if value > INDEX_MAX:
+        raise ValueError(f"{routine}: {name} = {value} does not fit the kernels' 64-bit "
+                         f"indices; it must be <= {INDEX_MAX}")
     return value
 
 
@@ -43,6 +50,11 @@ def check_buffer(routine, name, arr, length, *, writable=False, at_least=False, 
         raise TypeError(
             f"{routine}: {name} must be a numpy.ndarray of float32, got "
             f"{type(arr).__name__}; convert with np.ascontiguousarray({name}, dtype=np.float32)"
+        )
+    if isinstance(arr, np.ma.MaskedArray):
+        raise TypeError(
+            f"{routine}: {name} is a masked array; the kernels would ignore its mask. "
+            f"Pass {name}.filled(value) or np.ascontiguousarray({name}.data)"
         )
     if arr.dtype != np.float32:
         raise TypeError(
@@ -91,3 +103,35 @@ def check_no_overlap(routine, written, *read):
                 "in parallel, so pass separate buffers (e.g. "
                 f"{rname}.copy())"
             )
+
+
+def check_state(routine, owner, names, lengths):
+    """Re-validate an object's own buffers before its kernels run.
+
+    ``names``: attribute names of ``owner``'s buffers; ``lengths``: the element
+    count each must have for the kernels (computed from ``owner``'s current
+    dimensions).  Each must be a flat, contiguous, aligned, writable float32
+    array of that length, and no two may share memory; otherwise a kernel would
+    read or write out of bounds (Numba does not check) or race with itself.
+    The result is remembered on ``owner``: while the same array objects are in
+    place with the same lengths, only their writability is re-checked.
+    """
+    arrays = tuple(getattr(owner, n) for n in names)
+    lengths = tuple(lengths)
+    seen = owner.__dict__.get("_checked_state")
+    if (seen is not None and seen[0] == lengths
+            and all(a is b and a.flags.writeable for a, b in zip(arrays, seen[1]))):
+        return
+    for name, arr, n in zip(names, arrays, lengths):
+        check_buffer(routine, f"layer.{name}", arr, n, writable=True,
+                     what="the layer's size; keep each buffer's size, dtype and identity "
+                          "(write into it with [:] = ...)")
+    spans = sorted((a.__array_interface__["data"][0], a.nbytes, name)
+                   for name, a in zip(names, arrays) if a.nbytes)
+    for (start, size, name), (next_start, _, next_name) in zip(spans, spans[1:]):
+        if start + size > next_start:
+            raise ValueError(
+                f"{routine}: layer.{name} and layer.{next_name} share memory; every layer "
+                f"buffer needs its own (assign a copy: layer.{next_name} = "
+                f"layer.{next_name}.copy())")
+    owner._checked_state = (lengths, arrays)

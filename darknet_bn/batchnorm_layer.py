@@ -33,12 +33,11 @@ import numpy as np
 from numba import prange
 
 from ._jit import BUF, INT, kernel, sig
-from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar
+from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar, check_state
 from .blas import (_axpy_cpu, _copy_cpu, _mean_cpu, _mean_delta_cpu, _normalize_cpu,
                    _normalize_delta_cpu, _scal_cpu, _variance_cpu, _variance_delta_cpu)
 from .convolutional_layer import _add_bias, _backward_bias, _scale_bias
 from .dialects import get_dialect
-from .fused import backward_fused, forward_fused
 
 LAYER_TYPES = ("batchnorm", "convolutional")
 
@@ -144,7 +143,6 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
 #: every argument before calling them.
 #: "blas" composes the one-to-one routines exactly as batchnorm_layer.c does.
 PATHS = {"blas": (_forward_blas, _backward_blas)}
-PATHS["fused"] = (forward_fused, backward_fused)   # darknet_bn/fused.py: bit-identical, faster
 DEFAULT_KERNEL = "fused"
 
 
@@ -194,12 +192,15 @@ class BatchNormLayer:
             raise ValueError(f"{r}: unknown layer_type {layer_type!r}; use one of {LAYER_TYPES}")
         self.type = layer_type
         kernel = DEFAULT_KERNEL if kernel is None else kernel
-        if kernel not in PATHS:
+        if not isinstance(kernel, str) or kernel not in PATHS:
             raise ValueError(f"{r}: unknown kernel {kernel!r}; use one of {sorted(PATHS)}")
         self.kernel = kernel
         self.out_w, self.out_h, self.out_c = self.w, self.h, self.c
         self.outputs = self.inputs = self.c * self.h * self.w
         n = self.batch * self.outputs
+        if n * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
+            raise ValueError(f"{r}: batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w} = "
+                             f"{n} floats cannot be allocated; use smaller dimensions")
         for name in TENSOR_FIELDS:
             setattr(self, name, np.zeros(n, dtype=np.float32))
         for name in CHANNEL_FIELDS:
@@ -238,8 +239,11 @@ class BatchNormLayer:
                 raise ValueError(
                     f"{routine}: {name} has shape {arr.shape}, expected "
                     f"(batch, c, h, w) = {(self.batch, self.c, self.h, self.w)}")
-            if arr.flags.c_contiguous:
-                arr = arr.reshape(-1)
+            if not arr.flags.c_contiguous:
+                raise ValueError(
+                    f"{routine}: {name} is not C-contiguous (strides {arr.strides}); "
+                    f"pass np.ascontiguousarray({name})")
+            arr = arr.reshape(-1)
         check_buffer(routine, name, arr, self.batch * self.outputs,
                      what=f"batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w}")
         if arr.ctypes.data == target.ctypes.data:
@@ -254,6 +258,21 @@ class BatchNormLayer:
                 "Darknet's unbiased variance divides by batch*h*w - 1 = 0. "
                 "Use batch >= 2 (or h*w >= 2), or pass train=False")
 
+    def _check_state(self, routine):
+        """The layer's own buffers and dimensions still fit together (users may assign
+        buffers and fields; a wrong one would make a kernel run out of bounds)."""
+        if ((self.out_c, self.out_h, self.out_w) != (self.c, self.h, self.w)
+                or self.outputs != self.c * self.h * self.w or self.inputs != self.outputs):
+            raise ValueError(
+                f"{routine}: the layer's dimensions were modified (c, h, w = {self.c}, "
+                f"{self.h}, {self.w}; out_c, out_h, out_w = {self.out_c}, {self.out_h}, "
+                f"{self.out_w}; outputs = {self.outputs}); create a new BatchNormLayer instead")
+        n = self.batch * self.outputs
+        standalone = self.type == "batchnorm"
+        check_state(routine, self, FIELDS + (("net_delta",) if standalone else ()),
+                    (n,) * len(TENSOR_FIELDS) + (self.c,) * len(CHANNEL_FIELDS)
+                    + ((n,) if standalone else ()))
+
     # ------------------------------------------------------------------
     def forward(self, input=None, train=True):
         """``forward_batchnorm_layer``: normalize, scale, shift; returns ``output``.
@@ -267,6 +286,7 @@ class BatchNormLayer:
         """
         r = "BatchNormLayer.forward"
         train = _check_train(r, train)
+        self._check_state(r)
         if input is None:
             if self.type == "batchnorm":
                 raise ValueError(f"{r}: a standalone batchnorm layer needs its input "
@@ -292,6 +312,7 @@ class BatchNormLayer:
         """
         r = "BatchNormLayer.backward"
         train = _check_train(r, train)
+        self._check_state(r)
         if delta is not None:
             delta = self._tensor_arg(r, "delta", delta, self.delta)
         if net_delta is not None:
@@ -335,6 +356,7 @@ class BatchNormLayer:
         batch = self.batch if batch is None else check_dim(r, "batch", batch)
         if not self.has_update:
             return False
+        self._check_state(r)
         rate = np.float32(lr / np.float32(batch))      # float / int -> float
         _axpy_cpu(self.c, rate, self.bias_updates, 1, self.biases, 1)
         _scal_cpu(self.c, momentum, self.bias_updates, 1)

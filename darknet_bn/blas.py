@@ -49,8 +49,9 @@ def _ch_buf(routine, name, arr, filters, writable=False):
 
 def _strided_buf(routine, name, arr, N, inc, writable=False):
     need = (N - 1) * inc + 1 if N > 0 else 0
+    inc_name = "INC" + name                            # INCX for X, INCY for Y
     return check_buffer(routine, name, arr, need, writable=writable, at_least=True,
-                        what=f"(N-1)*INC+1 with N={N}, INC={inc}")
+                        what=f"(N-1)*{inc_name}+1 with N={N}, {inc_name}={inc}")
 
 
 # --------------------------------------------------------------------------
@@ -176,11 +177,10 @@ def _copy_cpu(N, X, INCX, Y, INCY):
         Y[i * INCY] = X[i * INCX]
 
 
-def _blas1_args(r, N, INCX, INCY=None):
-    N = check_dim(r, "N", N, minimum=0)
-    INCX = check_dim(r, "INCX", INCX)
-    INCY = None if INCY is None else check_dim(r, "INCY", INCY)
-    return N, INCX, INCY
+def _blas1_args(r, N, **incs):
+    """N >= 0 (0 is a no-op) and each stride (INCX, INCY) >= 1, as Python ints."""
+    return (check_dim(r, "N", N, minimum=0),
+            *(check_dim(r, name, value) for name, value in incs.items()))
 
 
 def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
@@ -190,7 +190,7 @@ def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
     is a no-op (as in C and BLAS); INCX, INCY must be >= 1.
     """
     r = "axpy_cpu"
-    N, INCX, INCY = _blas1_args(r, N, INCX, INCY)
+    N, INCX, INCY = _blas1_args(r, N, INCX=INCX, INCY=INCY)
     ALPHA = check_scalar(r, "ALPHA", ALPHA)
     _strided_buf(r, "X", X, N, INCX)
     _strided_buf(r, "Y", Y, N, INCY, writable=True)
@@ -201,7 +201,7 @@ def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
 def scal_cpu(N, ALPHA, X, INCX):
     """``scal_cpu`` (blas.c): ``X[i*INCX] *= ALPHA`` for i < N, in float32."""
     r = "scal_cpu"
-    N, INCX, _ = _blas1_args(r, N, INCX)
+    N, INCX = _blas1_args(r, N, INCX=INCX)
     ALPHA = check_scalar(r, "ALPHA", ALPHA)
     _strided_buf(r, "X", X, N, INCX, writable=True)
     _scal_cpu(N, ALPHA, X, INCX)
@@ -210,7 +210,7 @@ def scal_cpu(N, ALPHA, X, INCX):
 def copy_cpu(N, X, INCX, Y, INCY):
     """``copy_cpu`` (blas.c): ``Y[i*INCY] = X[i*INCX]`` for i < N."""
     r = "copy_cpu"
-    N, INCX, INCY = _blas1_args(r, N, INCX, INCY)
+    N, INCX, INCY = _blas1_args(r, N, INCX=INCX, INCY=INCY)
     _strided_buf(r, "X", X, N, INCX)
     _strided_buf(r, "Y", Y, N, INCY, writable=True)
     check_no_overlap(r, ("Y", Y), ("X", X))

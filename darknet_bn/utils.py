@@ -1,11 +1,11 @@
 """Darknet's ``src/utils.c``: ``sum_array``, the plane sum used by ``backward_bias``."""
 import numpy as np
-from numba import njit
 
+from ._jit import helper
 from ._validate import check_buffer, check_dim
 
 
-@njit(cache=True, fastmath=False, nogil=True)
+@helper
 def _sum_array(a, start, n):
     """``sum_array(a + start, n)``: float32 sum from +0.0f, in index order."""
     total = np.float32(0.0)

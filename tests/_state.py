@@ -1,0 +1,60 @@
+"""Bitwise snapshots of buffers and layers, shared by the reliability tests.
+
+One place that copies a layer's (or a call's) arrays and asserts, bit for bit,
+that nothing changed after a rejected call, or that two runs gave the same bits.
+"""
+import numpy as np
+
+from darknet_bn.batchnorm_layer import FIELDS
+
+
+def same_bits(a, b):
+    """True when two arrays have the same dtype, shape and bytes (float32: bitwise,
+    so -0.0 != +0.0 and NaN payloads count); object arrays compare by identity."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == object:
+        return all(x is y for x, y in zip(a.ravel(), b.ravel()))
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def snapshot(values):
+    """Copies of every ndarray in ``values`` (a dict name -> value)."""
+    return {k: v.copy() for k, v in values.items() if isinstance(v, np.ndarray)}
+
+
+def assert_unchanged(values, before, context=""):
+    """Every array snapshotted in ``before`` still has exactly the same bits."""
+    changed = [k for k, old in before.items() if not same_bits(values[k], old)]
+    assert not changed, f"{context}: modified by a call that must not modify them: {changed}"
+
+
+def layer_names(layer):
+    return FIELDS + (("net_delta",) if getattr(layer, "net_delta", None) is not None else ())
+
+
+def layer_state(layer):
+    """A copy of every buffer of a BatchNormLayer (including its net_delta)."""
+    return {name: np.array(getattr(layer, name), copy=True) for name in layer_names(layer)}
+
+
+def assert_layer_unchanged(layer, before, context=""):
+    """The layer's buffers are bit-identical to ``before`` (from ``layer_state``)."""
+    assert_unchanged({name: getattr(layer, name) for name in before}, before, context)
+
+
+def assert_layers_equal(a, b, context=""):
+    """Two layers hold the same bits in every buffer."""
+    diff = [name for name in layer_names(a) if not same_bits(getattr(a, name), getattr(b, name))]
+    assert not diff, f"{context}: buffers differ in bits: {diff}"
+
+
+def fill_layer(layer, rng):
+    """Non-trivial random state in every buffer (variances positive)."""
+    for name in layer_names(layer):
+        buf = getattr(layer, name)
+        buf[:] = rng.standard_normal(buf.size).astype(np.float32)
+    for name in ("variance", "rolling_variance"):
+        getattr(layer, name)[:] = np.abs(getattr(layer, name)) + np.float32(0.5)
+    return layer
