@@ -291,3 +291,17 @@ def test_random_nets_round_trip(tmp_path_factory, text, fork, seed):
     copy = tmp / "copy.weights"
     write_weights(cfg, copy, back)
     assert copy.read_bytes() == path.read_bytes()
+
+
+def test_rewrite_in_place(tmp_path):
+    cfg, path = _zoo("alexeyab")
+    target = tmp_path / "model.weights"
+    target.write_bytes(path.read_bytes())
+    w = read_weights(cfg, target, dialect="alexeyab")
+    w.layer(0).scales[:] = np.float32(7)
+    write_weights(cfg, target, w)                      # base is the file being replaced
+    old, new = np.fromfile(path, "<u1"), np.fromfile(target, "<u1")
+    changed = np.flatnonzero(old != new)
+    assert old.size == new.size
+    assert changed.min() >= 20 + 4 * 8 and changed.max() < 20 + 4 * 16    # layer 0's scales
+    assert [p.name for p in tmp_path.iterdir()] == ["model.weights"]
