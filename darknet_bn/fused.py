@@ -22,23 +22,33 @@ Latency hiding.  A channel's reduction is one serial dependency chain; the one
 in ``variance_cpu`` is float32 -> float64 add -> float32 on every element, about
 10 cycles of latency per element.  The forward reductions therefore run ``G``
 channels' chains interleaved in one loop (independent chains, each in its own
-order), which keeps the FP units busy.  The backward's first pass already has
-four independent chains per channel (backward_bias, backward_scale, mean_delta,
-variance_delta sums), so it runs one channel at a time.
+order), which keeps the FP units busy (variance_cpu: 6.4 -> 1.85 cycles/element
+single-threaded).  The backward's first pass already has four independent
+chains per channel (backward_bias, backward_scale, mean_delta, variance_delta
+sums); it interleaves two channels (2.3 -> 1.95 cycles/element).  The input
+copy to ``x`` is done in the vectorized normalize pass, not in the scalar mean
+pass.  Elementwise passes are vectorized by LLVM; their cost is the float64
+division C prescribes.
 
 Rejected alternatives (kept here so they are not retried):
 
-- Multiplying by a per-channel reciprocal instead of dividing by
-  ``sqrt(var) + eps`` (normalize_cpu) or by ``spatial*batch`` (normalize_delta_cpu):
-  ``x * (1/d)`` and ``x / d`` differ in the last float64 bit often enough to
-  change float32 results; ``tests/test_fused.py::test_fused_matches_blas_random``
-  fails (and golden cases 0..31 fail) when it is tried.
+- Multiplying by a per-channel reciprocal instead of dividing by the
+  denominator (normalize_cpu, normalize_delta_cpu's first term): after the
+  rounding to float32 it differs only for quotients next to a float32 rounding
+  midpoint (~1 in 2**31), so every random test passes, but it is not Darknet's
+  arithmetic: ``tests/test_fused.py::test_normalize_divides_exactly_on_hard_quotients``
+  and ``::test_normalize_delta_divides_exactly_on_hard_quotients`` fail with it.
+- A reciprocal multiply with a rounding-boundary check and an exact fallback per
+  plane (bit-identical by construction): measured no faster than the division
+  on this machine (AMD Zen 4: vectorized float64 division ~0.8 cycles/element),
+  so not worth its complexity.
 - One running float32 sum for ``backward_bias`` instead of per-plane sums added
-  in batch order: differs in the last bits (``test_fused_matches_blas_random``,
-  ``bias_updates``).
+  in batch order: ``test_fused_matches_blas_random`` fails (``bias_updates``, 4 ulp).
 - Computing the mean and the variance in one pass (sum and sum of squares):
-  not Darknet's arithmetic at all; ``variance_cpu`` needs the finished mean.
+  not Darknet's arithmetic; ``variance_cpu`` needs the finished mean.
 - Splitting one channel's reduction across threads: changes the summation order.
+- Indexing the flat buffers with ``base + k``: Numba's negative-index wraparound
+  on a possibly negative int stops LLVM's vectorizer (see ``_plane``).
 """
 import math
 

@@ -218,3 +218,69 @@ def test_comparison_detects_a_one_ulp_difference():
     fl.x_norm.view(np.int32)[7] ^= 1
     with pytest.raises(AssertionError, match="x_norm"):
         _assert_same(blas, fl, "flipped")
+
+
+# --------------------------------------------------------------------------
+# Divisions must stay divisions.  x/d and x*(1/d) differ in float64 often, but
+# after the rounding to float32 only when the quotient lies next to a float32
+# rounding midpoint (about 1 in 2**31 pairs), so random data never shows it.
+# These (variance, value) pairs were found by an exhaustive search over
+# value in [1, 2) for 1024 consecutive float32 variances from 1.7
+# (benchmarks are not involved; the search is a one-off):
+#   _SQRT_VAR_EPS:  d = sqrt((double)(var + .00001f))    alexeyab normalize_cpu,
+#                                                        pjreddie normalize_delta_cpu
+#   _SQRT_VAR_PLUS: d = sqrt((double)var) + .000001f     pjreddie normalize_cpu
+_SQRT_VAR_EPS = [(1.7000879, 1.4177583), (1.7001108, 1.1917822), (1.700112, 1.0598032),
+                 (1.7001169, 1.5324178)]
+_SQRT_VAR_PLUS = [(1.7000682, 1.576723), (1.7001048, 1.1116211), (1.7001151, 1.1514766)]
+
+
+def _denominator(var, kind):
+    var = np.float32(var)
+    if kind == "sqrt_var_eps":
+        return np.sqrt(np.float64(var + np.float32(0.00001)))
+    return np.sqrt(np.float64(var)) + np.float64(np.float32(0.000001))
+
+
+def _hard_quotients(pairs, kind):
+    """(variances, values, Darknet's float32 quotients); checks the pairs are hard."""
+    var = np.array([v for v, _ in pairs], np.float32)
+    val = np.array([a for _, a in pairs], np.float32)
+    d = np.array([_denominator(v, kind) for v in var])
+    exact = (val.astype(np.float64) / d).astype(np.float32)
+    reciprocal = (val.astype(np.float64) * (1.0 / d)).astype(np.float32)
+    assert np.all(exact != reciprocal), "test data no longer separates x/d from x*(1/d)"
+    return var, val, exact
+
+
+@pytest.mark.parametrize("dialect,kind", [("alexeyab", "sqrt_var_eps"),
+                                          ("pjreddie", "sqrt_var_plus")])
+def test_normalize_divides_exactly_on_hard_quotients(dialect, kind):
+    pairs = _SQRT_VAR_EPS if kind == "sqrt_var_eps" else _SQRT_VAR_PLUS
+    var, val, exact = _hard_quotients(pairs, kind)
+    c = len(pairs)
+    outs = {}
+    for k in ("blas", "fused"):
+        l = BatchNormLayer(2, 3, 1, c, dialect=dialect, kernel=k)
+        l.rolling_variance[:] = var                 # scales 1, biases 0, rolling_mean 0
+        x = np.zeros((2, c, 1, 3), np.float32)
+        x[1, :, 0, 2] = val
+        outs[k] = l.forward(x, False).reshape(2, c, 3)[1, :, 2].copy()
+    assert bits_equal(outs["blas"], exact)
+    assert bits_equal(outs["fused"], exact)
+
+
+def test_normalize_delta_divides_exactly_on_hard_quotients():
+    """pjreddie inference-mode backward: x == mean and delta = (a, -a) per plane make
+    every other term of normalize_delta_cpu zero, leaving delta*1./sqrt(var+.00001f)."""
+    var, val, exact = _hard_quotients(_SQRT_VAR_EPS, "sqrt_var_eps")
+    c = len(val)
+    grads = {}
+    for k in ("blas", "fused"):
+        l = BatchNormLayer(1, 2, 1, c, dialect="pjreddie", layer_type="convolutional", kernel=k)
+        l.rolling_variance[:] = var                 # the stats a pjreddie train=0 backward uses
+        l.forward(np.zeros(2 * c, np.float32), False)     # x = input = rolling_mean = 0
+        delta = np.stack([val, -val], axis=1).reshape(-1)
+        grads[k] = l.backward(delta, False).reshape(c, 2)[:, 0].copy()
+    assert bits_equal(grads["blas"], exact)
+    assert bits_equal(grads["fused"], exact)
