@@ -32,13 +32,20 @@ if set, else in the package's ``__pycache__`` if writable, else in the user's
 cache directory (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``), so a
 read-only install works.  If none of them is writable, Numba would refuse to
 decorate (``RuntimeError: cannot cache function``) and ``import darknet_bn``
-would fail; the decorators here then compile without a disk cache instead and
-warn once (``CacheFallbackWarning``).
+would fail.  For this package's own files a last locator is therefore added: a
+private per-user directory in the temp dir (``darknet_bn-numba-cache-<uid>``,
+created 0700 and used only if owned by the user and not group/world-writable).
+If even that is impossible, the decorators here compile without a disk cache
+and warn once (``CacheFallbackWarning``).
 """
 import importlib
+import os
+import stat
+import tempfile
 import warnings
 
 from numba import config, njit
+from numba.core import caching
 
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
 #: Options for the small serial helpers kernels call (e.g. ``utils._sum_array``).
@@ -109,6 +116,60 @@ if not PARALLEL:
 #: True once a decorator had to compile without a disk cache.
 CACHE_DISABLED = False
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def private_temp_cache_dir():
+    """``<tempdir>/darknet_bn-numba-cache-<uid>``, created 0700; None if unusable.
+
+    A directory that exists but is not ours, not a directory, or writable by
+    others is refused: cached code is loaded and run, so nobody else may write it.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    path = os.path.join(tempfile.gettempdir(), f"darknet_bn-numba-cache-{'user' if uid is None else uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or (uid is not None and st.st_uid != uid) \
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    return path
+
+
+class TempDirCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """Numba cache locator of last resort, for darknet_bn's own source files only."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = os.path.join(self._root, self.get_suitable_cache_subpath(py_file))
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        here = os.path.dirname(os.path.abspath(py_file))
+        if os.path.commonpath([here, PACKAGE_DIR]) != PACKAGE_DIR:
+            return None
+        cls._root = private_temp_cache_dir()
+        if cls._root is None:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+_locators = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
+if isinstance(_locators, list) and not any(c.__name__ == TempDirCacheLocator.__name__
+                                          for c in _locators):
+    _locators.append(TempDirCacheLocator)     # after Numba's own: only when they all fail
+
 
 def _njit(fn, options):
     """``njit(**options)(fn)``, without the disk cache if no location is writable."""
@@ -120,8 +181,8 @@ def _njit(fn, options):
             raise
         if not CACHE_DISABLED:
             warnings.warn(
-                "darknet_bn: no writable Numba cache location (the package directory, "
-                "NUMBA_CACHE_DIR and the user cache directory are all read-only); "
+                "darknet_bn: no writable Numba cache location (the package directory, NUMBA_CACHE_DIR, "
+                "the user cache directory and the temp directory are all read-only); "
                 "kernels are compiled in memory on every run. Set NUMBA_CACHE_DIR to a "
                 f"writable directory to cache them. ({exc})", CacheFallbackWarning,
                 stacklevel=3)

@@ -5,7 +5,7 @@ that nothing changed after a rejected call, or that two runs gave the same bits.
 """
 import numpy as np
 
-from darknet_bn.batchnorm_layer import FIELDS
+from darknet_bn.batchnorm_layer import FIELDS, BatchNormLayer
 
 
 def same_bits(a, b):
@@ -58,3 +58,29 @@ def fill_layer(layer, rng):
     for name in ("variance", "rolling_variance"):
         getattr(layer, name)[:] = np.abs(getattr(layer, name)) + np.float32(0.5)
     return layer
+
+
+# --------------------------------------------------------------------------
+# a deterministic workload (threads, subprocesses)
+# --------------------------------------------------------------------------
+#: (batch, c, h, w, dialect, layer_type): four different layers, one per thread.
+WORKLOADS = [(4, 8, 6, 6, "pjreddie", "batchnorm"), (2, 16, 5, 7, "alexeyab", "convolutional"),
+             (8, 3, 4, 4, "alexeyab", "batchnorm"), (3, 5, 9, 2, "pjreddie", "convolutional")]
+
+
+def training_run(index, kernel="blas", steps=40):
+    """Train/infer a fresh layer ``WORKLOADS[index]`` for ``steps`` steps; returns every
+    output and gradient it produced, and its final buffers, concatenated (float32)."""
+    batch, c, h, w, dialect, layer_type = WORKLOADS[index]
+    rng = np.random.default_rng(1000 + index)
+    layer = fill_layer(BatchNormLayer(batch, w, h, c, dialect=dialect, layer_type=layer_type,
+                                      kernel=kernel), rng)
+    n = batch * c * h * w
+    out = []
+    for step in range(steps):
+        train = step % 4 != 3
+        out.append(layer.forward(rng.standard_normal(n).astype(np.float32), train).copy())
+        out.append(layer.backward(rng.standard_normal(n).astype(np.float32), train).copy())
+        layer.update(0.01, 0.9, 0.0005)
+    out += [np.asarray(getattr(layer, name)) for name in layer_names(layer)]
+    return np.concatenate(out)

@@ -1,0 +1,187 @@
+"""Concurrency: separate layers used from 4 Python threads at once give the bits of
+sequential use; the thread count and the threading layer never change the bits.
+
+Threading-layer policy (darknet_bn/_jit.py, docs/reliability.md): Numba's own
+choice (tbb, then omp, then workqueue) is kept; when it would be workqueue, which
+aborts the whole process on concurrent use, the kernels are compiled serially.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+from _state import WORKLOADS, same_bits, training_run
+from darknet_bn import _jit, blas
+from darknet_bn.batchnorm_layer import PATHS
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def run_in_threads(fn, args_list, timeout=300):
+    """Run ``fn(*args)`` for each args in its own thread, all released at once."""
+    barrier = threading.Barrier(len(args_list))
+    results, errors = [None] * len(args_list), []
+
+    def work(i, args):
+        try:
+            barrier.wait()
+            results[i] = fn(*args)
+        except BaseException as exc:          # reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, a)) for i, a in enumerate(args_list)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.fixture(scope="module")
+def sequential():
+    """The reference: each workload run alone, on the blas path, in this thread."""
+    return [training_run(i) for i in range(len(WORKLOADS))]
+
+
+@pytest.mark.parametrize("kernel", sorted(PATHS))
+def test_four_threads_match_sequential(kernel, sequential):
+    results = run_in_threads(training_run, [(i, kernel) for i in range(len(WORKLOADS))])
+    for i, (got, want) in enumerate(zip(results, sequential)):
+        assert same_bits(got, want), f"workload {i} ({WORKLOADS[i]}) on {kernel}: bits differ"
+
+
+def test_threads_sharing_routines_on_separate_buffers():
+    """The BLAS wrappers from many threads at once (each on its own buffers)."""
+    def job(seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal(6 * 50 * 40).astype(np.float32)
+        mean, var = np.empty(50, np.float32), np.empty(50, np.float32)
+        for _ in range(30):
+            blas.mean_cpu(x, 6, 50, 40, mean)
+            blas.variance_cpu(x, mean, 6, 50, 40, var)
+            blas.normalize_cpu(x, mean, var, 6, 50, 40)
+            blas.scal_cpu(x.size, 1.5, x, 1)
+        return x
+    want = [job(s) for s in range(8)]
+    got = run_in_threads(job, [(s,) for s in range(8)])
+    assert all(same_bits(g, w) for g, w in zip(got, want))
+
+
+def test_thread_count_does_not_change_bits(sequential):
+    """numba.set_num_threads is respected and is not part of the arithmetic."""
+    before = numba.get_num_threads()
+    try:
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n)
+            assert same_bits(training_run(0), sequential[0]), f"{n} threads"
+            assert numba.get_num_threads() == n, "darknet_bn changed the thread count"
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_set_num_threads_in_worker_threads(sequential):
+    """Numba's thread count is per Python thread: each worker may choose its own."""
+    def job(i, n):
+        numba.set_num_threads(n)
+        out = training_run(i)
+        assert numba.get_num_threads() == n
+        return out
+    maxn = numba.config.NUMBA_NUM_THREADS
+    got = run_in_threads(job, [(i, 1 + i % maxn) for i in range(len(WORKLOADS))])
+    assert all(same_bits(g, w) for g, w in zip(got, sequential))
+
+
+def test_threading_layer_is_threadsafe_or_kernels_are_serial():
+    info = _jit.threading_info()
+    assert info["parallel"] == (info["threading_layer"] in ("tbb", "omp"))
+    if info["parallel"]:
+        numba.njit(parallel=True)(lambda a: a.sum())(np.ones(4))   # make Numba pick it
+        assert numba.threading_layer() == info["threading_layer"]
+    for dispatcher, _ in _jit.KERNELS:
+        assert dispatcher.targetoptions.get("parallel", False) in (info["parallel"], False)
+
+
+# --------------------------------------------------------------------------
+# subprocesses: other threading layers and thread counts
+# --------------------------------------------------------------------------
+WORKER = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from _state import WORKLOADS, training_run
+    from darknet_bn import _jit
+    out = [None] * len(WORKLOADS)
+    barrier = threading.Barrier(len(WORKLOADS))
+    def work(i):
+        barrier.wait()
+        out[i] = training_run(i)
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(WORKLOADS))]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    np.savez(sys.argv[1], *out)
+    import numba
+    print(_jit.THREADING_LAYER, _jit.PARALLEL, numba.config.NUMBA_NUM_THREADS,
+          numba.threading_layer() if _jit.PARALLEL else "-")
+""")
+
+
+def run_worker(tmp_path, **env):
+    out = tmp_path / "out.npz"
+    r = subprocess.run([sys.executable, "-c", WORKER.format(tests=str(TESTS)), str(out)],
+                       env={**os.environ, **env}, capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    return r, out
+
+
+@pytest.mark.parametrize("env,layer,parallel", [
+    ({"NUMBA_THREADING_LAYER": "workqueue"}, "workqueue", "False"),
+    ({"NUMBA_NUM_THREADS": "1"}, None, "True"),
+], ids=["workqueue", "NUMBA_NUM_THREADS=1"])
+def test_four_threads_in_subprocess(tmp_path, sequential, env, layer, parallel):
+    r, out = run_worker(tmp_path, **env)
+    assert r.returncode == 0, f"worker died ({r.returncode}):\n{r.stderr[-2000:]}"
+    predicted, par, nthreads, actual = r.stdout.split()
+    assert par == parallel and (layer is None or predicted == layer)
+    if "NUMBA_NUM_THREADS" in env:
+        assert nthreads == env["NUMBA_NUM_THREADS"]
+    if par == "True":
+        assert actual == predicted
+    with np.load(out) as z:
+        for i, want in enumerate(sequential):
+            assert same_bits(z[f"arr_{i}"], want), f"workload {i} under {env}"
+
+
+def test_workqueue_really_aborts_without_the_fallback(tmp_path):
+    """Why the fallback exists: plain parallel Numba code on workqueue, 4 threads."""
+    script = textwrap.dedent("""
+        import threading, numpy as np, numba
+        @numba.njit(parallel=True, nogil=True)
+        def f(a):
+            s = 0.0
+            for i in numba.prange(a.size):
+                s += np.sqrt(a[i])
+            return s
+        a = np.ones(1_000_000)
+        f(a)
+        def work():
+            for _ in range(300):
+                f(a)
+        ts = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
+    if r.returncode == 0:
+        pytest.skip("this Numba's workqueue layer survived concurrent use here")
+    assert r.returncode == -signal.SIGABRT, r.stderr[-1000:]
+    assert "Concurrent access" in r.stderr or "Terminating" in r.stderr
