@@ -33,25 +33,30 @@ forward: pjreddie swaps in the rolling statistics but applies the training
 formula and the stale x_norm of the last training step; alexeyab reuses the
 last training batch's x, statistics and x_norm.
 
-Writes compare.csv, compare.md and compare.png (matplotlib, extra "plot") to
---out and prints a summary.  Inputs are seeded: runs are reproducible.
+Writes compare.csv, compare_inference.csv, compare.md and compare.png
+(matplotlib, extra "plot") to --out and prints a summary.  Inputs are seeded: runs are reproducible.
 """
 import csv
 import io
 import os
+import sys
 import time
 
 import numpy as np
 
 from . import reference as ref
+from ._validate import check_dim
 from .batchnorm_layer import BatchNormLayer
-from .dialects import DIALECTS
+from .dialects import DIALECTS, get_dialect
 
 HELP = "compare Darknet's backward with exact float64 gradients (table, CSV, plot)"
 
 DEFAULT_OUT = os.path.join("out", "compare")
+#: Channels per case: at least CHANNELS, and enough for ELEMENTS values in all, so
+#: a small m is averaged over many independent channels (the relative norms then
+#: measure the typical error, not one draw); one channel above ONE_CHANNEL_ABOVE.
 CHANNELS = 4
-#: Above this m one channel is measured (it averages enough already; keeps the run short).
+ELEMENTS = 4096
 ONE_CHANNEL_ABOVE = 10**4
 
 #: (batch, h, w) per size; m = batch*h*w values per channel.
@@ -101,9 +106,46 @@ def _rel(a, b, scale=None):
     return float(np.linalg.norm(a - b) / den) if den > 0 else float("nan")
 
 
+def _check_regime(routine, regime):
+    if regime not in REGIMES:
+        raise ValueError(f"{routine}: unknown regime {regime!r}; use one of {list(REGIMES)}")
+    return regime
+
+
+def _check_sweep(routine, dialects, regimes, sizes, c, seed):
+    """Validate a sweep's arguments; returns (dialect names, regimes, sizes)."""
+    if isinstance(dialects, str) or isinstance(regimes, str):
+        raise TypeError(f"{routine}: dialects and regimes are sequences of names; "
+                        "pass e.g. ('pjreddie',)")
+    dialects = tuple(get_dialect(d, routine).name for d in dialects)
+    regimes = tuple(_check_regime(routine, g) for g in regimes)
+    checked = []
+    for size in sizes:
+        if len(size) != 3:
+            raise ValueError(f"{routine}: each size is (batch, h, w), got {size!r}")
+        b, h, w = (check_dim(routine, n, v) for n, v in zip(("batch", "h", "w"), size))
+        if b * h * w < 2:
+            raise ValueError(f"{routine}: size {size!r} has m = batch*h*w = 1; training "
+                             "needs m >= 2")
+        checked.append((b, h, w))
+    check_dim(routine, "c", c)
+    check_dim(routine, "seed", seed, minimum=0)
+    return dialects, regimes, tuple(checked)
+
+
+def channels(m, c=CHANNELS):
+    """Channels measured for m values per channel: max(c, ELEMENTS // m), 1 above 1e4."""
+    return 1 if m > ONE_CHANNEL_ABOVE else max(c, ELEMENTS // m)
+
+
+def _rng(seed, *keys):
+    """A generator determined by the seed and the case (not by its place in the sweep)."""
+    return np.random.default_rng([seed, *keys])
+
+
 def make_inputs(regime, batch, c, spatial, rng):
     """float32 ``(x, dy, gamma, beta)`` for a regime; ``dy`` is dL/dy (not Darknet's delta)."""
-    loc, scale, align, _ = REGIMES[regime]
+    loc, scale, align, _ = REGIMES[_check_regime("make_inputs", regime)]
     n = batch * c * spatial
     z = rng.standard_normal(n)
     x = (loc + scale * z).astype(np.float32)
@@ -207,25 +249,26 @@ def measure_inference(dialect, batch, h, w, c, rng):
 def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0):
     """Training-mode rows for every dialect, regime and size (same inputs per dialect).
 
-    ``c`` channels per size, one above ``m = ONE_CHANNEL_ABOVE``.
+    ``channels(m, c)`` channels per size.
     """
+    dialects, regimes, sizes = _check_sweep("sweep", dialects, regimes, sizes, c, seed)
     rows = []
-    for ri, regime in enumerate(regimes):
-        for si, (batch, h, w) in enumerate(sizes):
-            cs = c if batch * h * w <= ONE_CHANNEL_ABOVE else 1
-            for dialect in dialects:
-                rng = np.random.default_rng([seed, ri, si])     # same data for both forks
-                rows.append(measure(dialect, regime, batch, h, w, cs, rng))
+    for regime in regimes:
+        ri = list(REGIMES).index(regime)
+        for batch, h, w in sizes:
+            cs = channels(batch * h * w, c)
+            for dialect in dialects:                      # same data for both forks
+                rows.append(measure(dialect, regime, batch, h, w, cs,
+                                    _rng(seed, ri, batch, h, w)))
     return rows
 
 
 def sweep_inference(dialects=tuple(DIALECTS), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0):
-    rows = []
-    for si, (batch, h, w) in enumerate(sizes):
-        for dialect in dialects:
-            rng = np.random.default_rng([seed, 99, si])
-            rows.append(measure_inference(dialect, batch, h, w, c, rng))
-    return rows
+    """Inference-mode rows (``measure_inference``) for every dialect and size."""
+    dialects, _, sizes = _check_sweep("sweep_inference", dialects, (), sizes, c, seed)
+    return [measure_inference(dialect, batch, h, w, channels(batch * h * w, c),
+                              _rng(seed, 99, batch, h, w))
+            for batch, h, w in sizes for dialect in dialects]
 
 
 # --------------------------------------------------------------------------
@@ -383,7 +426,14 @@ def _summary(rows, inf_rows):
 
 def run(args):
     if args.max_m < 2:
-        print("error: --max-m must be >= 2")
+        print("darknet-bn compare: error: --max-m must be >= 2", file=sys.stderr)
+        return 2
+    if args.seed < 0:
+        print("darknet-bn compare: error: --seed must be >= 0", file=sys.stderr)
+        return 2
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"darknet-bn compare: error: --out {args.out!r} is a file; pass a directory",
+              file=sys.stderr)
         return 2
     dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)

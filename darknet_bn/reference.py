@@ -375,14 +375,11 @@ def stats_as_constants_backward(x, dy, gamma, batch, c, spatial, eps=EPS_STANDAR
     r = "stats_as_constants_backward"
     dia = None if dialect is None else get_dialect(dialect, r)
     batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    _tensor(r, "x", x, batch, c, spatial)           # validated; only its statistics matter
+    xs = _tensor(r, "x", x, batch, c, spatial)      # only its statistics matter
     dys = _tensor(r, "dy", dy, batch, c, spatial)
     gamma, eps = _channel(r, "gamma", gamma, c), _eps(r, eps)
     st = _stats(r, stats, c)
-    if st is None:
-        _, var = _moments(_tensor(r, "x", x, batch, c, spatial), unbiased=dia is not None)
-    else:
-        var = st[1]
+    var = _moments(xs, unbiased=dia is not None)[1] if st is None else st[1]
     rr = 1.0 / np.sqrt(var + eps) if dia is None else _darknet_r(dia, var)[0]
     return _out(gamma * dys * rr, x)
 

@@ -183,6 +183,35 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
         C.plot(rows, os.fspath(tmp_path / "x.png"))
 
 
-def test_cli_compare_rejects_a_too_small_max_m(tmp_path, capsys):
+def test_cli_compare_rejects_bad_arguments(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path), "--max-m", "1"]) == 2
-    assert "--max-m must be >= 2" in capsys.readouterr().out
+    assert "--max-m must be >= 2" in capsys.readouterr().err
+    assert main(["compare", "--out", str(tmp_path), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    f = tmp_path / "file"
+    f.write_text("")
+    assert main(["compare", "--out", str(f), "--max-m", "4"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_sweep_validates_its_arguments():
+    with pytest.raises(ValueError, match="unknown dialect"):
+        C.sweep(("yolo",), sizes=((4, 1, 1),))
+    with pytest.raises(ValueError, match="unknown regime"):
+        C.sweep(regimes=("flat",), sizes=((4, 1, 1),))
+    with pytest.raises(TypeError, match="sequences of names"):
+        C.sweep("pjreddie", sizes=((4, 1, 1),))
+    with pytest.raises(ValueError, match="m = batch\\*h\\*w = 1"):
+        C.sweep(sizes=((1, 1, 1),))
+    with pytest.raises(ValueError, match="each size is \\(batch, h, w\\)"):
+        C.sweep(sizes=((4, 1),))
+    with pytest.raises(TypeError, match="batch must be an integer"):
+        C.sweep_inference(sizes=((4.0, 1, 1),))
+
+
+def test_a_case_gets_the_same_data_whatever_else_is_swept():
+    one = C.sweep(("alexeyab",), ("offset",), sizes=((4, 2, 2),), c=2, seed=3)
+    many = C.sweep(regimes=("tiny", "offset"), sizes=((4, 1, 1), (4, 2, 2)), c=2, seed=3)
+    match = [r for r in many if r["dialect"] == "alexeyab" and r["regime"] == "offset"
+             and r["m"] == 16]
+    assert match == one
