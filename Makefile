@@ -25,6 +25,17 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
+# Benchmarks (not tests): side-by-side timings and ratios; chart in docs/img, raw JSON in out/.
+BENCH_ARGS ?=
+bench: venv
+	mkdir -p out
+	$(BIN)/python benchmarks/bench.py --json out/bench.json --png docs/img/bench.png $(BENCH_ARGS)
+
+# Per-routine time breakdown of a train step (blas routines, fused kernels, fused passes).
+PROFILE_ARGS ?=
+profile: venv
+	$(BIN)/python benchmarks/profile.py $(PROFILE_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,236 @@
+"""``make bench``: the fused path against the blas path, PyTorch, NumPy and memcpy.
+
+For every shape (N, C, H, W) and mode, the implementations run side by side in
+one process, interleaved round-robin, ``--repeat`` times each; the table gives
+the minimum (and the median in the JSON dump) in milliseconds and the ratios.
+
+Modes:
+  train  forward (train=1) + backward of a standalone [batchnorm] layer: input
+         copy, statistics, rolling update, normalize, x, x_norm, scale, bias;
+         backward_bias/scale, mean/variance delta, normalize_delta, net.delta.
+         PyTorch: F.batch_norm(training=True) + autograd backward to x, weight,
+         bias.  NumPy: CS231N forward + backward.
+  infer  forward with train=0 (pjreddie also copies the input to x).
+         PyTorch: F.batch_norm(training=False) under no_grad (eval).
+memcpy: one np.copyto of the input tensor (one read, one write): the roofline.
+
+The machine is shared: rerun when it is quiet, and read ratios rather than
+absolute times (they are measured in the same run).  This is a benchmark, not
+a test: nothing is asserted.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape,  # noqa: E402
+                     shape_str, threads, timed)
+import cs231n  # noqa: E402
+
+IMPLS = ("fused", "blas", "torch", "numpy", "memcpy")
+
+
+# --------------------------------------------------------------------------
+# implementations: each returns {"train": fn, "infer": fn} (a missing key = n/a)
+# --------------------------------------------------------------------------
+def _darknet(shape, dialect, kernel):
+    layer, x, delta = make_layer(shape, dialect, kernel)
+
+    def train():
+        layer.forward(x, True)
+        layer.backward(delta, True)
+
+    def infer():
+        layer.forward(x, False)
+    return {"train": train, "infer": infer}
+
+
+def _torch(shape, dialect, nthreads):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return {}
+    torch.set_num_threads(nthreads)
+    x, delta, scales, biases, rmean, rvar = make_data(shape)
+    xt = torch.from_numpy(x).requires_grad_()
+    dt = torch.from_numpy(delta)
+    w = torch.from_numpy(scales).requires_grad_()
+    b = torch.from_numpy(biases).requires_grad_()
+    rm, rv = torch.from_numpy(rmean.copy()), torch.from_numpy(rvar.copy())
+    momentum = 0.01 if dialect == "pjreddie" else 0.1
+
+    def train():
+        xt.grad = w.grad = b.grad = None
+        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=momentum, eps=1e-5)
+        y.backward(dt)
+
+    def infer():
+        with torch.no_grad():
+            F.batch_norm(xt, rm, rv, w, b, training=False, eps=1e-5)
+    return {"train": train, "infer": infer}
+
+
+def _numpy(shape, dialect):
+    x, delta, scales, biases, rmean, rvar = make_data(shape)
+    momentum = 0.99 if dialect == "pjreddie" else 0.9
+
+    def train():
+        _, cache = cs231n.forward_train(x, scales, biases, rmean, rvar, momentum)
+        cs231n.backward(delta, cache)
+
+    def infer():
+        cs231n.forward_infer(x, scales, biases, rmean, rvar)
+    return {"train": train, "infer": infer}
+
+
+def _memcpy(shape):
+    src = make_data(shape)[0]
+    dst = np.empty_like(src)
+
+    def copy():
+        np.copyto(dst, src)
+    return {"train": copy, "infer": copy}
+
+
+def build(shape, dialect, nthreads, impls):
+    makers = {"fused": lambda: _darknet(shape, dialect, "fused"),
+              "blas": lambda: _darknet(shape, dialect, "blas"),
+              "torch": lambda: _torch(shape, dialect, nthreads),
+              "numpy": lambda: _numpy(shape, dialect),
+              "memcpy": lambda: _memcpy(shape)}
+    return {name: makers[name]() for name in impls}
+
+
+# --------------------------------------------------------------------------
+def measure(shape, dialect, mode, impls, repeat, nthreads):
+    """{impl: [seconds, ...]} for one shape/dialect/mode, interleaved round-robin."""
+    fns = {name: fs[mode] for name, fs in build(shape, dialect, nthreads, impls).items()
+           if mode in fs}
+    for fn in fns.values():          # warm-up: compilation, page faults, caches
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timed(fns[name]))
+    return times
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v * 1e3:8.2f}"
+
+
+def _ratio(a, b):
+    return "n/a" if a is None or b is None else f"{a / b:5.2f}x"
+
+
+def report(results, nthreads):
+    """Markdown tables (min ms and ratios) from {(dialect, mode, shape): {impl: [s]}}."""
+    lines = [f"threads: {nthreads} (numba and torch); min of the repeats, ms", ""]
+    for mode in ("train", "infer"):
+        lines += [f"### {mode}", "",
+                  "| dialect | shape (N,C,H,W) | fused | blas | torch | numpy | memcpy "
+                  "| fused/torch | fused/blas | fused/memcpy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (dialect, m, shape), times in results.items():
+            if m != mode:
+                continue
+            t = {k: (min(v) if v else None) for k, v in times.items()}
+            g = t.get
+            lines.append(
+                f"| {dialect} | {shape_str(shape)} | {_fmt(g('fused'))} | {_fmt(g('blas'))} | "
+                f"{_fmt(g('torch'))} | {_fmt(g('numpy'))} | {_fmt(g('memcpy'))} | "
+                f"{_ratio(g('fused'), g('torch'))} | {_ratio(g('fused'), g('blas'))} | "
+                f"{_ratio(g('fused'), g('memcpy'))} |")
+        lines.append("")
+    for (dialect, mode, shape), times in results.items():
+        if mode == "train" and shape in DARKNET_C_MS and times.get("fused"):
+            c_ms = DARKNET_C_MS[shape]
+            lines.append(f"Darknet C -Ofast (quoted, {shape_str(shape)} train): {c_ms:.1f} ms; "
+                         f"fused {dialect} is {c_ms / (min(times['fused']) * 1e3):.1f}x faster")
+    return "\n".join(lines)
+
+
+def chart(results, path):
+    import matplotlib                # lazily: only for --png
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(results)
+    modes = [m for m in ("train", "infer") if any(k[1] == m for k in keys)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        ks = [k for k in keys if k[1] == mode]
+        labels = [f"{k[0][:2]} {shape_str(k[2])}" for k in ks]
+        impls = [i for i in IMPLS if any(results[k].get(i) for k in ks)]
+        width = 0.8 / len(impls)
+        for j, impl in enumerate(impls):
+            ys = []
+            for k in ks:
+                base = min(results[k]["torch"]) if results[k].get("torch") else None
+                v = min(results[k][impl]) if results[k].get(impl) else None
+                ys.append(v / base if v and base else 0)
+            ax.bar(np.arange(len(ks)) + j * width, ys, width, label=impl)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(ks)) + 0.4 - width / 2, labels, rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("time / PyTorch time (log)")
+        ax.set_title(f"{mode}: lower is better")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", action="append", type=parse_shape,
+                   help="N,C,H,W (repeatable; default: the four issue shapes)")
+    p.add_argument("--dialect", action="append", choices=("pjreddie", "alexeyab"),
+                   help="repeatable; default both")
+    p.add_argument("--mode", action="append", choices=("train", "infer"),
+                   help="repeatable; default both")
+    p.add_argument("--impl", action="append", choices=IMPLS, help="repeatable; default all")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for numba (and torch); default: numba's default")
+    p.add_argument("--json", help="write all timings (seconds) to this file")
+    p.add_argument("--png", help="write a chart (matplotlib) to this file")
+    a = p.parse_args(argv)
+    import darknet_bn
+    darknet_bn.warmup()
+    if a.threads:
+        import numba
+        numba.set_num_threads(a.threads)
+    nthreads = threads()
+    impls = a.impl or list(IMPLS)
+    results = {}
+    for shape in a.shape or SHAPES:
+        for dialect in a.dialect or ("pjreddie", "alexeyab"):
+            for mode in a.mode or ("train", "infer"):
+                results[(dialect, mode, shape)] = measure(shape, dialect, mode, impls,
+                                                          a.repeat, nthreads)
+                t = results[(dialect, mode, shape)]
+                print(f"  {dialect:8} {mode:5} {shape_str(shape):>14}: " + "  ".join(
+                    f"{k} {min(v) * 1e3:.2f}" for k, v in t.items()), flush=True)
+    print()
+    print(report(results, nthreads))
+    if a.json:
+        dump = [{"dialect": d, "mode": m, "shape": list(s), "threads": nthreads,
+                 "min_s": {k: min(v) for k, v in t.items()},
+                 "median_s": {k: statistics.median(v) for k, v in t.items()},
+                 "times_s": t} for (d, m, s), t in results.items()]
+        Path(a.json).write_text(json.dumps(dump, indent=1))
+    if a.png:
+        chart(results, a.png)
+
+
+if __name__ == "__main__":
+    main()

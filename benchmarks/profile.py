@@ -1,0 +1,233 @@
+"""``make profile``: where a train step's time goes, routine by routine.
+
+Three tables for one shape and dialect (a standalone [batchnorm] layer, forward
+train=1 then backward, like ``make bench``):
+
+1. blas path: every Darknet routine the one-to-one composition calls, timed by
+   wrapping the kernels ``batchnorm_layer._forward_blas``/``_backward_blas`` call
+   (the real code path, nothing re-implemented); calls per step, ms per step,
+   share of the step.
+2. fused path: its two kernels and the Python-side remainder (validation,
+   dispatch) of ``BatchNormLayer.forward``/``backward``.
+3. fused passes: each pass of the fused kernels run alone over all channels,
+   built here from ``darknet_bn.fused``'s own helpers, in ns per element, next
+   to a memcpy of the tensor.  The pass with the largest share is the next
+   thing to optimize.
+
+Times are medians over ``--repeat`` steps (the machine is shared; rerun when it
+is quiet).  This is a profile, not a test.
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import make_layer, parse_shape, shape_str, threads  # noqa: E402
+
+
+# --------------------------------------------------------------------------
+# 1 and 2: wrap module-level kernels with timers
+# --------------------------------------------------------------------------
+class _Timers:
+    def __init__(self):
+        self.times = defaultdict(float)
+        self.calls = defaultdict(int)
+
+    def wrap(self, name, fn):
+        def timed(*args):
+            t0 = time.perf_counter()
+            fn(*args)
+            self.times[name] += time.perf_counter() - t0
+            self.calls[name] += 1
+        return timed
+
+
+def _profile_module(module, names, layer, x, delta, repeat):
+    """Per-name medians (s per step), calls per step, median step time (s)."""
+    saved = {n: getattr(module, n) for n in names}
+    per_step = defaultdict(list)
+    steps = []
+    calls = {}
+    try:
+        timers = None
+        for r in range(repeat + 2):                 # two warm-up steps
+            timers = _Timers()
+            for n in names:
+                setattr(module, n, timers.wrap(n.lstrip("_"), saved[n]))
+            t0 = time.perf_counter()
+            layer.forward(x, True)
+            layer.backward(delta, True)
+            dt = time.perf_counter() - t0
+            if r >= 2:
+                steps.append(dt)
+                for n in names:
+                    per_step[n.lstrip("_")].append(timers.times[n.lstrip("_")])
+        calls = dict(timers.calls)
+    finally:
+        for n, fn in saved.items():
+            setattr(module, n, fn)
+    med = {k: statistics.median(v) for k, v in per_step.items() if calls.get(k)}
+    return med, calls, statistics.median(steps)
+
+
+BLAS_KERNELS = ("_copy_cpu", "_mean_cpu", "_variance_cpu", "_scal_cpu", "_axpy_cpu",
+                "_normalize_cpu", "_scale_bias", "_add_bias", "_backward_bias",
+                "_backward_scale_cpu", "_mean_delta_cpu", "_variance_delta_cpu",
+                "_normalize_delta_cpu")
+FUSED_KERNELS = ("_forward_train", "_backward")
+
+
+def _table(title, med, calls, step, n):
+    lines = [f"### {title}", "",
+             "| routine | calls/step | ms/step | % of step | ns/element |",
+             "|---|---|---|---|---|"]
+    for k, v in sorted(med.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {k} | {calls[k]} | {v * 1e3:.3f} | {100 * v / step:.1f} | "
+                     f"{v * 1e9 / n:.2f} |")
+    rest = step - sum(med.values())
+    lines.append(f"| (Python: validation, dispatch) | | {rest * 1e3:.3f} | "
+                 f"{100 * rest / step:.1f} | |")
+    lines.append(f"| **step** | | **{step * 1e3:.3f}** | 100 | {step * 1e9 / n:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# 3: each fused pass alone, built from darknet_bn.fused's helpers
+# --------------------------------------------------------------------------
+def _pass_kernels():
+    from numba import njit, prange
+    from darknet_bn import fused as F
+
+    opts = dict(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+
+    @njit(**opts)
+    def mean_pass(src, mean, batch, filters, spatial):
+        for g in prange(filters // F.LANES):
+            f = g * F.LANES
+            s0, s1, s2, s3, s4, s5, s6, s7 = F._mean_lanes(src, batch, filters, spatial, f)
+            mean[f] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+
+    @njit(**opts)
+    def variance_pass(src, mean, var, batch, filters, spatial):
+        for g in prange(filters // F.LANES):
+            f = g * F.LANES
+            s0, s1, s2, s3, s4, s5, s6, s7 = F._variance_lanes(src, mean, batch, filters,
+                                                               spatial, f)
+            var[f] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+
+    @njit(**opts)
+    def normalize_pass(src, output, x, x_norm, mean, variance, scales, biases,
+                       batch, filters, spatial, dialect):
+        for f in prange(filters):
+            F._normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
+                                    batch, filters, spatial, f, dialect)
+
+    @njit(**opts)
+    def backward_sums_pass(dsrc, x_norm, x, mean, scales, bias_updates, out,
+                           batch, filters, spatial):
+        for p in prange(filters // 2):
+            f = 2 * p
+            r = F._backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
+                                  batch, filters, spatial, f, f + 1)
+            out[f] = r[0] + r[1] + r[2] + r[3] + r[4] + r[5] + r[6] + r[7]
+
+    @njit(**opts)
+    def normalize_delta_pass(dsrc, delta, net_delta, x, mean, variance, scales,
+                             bias_updates, scale_updates, mean_delta, variance_delta,
+                             batch, filters, spatial, dialect):
+        for f in prange(filters):
+            F._backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                                bias_updates, scale_updates, mean_delta, variance_delta,
+                                batch, filters, spatial, dialect, 1, 1, f,
+                                bias_updates[f], np.float32(0.0), mean_delta[f],
+                                variance_delta[f])
+
+    return mean_pass, variance_pass, normalize_pass, backward_sums_pass, normalize_delta_pass
+
+
+def _median_time(fn, repeat):
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _fused_passes(layer, x, delta, repeat):
+    mean_p, var_p, norm_p, sums_p, nd_p = _pass_kernels()
+    l, sp, code = layer, layer.out_h * layer.out_w, layer.dialect.code
+    l.forward(x, True)                         # realistic statistics in the buffers
+    l.backward(delta, True)
+    scratch = np.zeros(l.c, np.float32)
+    bu, su = l.bias_updates.copy(), l.scale_updates.copy()
+    rows = [
+        ("forward: mean_cpu sums (8 interleaved chains)",
+         lambda: mean_p(x, scratch, l.batch, l.c, sp)),
+        ("forward: variance_cpu sums (8 interleaved chains)",
+         lambda: var_p(x, l.mean, scratch, l.batch, l.c, sp)),
+        ("forward: copy x, normalize, copy x_norm, scale_bias, add_bias",
+         lambda: norm_p(x, l.output, l.x, l.x_norm, l.mean, l.variance, l.scales, l.biases,
+                        l.batch, l.c, sp, code)),
+        ("backward: bias/scale/mean_delta/variance_delta sums (2 channels)",
+         lambda: sums_p(delta, l.x_norm, l.x, l.mean, l.scales, l.bias_updates, scratch,
+                        l.batch, l.c, sp)),
+        ("backward: normalize_delta, copy net.delta",
+         lambda: nd_p(delta, l.delta, l.net_delta, l.x, l.mean, l.variance, l.scales, bu, su,
+                      l.mean_delta, l.variance_delta, l.batch, l.c, sp, code)),
+    ]
+    dst = np.empty_like(x)
+    out = [(name, _median_time(fn, repeat)) for name, fn in rows]
+    return out, _median_time(lambda: np.copyto(dst, x), repeat)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=parse_shape, default=(4, 128, 104, 104), help="N,C,H,W")
+    p.add_argument("--dialect", choices=("pjreddie", "alexeyab"), default="pjreddie")
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for numba (and torch); default: numba's default")
+    a = p.parse_args(argv)
+    import darknet_bn
+    from darknet_bn import batchnorm_layer, fused
+    darknet_bn.warmup()
+    if a.threads:
+        import numba
+        numba.set_num_threads(a.threads)
+    n = math.prod(a.shape)
+    print(f"shape {shape_str(a.shape)} ({n} elements), {a.dialect} [batchnorm], "
+          f"threads {threads()}, median of {a.repeat} steps\n")
+
+    layer, x, delta = make_layer(a.shape, a.dialect, "blas")
+    med, calls, step_blas = _profile_module(batchnorm_layer, BLAS_KERNELS, layer, x, delta,
+                                            a.repeat)
+    print(_table("blas path: Darknet's routines", med, calls, step_blas, n))
+
+    layer, x, delta = make_layer(a.shape, a.dialect, "fused")
+    med, calls, step_fused = _profile_module(fused, FUSED_KERNELS, layer, x, delta, a.repeat)
+    print(_table("fused path: kernels", med, calls, step_fused, n))
+
+    passes, memcpy = _fused_passes(layer, x, delta, a.repeat)
+    total = sum(t for _, t in passes)
+    print("### fused path: each pass alone\n")
+    print("| pass | ms | % of passes | ns/element | x memcpy |")
+    print("|---|---|---|---|---|")
+    for name, t in sorted(passes, key=lambda r: -r[1]):
+        print(f"| {name} | {t * 1e3:.3f} | {100 * t / total:.1f} | {t * 1e9 / n:.2f} | "
+              f"{t / memcpy:.1f} |")
+    print(f"| memcpy of the tensor (roofline: 1 read + 1 write) | {memcpy * 1e3:.3f} | | "
+          f"{memcpy * 1e9 / n:.2f} | 1.0 |")
+    print(f"\nfused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "
+          f"({step_blas / step_fused:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
