@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-from darknet_bn import BatchNormLayer
 from darknet_bn import compare as C
 from darknet_bn import reference as R
 from darknet_bn.cli import main
@@ -71,7 +70,8 @@ def test_port_backward_is_darknet_formula_up_to_float32(dialect, regime, batch, 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_parameter_gradients(dialect):
-    """scale_updates = -sum(dy*x_norm) in float32; bias_updates: pjreddie -sum(dy), alexeyab none."""
+    """scale_updates = -sum(dy*x_norm) in float32; bias_updates = -sum(dy) (pjreddie) or
+    untouched (alexeyab)."""
     batch, h, w, c = 4, 6, 5, 3
     sp, m = h * w, batch * h * w
     x, dy, gamma, beta = inputs("normal", batch, c, sp, seed=1)
@@ -142,7 +142,6 @@ def test_eps_column_matches_the_first_term_prediction(dialect):
     |a_backward/r_forward - 1| with v ~ 1, i.e. ~eps/2 - 1e-6 (pjreddie) and
     ~eps/2 (alexeyab), to within the O(1/sqrt(m)) weight of the other terms."""
     row = C.sweep((dialect,), ("normal",), sizes=((4, 16, 16),), c=3, seed=2)[0]
-    x, _, _, _ = inputs("normal", 4, 3, 256, seed=0)
     e = R.EPS_DARKNET
     v = 1.0                                   # N(0, 1) inputs
     if dialect == "pjreddie":
