@@ -19,6 +19,17 @@ def same_bits(a, b):
     return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
+def same_bits_any_nan(a, b):
+    """Bitwise, except that any NaN equals any NaN (C leaves a NaN's sign and payload to
+    the compiler's operand order; see docs/reliability.md)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape:
+        return False
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    return bool(np.array_equal(nan_a, nan_b)
+                and np.array_equal(a[~nan_a].view(np.int32), b[~nan_b].view(np.int32)))
+
+
 def snapshot(values):
     """Copies of every ndarray in ``values`` (a dict name -> value)."""
     return {k: v.copy() for k, v in values.items() if isinstance(v, np.ndarray)}
