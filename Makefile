@@ -34,7 +34,7 @@ bench: venv
 # Per-routine time breakdown of a train step (blas routines, fused kernels, fused passes).
 PROFILE_ARGS ?=
 profile: venv
-	$(BIN)/python benchmarks/profile.py $(PROFILE_ARGS)
+	$(BIN)/python benchmarks/profile_step.py $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks out

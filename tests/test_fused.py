@@ -27,6 +27,7 @@ LAYER_TYPES = ("batchnorm", "convolutional")
 SHAPES = [
     (1, 3, 5, 7), (4, 1, 3, 3), (2, 5, 1, 1), (3, 13, 7, 5), (2, 17, 4, 4),
     (5, 8, 2, 3), (1, 9, 1, 2), (64, 40, 1, 1), (2, 24, 33, 31), (7, 3, 1, 1),
+    (9, 600, 1, 1), (1, 300, 1, 1),     # spatial == 1 kernels: several row blocks
 ]
 
 #: Step sequences: (mode, update after backward?)
@@ -148,7 +149,7 @@ def test_fused_matches_blas_random(shape, dialect, layer_type):
 @pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("layer_type", LAYER_TYPES)
 def test_fused_matches_blas_special_values(kind, dialect, layer_type):
-    for shape in [(3, 13, 7, 5), (2, 9, 4, 4), (16, 4, 1, 1)]:
+    for shape in [(3, 13, 7, 5), (2, 9, 4, 4), (16, 4, 1, 1), (4, 270, 1, 1)]:
         _run_sequence(shape, dialect, layer_type, SEQUENCES["train-update-infer"], kind, seed=3)
 
 
@@ -206,6 +207,20 @@ def test_fused_writes_only_the_layer_buffers():
     grad = l.backward(d, True)
     assert grad is l.net_delta
     assert bits_equal(x, x0) and bits_equal(d, d0)
+
+
+def test_spatial_one_workspace_is_allocated_once():
+    """The spatial == 1 kernels keep their scratch on the layer: one allocation, reused."""
+    rng = np.random.default_rng(2)
+    l = BatchNormLayer(8, 1, 1, 300, kernel="fused")
+    x, d = _inputs((8, 300, 1, 1), rng, "normal")
+    l.forward(x, True)
+    l.backward(d, True)
+    ws = l._fused_workspace
+    l.forward(x, True)
+    l.backward(d, True)
+    l.forward(x, False)
+    assert l._fused_workspace is ws
 
 
 def test_comparison_detects_a_one_ulp_difference():
