@@ -54,24 +54,25 @@ def _per_channel(r, name, arr, n, writable=False):
     return check_buffer(r, name, arr, n, writable=writable, what=f"one value per channel, n = {n}")
 
 
-def scale_bias(output, scales, batch, n, size):
-    """``scale_bias`` (convolutional_layer.c): ``output[(b*n+i)*size+j] *= scales[i]``."""
-    r = "scale_bias"
+def _per_channel_op(r, output, name, vec, batch, n, size):
+    """Validate scale_bias/add_bias arguments; returns the dimensions as ints."""
     batch, n, size = _dims(r, batch, n, size)
     _planes(r, "output", output, batch, n, size, writable=True)
-    _per_channel(r, "scales", scales, n)
-    check_no_overlap(r, ("output", output), ("scales", scales))
-    _scale_bias(output, scales, batch, n, size)
+    _per_channel(r, name, vec, n)
+    check_no_overlap(r, ("output", output), (name, vec))
+    return batch, n, size
+
+
+def scale_bias(output, scales, batch, n, size):
+    """``scale_bias`` (convolutional_layer.c): ``output[(b*n+i)*size+j] *= scales[i]``."""
+    _scale_bias(output, scales, *_per_channel_op("scale_bias", output, "scales", scales,
+                                                 batch, n, size))
 
 
 def add_bias(output, biases, batch, n, size):
     """``add_bias`` (convolutional_layer.c): ``output[(b*n+i)*size+j] += biases[i]``."""
-    r = "add_bias"
-    batch, n, size = _dims(r, batch, n, size)
-    _planes(r, "output", output, batch, n, size, writable=True)
-    _per_channel(r, "biases", biases, n)
-    check_no_overlap(r, ("output", output), ("biases", biases))
-    _add_bias(output, biases, batch, n, size)
+    _add_bias(output, biases, *_per_channel_op("add_bias", output, "biases", biases,
+                                               batch, n, size))
 
 
 def backward_bias(bias_updates, delta, batch, n, size):

@@ -199,3 +199,22 @@ def run_naive_example(routine, ex):
     values = random_values(routine, rng, ex["batch"], ex["filters"], ex["spatial"],
                            ex["regime"], ex["N"], ex["INCX"], ex["INCY"], ex["ALPHA"])
     check_naive(routine, values, ex["dialect"])
+
+
+def routine_tests(module):
+    """The two standard tests for every routine of ``module``, for the test module
+    mirroring it: ``test_golden, test_matches_naive = routine_tests(blas)``."""
+    import pytest
+    from hypothesis import given, settings
+
+    @pytest.mark.parametrize("routine, entry", golden_params(module))
+    def test_golden(routine, entry):
+        check_golden(routine, entry)
+
+    @pytest.mark.parametrize("routine", routines_of(module), ids=lambda r: r.name)
+    @settings(max_examples=30, deadline=None)
+    @given(ex=naive_strategy())
+    def test_matches_naive(routine, ex):
+        run_naive_example(routine, ex)
+
+    return test_golden, test_matches_naive

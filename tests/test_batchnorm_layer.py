@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 import naive
 from _compare import assert_bits
-from _routines import REGIMES, _regime, check_golden, golden_params, naive_strategy, routines_of
-from _routines import run_naive_example
+from _routines import REGIMES, _regime, routine_tests
 from darknet_bn import batchnorm_layer
 from darknet_bn.batchnorm_layer import FIELDS, PATHS, BatchNormLayer
 from darknet_bn.golden import layer_cases, replay_layer_case
@@ -25,16 +24,7 @@ TYPES = ("batchnorm", "convolutional")
 
 
 # ---------------------------------------------------------------- backward_scale_cpu
-@pytest.mark.parametrize("routine, entry", golden_params(batchnorm_layer))
-def test_routine_golden(routine, entry):
-    check_golden(routine, entry)
-
-
-@pytest.mark.parametrize("routine", routines_of(batchnorm_layer), ids=lambda r: r.name)
-@settings(max_examples=30, deadline=None)
-@given(ex=naive_strategy())
-def test_routine_matches_naive(routine, ex):
-    run_naive_example(routine, ex)
+test_routine_golden, test_routine_matches_naive = routine_tests(batchnorm_layer)
 
 
 # ---------------------------------------------------------------- golden layer cases

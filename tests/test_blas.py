@@ -1,26 +1,15 @@
 """darknet_bn.blas against Darknet's recorded outputs and the naive C transcription."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
 
-from _routines import (check_golden, check_naive, golden_params, naive_strategy, random_values,
-                       routines_of, run_naive_example)
+from _routines import check_naive, random_values, routine_tests, routines_of
 from darknet_bn import blas
 
 ROUTINES = routines_of(blas)
 EDGE_SHAPES = [(1, 1, 2), (2, 1, 1), (1, 3, 7), (5, 1, 1), (3, 7, 13), (2, 33, 1), (1, 1, 1)]
 
 
-@pytest.mark.parametrize("routine, entry", golden_params(blas))
-def test_golden(routine, entry):
-    check_golden(routine, entry)
-
-
-@pytest.mark.parametrize("routine", ROUTINES, ids=lambda r: r.name)
-@settings(max_examples=30, deadline=None)
-@given(ex=naive_strategy())
-def test_matches_naive(routine, ex):
-    run_naive_example(routine, ex)
+test_golden, test_matches_naive = routine_tests(blas)
 
 
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=str)

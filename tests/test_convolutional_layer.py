@@ -1,26 +1,14 @@
 """darknet_bn.convolutional_layer (scale_bias, add_bias, backward_bias) and utils.sum_array."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
 
 import naive
-from _routines import check_golden, golden_params, naive_strategy, routines_of, run_naive_example
+from _routines import routine_tests
 from darknet_bn import convolutional_layer
 from darknet_bn.utils import sum_array
 
-ROUTINES = routines_of(convolutional_layer)
 
-
-@pytest.mark.parametrize("routine, entry", golden_params(convolutional_layer))
-def test_golden(routine, entry):
-    check_golden(routine, entry)
-
-
-@pytest.mark.parametrize("routine", ROUTINES, ids=lambda r: r.name)
-@settings(max_examples=30, deadline=None)
-@given(ex=naive_strategy())
-def test_matches_naive(routine, ex):
-    run_naive_example(routine, ex)
+test_golden, test_matches_naive = routine_tests(convolutional_layer)
 
 
 def test_backward_bias_sums_planes_first():
