@@ -189,10 +189,12 @@ def test_fused_is_registered_and_default():
 def test_fused_kernels_are_registered_for_warmup():
     """Every fused kernel goes through _jit.kernel, so warmup() compiles it (cache=True)."""
     registered = {d for d, _ in _jit.KERNELS}
-    for k in (fused._forward_train, fused._forward_infer, fused._backward):
+    for k in (fused._forward_train, fused._forward_infer, fused._backward,
+              fused._forward_train_rows, fused._forward_infer_rows, fused._backward_rows):
         assert k in registered
-        assert k.targetoptions.get("cache", False) or getattr(k, "_cache", None) is not None
+        assert type(k._cache).__name__ != "NullCache"          # cache=True
         assert not k.targetoptions.get("fastmath")
+        assert k.targetoptions.get("parallel")
 
 
 def test_fused_writes_only_the_layer_buffers():
