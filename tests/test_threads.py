@@ -185,3 +185,53 @@ def test_workqueue_really_aborts_without_the_fallback(tmp_path):
         pytest.skip("this Numba's workqueue layer survived concurrent use here")
     assert r.returncode == -signal.SIGABRT, r.stderr[-1000:]
     assert "Concurrent access" in r.stderr or "Terminating" in r.stderr
+
+
+FORKER = textwrap.dedent("""
+    import multiprocessing as mp, queue, sys
+    sys.path.insert(0, {tests!r})
+    from _state import training_run
+    def child(q):
+        q.put(training_run(1).tobytes())
+    if __name__ == "__main__":
+        want = training_run(1).tobytes()
+        for method in ("spawn", "fork"):
+            ctx = mp.get_context(method)
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            got = None                              # read before join: the pipe must drain
+            for _ in range(240):
+                try:
+                    got = q.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if not p.is_alive():
+                        try:
+                            got = q.get(timeout=1)
+                        except queue.Empty:
+                            pass
+                        break
+            same = got == want
+            p.join(60)
+            print(method, p.exitcode, same)
+""")
+
+
+def test_processes_after_use(tmp_path):
+    """multiprocessing after the parent used the kernels: spawn always works; fork
+    works with tbb (and serial kernels), not with GNU OpenMP (docs/reliability.md)."""
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER.format(tests=str(TESTS)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = {m: (int(code), same == "True") for m, code, same in
+               (line.split() for line in r.stdout.split("\n") if line)}
+    assert results["spawn"] == (0, True)
+    if _jit.THREADING_LAYER == "omp" and results["fork"][0] != 0:
+        assert "GNU OpenMP" in r.stderr
+        pytest.xfail("GNU OpenMP (Numba's omp layer) is not fork-safe: a forked child that "
+                     "runs a kernel is terminated. Install tbb, or use the spawn/forkserver "
+                     "start method")
+    assert results["fork"] == (0, True)
