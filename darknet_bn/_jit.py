@@ -126,7 +126,8 @@ def private_temp_cache_dir():
     others is refused: cached code is loaded and run, so nobody else may write it.
     """
     uid = os.getuid() if hasattr(os, "getuid") else None
-    path = os.path.join(tempfile.gettempdir(), f"darknet_bn-numba-cache-{'user' if uid is None else uid}")
+    name = f"darknet_bn-numba-cache-{'user' if uid is None else uid}"
+    path = os.path.join(tempfile.gettempdir(), name)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -181,8 +182,9 @@ def _njit(fn, options):
             raise
         if not CACHE_DISABLED:
             warnings.warn(
-                "darknet_bn: no writable Numba cache location (the package directory, NUMBA_CACHE_DIR, "
-                "the user cache directory and the temp directory are all read-only); "
+                "darknet_bn: no writable Numba cache location (the package directory, "
+                "NUMBA_CACHE_DIR, the user cache directory and the temp directory are all "
+                "read-only); "
                 "kernels are compiled in memory on every run. Set NUMBA_CACHE_DIR to a "
                 f"writable directory to cache them. ({exc})", CacheFallbackWarning,
                 stacklevel=3)

@@ -17,7 +17,6 @@ which allocates 8 GB:
 3. The wrappers' own size checks use Python integers: a product of dimensions
    past 2**64 is reported exactly, not wrapped.
 """
-import ctypes
 import mmap
 import sys
 
