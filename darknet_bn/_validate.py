@@ -5,7 +5,9 @@ its end silently.  Every public wrapper therefore validates all of its arguments
 *before* any kernel runs, so a rejected call modifies nothing.  Each error names
 the argument and says how to fix it.
 """
+import functools
 import numbers
+import operator
 
 import numpy as np
 
@@ -116,8 +118,7 @@ def check_state(routine, owner, names, lengths):
     The result is remembered on ``owner``: while the same array objects are in
     place with the same lengths, only their writability is re-checked.
     """
-    arrays = tuple(getattr(owner, n) for n in names)
-    lengths = tuple(lengths)
+    arrays = _getter(names)(owner)
     seen = owner.__dict__.get("_checked_state")
     if (seen is not None and seen[0] == lengths
             and all(a is b and a.flags.writeable for a, b in zip(arrays, seen[1]))):
@@ -134,4 +135,9 @@ def check_state(routine, owner, names, lengths):
                 f"{routine}: layer.{name} and layer.{next_name} share memory; every layer "
                 f"buffer needs its own (assign a copy: layer.{next_name} = "
                 f"layer.{next_name}.copy())")
-    owner._checked_state = (lengths, arrays)
+    owner._checked_state = (lengths, arrays)   # the objects, not ids: ids can be reused
+
+
+@functools.lru_cache(maxsize=None)
+def _getter(names):
+    return operator.attrgetter(*names)
