@@ -65,9 +65,12 @@ def _drop_privileges():
     probe = tempfile.mkdtemp()
     try:
         os.chmod(probe, 0o555)
+        code = (f"try:\n    open({probe!r} + '/f', 'w')\nexcept PermissionError:\n"
+                "    print('denied')")
         r = subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-all", sys.executable,
-                            "-c", f"open({probe!r} + '/f', 'w')"], capture_output=True)
-        return [setpriv, "--inh-caps=-all", "--bounding-set=-all"] if r.returncode else None
+                            "-c", code], capture_output=True, text=True)
+        return ([setpriv, "--inh-caps=-all", "--bounding-set=-all"]
+                if r.returncode == 0 and r.stdout.strip() == "denied" else None)
     finally:
         os.chmod(probe, 0o755)
         shutil.rmtree(probe)
