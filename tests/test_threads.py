@@ -108,8 +108,13 @@ def test_threading_layer_is_threadsafe_or_kernels_are_serial():
     if info["parallel"]:
         numba.njit(parallel=True)(lambda a: a.sum())(np.ones(4))   # make Numba pick it
         assert numba.threading_layer() == info["threading_layer"]
-    for dispatcher, _ in _jit.KERNELS:
-        assert dispatcher.targetoptions.get("parallel", False) in (info["parallel"], False)
+    modes = {d.py_func.__name__: bool(d.targetoptions.get("parallel")) for d, _ in _jit.KERNELS}
+    if info["parallel"]:
+        assert any(modes.values()), modes
+    else:                               # the safety property: nothing parallel on workqueue
+        assert not any(modes.values()), modes
+        assert all(name.endswith("__serial") for name in
+                   (d.py_func.__qualname__ for d, _ in _jit.KERNELS))
 
 
 # --------------------------------------------------------------------------
@@ -130,6 +135,7 @@ WORKER = textwrap.dedent("""
     [t.start() for t in ts]; [t.join() for t in ts]
     np.savez(sys.argv[1], *out)
     import numba
+    assert _jit.PARALLEL or not any(d.targetoptions.get("parallel") for d, _ in _jit.KERNELS)
     print(_jit.THREADING_LAYER, _jit.PARALLEL, numba.config.NUMBA_NUM_THREADS,
           numba.threading_layer() if _jit.PARALLEL else "-")
 """)
