@@ -59,9 +59,9 @@ Rejected alternatives (kept here so they are not retried):
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from ._jit import BUF, FLT, INT, kernel, sig
+from ._jit import BUF, FLT, INT, helper, kernel, sig
 from .dialects import PJREDDIE
 
 BUF64 = "float64[::1]"                    # float64 scratch (per-channel denominators)
@@ -72,20 +72,18 @@ _EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cp
 _EPS = np.float32(0.00001)                 # .00001f everywhere else
 _NEG_THREE_HALVES = np.float64(np.float32(-3.0 / 2.0))   # (float)(-3./2.)
 
-_inline = dict(cache=True, fastmath=False, error_model="numpy", nogil=True, inline="always")
-
 
 # --------------------------------------------------------------------------
 # Scalar helpers: one C statement each, shared by every kernel below
 # --------------------------------------------------------------------------
-@njit(**_inline)
+@helper(inline="always")
 def _var_step(acc, v, m):
     """``variance[i] += pow((x[index] - mean[i]), 2)``: float diff, double add, float store."""
     d = np.float64(v - m)
     return np.float32(np.float64(acc) + d * d)
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _normalize_denom(variance, dialect):
     """normalize_cpu's denominator (float64) for one channel."""
     if dialect == PJREDDIE:     # sqrt(variance[f]) + .000001f
@@ -93,7 +91,7 @@ def _normalize_denom(variance, dialect):
     return math.sqrt(np.float64(variance + _EPS))          # sqrt(variance[f] + .00001f)
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _normalize_delta_denom(variance, dialect):
     """normalize_delta_cpu's denominator (float64) for one channel."""
     if dialect == PJREDDIE:     # sqrt(variance[f] + .00001f)
@@ -101,14 +99,14 @@ def _normalize_delta_denom(variance, dialect):
     return math.sqrt(np.float64(variance)) + np.float64(_EPS)   # sqrt(variance[f]) + .00001f
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _rolling(rolling, keep, new, stat):
     """scal_cpu(keep) then axpy_cpu(new, stat) on one element: all float32."""
     r = rolling * keep
     return r + new * stat
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _plane(a, filters, spatial, j, f):
     """The (j, f) plane of a flat buffer as a view: ``a[(j*filters + f)*spatial :][:spatial]``.
 
@@ -121,7 +119,7 @@ def _plane(a, filters, spatial, j, f):
     return a[base:base + spatial]
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _planes8(a, batch, filters, spatial, j, f):
     """The (j, f..f+7) planes of a flat buffer, for the interleaved chains."""
     return (_plane(a, filters, spatial, j, f), _plane(a, filters, spatial, j, f + 1),
@@ -133,7 +131,7 @@ def _planes8(a, batch, filters, spatial, j, f):
 # --------------------------------------------------------------------------
 # Forward, training: mean, variance, rolling update, normalize, x_norm, scale, bias
 # --------------------------------------------------------------------------
-@njit(**_inline)
+@helper(inline="always")
 def _mean_lanes(src, batch, filters, spatial, f):
     """mean_cpu sums for channels f..f+7, interleaved; writes the copy ``x = src``.
 
@@ -149,7 +147,7 @@ def _mean_lanes(src, batch, filters, spatial, f):
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _variance_lanes(src, mean, batch, filters, spatial, f):
     """variance_cpu sums for channels f..f+7, interleaved (eight independent chains)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
@@ -169,7 +167,7 @@ def _variance_lanes(src, mean, batch, filters, spatial, f):
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _mean_one(src, batch, filters, spatial, f):
     """mean_cpu's sum for channel f alone; writes the copy ``x = src``."""
     acc = np.float32(0.0)
@@ -180,7 +178,7 @@ def _mean_one(src, batch, filters, spatial, f):
     return acc
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _variance_one(src, m, batch, filters, spatial, f):
     """variance_cpu's sum for channel f alone."""
     acc = np.float32(0.0)
@@ -191,7 +189,7 @@ def _variance_one(src, m, batch, filters, spatial, f):
     return acc
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                           batch, filters, spatial, f, dialect):
     """One channel of normalize_cpu -> copy_cpu(x_norm) -> scale_bias -> add_bias."""
@@ -287,7 +285,7 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
 # --------------------------------------------------------------------------
 # Backward
 # --------------------------------------------------------------------------
-@njit(**_inline)
+@helper(inline="always")
 def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
                     batch, filters, spatial, f, g):
     """The four backward reductions of channels f and g, interleaved (g == f allowed).
@@ -329,7 +327,7 @@ def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
     return bias_f, scale_f, md_f, vd_f, bias_g, scale_g, md_g, vd_g
 
 
-@njit(**_inline)
+@helper(inline="always")
 def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
                       scale_updates, mean_delta, variance_delta, batch, filters, spatial,
                       dialect, do_backward_bias, write_net_delta, f, bias, scale, md_sum,
