@@ -194,7 +194,7 @@ def test_fused_kernels_are_registered_for_warmup():
         assert k in registered
         assert type(k._cache).__name__ != "NullCache"          # cache=True
         assert not k.targetoptions.get("fastmath")
-        assert k.targetoptions.get("parallel")
+        assert k.targetoptions.get("parallel") == _jit.KERNEL_OPTIONS["parallel"]
 
 
 def test_fused_writes_only_the_layer_buffers():
