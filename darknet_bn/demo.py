@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from .batchnorm_layer import DEFAULT_KERNEL, PATHS
 from .golden import data_dir, layer_cases, replay_layer_case, ulp_diff
 
 HELP = "replay Darknet's recorded layer cases on both dialects and compare bits"
@@ -19,8 +20,8 @@ SHOWCASE = {"pjreddie": "case12_pjreddie_batchnorm_8x16x6x6_offset",
 
 
 def add_arguments(p):
-    p.add_argument("--kernel", default=None,
-                   help="execution path of BatchNormLayer (default: the layer's default)")
+    p.add_argument("--kernel", default=None, choices=sorted(PATHS),
+                   help=f"execution path of BatchNormLayer (default: {DEFAULT_KERNEL})")
     p.add_argument("--quiet", action="store_true", help="only the summary table")
 
 
