@@ -34,7 +34,8 @@ formula and the stale x_norm of the last training step; alexeyab reuses the
 last training batch's x, statistics and x_norm.
 
 Writes compare.csv, compare_inference.csv, compare.md and compare.png
-(matplotlib, extra "plot") to --out and prints a summary.  Inputs are seeded: runs are reproducible.
+(matplotlib, extra "plot"; without it the plot is skipped with a note) to --out
+and prints a summary.  Inputs are seeded: runs are reproducible.
 """
 import csv
 import io
@@ -79,6 +80,10 @@ PLOT_MIN_M = 4
 
 #: Sizes for the inference-mode table (normal regime).
 INFERENCE_SIZES = ((4, 1, 1), (4, 4, 4), (4, 16, 16), (4, 50, 50))
+
+class PlotUnavailable(RuntimeError):
+    """The plot needs matplotlib, which is not installed."""
+
 
 COLUMNS = ("dialect", "regime", "m", "batch", "h", "w", "c", "err_own", "err_std", "divisor",
            "eps", "stats32", "backward32", "omitted", "trap", "dgamma", "dbeta")
@@ -328,14 +333,22 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D
     except ImportError:
-        raise RuntimeError("the plot needs matplotlib: pip install 'darknet_bn[plot]' "
-                           "(or run with --no-plot)") from None
+        raise PlotUnavailable("the plot needs matplotlib: pip install 'darknet_bn[plot]' "
+                              "(or run with --no-plot)") from None
     rows = [r for r in rows if r["m"] >= PLOT_MIN_M]
     if not rows:
         raise ValueError(f"plot: no sizes with m >= {PLOT_MIN_M} to plot")
     dialects = list(dict.fromkeys(r["dialect"] for r in rows))
     regimes = list(dict.fromkeys(r["regime"] for r in rows))
     colors = dict(zip(REGIMES, ("tab:blue", "tab:red", "tab:orange", "tab:green")))
+    # the parts (bottom row) get colours that none of the regimes (top row) use
+    parts = (("err_own", "o-", "black", "total (vs exact of own forward)"),
+             ("divisor", "s-", "tab:purple", "1/m vs 1/(m-1)"),
+             ("eps", "^-", "tab:brown", "eps placement"),
+             ("stats32", "v-", "tab:pink", "float32 statistics (forward)"),
+             ("backward32", "<-", "tab:olive", "float32 backward sums"),
+             ("omitted", "d:", "tab:cyan", "omitted dL/dmean term"),
+             ("trap", "*--", "tab:gray", "'stats are constants' (contrast)"))
     fig, axes = plt.subplots(2, len(dialects), figsize=(5.4 * len(dialects), 9.0),
                              squeeze=False, sharex=True)
     for j, dialect in enumerate(dialects):
@@ -362,16 +375,11 @@ def plot(rows, path):
         sel = [r for r in rows if r["dialect"] == dialect and r["regime"] == "normal"]
         sel = sel or [r for r in rows if r["dialect"] == dialect and r["regime"] == regimes[0]]
         ms = [r["m"] for r in sel]
-        for key, style, label in (("err_own", "ko-", "total (vs exact of own forward)"),
-                                  ("divisor", "s-", "1/m vs 1/(m-1)"),
-                                  ("eps", "^-", "eps placement"),
-                                  ("stats32", "v-", "float32 statistics (forward)"),
-                                  ("backward32", "<-", "float32 backward sums"),
-                                  ("omitted", "d:", "omitted dL/dmean term"),
-                                  ("trap", "*--", "'stats are constants' (contrast)")):
+        for key, style, color, label in parts:
             vals = np.array([r[key] for r in sel])
             vals = np.where(vals > 0, vals, np.nan)        # log axis: drop exact zeros
-            ax.loglog(ms, vals, style, label=label if j == 0 else None, markersize=4)
+            ax.loglog(ms, vals, style, color=color, label=label if j == 0 else None,
+                      markersize=4)
         ax.set_title(f"{dialect}: parts of the error, regime '{sel[0]['regime']}'",
                      fontsize=10)
         ax.set_xlabel("m = batch*h*w (values per channel)")
@@ -382,12 +390,24 @@ def plot(rows, path):
     fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 0.965))
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=80, format="png")
+    fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
     buf.seek(0)
     from PIL import Image                 # a matplotlib dependency
     # 64 colours are plenty for lines on white: ~4x smaller file, same look
     Image.open(buf).convert("RGB").quantize(colors=64).save(path, optimize=True)
+
+
+#: Printed under the tables: why each gap exists.
+WHY = """
+why (the parts of err_own, regime normal, each relative to ||exact dL/dx||):
+  divisor     normalize_delta_cpu divides the variance term by m; variance_cpu divided by m-1
+  eps         the backward's first term puts eps where the forward does not (pjreddie:
+              1e-5 inside the root, forward 1e-6 outside; alexeyab: 1e-5 outside, forward inside)
+  stats32     float32 mean/variance from the forward (variance_cpu sums m terms in a float)
+  backward32  float32 rounding in the backward's own sums
+  omitted     the dL/dmean term Darknet drops: zero for the exact mean, not the float32 one
+  trap        not a part: the "mean and variance are constants" gradient, for contrast"""
 
 
 def _summary(rows, inf_rows):
@@ -413,10 +433,16 @@ def _summary(rows, inf_rows):
         db = max(r["dbeta"] for r in sel)
         lines.append(f"worst dgamma (scale_updates) error {dg:.3g}; worst dbeta "
                      f"(bias_updates) error {db:.3g}"
-                     + (" (never computed on CPU)" if db == 1.0 else ""))
+                     + (": its CPU backward never computes bias_updates" if db == 1.0
+                        else ""))
+    if rows:
+        lines.append(WHY)
     if inf_rows:
         lines.append("\ninference mode (train=0): Darknet's backward vs the exact gradient "
                      "(statistics are constants)")
+        lines.append("pjreddie applies the training formula to the rolling statistics, "
+                     "alexeyab to the last\ntraining batch; both take dgamma from the "
+                     "stale x_norm of the last training step")
         lines.append(f"{'dialect':>9} {'m':>8} {'dx_err':>10} {'dgamma_err':>11}")
         for r in inf_rows:
             lines.append(f"{r['dialect']:>9} {r['m']:>8} {r['dx_err']:>10.3g} "
@@ -447,10 +473,20 @@ def run(args):
     write_csv(inf_rows, INFERENCE_COLUMNS, os.path.join(args.out, "compare_inference.csv"))
     write_markdown(rows, inf_rows, os.path.join(args.out, "compare.md"), args.seed)
     written = ["compare.csv", "compare_inference.csv", "compare.md"]
-    if not args.no_plot:
-        plot(rows, os.path.join(args.out, "compare.png"))
-        written.append("compare.png")
+    skipped = None
+    if not args.no_plot and not any(r["m"] >= PLOT_MIN_M for r in rows):
+        skipped = (f"darknet-bn compare: note: plot skipped, it starts at m = {PLOT_MIN_M} "
+                   f"(--max-m {args.max_m})")
+    elif not args.no_plot:
+        try:
+            plot(rows, os.path.join(args.out, "compare.png"))
+            written.append("compare.png")
+        except PlotUnavailable:
+            skipped = ("darknet-bn compare: note: plot skipped, matplotlib is not installed "
+                       "(pip install 'darknet_bn[plot]' for compare.png, or pass --no-plot)")
     print(_summary(rows, inf_rows))
     print(f"\n{len(rows) + len(inf_rows)} measurements in {elapsed:.1f} s; wrote "
           f"{', '.join(written)} to {args.out}")
+    if skipped:
+        print(skipped, file=sys.stderr)
     return 0

@@ -156,6 +156,11 @@ def test_cli_compare_writes_table_and_csv(tmp_path, capsys):
     assert main(["compare", "--out", str(out), "--max-m", "16", "--no-plot"]) == 0
     text = capsys.readouterr().out
     assert "pjreddie" in text and "alexeyab" in text and "inference mode" in text
+    # one line of explanation per part, and the causes of the other gaps
+    why = text.split("\nwhy", 1)[1].split("\ninference mode", 1)[0]
+    for key in ("divisor", "eps", "stats32", "backward32", "omitted", "trap"):
+        assert f"\n  {key} " in why
+    assert "never computes bias_updates" in text and "stale x_norm" in text
     rows = (out / "compare.csv").read_text().splitlines()
     assert rows[0].split(",") == list(C.COLUMNS)
     assert len(rows) == 1 + 4 * len(C.REGIMES) * 2          # m = 2, 4, 8, 16
@@ -180,6 +185,29 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(RuntimeError, match=r"darknet_bn\[plot\]"):
         C.plot(rows, os.fspath(tmp_path / "x.png"))
+
+
+def test_cli_compare_without_matplotlib_skips_the_plot(tmp_path, capsys, monkeypatch):
+    """No matplotlib: tables and summary as usual, exit 0, one line on stderr saying how."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib fails
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--max-m", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "inference mode" in captured.out and "why" in captured.out
+    assert "compare.png" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "plot skipped" in err[0]
+    assert "darknet_bn[plot]" in err[0] and "--no-plot" in err[0]
+    assert (out / "compare.csv").is_file() and (out / "compare.md").is_file()
+    assert (out / "compare_inference.csv").is_file()
+    assert not (out / "compare.png").exists()
+
+
+def test_cli_compare_below_the_plot_range_skips_the_plot(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--max-m", "3", "--dialect", "pjreddie"]) == 0
+    assert "plot skipped, it starts at m = 4" in capsys.readouterr().err
+    assert (out / "compare.csv").is_file() and not (out / "compare.png").exists()
 
 
 def test_cli_compare_rejects_bad_arguments(tmp_path, capsys):

@@ -89,6 +89,8 @@ def test_standard_exact_matches_finite_differences(batch, c, spatial, loc, scale
     dx, dgamma, dbeta = R.batchnorm_backward_exact(x, dy, gamma, batch, c, spatial)
     g = gradient_scale(x, dy, gamma, r_standard(x))
     assert rel(dx, fd, g) < fd_tolerance(x, h)
+    staged = R.batchnorm_backward_staged(x, dy, gamma, batch, c, spatial)[0]
+    assert rel(staged, fd, g) < fd_tolerance(x, h)
     # parameter gradients: L is linear in beta and in gamma
     hp = 1e-3
     fd_gamma = R.finite_difference_grad(
@@ -213,10 +215,19 @@ def test_pjreddie_exact_is_nan_on_a_constant_channel():
 # --------------------------------------------------------------------------
 # torch float64 autograd (optional)
 # --------------------------------------------------------------------------
-def _torch_case(seed=8):
-    batch, c, h, w = 3, 4, 3, 2
-    x, dy, gamma, beta = make(batch, c, h * w, 0.5, 2.0, seed=seed)
-    return batch, c, h, w, x.reshape(batch, c, h, w), dy.reshape(batch, c, h, w), gamma, beta
+#: (batch, c, h, w, location, scale): shapes from m = 2 to 2048, offset and tiny inputs
+TORCH_CASES = [
+    pytest.param(2, 3, 1, 1, 0.0, 1.0, id="m2"),
+    pytest.param(3, 4, 3, 2, 0.5, 2.0, id="m18"),
+    pytest.param(3, 2, 5, 1, 0.0, 1e-3, id="tiny-m15"),
+    pytest.param(4, 2, 4, 4, 100.0, 1.0, id="offset-m64"),
+    pytest.param(8, 2, 16, 16, 0.0, 1.0, id="m2048"),
+]
+
+
+def _torch_case(batch, c, h, w, loc, scale, seed):
+    x, dy, gamma, beta = make(batch, c, h * w, loc, scale, seed=seed)
+    return x.reshape(batch, c, h, w), dy.reshape(batch, c, h, w), gamma, beta
 
 
 def _torch_tol(batch, h, w, x):
@@ -224,56 +235,90 @@ def _torch_tol(batch, h, w, x):
         x.reshape(x.shape[0], x.shape[1], -1)))
 
 
-def test_standard_exact_matches_torch_autograd():
+def _torch_darknet_xhat(torch, xt, mean, var, dialect):
+    """Darknet's normalization in torch ops (mean/var: tensors, constants or not)."""
+    if dialect == "pjreddie":
+        return (xt - mean) / (torch.sqrt(var) + R.EPS_PJ_NORMALIZE)
+    return (xt - mean) / torch.sqrt(var + R.EPS_DARKNET)
+
+
+@pytest.mark.parametrize("batch,c,h,w,loc,scale", TORCH_CASES)
+def test_standard_exact_and_staged_match_torch_autograd(batch, c, h, w, loc, scale):
     torch = pytest.importorskip("torch")
-    batch, c, h, w, x, dy, gamma, beta = _torch_case()
+    x, dy, gamma, beta = _torch_case(batch, c, h, w, loc, scale, seed=8)
     xt = torch.tensor(x, requires_grad=True)
     gt = torch.tensor(gamma, requires_grad=True)
     bt = torch.tensor(beta, requires_grad=True)
     y = torch.nn.functional.batch_norm(xt, None, None, gt, bt, training=True,
                                        eps=R.EPS_STANDARD)
     y.backward(torch.tensor(dy))
-    dx, dgamma, dbeta = R.batchnorm_backward_exact(x, dy, gamma, batch, c, h * w)
-    xs = x.reshape(batch, c, -1)
+    xs, dys = x.reshape(batch, c, -1), dy.reshape(batch, c, -1)
+    g = gradient_scale(xs, dys, gamma, r_standard(xs))
     tol = _torch_tol(batch, h, w, x)
-    assert rel(dx, xt.grad.numpy(), gradient_scale(xs, dy.reshape(batch, c, -1), gamma,
-                                                   r_standard(xs))) < tol
-    assert np.abs(dgamma - gt.grad.numpy()).max() < tol * np.abs(dy).sum()
-    assert np.abs(dbeta - bt.grad.numpy()).max() < tol * np.abs(dy).sum()
+    for dx, dgamma, dbeta in (R.batchnorm_backward_exact(x, dy, gamma, batch, c, h * w),
+                              R.batchnorm_backward_staged(x, dy, gamma, batch, c, h * w)):
+        assert rel(dx, xt.grad.numpy(), g) < tol
+        assert np.abs(dgamma - gt.grad.numpy()).max() < tol * np.abs(dy).sum()
+        assert np.abs(dbeta - bt.grad.numpy()).max() < tol * np.abs(dy).sum()
     yref = R.batchnorm_forward(x, gamma, beta, batch, c, h * w)
     assert np.abs(yref - y.detach().numpy()).max() < tol * 10
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_darknet_exact_matches_torch_autograd(dialect):
+@pytest.mark.parametrize("batch,c,h,w,loc,scale", TORCH_CASES)
+def test_darknet_exact_matches_torch_autograd(dialect, batch, c, h, w, loc, scale):
     torch = pytest.importorskip("torch")
-    batch, c, h, w, x, dy, gamma, _ = _torch_case(seed=9)
+    x, dy, gamma, beta = _torch_case(batch, c, h, w, loc, scale, seed=9)
     xt = torch.tensor(x, requires_grad=True)
     mu = xt.mean(dim=(0, 2, 3), keepdim=True)
     s2 = xt.var(dim=(0, 2, 3), keepdim=True, unbiased=True)
-    if dialect == "pjreddie":
-        xhat = (xt - mu) / (torch.sqrt(s2) + R.EPS_PJ_NORMALIZE)
-    else:
-        xhat = (xt - mu) / torch.sqrt(s2 + R.EPS_DARKNET)
-    (torch.tensor(gamma).view(1, c, 1, 1) * xhat).backward(torch.tensor(dy))
+    y = torch.tensor(gamma).view(1, c, 1, 1) * _torch_darknet_xhat(torch, xt, mu, s2, dialect)
+    y.backward(torch.tensor(dy))
     dx = R.darknet_backward_exact(x, dy, gamma, batch, c, h * w, dialect=dialect)
     xs = x.reshape(batch, c, -1)
     g = gradient_scale(xs, dy.reshape(batch, c, -1), gamma, r_darknet(xs, dialect))
-    assert rel(dx, xt.grad.numpy(), g) < _torch_tol(batch, h, w, x)
+    tol = _torch_tol(batch, h, w, x)
+    assert rel(dx, xt.grad.numpy(), g) < tol
+    yref = R.darknet_forward(x, gamma, 0.0, batch, c, h * w, dialect=dialect)
+    assert np.abs(yref - y.detach().numpy()).max() < tol * 10
 
 
-def test_stats_as_constants_matches_torch_inference_mode():
+@pytest.mark.parametrize("dialect", (None,) + DIALECTS)
+@pytest.mark.parametrize("given", (True, False), ids=("rolling-stats", "batch-stats"))
+@pytest.mark.parametrize("batch,c,h,w,loc,scale", TORCH_CASES)
+def test_stats_as_constants_matches_torch_with_frozen_statistics(dialect, given, batch, c, h,
+                                                                 w, loc, scale):
+    """Given statistics (inference mode; torch's eval-mode batch_norm for standard BN), or
+    the batch's own statistics detached from the graph (the trap, in training mode)."""
     torch = pytest.importorskip("torch")
-    batch, c, h, w, x, dy, gamma, beta = _torch_case(seed=10)
-    mean, var = np.linspace(-1, 1, c), np.linspace(0.5, 4, c)
+    x, dy, gamma, beta = _torch_case(batch, c, h, w, loc, scale, seed=10)
+    xs = x.reshape(batch, c, -1)
     xt = torch.tensor(x, requires_grad=True)
-    y = torch.nn.functional.batch_norm(xt, torch.tensor(mean), torch.tensor(var),
-                                       torch.tensor(gamma), torch.tensor(beta), training=False,
-                                       eps=R.EPS_STANDARD)
+    if given:
+        mean = xs.mean(axis=(0, 2)) + scale * np.linspace(-1, 1, c)
+        var = xs.var(axis=(0, 2)) * np.linspace(0.5, 4, c)
+        stats, mt, vt = (mean, var), torch.tensor(mean), torch.tensor(var)
+    else:
+        stats = None
+        mt = xt.detach().mean(dim=(0, 2, 3))
+        vt = xt.detach().var(dim=(0, 2, 3), unbiased=dialect is not None)
+    if dialect is None:
+        y = torch.nn.functional.batch_norm(xt, mt, vt, torch.tensor(gamma), torch.tensor(beta),
+                                           training=False, eps=R.EPS_STANDARD)
+        rr = 1 / np.sqrt(vt.numpy() + R.EPS_STANDARD)
+    else:
+        y = torch.tensor(gamma).view(1, c, 1, 1) * _torch_darknet_xhat(
+            torch, xt, mt.view(1, c, 1, 1), vt.view(1, c, 1, 1), dialect)
+        rr = (1 / (np.sqrt(vt.numpy()) + R.EPS_PJ_NORMALIZE) if dialect == "pjreddie"
+              else 1 / np.sqrt(vt.numpy() + R.EPS_DARKNET))
     y.backward(torch.tensor(dy))
-    dx = R.stats_as_constants_backward(x, dy, gamma, batch, c, h * w, stats=(mean, var))
-    # elementwise product of three numbers on both sides: a few ulp
-    assert np.allclose(dx, xt.grad.numpy(), rtol=8 * EPS64, atol=0)
+    dx = R.stats_as_constants_backward(x, dy, gamma, batch, c, h * w, dialect=dialect,
+                                       stats=stats)
+    g = gradient_scale(xs, dy.reshape(batch, c, -1), gamma, rr.reshape(1, c, 1))
+    assert rel(dx, xt.grad.numpy(), g) < _torch_tol(batch, h, w, x)
+    if given:
+        # the same constants on both sides: an elementwise product of three numbers
+        assert np.allclose(dx, xt.grad.numpy(), rtol=8 * EPS64, atol=0)
 
 
 # --------------------------------------------------------------------------
