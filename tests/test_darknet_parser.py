@@ -85,6 +85,17 @@ def test_known_but_unmodelled_section_is_refused(tmp_path):
     (CONV + "dontloadscales=1\n", r"dontloadscales=1 is not supported"),
     ("[softmax]\n[convolutional]\nfilters=2\n", "must output image"),
     ("[net]\n", r"a second \[net\] section"),
+    ("[convolutional]\nfilters=3000000000\n", r":6: \[convolutional\] filters=3000000000 is "
+     r"outside the C int range \(-2147483648 to 2147483647\)"),
+    ("[convolutional]\nfilters=-2147483649\n", r":6: .*filters=-2147483649 is outside"),
+    (CONV + "[route]\nlayers=-1,4294967295\n", r":12: .*layers=4294967295 is outside"),
+    ("[convolutional]\nfilters=1_0\n", r":6: .*filters='1_0' is not an integer"),
+    ("[convolutional]\nfilters=0x10\n", r"filters='0x10' is not an integer"),
+    ("[convolutional]\nfilters=8000000\nsize=31\npad=1\n", r":5: \[convolutional\] nweights "
+     r"= 23064000000 does not fit the C int Darknet computes it in"),
+    ("[convolutional]\nfilters=10000000\nsize=1\n", r"outputs = 2560000000 does not fit"),
+    ("[connected]\noutput=3000000\n", r"the 'weights' block's float count = 2304000000 "
+     r"does not fit"),
 ])
 def test_bad_cfg_values(tmp_path, body, pattern):
     with pytest.raises(CfgError, match=pattern):
@@ -107,6 +118,40 @@ def test_structural_errors(tmp_path):
         read_cfg(bad)
     with pytest.raises(ValueError, match="unknown dialect"):
         parse_cfg(_cfg(tmp_path, CONV), dialect="darknet")
+
+
+def test_c_int_limits_are_accepted(tmp_path):
+    net = parse_cfg(_cfg(tmp_path, "[convolutional]\nfilters=+8388608\nsize=1\n"
+                                   "stride=2147483647\n"))
+    conv = net.layers[0]
+    assert (conv.filters, conv.stride, conv.output_shape) == (8388608, 2147483647, (8388608, 1, 1))
+    assert conv.nweights == 3 * 8388608
+    bad = tmp_path / "net.cfg"
+    bad.write_text("[net]\nwidth=65536\nheight=65536\nchannels=1\n[maxpool]\n")
+    with pytest.raises(CfgError, match=r"net\.cfg:1: \[net\] width\*height\*channels = "
+                       r"4294967296 is more than Darknet's C int holds"):
+        parse_cfg(bad)
+
+
+def test_utf8_byte_order_mark_is_skipped(tmp_path):
+    plain = _cfg(tmp_path, CONV)
+    bom = tmp_path / "bom.cfg"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    a, b = parse_cfg(plain), parse_cfg(bom)
+    assert [(l.line, l.output_shape, l.blocks) for l in a.layers] == [
+        (l.line, l.output_shape, l.blocks) for l in b.layers] == [
+        (5, (4, 16, 16), (("biases", 4), ("scales", 4), ("rolling_mean", 4),
+                          ("rolling_variance", 4), ("weights", 108)))]
+    assert read_cfg(bom)[0].type == "net"
+
+
+def test_unreadable_cfg_names_the_cfg(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cannot open the \.cfg file: No such file "
+                       r"or directory: '.*missing\.cfg'") as e:
+        parse_cfg(tmp_path / "missing.cfg")
+    assert e.value.filename == str(tmp_path / "missing.cfg")
+    with pytest.raises(IsADirectoryError, match=r"cannot open the \.cfg file"):
+        read_cfg(tmp_path)
 
 
 def test_alexeyab_options(tmp_path):

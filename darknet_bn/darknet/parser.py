@@ -33,6 +33,7 @@ loss options, anchors...) is read by Darknet elsewhere and ignored here.
 Errors are ``CfgError`` (a ``ValueError``) naming the file and line.
 """
 import os
+import re
 from dataclasses import dataclass, field
 
 from ..dialects import get_dialect
@@ -97,6 +98,15 @@ PARSER_DIALECTS = {
         groups_clamp=True),
 }
 
+#: Darknet reads integer options with ``atoi`` into a C ``int`` and computes shapes
+#: and block sizes (``outputs = out_h*out_w*out_c``, ``nweights``...) in ``int``.
+INT_MIN, INT_MAX = -2 ** 31, 2 ** 31 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")              # what atoi reads, with nothing after it
+
+#: LayerSpec fields that are C ints in Darknet's layer struct.
+_INT_FIELDS = ("c", "h", "w", "out_c", "out_h", "out_w", "filters", "size", "stride",
+               "groups", "inputs", "outputs", "nweights", "bn_channels")
+
 #: Options whose Darknet meaning changes what the file holds; refused everywhere.
 _REFUSED_OPTIONS = {
     "dontload": "Darknet then skips this layer when loading, so the file no longer "
@@ -145,15 +155,29 @@ class Section:
         """``option_find_str``: the value, or ``default``."""
         return self.options[key][0] if key in self.options else default
 
+    def _c_int(self, key, text):
+        """``atoi(text)``, checked: decimal digits only, within a C ``int``."""
+        if not _INTEGER.fullmatch(text):
+            raise ValueError(text)
+        value = int(text, 10)
+        if not INT_MIN <= value <= INT_MAX:
+            raise self.error(f"{key}={value} is outside the C int range ({INT_MIN} to "
+                             f"{INT_MAX}) Darknet reads it into (atoi would overflow); use a "
+                             "smaller value", key)
+        return value
+
     def find_int(self, key, default, *, minimum=None):
         """``option_find_int``, but a value that is not an integer is an error
-        (Darknet's ``atoi`` would silently read ``"3x"`` as 3 and ``"x"`` as 0)."""
+        (Darknet's ``atoi`` would silently read ``"3x"`` as 3 and ``"x"`` as 0), and
+        so is one outside the C ``int`` range."""
         if key not in self.options:
             return default
         text = self.options[key][0]
         try:
-            value = int(text, 10)
-        except ValueError:
+            value = self._c_int(key, text)
+        except ValueError as e:
+            if isinstance(e, CfgError):
+                raise
             raise self.error(f"{key}={text!r} is not an integer; write e.g. {key}={default}",
                              key) from None
         if minimum is not None and value < minimum:
@@ -164,8 +188,10 @@ class Section:
         """A comma-separated list of integers (``layers=``, ``from=``, ``mask=``)."""
         text = self.options[key][0]
         try:
-            return [int(t, 10) for t in text.split(",")]
-        except ValueError:
+            return [self._c_int(key, t) for t in text.split(",")]
+        except ValueError as e:
+            if isinstance(e, CfgError):
+                raise
             raise self.error(f"{key}={text!r} must be comma-separated integers, "
                              f"e.g. {key}=-1,-4", key) from None
 
@@ -181,14 +207,20 @@ def read_cfg(path):
     Blank lines and lines starting with ``#`` or ``;`` are skipped; every other
     line is ``[section]`` or ``key=value``.  Where Darknet only prints a warning
     (a line without ``=``, an option before the first section, a repeated key)
-    this raises ``CfgError`` instead, so nothing is silently dropped.
+    this raises ``CfgError`` instead, so nothing is silently dropped.  A UTF-8
+    byte order mark at the start (some Windows editors add one) is skipped;
+    Darknet's own reader does not skip it.  A file that cannot be opened raises
+    the ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``...) with a
+    message naming the .cfg file.
     """
     path = os.fspath(path)
     try:
-        with open(path, "r", encoding="utf-8", errors="strict") as f:
+        with open(path, "r", encoding="utf-8-sig", errors="strict") as f:
             text = f.read()
     except UnicodeDecodeError as e:
         raise CfgError(path, 0, f"not a text file ({e}); pass a Darknet .cfg") from None
+    except OSError as e:
+        raise reword_os_error(e, "cannot open the .cfg file", path) from None
     sections = []
     for nu, raw in enumerate(text.splitlines(), start=1):
         line = _strip(raw)
@@ -215,6 +247,13 @@ def read_cfg(path):
     if not sections:
         raise CfgError(path, 0, "config file has no sections")
     return sections
+
+
+def reword_os_error(e, what, path):
+    """The same ``OSError`` subclass, its message saying which file it was."""
+    if e.errno is None:
+        return e
+    return type(e)(e.errno, f"{what}: {e.strerror}", path)
 
 
 # --------------------------------------------------------------------------
@@ -719,6 +758,17 @@ PARSERS = {
 }
 
 
+def _check_c_ints(sec, spec):
+    """Darknet computes shapes and block sizes in C ``int``: refuse what would overflow."""
+    values = [(name, getattr(spec, name)) for name in _INT_FIELDS]
+    values += [(f"the '{name}' block's float count", n) for name, n in spec.blocks]
+    for name, value in values:
+        if not INT_MIN <= value <= INT_MAX:
+            raise sec.error(f"{name} = {value} does not fit the C int Darknet computes it "
+                            f"in (max {INT_MAX}), so Darknet would overflow; use smaller "
+                            "filters=, size= or input dimensions")
+
+
 def get_parser_dialect(dialect):
     return PARSER_DIALECTS[get_dialect(dialect, "parse_cfg").name]
 
@@ -734,6 +784,9 @@ def _parse_net(sec):
     inputs = sec.find_int("inputs", h * w * c, minimum=0)
     if not inputs and not (h and w and c):
         raise sec.error("No input parameters supplied: set width=, height= and channels=")
+    if inputs > INT_MAX:
+        raise sec.error(f"width*height*channels = {inputs} is more than Darknet's C int "
+                        f"holds ({INT_MAX}); use a smaller input size")
     return max(batch // subdivs * time_steps, 1), h, w, c, inputs
 
 
@@ -742,9 +795,11 @@ def parse_cfg(path, *, dialect="pjreddie"):
 
     ``dialect``: ``"pjreddie"`` or ``"alexeyab"`` (the fork that will read the
     file; see ``PARSER_DIALECTS``).  Raises ``CfgError`` naming the file and
-    line for an unknown section, an option that is not an integer where Darknet
-    needs one, impossible shapes, or an option that changes the weights layout
-    in a way this parser does not model.
+    line for an unknown section, an option that is not an integer (or not a C
+    ``int``) where Darknet needs one, a shape or block size that overflows a C
+    ``int``, impossible shapes, or an option that changes the weights layout
+    in a way this parser does not model.  ``ValueError``/``TypeError`` for an
+    unknown dialect; ``OSError`` (see ``read_cfg``) if the file cannot be opened.
     """
     fd = get_parser_dialect(dialect)
     path = os.fspath(path)
@@ -777,6 +832,7 @@ def parse_cfg(path, *, dialect="pjreddie"):
                 raise sec.error(f"{key}=1 is not supported: {why}; remove it", key,
                                 UnsupportedCfgError)
         spec = PARSERS[sec.type](sec, params, layers, fd)
+        _check_c_ints(sec, spec)
         for name, count in spec.blocks:
             spec.offsets[name] = offset
             offset += count
