@@ -14,15 +14,21 @@ ignores extra bytes.  ``read_weights`` instead requires the file size to be
 exactly what the cfg implies and raises ``WeightsFormatError`` (a
 ``ValueError``) naming the file, the offset and the layer where it goes wrong.
 Values are returned bit for bit as stored (NaN payloads, -0.0, denormals).
+A file that cannot be opened raises the ``OSError`` subclass (``FileNotFoundError``,
+``IsADirectoryError``...) with a message naming which file (.cfg, .weights, base,
+output) it was.
 """
+import errno
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..batchnorm_layer import BatchNormLayer
-from .parser import BN_BLOCKS, Network, header_bytes, parse_cfg
+from ..dialects import get_dialect
+from .parser import BN_BLOCKS, INT_MAX, INT_MIN, Network, header_bytes, parse_cfg, reword_os_error
 
 #: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
 #: is 0.2 in both forks (files written before 0.2 store ``seen`` as 32 bits).
@@ -57,7 +63,32 @@ class WeightsHeader:
     def nbytes(self):
         return header_bytes(self.major, self.minor)
 
+    def validate(self, where="WeightsHeader"):
+        """Raise ``TypeError``/``ValueError`` (prefixed with ``where``) unless
+        ``save_weights`` could write this header: version 0.0 to 0.2, ``revision``
+        a C int, ``seen`` within its ``uint64`` (``uint32`` before version 0.2)."""
+        for name in ("major", "minor", "revision", "seen"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{where}: header.{name} must be an int, got "
+                                f"{type(value).__name__} {value!r}")
+        if self.major != MAJOR_VERSION or not 0 <= self.minor <= MAX_MINOR_VERSION:
+            raise ValueError(f"{where}: header version {self.major}.{self.minor} is not one "
+                             f"Darknet writes; use 0.{MAX_MINOR_VERSION}")
+        if not INT_MIN <= self.revision <= INT_MAX:
+            raise ValueError(f"{where}: header.revision={self.revision} is not a 32-bit int "
+                             f"({INT_MIN} to {INT_MAX})")
+        bits = 64 if self.nbytes == 20 else 32
+        if not 0 <= self.seen < 2 ** bits:
+            hint = ("" if bits == 64 else
+                    "; use header version 0.2, which stores seen as 64 bits")
+            raise ValueError(f"{where}: header.seen={self.seen} is out of range for header "
+                             f"version {self.major}.{self.minor}, which stores seen as a "
+                             f"uint{bits}: 0 to {2 ** bits - 1}{hint}")
+
     def to_bytes(self):
+        """The header's bytes; ``validate`` first (``ValueError`` if out of range)."""
+        self.validate("WeightsHeader.to_bytes")
         ints = np.array([self.major, self.minor, self.revision], dtype="<i4").tobytes()
         seen_t = "<u8" if self.nbytes == 20 else "<u4"
         return ints + np.array([self.seen], dtype=seen_t).tobytes()
@@ -108,13 +139,27 @@ class DarknetWeights:
 # --------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------
-def _network(cfg, dialect):
+def _network(cfg, dialect, routine):
     if isinstance(cfg, Network):
-        if dialect is not None and cfg.dialect != dialect:
-            raise ValueError(f"the Network was parsed with dialect {cfg.dialect!r} but "
-                             f"dialect={dialect!r} was passed; parse it again with that dialect")
+        if dialect is not None and cfg.dialect != get_dialect(dialect, routine).name:
+            raise ValueError(f"{routine}: the Network was parsed with dialect {cfg.dialect!r} "
+                             f"but dialect={dialect!r} was passed; parse it again with that "
+                             "dialect")
         return cfg
     return parse_cfg(cfg, dialect=dialect or "pjreddie")
+
+
+def _open_weights(path, what):
+    """``(file, size)`` of a ``.weights`` file to read; OSError naming ``what``."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise reword_os_error(e, f"cannot open the {what}", path) from None
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise WeightsFormatError(path, None, f"the {what} is not a regular file")
+    return f, st.st_size
 
 
 def read_header(path, f):
@@ -188,12 +233,15 @@ def read_weights(cfg_path, weights_path, *, dialect=None):
     defaults to the dialect it was parsed with.  Every layer with
     ``bn_channels > 0`` gives one ``BatchNormRecord`` with the stored floats,
     bit for bit.  Raises ``WeightsFormatError`` if the header is not a version
-    Darknet writes or the size is not exactly what the cfg implies.
+    Darknet writes or the size is not exactly what the cfg implies (checked
+    before anything is allocated); ``ValueError`` if ``dialect`` contradicts the
+    ``Network``'s; whatever ``parse_cfg`` raises; ``OSError`` naming the .weights
+    file if it cannot be opened.
     """
-    net = _network(cfg_path, dialect)
+    net = _network(cfg_path, dialect, "read_weights")
     path = os.fspath(weights_path)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    f, size = _open_weights(path, ".weights file")
+    with f:
         header = read_header(path, f)
         _check_size(path, net, header, size)
         records = []
@@ -272,17 +320,21 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
     ``weights.dialect``.  The file is written to a temporary name and renamed,
     so a failure never leaves a partial file.  Reading a file and writing it
     back reproduces it byte for byte.
+
+    Raises ``TypeError``/``ValueError`` (before creating anything) for records
+    or a header ``save_weights`` could not write (``WeightsHeader.validate``:
+    e.g. ``seen`` out of range), ``WeightsFormatError`` for a base file that
+    does not match the cfg, and ``OSError`` naming the output path (missing
+    directory, a directory given as output...) or the base file.
     """
     dialect = dialect or weights.dialect
-    net = _network(cfg_path, dialect)
+    net = _network(cfg_path, dialect, "write_weights")
     out = os.fspath(weights_path)
     by_index = _check_records(out, net, weights.layers)
     header = weights.header
     if not isinstance(header, WeightsHeader):
         raise TypeError(f"write_weights({out}): weights.header must be a WeightsHeader")
-    if header.major != MAJOR_VERSION or not 0 <= header.minor <= MAX_MINOR_VERSION:
-        raise ValueError(f"write_weights({out}): header version {header.major}."
-                         f"{header.minor} is not one Darknet writes; use 0.2")
+    header.validate(f"write_weights({out})")
     base = weights.path if base is None and fill is None else base
     if base is not None and fill is not None:
         raise ValueError(f"write_weights({out}): pass base= or fill=, not both")
@@ -292,13 +344,20 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                          "fill=<value> to write that value everywhere else")
     src = None
     directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
+    if os.path.isdir(out):
+        raise IsADirectoryError(errno.EISDIR, "write_weights: the output path is a "
+                                "directory; pass a file name", out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
+    except OSError as e:           # the message would name the temporary file, not `out`
+        raise reword_os_error(e, f"write_weights: cannot create the output file in "
+                                 f"{directory!r}", out) from None
     try:
         if base is not None:
             base = os.fspath(base)
-            src = open(base, "rb")
+            src, base_size = _open_weights(base, "base .weights file")
             base_header = read_header(base, src)
-            _check_size(base, net, base_header, os.path.getsize(base))
+            _check_size(base, net, base_header, base_size)
         with os.fdopen(fd, "wb") as dst:
             dst.write(header.to_bytes())
             filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
