@@ -100,7 +100,8 @@ def _random_records(net, rng, dialect):
 
 #: The biggest cfgs (yolov4: 258 MB of weights), synthesized in tmp_path.
 BIG = [("alexeyab", "yolov4"), ("pjreddie", "yolov3"), ("pjreddie", "densenet201"),
-       ("alexeyab", "yolov4-tiny-3l")]
+       ("alexeyab", "yolov4-tiny-3l"), ("alexeyab", "yolov4-csp"), ("pjreddie", "yolov2"),
+       ("pjreddie", "darknet53")]
 
 
 @pytest.mark.parametrize("fork,name", BIG, ids=[f"{f}-{n}" for f, n in BIG])
