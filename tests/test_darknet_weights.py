@@ -306,3 +306,104 @@ def test_rewrite_in_place(tmp_path):
     assert old.size == new.size
     assert changed.min() >= 20 + 4 * 8 and changed.max() < 20 + 4 * 16    # layer 0's scales
     assert [p.name for p in tmp_path.iterdir()] == ["model.weights"]
+
+
+# --------------------------------------------------------------------------
+# header ranges, dialect names, paths, huge cfgs
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("header,exc,pattern", [
+    ((0, 2, 0, -1), ValueError, r"header\.seen=-1 is out of range for header version 0\.2, which "
+                                r"stores seen as a uint64: 0 to 18446744073709551615"),
+    ((0, 2, 0, 2 ** 64), ValueError, r"header\.seen=18446744073709551616 is out of range"),
+    ((0, 1, 0, 2 ** 32), ValueError, r"header\.seen=4294967296 is out of range for header version "
+                                     r"0\.1, which stores seen as a uint32: 0 to 4294967295; "
+                                     r"use header version 0\.2"),
+    ((0, 0, 0, -5), ValueError, r"header\.seen=-5 .* uint32"),
+    ((0, 2, 2 ** 31, 0), ValueError, r"header\.revision=2147483648 is not a 32-bit int"),
+    ((0, 3, 0, 0), ValueError, r"header version 0\.3 is not one Darknet writes"),
+    ((0, 2, 0, 1.5), TypeError, r"header\.seen must be an int, got float"),
+])
+def test_write_refuses_header_out_of_range(tmp_path, header, exc, pattern):
+    cfg, path = _zoo("pjreddie")
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.header = WeightsHeader(*header)
+    out = tmp_path / "out.weights"
+    with pytest.raises(exc, match=r"write_weights\(.*out\.weights\): " + pattern):
+        write_weights(cfg, out, w)
+    with pytest.raises(exc, match=r"WeightsHeader\.to_bytes: "):
+        w.header.to_bytes()
+    assert list(tmp_path.iterdir()) == []              # refused before creating anything
+
+
+@pytest.mark.parametrize("header", [(0, 1, 7, 2 ** 32 - 1), (0, 2, -3, 2 ** 64 - 1),
+                                    (0, 0, 2 ** 31 - 1, 0)])
+def test_header_range_limits_round_trip(tmp_path, header):
+    cfg, path = _zoo("pjreddie")
+    w = read_weights(cfg, path, dialect="pjreddie")
+    w.header = WeightsHeader(*header)
+    out = tmp_path / "edge.weights"
+    write_weights(cfg, out, w)
+    assert read_weights(cfg, out, dialect="pjreddie").header == WeightsHeader(*header)
+
+
+def test_dialect_name_in_any_case_with_a_network(tmp_path):
+    cfg, path = _zoo("alexeyab")
+    net = parse_cfg(cfg, dialect="alexeyab")
+    w = read_weights(net, path, dialect="AlexeyAB")
+    assert w.dialect == "alexeyab" and len(w.layers) == 6
+    out = tmp_path / "copy.weights"
+    write_weights(net, out, w, dialect="ALEXEYAB")
+    assert out.read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match=r"read_weights: the Network was parsed with dialect "
+                       r"'alexeyab' but dialect='PJReddie' was passed"):
+        read_weights(net, path, dialect="PJReddie")
+    with pytest.raises(ValueError, match="unknown dialect"):
+        read_weights(net, path, dialect="darknet")
+
+
+def test_missing_paths_name_the_file_and_its_role(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    with pytest.raises(FileNotFoundError, match=r"cannot open the \.weights file: No such "
+                       r"file or directory: '.*nope\.weights'"):
+        read_weights(cfg, tmp_path / "nope.weights")
+    with pytest.raises(IsADirectoryError, match=r"cannot open the \.weights file: .*"
+                       + tmp_path.name):
+        read_weights(cfg, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"cannot open the \.cfg file: .*nope\.cfg"):
+        read_weights(tmp_path / "nope.cfg", path)
+    with pytest.raises(IsADirectoryError, match=r"cannot open the \.cfg file"):
+        parse_cfg(tmp_path)
+    with pytest.raises(WeightsFormatError, match=r"null.*not a regular file"):
+        read_weights(cfg, "/dev/null")
+    w = read_weights(cfg, path)
+    with pytest.raises(FileNotFoundError, match=r"cannot open the base \.weights file: .*nobase"):
+        write_weights(cfg, tmp_path / "out.weights", w, base=tmp_path / "nobase")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_into_a_missing_directory_names_the_output(tmp_path):
+    cfg, path = _zoo("pjreddie")
+    w = read_weights(cfg, path)
+    out = tmp_path / "nodir" / "out.weights"
+    with pytest.raises(FileNotFoundError) as e:
+        write_weights(cfg, out, w)
+    msg = str(e.value)
+    assert "write_weights: cannot create the output file in" in msg and str(out) in msg
+    assert ".darknet-weights-" not in msg and e.value.filename == str(out)
+    with pytest.raises(IsADirectoryError, match=r"output path is a directory"):
+        write_weights(cfg, tmp_path, w)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_cfg_with_small_file_is_a_size_error(tmp_path):
+    """A cfg whose every int fits a C int but whose file would be 40 GB: the size is
+    checked before anything is read or allocated."""
+    cfg = tmp_path / "huge.cfg"
+    cfg.write_text("[net]\nwidth=1\nheight=1\nchannels=1\n"
+                   "[convolutional]\nbatch_normalize=1\nfilters=2000000000\nsize=1\n")
+    net = parse_cfg(cfg)
+    assert net.float_count == 5 * 2_000_000_000 and net.file_bytes() == 40_000_000_020
+    with pytest.raises(WeightsFormatError, match=r"truncated: 39604 bytes but the cfg implies "
+                       r"40000000020 .*layer 0 \[convolutional\] \(cfg line 5\), block "
+                       r"'biases'"):
+        read_weights(cfg, _zoo("pjreddie")[1])
