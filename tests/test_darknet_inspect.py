@@ -62,3 +62,23 @@ def test_bad_input_exit_status_2(capsys, args, pattern):
     err = capsys.readouterr().err
     assert err.startswith("darknet-bn inspect: ")
     assert re.search(pattern, err)
+
+
+@pytest.mark.parametrize("cfg,weights,exc_text", [
+    ("missing.cfg", None, r"cannot open the \.cfg file: No such file or directory: "
+                          r"'.*missing\.cfg'"),
+    (".", None, r"cannot open the \.cfg file: Is a directory"),
+    (str(CFG_DIR / "pjreddie" / "bn-zoo.cfg"), "missing.weights",
+     r"cannot open the \.weights file: No such file or directory: '.*missing\.weights'"),
+    (str(CFG_DIR / "pjreddie" / "bn-zoo.cfg"), ".", r"cannot open the \.weights file: Is a"),
+])
+def test_unreadable_files_exit_status_2(tmp_path, capsys, cfg, weights, exc_text):
+    def where(name):
+        return name if Path(name).is_absolute() else str(tmp_path / name)
+
+    args = ["inspect", where(cfg)] + ([where(weights)] if weights else [])
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("darknet-bn inspect: ") and captured.err.count("\n") == 1
+    assert re.search(exc_text, captured.err)
