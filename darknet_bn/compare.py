@@ -37,8 +37,10 @@ Writes compare.csv, compare_inference.csv, compare.md and compare.png
 (matplotlib, extra "plot"; without it the plot is skipped with a note) to --out
 and prints a summary.  Inputs are seeded: runs are reproducible.
 """
+import argparse
 import csv
 import io
+import numbers
 import os
 import sys
 import time
@@ -88,17 +90,76 @@ class PlotUnavailable(RuntimeError):
 COLUMNS = ("dialect", "regime", "m", "batch", "h", "w", "c", "err_own", "err_std", "divisor",
            "eps", "stats32", "backward32", "omitted", "trap", "dgamma", "dbeta")
 INFERENCE_COLUMNS = ("dialect", "m", "batch", "h", "w", "c", "dx_err", "dgamma_err")
+#: Files ``darknet-bn compare`` writes into --out.
+OUTPUTS = ("compare.csv", "compare_inference.csv", "compare.md", "compare.png")
+
+#: Seeds: non-negative and within a signed 64-bit int (numpy's SeedSequence takes
+#: any non-negative int; the bound keeps a seed something any tool can record).
+SEED_MAX = 2**63 - 1
+#: The smallest --max-m: training needs m = batch*h*w >= 2.
+MIN_M = 2
+
+
+def _short(value, n=40):
+    """``value`` for a one-line message: at most ``n`` characters."""
+    if isinstance(value, int) and value.bit_length() > 4 * n:    # str() may refuse it
+        return f"a {value.bit_length()}-bit integer"
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _int_arg(text, expected):
+    """``int(text)`` (decimal) for an argparse type (an int passes through);
+    ``expected`` says what is wanted."""
+    if isinstance(text, int):
+        return text
+    try:
+        return int(text, 10)
+    except ValueError:         # also a string of more digits than int() converts
+        raise argparse.ArgumentTypeError(
+            f"must be {expected}, got {_short(repr(text))}") from None
+
+
+def _seed(text):
+    """argparse type of --seed: an integer 0..SEED_MAX."""
+    value = _int_arg(text, f"an integer 0..{SEED_MAX} (2**63-1)")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be 0..{SEED_MAX} (2**63-1), got "
+                                         f"{_short(text)}; pass e.g. --seed 0")
+    return value
+
+
+def _max_m(text):
+    """argparse type of --max-m: an integer >= MIN_M (above the largest size: all sizes)."""
+    value = _int_arg(text, f"an integer >= {MIN_M} (the largest m = batch*h*w to run)")
+    if value < MIN_M:
+        largest = max(b * h * w for b, h, w in SIZES)
+        raise argparse.ArgumentTypeError(
+            f"must be >= {MIN_M} (training needs m = batch*h*w >= 2), got {_short(value)}; "
+            f"pass e.g. --max-m 1000 (the largest size is {largest})")
+    return value
+
+
+def _out_dir(text):
+    """argparse type of --out: a non-empty path without NUL bytes (created by run)."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"is empty; pass a directory, e.g. "
+                                         f"--out {DEFAULT_OUT}")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("contains a NUL byte; pass a directory name")
+    return text
 
 
 def add_arguments(p):
     p.add_argument("--dialect", choices=sorted(DIALECTS) + ["both"], default="both",
                    help="Darknet fork to measure (default: both)")
-    p.add_argument("--out", default=DEFAULT_OUT,
+    p.add_argument("--out", default=DEFAULT_OUT, type=_out_dir,
                    help=f"directory for compare.csv, compare.md, compare.png "
                         f"(default: {DEFAULT_OUT})")
-    p.add_argument("--max-m", type=int, default=10**6,
-                   help="largest m = batch*h*w to run (default: 1000000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--max-m", type=_max_m, default=10**6, metavar="M",
+                   help=f"largest m = batch*h*w to run, >= {MIN_M} (default: 1000000)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="random seed, 0..2**63-1 (default: 0)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
 
@@ -134,7 +195,11 @@ def _check_sweep(routine, dialects, regimes, sizes, c, seed):
                              "needs m >= 2")
         checked.append((b, h, w))
     check_dim(routine, "c", c)
-    check_dim(routine, "seed", seed, minimum=0)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{routine}: seed must be an integer, got {type(seed).__name__} "
+                        f"{seed!r:.40}; pass int(seed)")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{routine}: seed must be 0..{SEED_MAX} (2**63-1), got {seed}")
     return dialects, regimes, tuple(checked)
 
 
@@ -450,17 +515,54 @@ def _summary(rows, inf_rows):
     return "\n".join(lines)
 
 
+def _prepare_out(out):
+    """Create ``out`` (a directory) and check its files can be written; returns an error
+    message (one line) or None.  Runs before the sweep, so a bad --out costs nothing."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out!r} is a file; pass a directory"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        return (f"--out {out!r}: cannot create the directory ({e.strerror or e}); pass a "
+                "directory that exists or can be created")
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out!r}: the directory is not writable; pass another directory"
+    for name in OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            return (f"--out {out!r}: {name} there is a directory, so it cannot be written; "
+                    "remove it or pass another directory")
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            return (f"--out {out!r}: {name} there is not writable; remove it or pass another "
+                    "directory")
+    return None
+
+
+def _error(message):
+    print(f"darknet-bn compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_namespace(args):
+    """argparse has checked these (``_max_m``, ``_seed``, ``_out_dir``); a caller that
+    builds the namespace itself gets the same messages.  Returns one or None."""
+    for option, check, kind in (("max_m", _max_m, int), ("seed", _seed, int),
+                                ("out", _out_dir, str)):
+        value = getattr(args, option)
+        flag = "--" + option.replace("_", "-")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"argument {flag}: must be {kind.__name__}, got {type(value).__name__}"
+        try:
+            check(value)
+        except argparse.ArgumentTypeError as e:
+            return f"argument {flag}: {e}"
+    return None
+
+
 def run(args):
-    if args.max_m < 2:
-        print("darknet-bn compare: error: --max-m must be >= 2", file=sys.stderr)
-        return 2
-    if args.seed < 0:
-        print("darknet-bn compare: error: --seed must be >= 0", file=sys.stderr)
-        return 2
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        print(f"darknet-bn compare: error: --out {args.out!r} is a file; pass a directory",
-              file=sys.stderr)
-        return 2
+    problem = _check_namespace(args) or _prepare_out(args.out)
+    if problem:
+        return _error(problem)
     dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
@@ -468,22 +570,25 @@ def run(args):
     rows = sweep(dialects, sizes=sizes, seed=args.seed)
     inf_rows = sweep_inference(dialects, sizes=inf_sizes, seed=args.seed)
     elapsed = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
-    write_csv(rows, COLUMNS, os.path.join(args.out, "compare.csv"))
-    write_csv(inf_rows, INFERENCE_COLUMNS, os.path.join(args.out, "compare_inference.csv"))
-    write_markdown(rows, inf_rows, os.path.join(args.out, "compare.md"), args.seed)
     written = ["compare.csv", "compare_inference.csv", "compare.md"]
     skipped = None
-    if not args.no_plot and not any(r["m"] >= PLOT_MIN_M for r in rows):
-        skipped = (f"darknet-bn compare: note: plot skipped, it starts at m = {PLOT_MIN_M} "
-                   f"(--max-m {args.max_m})")
-    elif not args.no_plot:
-        try:
-            plot(rows, os.path.join(args.out, "compare.png"))
-            written.append("compare.png")
-        except PlotUnavailable:
-            skipped = ("darknet-bn compare: note: plot skipped, matplotlib is not installed "
-                       "(pip install 'darknet_bn[plot]' for compare.png, or pass --no-plot)")
+    try:                      # checked above; what is left is e.g. a full disk
+        write_csv(rows, COLUMNS, os.path.join(args.out, "compare.csv"))
+        write_csv(inf_rows, INFERENCE_COLUMNS, os.path.join(args.out, "compare_inference.csv"))
+        write_markdown(rows, inf_rows, os.path.join(args.out, "compare.md"), args.seed)
+        if not args.no_plot and not any(r["m"] >= PLOT_MIN_M for r in rows):
+            skipped = (f"darknet-bn compare: note: plot skipped, it starts at m = "
+                       f"{PLOT_MIN_M} (--max-m {args.max_m})")
+        elif not args.no_plot:
+            try:
+                plot(rows, os.path.join(args.out, "compare.png"))
+                written.append("compare.png")
+            except PlotUnavailable:
+                skipped = ("darknet-bn compare: note: plot skipped, matplotlib is not "
+                           "installed (pip install 'darknet_bn[plot]' for compare.png, or "
+                           "pass --no-plot)")
+    except OSError as e:
+        return _error(f"--out {args.out!r}: cannot write the results ({e})")
     print(_summary(rows, inf_rows))
     print(f"\n{len(rows) + len(inf_rows)} measurements in {elapsed:.1f} s; wrote "
           f"{', '.join(written)} to {args.out}")

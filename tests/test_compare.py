@@ -9,6 +9,7 @@ the three terms of normalize_delta_cpu), evaluated on the float32 mean/variance
 Darknet had (their own rounding is a separate, measured column).
 """
 import os
+import re
 import sys
 
 import numpy as np
@@ -210,15 +211,101 @@ def test_cli_compare_below_the_plot_range_skips_the_plot(tmp_path, capsys):
     assert (out / "compare.csv").is_file() and not (out / "compare.png").exists()
 
 
-def test_cli_compare_rejects_bad_arguments(tmp_path, capsys):
-    assert main(["compare", "--out", str(tmp_path), "--max-m", "1"]) == 2
-    assert "--max-m must be >= 2" in capsys.readouterr().err
-    assert main(["compare", "--out", str(tmp_path), "--seed", "-1"]) == 2
-    assert "--seed must be >= 0" in capsys.readouterr().err
-    f = tmp_path / "file"
-    f.write_text("")
-    assert main(["compare", "--out", str(f), "--max-m", "4"]) == 2
-    assert "is a file" in capsys.readouterr().err
+@pytest.mark.parametrize("args,pattern", [
+    (["--max-m", "1"], r"argument --max-m: must be >= 2"),
+    (["--max-m", "0"], r"argument --max-m: must be >= 2"),
+    (["--max-m", "-5"], r"argument --max-m: must be >= 2"),
+    (["--max-m", "1e6"], r"argument --max-m: must be an integer >= 2"),
+    (["--max-m", "9" * 5000], r"argument --max-m: must be an integer >= 2 .*, got '9999"),
+    (["--seed", "-1"], r"argument --seed: must be 0\.\.9223372036854775807"),
+    (["--seed", "99999999999999999999999"], r"argument --seed: must be 0\.\.\d+ \(2\*\*63-1\), "
+     r"got 99999999999999999999999; pass e\.g\. --seed 0"),
+    (["--seed", str(2**63)], r"argument --seed: must be 0\.\."),
+    (["--seed", "x"], r"argument --seed: must be an integer 0\.\."),
+    (["--out", ""], r"argument --out: is empty; pass a directory"),
+])
+def test_cli_compare_rejects_bad_arguments_before_running(tmp_path, capsys, monkeypatch,
+                                                          args, pattern):
+    """argparse errors: usage and one error line naming the option, exit status 2,
+    nothing run and nothing written."""
+    monkeypatch.setattr(C, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--out", str(tmp_path / "cmp"), "--no-plot", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: darknet-bn compare")
+    assert len(err[-1]) < 300 and err[-1].startswith("darknet-bn compare: error: ")
+    assert re.search(pattern, err[-1]), err[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_compare_seed_limits_run(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    for seed in ("0", str(2**63 - 1)):
+        assert main(["compare", "--out", str(out), "--seed", seed, "--max-m", "2",
+                     "--dialect", "pjreddie", "--no-plot"]) == 0
+        assert f"(seed {seed};" in (out / "compare.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("make_out,pattern", [
+    (lambda d: "/dev/null/x", r"--out '/dev/null/x': cannot create the directory \(Not a "
+                              r"directory\)"),
+    (lambda d: _touch(d / "file"), r"is a file; pass a directory"),
+    (lambda d: _touch(d / "f") + "/sub", r"cannot create the directory \(Not a directory\)"),
+    (lambda d: _mkdir(d / "cmp" / "compare.csv")[:-len("/compare.csv")],
+     r"compare\.csv there is a directory, so it cannot be written"),
+])
+def test_cli_compare_unusable_out_fails_before_the_sweep(tmp_path, capsys, monkeypatch,
+                                                          make_out, pattern):
+    """An --out that cannot hold the results: one line, exit 2, before any measurement
+    (the sweep is replaced by a failure)."""
+    out = make_out(tmp_path)
+    monkeypatch.setattr(C, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    assert main(["compare", "--out", out, "--max-m", "4", "--no-plot"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("darknet-bn compare: error: ")
+    assert re.search(pattern, err[0]), err[0]
+    assert captured.out == ""
+
+
+def _touch(path):
+    path.write_text("")
+    return str(path)
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def test_cli_compare_creates_nested_out_before_the_sweep(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "a" / "b"
+    seen = []
+    real = C.sweep
+    monkeypatch.setattr(C, "sweep", lambda *a, **k: seen.append(out.is_dir()) or real(*a, **k))
+    assert main(["compare", "--out", str(out), "--max-m", "2", "--no-plot"]) == 0
+    assert seen == [True] and (out / "compare.csv").is_file()
+    capsys.readouterr()
+
+
+def test_run_checks_a_namespace_built_by_hand(tmp_path, capsys):
+    """run() called without argparse: same one-line errors, exit 2."""
+    import argparse
+    base = dict(dialect="both", out=str(tmp_path / "cmp"), max_m=4, seed=0, no_plot=True)
+    for bad, pattern in ((dict(seed=-1), "argument --seed: must be 0"),
+                         (dict(seed=2**70), "argument --seed: must be 0"),
+                         (dict(seed=2**20000), "got a 20001-bit integer"),
+                         (dict(max_m=-2**20000), "got a 20001-bit integer"),
+                         (dict(seed=1.5), "argument --seed: must be int, got float"),
+                         (dict(max_m=None), "argument --max-m: must be int, got NoneType"),
+                         (dict(out=None), "argument --out: must be str, got NoneType")):
+        assert C.run(argparse.Namespace(**{**base, **bad})) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and pattern in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_validates_its_arguments():
@@ -234,6 +321,13 @@ def test_sweep_validates_its_arguments():
         C.sweep(sizes=((4, 1),))
     with pytest.raises(TypeError, match="batch must be an integer"):
         C.sweep_inference(sizes=((4.0, 1, 1),))
+    with pytest.raises(ValueError, match=r"sweep: seed must be 0\.\.9223372036854775807 "
+                       r"\(2\*\*63-1\), got 99999999999999999999999$"):
+        C.sweep(sizes=((4, 1, 1),), seed=99999999999999999999999)
+    with pytest.raises(ValueError, match=r"sweep_inference: seed must be 0\.\..*got -1"):
+        C.sweep_inference(sizes=((4, 1, 1),), seed=-1)
+    with pytest.raises(TypeError, match=r"sweep: seed must be an integer, got float"):
+        C.sweep(sizes=((4, 1, 1),), seed=1.0)
 
 
 def test_a_case_gets_the_same_data_whatever_else_is_swept():
