@@ -1,6 +1,9 @@
 """darknet_bn.darknet.weights: .weights files written by both forks, round trips, bad files."""
 import filecmp
+import inspect
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import darknet_bn.darknet as D
+from darknet_bn.darknet import parser as _parser
+from darknet_bn.darknet import weights as _weights
 from darknet_bn.darknet import (BatchNormRecord, DarknetWeights, WeightsFormatError,
                                 WeightsHeader, make_batchnorm_layer_from_record,
                                 make_batchnorm_layers, parse_cfg, read_weights, write_weights)
@@ -407,3 +413,156 @@ def test_huge_cfg_with_small_file_is_a_size_error(tmp_path):
                        r"40000000020 .*layer 0 \[convolutional\] \(cfg line 5\), block "
                        r"'biases'"):
         read_weights(cfg, _zoo("pjreddie")[1])
+
+
+# --------------------------------------------------------------------------
+# every public function x wrong-typed arguments
+# --------------------------------------------------------------------------
+def _baseline(name, tmp_path):
+    """Valid keyword arguments for public function ``name`` (see test_baselines_are_valid)."""
+    cfg, path = _zoo("pjreddie")
+    w = read_weights(cfg, path)
+    header = path.read_bytes()[:20]
+    return {
+        "parse_cfg": dict(path=cfg, dialect="pjreddie"),
+        "read_cfg": dict(path=cfg),
+        "read_weights": dict(cfg_path=cfg, weights_path=path, dialect="pjreddie"),
+        "write_weights": dict(cfg_path=cfg, weights_path=tmp_path / "out.weights", weights=w,
+                              dialect="pjreddie", base=path, fill=None),
+        "read_header": dict(path=path, f=io.BytesIO(header)),
+        "make_batchnorm_layer_from_record": dict(record=w.layer(0), batch=1, h=2, w=2,
+                                                 dialect="pjreddie", kernel="blas"),
+        "make_batchnorm_layers": dict(weights=w, batch=1, kernel="blas"),
+        "batchnorm_state_dict": dict(record=w.layer(0), dialect="pjreddie"),
+        "to_torch_batchnorm": dict(record=w.layer(0), dialect="pjreddie"),
+        "export_state_dicts": dict(weights=w),
+    }[name]
+
+
+def _record(**changes):
+    rec = read_weights(*_zoo("pjreddie")).layer(0)
+    for k, v in changes.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def _weights_with(**changes):
+    w = read_weights(*_zoo("pjreddie"))
+    for k, v in changes.items():
+        setattr(w, k, v)
+    return w
+
+
+_CFG = str(CFG_DIR / "pjreddie" / "bn-zoo.cfg")
+_PATHS = [None, 5, 1.5, [_CFG], (_CFG,), {"path": _CFG}]
+_RECORDS = [None, 5, "layer0", [lambda: _record()], lambda: _weights_with(),
+            lambda: _record().arrays()]
+_WEIGHTS = [None, 5, "x.weights", lambda: _weights_with().layers, lambda: _record()]
+_DIALECTS = [5, ["pjreddie"], "darknet"]
+_INTS = [None, "1", 1.5, [1], True]
+
+#: function -> parameter -> wrong values (a callable builds the value, so each case
+#: gets a fresh object; a list [callable] is a list holding one).  Every parameter
+#: of every public function has at least one (test_every_parameter_has_cases).
+BAD_ARGUMENTS = {
+    "parse_cfg": {"path": _PATHS + [b"\0x", ""], "dialect": _DIALECTS + [None]},
+    "read_cfg": {"path": _PATHS + ["a\0b"]},
+    "read_weights": {"cfg_path": _PATHS + [lambda: _weights_with()],
+                     "weights_path": _PATHS + [lambda: _weights_with()],
+                     "dialect": _DIALECTS},
+    "write_weights": {"cfg_path": _PATHS, "weights_path": _PATHS + [""],
+                      "weights": _WEIGHTS, "dialect": _DIALECTS + [""],
+                      "base": [5, [_CFG], 1.5],
+                      "fill": ["0", [0.0], True, 1e39, 10**400, 10**5000]},
+    "read_header": {"path": _PATHS, "f": [None, b"\0" * 20, 5, io.StringIO("x" * 20)]},
+    "make_batchnorm_layer_from_record": {"record": _RECORDS, "batch": _INTS + [0],
+                                         "h": ["2", 1.5, [2]], "w": ["2", 1.5, [2]],
+                                         "dialect": _DIALECTS, "kernel": [5, "gpu"]},
+    "make_batchnorm_layers": {"weights": _WEIGHTS, "batch": _INTS, "kernel": [5, "gpu"]},
+    "batchnorm_state_dict": {"record": _RECORDS, "dialect": _DIALECTS},
+    "to_torch_batchnorm": {"record": _RECORDS, "dialect": _DIALECTS},
+    "export_state_dicts": {"weights": _WEIGHTS},
+}
+
+#: Wrong-typed contents: (function, parameter, value, the name the message must give).
+BAD_CONTENTS = [
+    ("make_batchnorm_layer_from_record", "record", lambda: _record(scales=None),
+     "record.scales"),
+    ("make_batchnorm_layer_from_record", "record", lambda: _record(scales=[1.0] * 8),
+     "record.scales"),
+    ("make_batchnorm_layer_from_record", "record", lambda: _record(channels="8"),
+     "record.channels"),
+    ("make_batchnorm_layer_from_record", "record", lambda: _record(spec=5), "record.spec"),
+    ("batchnorm_state_dict", "record", lambda: _record(rolling_variance=None),
+     "record.rolling_variance"),
+    ("batchnorm_state_dict", "record",
+     lambda: _record(rolling_mean=np.zeros(8, "U1")), "record.rolling_mean"),
+    ("batchnorm_state_dict", "record", lambda: _record(dialect=None), "record.dialect"),
+    ("export_state_dicts", "weights", lambda: _weights_with(layers=None), "weights.layers"),
+    ("make_batchnorm_layers", "weights", lambda: _weights_with(layers=[None]),
+     "weights.layers[0]"),
+    ("write_weights", "weights", lambda: _weights_with(header=(0, 2, 0, 0)), "weights.header"),
+    ("write_weights", "weights", lambda: _weights_with(layers=[_record(biases=[0.0])]),
+     "weights.layers[0].biases"),
+]
+
+
+def _public_functions():
+    return {n for n in D.__all__ if inspect.isfunction(getattr(D, n))}
+
+
+def _build(value):
+    if callable(value):
+        return value()
+    if isinstance(value, list) and value and callable(value[0]):
+        return [v() for v in value]
+    return value
+
+
+def _cases():
+    for fname, params in BAD_ARGUMENTS.items():
+        for param, values in params.items():
+            for i, value in enumerate(values):
+                yield pytest.param(fname, param, value, param, id=f"{fname}-{param}-{i}")
+    for i, (fname, param, value, named) in enumerate(BAD_CONTENTS):
+        yield pytest.param(fname, param, value, named, id=f"{fname}-{named}-{i}")
+
+
+def test_every_parameter_has_cases():
+    """The table covers every public function of darknet_bn.darknet and all its
+    parameters: a new function or parameter must be added here."""
+    assert set(BAD_ARGUMENTS) == _public_functions()
+    for fname, params in BAD_ARGUMENTS.items():
+        sig = inspect.signature(getattr(D, fname))
+        assert set(params) == set(sig.parameters), fname
+
+
+@pytest.mark.parametrize("fname", sorted(BAD_ARGUMENTS))
+def test_baselines_are_valid(fname, tmp_path):
+    """Each case changes one argument of a call that works."""
+    if fname == "to_torch_batchnorm":
+        pytest.importorskip("torch")
+    assert getattr(D, fname)(**_baseline(fname, tmp_path)) is not None
+
+
+@pytest.mark.parametrize("fname,param,value,named", list(_cases()))
+def test_wrong_typed_arguments_are_refused_by_name(fname, param, value, named, tmp_path,
+                                                   monkeypatch):
+    """TypeError/ValueError whose message names the argument, raised before any
+    work: no cfg is read (read_cfg and parse_cfg are replaced by failures; a
+    function that only reads them gets the real one back) and no file is created."""
+    kwargs = _baseline(fname, tmp_path)
+    kwargs[param] = _build(value)
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+    if fname not in ("read_cfg",):
+        monkeypatch.setattr(_parser, "read_cfg", no_work)
+    monkeypatch.setattr(_weights, "parse_cfg", no_work)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises((TypeError, ValueError)) as e:
+        getattr(D, fname)(**kwargs)
+    msg = str(e.value)
+    assert re.search(rf"(?<![\w.]){re.escape(named)}(?![\w\[])", msg), msg
+    assert fname in msg.split(":")[0] or fname in msg, msg       # says which function
+    assert sorted(tmp_path.iterdir()) == before

@@ -26,6 +26,7 @@ the measured differences), not bit for bit; ``darknet_bn``'s own
 import numpy as np
 
 from ..dialects import get_dialect
+from .weights import check_record, check_weights
 
 #: The eps to pass to torch for each fork (pjreddie's is folded into running_var).
 TORCH_EPS = {"alexeyab": 1e-5, "pjreddie": 0.0}
@@ -43,8 +44,19 @@ def batchnorm_state_dict(record, *, dialect=None):
     no such counter and eval mode does not use it).  Load it with
     ``module.load_state_dict({k: torch.from_numpy(v) ...})`` into a
     ``BatchNorm2d`` (``BatchNorm1d`` for ``[connected]``) built with ``eps``.
+    ``TypeError`` if ``record`` is not a ``BatchNormRecord``; ``ValueError`` if
+    its arrays are not ``(channels,)``.
     """
-    d = get_dialect(dialect or record.dialect, "batchnorm_state_dict").name
+    return _state_dict("batchnorm_state_dict", record, dialect)
+
+
+def _state_dict(routine, record, dialect):
+    check_record(routine, record)
+    for name, arr in record.arrays().items():
+        if arr.shape != (record.channels,):
+            raise ValueError(f"{routine}: record.{name} has shape {arr.shape}, expected "
+                             f"({record.channels},) (record.channels)")
+    d = get_dialect(record.dialect if dialect is None else dialect, routine).name
     var = record.rolling_variance
     if d == "pjreddie":
         with np.errstate(invalid="ignore"):             # sqrt(negative) is NaN, as in C
@@ -58,10 +70,11 @@ def batchnorm_state_dict(record, *, dialect=None):
 
 def to_torch_batchnorm(record, *, dialect=None):
     """A ``torch.nn.BatchNorm2d`` (``BatchNorm1d`` for ``[connected]``) in eval mode,
-    loaded with ``batchnorm_state_dict(record)``.  Needs PyTorch."""
+    loaded with ``batchnorm_state_dict(record)``.  Needs PyTorch.  Arguments are
+    checked (as ``batchnorm_state_dict``) before torch is imported."""
+    state, eps = _state_dict("to_torch_batchnorm", record, dialect)
     import torch
 
-    state, eps = batchnorm_state_dict(record, dialect=dialect)
     cls = torch.nn.BatchNorm1d if record.section == "connected" else torch.nn.BatchNorm2d
     module = cls(record.channels, eps=eps)
     module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -69,5 +82,9 @@ def to_torch_batchnorm(record, *, dialect=None):
 
 
 def export_state_dicts(weights):
-    """``{cfg layer index: (state_dict, eps)}`` for every record of a ``DarknetWeights``."""
-    return {rec.index: batchnorm_state_dict(rec) for rec in weights.layers}
+    """``{cfg layer index: (state_dict, eps)}`` for every record of a ``DarknetWeights``.
+
+    ``TypeError`` if ``weights`` is not one (e.g. None, a list of records).
+    """
+    check_weights("export_state_dicts", weights)
+    return {rec.index: _state_dict("export_state_dicts", rec, None) for rec in weights.layers}

@@ -201,6 +201,29 @@ def _strip(line):
     return "".join(ch for ch in line if ch not in " \t\n\r")
 
 
+def check_path(routine, name, value, example):
+    """A path argument (``str``, ``bytes`` or ``os.PathLike``) as ``os.fspath`` gives it.
+
+    ``TypeError`` naming ``name`` for anything else (None, an int, a list...),
+    ``ValueError`` for an empty path or one with a NUL byte (``open`` would
+    fail with a message that does not say which argument it was).
+    """
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{routine}: {name} must be a file path (str or os.PathLike), got "
+                        f"{type(value).__name__} {value!r:.80}; pass e.g. {name}={example!r}")
+    try:
+        path = os.fspath(value)
+    except TypeError as e:             # __fspath__ returning something else
+        raise TypeError(f"{routine}: {name} must be a file path (str or os.PathLike): {e}; "
+                        f"pass e.g. {name}={example!r}") from None
+    if not path:
+        raise ValueError(f"{routine}: {name} is an empty path; pass e.g. {name}={example!r}")
+    if ("\0" if isinstance(path, str) else b"\0") in path:
+        raise ValueError(f"{routine}: {name} {path!r:.80} contains a NUL byte, which no file "
+                         f"name can; pass e.g. {name}={example!r}")
+    return path
+
+
 def read_cfg(path):
     """``read_cfg`` (parser.c): the sections of a cfg in file order, with line numbers.
 
@@ -211,9 +234,10 @@ def read_cfg(path):
     byte order mark at the start (some Windows editors add one) is skipped;
     Darknet's own reader does not skip it.  A file that cannot be opened raises
     the ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``...) with a
-    message naming the .cfg file.
+    message naming the .cfg file; a ``path`` that is not a path (None, an int...)
+    ``TypeError``.
     """
-    path = os.fspath(path)
+    path = check_path("read_cfg", "path", path, "yolov4.cfg")
     try:
         with open(path, "r", encoding="utf-8-sig", errors="strict") as f:
             text = f.read()
@@ -799,10 +823,11 @@ def parse_cfg(path, *, dialect="pjreddie"):
     ``int``) where Darknet needs one, a shape or block size that overflows a C
     ``int``, impossible shapes, or an option that changes the weights layout
     in a way this parser does not model.  ``ValueError``/``TypeError`` for an
-    unknown dialect; ``OSError`` (see ``read_cfg``) if the file cannot be opened.
+    unknown dialect or a ``path`` that is not a path (``str`` or ``os.PathLike``);
+    ``OSError`` (see ``read_cfg``) if the file cannot be opened.
     """
+    path = check_path("parse_cfg", "path", path, "yolov4.cfg")
     fd = get_parser_dialect(dialect)
-    path = os.fspath(path)
     sections = read_cfg(path)
     net = sections[0]
     if net.type != "net":

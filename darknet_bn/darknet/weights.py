@@ -19,6 +19,8 @@ A file that cannot be opened raises the ``OSError`` subclass (``FileNotFoundErro
 output) it was.
 """
 import errno
+import io
+import numbers
 import os
 import stat
 import tempfile
@@ -26,9 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batchnorm_layer import BatchNormLayer
+from .._validate import check_dim
+from ..batchnorm_layer import PATHS, BatchNormLayer
 from ..dialects import get_dialect
-from .parser import BN_BLOCKS, INT_MAX, INT_MIN, Network, header_bytes, parse_cfg, reword_os_error
+from .parser import (BN_BLOCKS, INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
+                     parse_cfg, reword_os_error)
 
 #: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
 #: is 0.2 in both forks (files written before 0.2 store ``seen`` as 32 bits).
@@ -137,6 +141,99 @@ class DarknetWeights:
 
 
 # --------------------------------------------------------------------------
+# argument checks (every public function runs them before any work)
+# --------------------------------------------------------------------------
+def _show(value, n=80):
+    """``repr(value)`` cut to ``n`` characters (an int too long for repr: its size)."""
+    try:
+        text = repr(value)
+    except ValueError:                 # int with more digits than repr converts
+        return f"a {value.bit_length()}-bit integer"
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _type_name(value):
+    return f"{type(value).__name__} {_show(value)}"
+
+
+def check_record(routine, record, name="record"):
+    """A ``BatchNormRecord`` whose fields have the types ``read_weights`` gives.
+
+    ``TypeError`` naming ``name`` (and the field) otherwise; ``ValueError`` for
+    ``channels < 1``.  Array shapes are checked by the callers (against the
+    cfg or ``channels``).
+    """
+    if not isinstance(record, BatchNormRecord):
+        raise TypeError(f"{routine}: {name} must be a BatchNormRecord (an element of "
+                        f"read_weights(...).layers), got {_type_name(record)}; pass e.g. "
+                        "read_weights(cfg, weights).layer(0)")
+    for field_name in ("index", "channels"):
+        value = getattr(record, field_name)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{routine}: {name}.{field_name} must be an int, got "
+                            f"{_type_name(value)}")
+    if record.channels < 1:
+        raise ValueError(f"{routine}: {name}.channels must be >= 1, got {record.channels}")
+    if not isinstance(record.section, str):
+        raise TypeError(f"{routine}: {name}.section must be the cfg section name (a str), "
+                        f"got {_type_name(record.section)}")
+    if not isinstance(record.dialect, str):
+        raise TypeError(f"{routine}: {name}.dialect must be a dialect name (a str), got "
+                        f"{_type_name(record.dialect)}")
+    if record.spec is not None and not isinstance(record.spec, LayerSpec):
+        raise TypeError(f"{routine}: {name}.spec must be the layer's LayerSpec (from "
+                        f"parse_cfg) or None, got {_type_name(record.spec)}")
+    for block in BN_BLOCKS:
+        arr = getattr(record, block)
+        if arr is None and block == "biases":
+            continue
+        if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
+            dtype = f" of {arr.dtype}" if isinstance(arr, np.ndarray) else ""
+            none = " (or None, where the file stores none)" if block == "biases" else ""
+            raise TypeError(f"{routine}: {name}.{block} must be a float32 numpy array{none}, "
+                            f"got {type(arr).__name__}{dtype}; use np.asarray(x, np.float32)")
+    return record
+
+
+def check_weights(routine, weights, name="weights"):
+    """A ``DarknetWeights`` (what ``read_weights`` returns) with valid records."""
+    if not isinstance(weights, DarknetWeights):
+        raise TypeError(f"{routine}: {name} must be a DarknetWeights (what read_weights "
+                        f"returns), got {_type_name(weights)}; pass read_weights(cfg, "
+                        "weights_file)")
+    if not isinstance(weights.layers, (list, tuple)):
+        raise TypeError(f"{routine}: {name}.layers must be a list of BatchNormRecord, got "
+                        f"{_type_name(weights.layers)}")
+    for i, rec in enumerate(weights.layers):
+        check_record(routine, rec, f"{name}.layers[{i}]")
+    return weights
+
+
+def _check_layer_args(routine, batch, kernel, dialect=None, h=None, w=None):
+    """The ``BatchNormLayer`` arguments, checked in the caller's name (None: default)."""
+    check_dim(routine, "batch", batch)
+    for name, value in (("h", h), ("w", w)):
+        if value is not None:
+            check_dim(routine, name, value)
+    if dialect is not None:
+        get_dialect(dialect, routine)
+    if kernel is not None and (not isinstance(kernel, str) or kernel not in PATHS):
+        raise ValueError(f"{routine}: unknown kernel {kernel!r}; use one of {sorted(PATHS)} "
+                         "(or None for the default)")
+
+
+def _check_cfg_arg(routine, cfg):
+    """``cfg_path``: a ``Network`` or a path (checked, not parsed yet)."""
+    if isinstance(cfg, Network):
+        return cfg
+    if not isinstance(cfg, (str, bytes, os.PathLike)):
+        raise TypeError(f"{routine}: cfg_path must be a .cfg path (str or os.PathLike) or a "
+                        f"Network from parse_cfg, got {_type_name(cfg)}; pass e.g. "
+                        "cfg_path='yolov4.cfg'")
+    return check_path(routine, "cfg_path", cfg, "yolov4.cfg")
+
+
+# --------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------
 def _network(cfg, dialect, routine):
@@ -163,7 +260,15 @@ def _open_weights(path, what):
 
 
 def read_header(path, f):
-    """``load_weights``' header read, checked: the version must be one Darknet writes."""
+    """``load_weights``' header read, checked: the version must be one Darknet writes.
+
+    ``f`` is a binary file object positioned at the start of the file; ``path``
+    (``str`` or ``os.PathLike``) names it in error messages.
+    """
+    path = check_path("read_header", "path", path, "yolov4.weights")
+    if isinstance(f, io.TextIOBase) or not callable(getattr(f, "read", None)):
+        raise TypeError(f"read_header: f must be a binary file object, got {_type_name(f)}; "
+                        "pass open(path, 'rb')")
     raw = f.read(12)
     if len(raw) < 12:
         raise WeightsFormatError(path, len(raw), f"file is {len(raw)} bytes, too short for "
@@ -236,10 +341,15 @@ def read_weights(cfg_path, weights_path, *, dialect=None):
     Darknet writes or the size is not exactly what the cfg implies (checked
     before anything is allocated); ``ValueError`` if ``dialect`` contradicts the
     ``Network``'s; whatever ``parse_cfg`` raises; ``OSError`` naming the .weights
-    file if it cannot be opened.
+    file if it cannot be opened; ``TypeError`` for a ``cfg_path`` that is neither a
+    path nor a ``Network``, or a ``weights_path`` that is not a path (``str`` or
+    ``os.PathLike``).
     """
-    net = _network(cfg_path, dialect, "read_weights")
-    path = os.fspath(weights_path)
+    cfg = _check_cfg_arg("read_weights", cfg_path)
+    path = check_path("read_weights", "weights_path", weights_path, "yolov4.weights")
+    if dialect is not None:
+        get_dialect(dialect, "read_weights")
+    net = _network(cfg, dialect, "read_weights")
     f, size = _open_weights(path, ".weights file")
     with f:
         header = read_header(path, f)
@@ -321,27 +431,62 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
     so a failure never leaves a partial file.  Reading a file and writing it
     back reproduces it byte for byte.
 
-    Raises ``TypeError``/``ValueError`` (before creating anything) for records
-    or a header ``save_weights`` could not write (``WeightsHeader.validate``:
-    e.g. ``seen`` out of range), ``WeightsFormatError`` for a base file that
-    does not match the cfg, and ``OSError`` naming the output path (missing
-    directory, a directory given as output...) or the base file.
+    Raises ``TypeError``/``ValueError`` (before parsing the cfg or creating
+    anything) for arguments of the wrong type (``cfg_path`` neither a path nor a
+    ``Network``, ``weights_path``/``base`` not a path, ``weights`` not a
+    ``DarknetWeights``, ``fill`` not a real number), for records or a header
+    ``save_weights`` could not write (``WeightsHeader.validate``: e.g. ``seen``
+    out of range), ``WeightsFormatError`` for a base file that does not match
+    the cfg, and ``OSError`` naming the output path (missing directory, a
+    directory given as output...) or the base file.
     """
-    dialect = dialect or weights.dialect
-    net = _network(cfg_path, dialect, "write_weights")
-    out = os.fspath(weights_path)
-    by_index = _check_records(out, net, weights.layers)
+    routine = "write_weights"
+    cfg = _check_cfg_arg(routine, cfg_path)
+    out = check_path(routine, "weights_path", weights_path, "out.weights")
+    check_weights(routine, weights)
+    if dialect is not None:
+        get_dialect(dialect, routine)
     header = weights.header
     if not isinstance(header, WeightsHeader):
-        raise TypeError(f"write_weights({out}): weights.header must be a WeightsHeader")
+        raise TypeError(f"write_weights({out}): weights.header must be a WeightsHeader, got "
+                        f"{_type_name(header)}")
     header.validate(f"write_weights({out})")
-    base = weights.path if base is None and fill is None else base
+    if base is not None:
+        base = check_path(routine, "base", base, "yolov4.weights")
+    if fill is not None:
+        if isinstance(fill, (bool, np.bool_)) or not isinstance(fill, numbers.Real):
+            raise TypeError(f"write_weights: fill must be a real number (the float32 written "
+                            f"for every non-batchnorm float) or None, got {_type_name(fill)}; "
+                            "pass e.g. fill=0.0")
+        try:
+            value = float(fill)
+        except OverflowError:                          # an int beyond a double
+            value = None
+        with np.errstate(over="ignore"):
+            overflows = value is None or (np.isfinite(value)
+                                          and not np.isfinite(np.float32(value)))
+        if overflows:
+            raise ValueError(f"write_weights: fill={_show(fill, 40)} overflows float32 (max "
+                             f"{float(np.finfo(np.float32).max):.8g}); pass a smaller value "
+                             "(or float('inf') if that is what you mean)")
     if base is not None and fill is not None:
         raise ValueError(f"write_weights({out}): pass base= or fill=, not both")
     if base is None and fill is None:
-        raise ValueError(f"write_weights({out}): the non-batchnorm floats (conv weights...) "
-                         "need a source: pass base=<a .weights file for this cfg>, or "
-                         "fill=<value> to write that value everywhere else")
+        if weights.path is not None:
+            base = check_path(routine, "weights.path (the default base)", weights.path,
+                              "yolov4.weights")
+        else:
+            raise ValueError(f"write_weights({out}): the non-batchnorm floats (conv "
+                             "weights...) need a source: pass base=<a .weights file for "
+                             "this cfg>, or fill=<value> to write that value everywhere "
+                             "else")
+    if dialect is None:
+        dialect = weights.dialect
+        if not isinstance(dialect, str):
+            raise TypeError(f"write_weights: weights.dialect must be a dialect name (a str), "
+                            f"got {_type_name(dialect)}; pass dialect= explicitly")
+    net = _network(cfg, dialect, routine)
+    by_index = _check_records(out, net, weights.layers)
     src = None
     directory = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
@@ -399,7 +544,14 @@ def make_batchnorm_layer_from_record(record, *, batch=1, h=None, w=None, dialect
     rolling statistics.  ``h, w`` default to the layer's output size (1x1 for
     ``[connected]``); the layer type is ``"batchnorm"`` for a ``[batchnorm]``
     section and ``"convolutional"`` (the in-place BN stage) otherwise.
+
+    ``TypeError`` if ``record`` is not a ``BatchNormRecord`` (or its arrays are
+    not float arrays), ``batch``, ``h``, ``w`` are not ints or ``dialect``,
+    ``kernel`` not names; ``ValueError`` for sizes < 1 or unknown names.
     """
+    routine = "make_batchnorm_layer_from_record"
+    check_record(routine, record)
+    _check_layer_args(routine, batch, kernel, dialect, h, w)
     spec = record.spec
     if h is None:
         h = spec.out_h if spec is not None else 1
@@ -417,6 +569,11 @@ def make_batchnorm_layer_from_record(record, *, batch=1, h=None, w=None, dialect
 
 
 def make_batchnorm_layers(weights, *, batch=1, kernel=None):
-    """``{cfg layer index: BatchNormLayer}`` for every record of a ``DarknetWeights``."""
+    """``{cfg layer index: BatchNormLayer}`` for every record of a ``DarknetWeights``.
+
+    ``TypeError`` if ``weights`` is not one (e.g. None, a list of records).
+    """
+    check_weights("make_batchnorm_layers", weights)
+    _check_layer_args("make_batchnorm_layers", batch, kernel)
     return {rec.index: make_batchnorm_layer_from_record(rec, batch=batch, kernel=kernel)
             for rec in weights.layers}
