@@ -6,7 +6,7 @@ Dimensions::
     filters   channels                             (l.out_c)
     spatial   elements of one channel plane        (l.out_h * l.out_w)
     index     (b*filters + f)*spatial + k          flat, batch-major, float32
-    G         channels interleaved per thread in the serial chains (LANES = 8)
+    LANES     channels in the lanes of one vec8 (8); WIDE = 16, two vec8 chains
 
 The "blas" path (``batchnorm_layer._forward_blas`` / ``_backward_blas``) calls
 Darknet's routines one after another, each sweeping the whole tensor.  Here one
@@ -18,17 +18,26 @@ Darknet's float32/float64 rules (see ``blas.py`` for each routine's C), so the
 bits are those of the "blas" path, buffer for buffer, including the copies
 Darknet makes (``x``, ``x_norm``, ``net.delta``).
 
-Latency hiding.  A channel's reduction is one serial dependency chain; the one
-in ``variance_cpu`` is float32 -> float64 add -> float32 on every element, about
-10 cycles of latency per element.  The forward reductions therefore run ``G``
-channels' chains interleaved in one loop (independent chains, each in its own
-order), which keeps the FP units busy (variance_cpu: 6.4 -> 1.85 cycles/element
-single-threaded).  The backward's first pass already has four independent
-chains per channel (backward_bias, backward_scale, mean_delta, variance_delta
-sums); it interleaves two channels (2.3 -> 1.95 cycles/element).  The input
-copy to ``x`` is done in the vectorized normalize pass, not in the scalar mean
-pass.  Elementwise passes are vectorized by LLVM; their cost is the float64
-division C prescribes.
+Channel groups (``darknet_bn._simd``).  A channel's reduction is one serial
+dependency chain, which cannot be vectorized along the channel without
+changing Darknet's summation order.  The reductions are vectorized *across*
+channels instead: eight channels' chains run in the eight lanes of a ``vec8``,
+their planes read eight positions at a time and transposed (8x8), so every
+lane advances its own chain one position per vector operation, in its
+channel's order and with the scalar C operation.  The forward statistics use
+groups of 16 channels (two vec8 chains interleaved, which hides the ~13-cycle
+latency of variance_cpu's float -> double -> float step); the backward's four
+sums (backward_bias, backward_scale_cpu, mean_delta_cpu, variance_delta_cpu)
+use groups of 8.  Positions left over after the 8-position blocks
+(spatial % 8) continue each lane's chain in scalar code, and channels left over
+after the groups use the scalar one-channel and channel-pair helpers.
+``groups`` picks smaller groups when there are too few channels to give every
+thread one.  Measured single-threaded on (16,64,28,28) (AMD EPYC, AVX2):
+variance_cpu sums 2.06 -> 1.03 cycles/element (8 interleaved scalar chains ->
+2 vec8), backward sums 2.49 -> 1.25 (2 channels' scalar chains -> 1 vec8).
+The input copy to ``x`` is done in the vectorized normalize pass, not in the
+statistics pass.  Elementwise passes are vectorized by LLVM; their cost is the
+float64 arithmetic C prescribes (conversions and division).
 
 Rejected alternatives (kept here so they are not retried):
 
@@ -45,9 +54,19 @@ Rejected alternatives (kept here so they are not retried):
 - Replacing the division by a bit test on ``x*(1/d)`` (low 29 bits of the float64
   product away from the float32 rounding midpoint, else divide): 1.02 vs 0.83
   cycles/element single-threaded, slower than the division.
-- Variance chains of 16 channels run as one vectorizable loop over channels
-  (strided loads, accumulators in a buffer): 1.89 vs 1.83 cycles/element for
-  the 8 scalar lanes; no gain.
+- Variance chains of 16 channels run as one loop over channels that LLVM
+  vectorizes itself (strided loads, accumulators in a buffer): 1.89 vs 1.83
+  cycles/element for 8 scalar chains; no gain.  The explicit vec8 transpose
+  above gives 1.03.
+- Non-temporal (streaming) stores of the written tensors through an 8-float
+  intrinsic and an L1 tile: 2.5x slower on (16,64,28,28) (the tensors fit in
+  L3 and are re-read), 8 % slower on (4,128,104,104) and 10 % faster only on
+  (4,32,416,416) inference; the passes are bound by the float64 arithmetic,
+  not by the read-for-ownership traffic.
+- Markstein's FMA correction of ``a * (1/d)`` in place of the float64 division
+  (correctly rounded under Markstein's conditions; the bits matched on the
+  measured data): no faster (0.97 vs 0.98 cycles/element);
+  the conversions float <-> double cost as much as the division.
 - One running float32 sum for ``backward_bias`` instead of per-plane sums added
   in batch order: ``test_fused_matches_blas_random`` fails (``bias_updates``, 4 ulp).
 - Computing the mean and the variance in one pass (sum and sum of squares):
@@ -58,15 +77,17 @@ Rejected alternatives (kept here so they are not retried):
 """
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
 from ._jit import BUF, FLT, INT, helper, kernel, sig
+from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose, vvar_step
 from .dialects import PJREDDIE
 
 BUF64 = "float64[::1]"                    # float64 scratch (per-channel denominators)
 
-LANES = 8                                  # channels interleaved per chain loop (G)
+WIDE = 2 * LANES                           # channels per group when two vec8 chains interleave
 
 _EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cpu
 _EPS = np.float32(0.00001)                 # .00001f everywhere else
@@ -120,51 +141,113 @@ def _plane(a, filters, spatial, j, f):
 
 
 @helper(inline="always")
-def _planes8(a, batch, filters, spatial, j, f):
-    """The (j, f..f+7) planes of a flat buffer, for the interleaved chains."""
-    return (_plane(a, filters, spatial, j, f), _plane(a, filters, spatial, j, f + 1),
-            _plane(a, filters, spatial, j, f + 2), _plane(a, filters, spatial, j, f + 3),
-            _plane(a, filters, spatial, j, f + 4), _plane(a, filters, spatial, j, f + 5),
-            _plane(a, filters, spatial, j, f + 6), _plane(a, filters, spatial, j, f + 7))
-
-
-# --------------------------------------------------------------------------
-# Forward, training: mean, variance, rolling update, normalize, x_norm, scale, bias
-# --------------------------------------------------------------------------
-@helper(inline="always")
-def _mean_lanes(src, batch, filters, spatial, f):
-    """mean_cpu sums for channels f..f+7, interleaved; writes the copy ``x = src``.
-
-    Returns the eight float32 sums (before ``*= scale``)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    for j in range(batch):
-        s0, s1, s2, s3, s4, s5, s6, s7 = _planes8(src, batch, filters, spatial, j, f)
-        for k in range(spatial):
-            v0 = s0[k]; v1 = s1[k]; v2 = s2[k]; v3 = s3[k]
-            v4 = s4[k]; v5 = s5[k]; v6 = s6[k]; v7 = s7[k]
-            a0 += v0; a1 += v1; a2 += v2; a3 += v3
-            a4 += v4; a5 += v5; a6 += v6; a7 += v7
-    return a0, a1, a2, a3, a4, a5, a6, a7
+def _rows8(a, base, stride):
+    """Positions k..k+7 of eight consecutive channel planes, ``a[base + c*stride:][:8]``."""
+    return (vload(a, base), vload(a, base + stride), vload(a, base + 2 * stride),
+            vload(a, base + 3 * stride), vload(a, base + 4 * stride),
+            vload(a, base + 5 * stride), vload(a, base + 6 * stride),
+            vload(a, base + 7 * stride))
 
 
 @helper(inline="always")
-def _variance_lanes(src, mean, batch, filters, spatial, f):
-    """variance_cpu sums for channels f..f+7, interleaved (eight independent chains)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    m0 = mean[f]; m1 = mean[f + 1]; m2 = mean[f + 2]; m3 = mean[f + 3]
-    m4 = mean[f + 4]; m5 = mean[f + 5]; m6 = mean[f + 6]; m7 = mean[f + 7]
+def _mean_tail(acc, buf, src, filters, spatial, j, f0, k0):
+    """Continue the mean_cpu chains of channels f0..f0+7 over positions k0.. of plane j."""
+    vstore(buf, 0, acc)
+    for c in range(LANES):
+        sv = _plane(src, filters, spatial, j, f0 + c)
+        a = buf[c]
+        for k in range(k0, spatial):
+            a += sv[k]
+        buf[c] = a
+    return vload(buf, 0)
+
+
+@helper(inline="always")
+def _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, k0):
+    """Continue the variance_cpu chains of channels f0..f0+7 over positions k0.. of plane j."""
+    vstore(buf, 0, acc)
+    for c in range(LANES):
+        sv = _plane(src, filters, spatial, j, f0 + c)
+        m = mean[f0 + c]
+        a = buf[c]
+        for k in range(k0, spatial):
+            a = _var_step(a, sv[k], m)
+        buf[c] = a
+    return vload(buf, 0)
+
+
+@helper(inline="always")
+def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """mean_cpu then variance_cpu for channels f0..f0+7, one vec8 lane per channel.
+
+    Each lane runs its channel's chain in Darknet's order (planes j = 0, 1, ...;
+    positions k = 0, 1, ... within a plane), 8 positions per transposed block,
+    the remainder of each plane (spatial % 8) in scalar code on the same chains.
+    """
+    sp8 = spatial - spatial % LANES
+    acc = vsplat(np.float32(0.0))
     for j in range(batch):
-        s0, s1, s2, s3, s4, s5, s6, s7 = _planes8(src, batch, filters, spatial, j, f)
-        for k in range(spatial):
-            a0 = _var_step(a0, s0[k], m0)
-            a1 = _var_step(a1, s1[k], m1)
-            a2 = _var_step(a2, s2[k], m2)
-            a3 = _var_step(a3, s3[k], m3)
-            a4 = _var_step(a4, s4[k], m4)
-            a5 = _var_step(a5, s5[k], m5)
-            a6 = _var_step(a6, s6[k], m6)
-            a7 = _var_step(a7, s7[k], m7)
-    return a0, a1, a2, a3, a4, a5, a6, a7
+        base = (j * filters + f0) * spatial
+        for k in range(0, sp8, LANES):
+            v = vtranspose(*_rows8(src, base + k, spatial))
+            for p in range(LANES):
+                acc = vadd(acc, v[p])                          # mean[i] += x[index]
+        if sp8 < spatial:
+            acc = _mean_tail(acc, buf, src, filters, spatial, j, f0, sp8)
+    m = vmul(acc, vsplat(mean_scale))                          # mean[i] *= scale
+    vstore(mean, f0, m)
+    acc = vsplat(np.float32(0.0))
+    for j in range(batch):
+        base = (j * filters + f0) * spatial
+        for k in range(0, sp8, LANES):
+            v = vtranspose(*_rows8(src, base + k, spatial))
+            for p in range(LANES):
+                acc = vvar_step(acc, v[p], m)                  # variance[i] += pow(x - mean, 2)
+        if sp8 < spatial:
+            acc = _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, sp8)
+    vstore(variance, f0, vmul(acc, vsplat(var_scale)))
+
+
+@helper(inline="always")
+def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """``_stats8`` for channels f0..f0+15: two vec8 chains interleaved (hides the latency
+    of variance_cpu's float -> double -> float step)."""
+    sp8 = spatial - spatial % LANES
+    hi = LANES * spatial                                       # plane offset of f0+8
+    acc = vsplat(np.float32(0.0))
+    acc2 = acc
+    for j in range(batch):
+        base = (j * filters + f0) * spatial
+        for k in range(0, sp8, LANES):
+            v = vtranspose(*_rows8(src, base + k, spatial))
+            w = vtranspose(*_rows8(src, base + hi + k, spatial))
+            for p in range(LANES):
+                acc = vadd(acc, v[p])
+                acc2 = vadd(acc2, w[p])
+        if sp8 < spatial:
+            acc = _mean_tail(acc, buf, src, filters, spatial, j, f0, sp8)
+            acc2 = _mean_tail(acc2, buf, src, filters, spatial, j, f0 + LANES, sp8)
+    scale = vsplat(mean_scale)
+    m = vmul(acc, scale)
+    m2 = vmul(acc2, scale)
+    vstore(mean, f0, m)
+    vstore(mean, f0 + LANES, m2)
+    acc = vsplat(np.float32(0.0))
+    acc2 = acc
+    for j in range(batch):
+        base = (j * filters + f0) * spatial
+        for k in range(0, sp8, LANES):
+            v = vtranspose(*_rows8(src, base + k, spatial))
+            w = vtranspose(*_rows8(src, base + hi + k, spatial))
+            for p in range(LANES):
+                acc = vvar_step(acc, v[p], m)
+                acc2 = vvar_step(acc2, w[p], m2)
+        if sp8 < spatial:
+            acc = _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, sp8)
+            acc2 = _variance_tail(acc2, buf, src, mean, filters, spatial, j, f0 + LANES, sp8)
+    scale = vsplat(var_scale)
+    vstore(variance, f0, vmul(acc, scale))
+    vstore(variance, f0 + LANES, vmul(acc2, scale))
 
 
 @helper(inline="always")
@@ -210,9 +293,10 @@ def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases
             ov[k] = xn * s + b              # scale_bias, add_bias: float*float, float+float
 
 
-@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, INT, INT, INT, FLT, FLT, INT))
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, INT, INT, INT, FLT, FLT, INT,
+            INT))
 def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
-                   scales, biases, batch, filters, spatial, keep, new, dialect):
+                   scales, biases, batch, filters, spatial, keep, new, dialect, group):
     """forward_batchnorm_layer with net.train = 1, every channel in one kernel.
 
     Replaces, per channel: copy_cpu(input -> output), copy_cpu(output -> x),
@@ -221,34 +305,33 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
     add_bias.  ``src`` is the layer input (or ``output`` itself when the data is
     already there); it is read three times (mean, variance, normalize), the later
     reads mostly from cache.  ``output`` is only written by the last pass.
+    ``group`` (8 or 16, see ``groups``) channels per parallel item: their
+    statistics run as vec8 lanes; leftover channels (filters % 8) one by one.
     """
     mean_scale = np.float32(1.0 / (batch * spatial))        # mean_cpu: 1./(batch*spatial)
     var_scale = np.float32(1.0 / (batch * spatial - 1))     # variance_cpu: unbiased
-    ngroups = (filters + LANES - 1) // LANES
+    ngroups = (filters + group - 1) // group
     for g in prange(ngroups):
-        f0 = g * LANES
-        if f0 + LANES <= filters:
-            s0, s1, s2, s3, s4, s5, s6, s7 = _mean_lanes(src, batch, filters, spatial, f0)
-            mean[f0] = s0 * mean_scale; mean[f0 + 1] = s1 * mean_scale
-            mean[f0 + 2] = s2 * mean_scale; mean[f0 + 3] = s3 * mean_scale
-            mean[f0 + 4] = s4 * mean_scale; mean[f0 + 5] = s5 * mean_scale
-            mean[f0 + 6] = s6 * mean_scale; mean[f0 + 7] = s7 * mean_scale
-            s0, s1, s2, s3, s4, s5, s6, s7 = _variance_lanes(src, mean, batch, filters,
-                                                             spatial, f0)
-            variance[f0] = s0 * var_scale; variance[f0 + 1] = s1 * var_scale
-            variance[f0 + 2] = s2 * var_scale; variance[f0 + 3] = s3 * var_scale
-            variance[f0 + 4] = s4 * var_scale; variance[f0 + 5] = s5 * var_scale
-            variance[f0 + 6] = s6 * var_scale; variance[f0 + 7] = s7 * var_scale
-        else:
-            for f in range(f0, filters):
-                mean[f] = _mean_one(src, batch, filters, spatial, f) * mean_scale
-                variance[f] = _variance_one(src, mean[f], batch, filters, spatial,
-                                            f) * var_scale
-        for f in range(f0, min(f0 + LANES, filters)):
-            rolling_mean[f] = _rolling(rolling_mean[f], keep, new, mean[f])
-            rolling_variance[f] = _rolling(rolling_variance[f], keep, new, variance[f])
+        f0 = g * group
+        f1 = min(f0 + group, filters)
+        buf = np.empty(LANES, np.float32)
+        f = f0
+        if f1 - f0 == WIDE:
+            _stats16(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+                     buf)
+            f = f1
+        while f + LANES <= f1:
+            _stats8(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+                    buf)
+            f += LANES
+        for c in range(f, f1):
+            mean[c] = _mean_one(src, batch, filters, spatial, c) * mean_scale
+            variance[c] = _variance_one(src, mean[c], batch, filters, spatial, c) * var_scale
+        for c in range(f0, f1):
+            rolling_mean[c] = _rolling(rolling_mean[c], keep, new, mean[c])
+            rolling_variance[c] = _rolling(rolling_variance[c], keep, new, variance[c])
             _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
-                                  batch, filters, spatial, f, dialect)
+                                  batch, filters, spatial, c, dialect)
 
 
 # --------------------------------------------------------------------------
@@ -328,6 +411,76 @@ def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
 
 
 @helper(inline="always")
+def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f0,
+                    buf):
+    """``_backward_sums2`` for channels f0..f0+7, one vec8 lane per channel.
+
+    Leaves the four results in ``buf`` (32 floats): backward_bias (bias_updates
+    plus the plane sums, in batch order), backward_scale_cpu's, mean_delta_cpu's
+    and variance_delta_cpu's sums, 8 channels each.  Every lane runs its
+    channel's four chains in Darknet's order; the remainder of each plane
+    (spatial % 8) continues them in scalar code.
+    """
+    sp8 = spatial - spatial % LANES
+    m = vload(mean, f0)
+    s = vload(scales, f0)
+    bias = vload(bias_updates, f0)
+    zero = vsplat(np.float32(0.0))
+    scale = zero
+    md = zero
+    vd = zero
+    for j in range(batch):
+        base = (j * filters + f0) * spatial
+        plane = zero                                   # sum_array(delta + ..., size)
+        for k in range(0, sp8, LANES):
+            dd = vtranspose(*_rows8(dsrc, base + k, spatial))
+            nn = vtranspose(*_rows8(x_norm, base + k, spatial))
+            xx = vtranspose(*_rows8(x, base + k, spatial))
+            for p in range(LANES):
+                d = dd[p]
+                plane = vadd(plane, d)                 # backward_bias
+                scale = vadd(scale, vmul(d, nn[p]))    # backward_scale_cpu
+                ds = vmul(d, s)                        # scale_bias(l.delta, l.scales)
+                md = vadd(md, ds)                      # mean_delta_cpu
+                vd = vadd(vd, vmul(ds, vsub(xx[p], m)))   # variance_delta_cpu
+        if sp8 < spatial:
+            vstore(buf, 0, plane)
+            vstore(buf, LANES, scale)
+            vstore(buf, 2 * LANES, md)
+            vstore(buf, 3 * LANES, vd)
+            for c in range(LANES):
+                dv = _plane(dsrc, filters, spatial, j, f0 + c)
+                nv = _plane(x_norm, filters, spatial, j, f0 + c)
+                xv = _plane(x, filters, spatial, j, f0 + c)
+                mc = mean[f0 + c]
+                sc = scales[f0 + c]
+                a_plane = buf[c]
+                a_scale = buf[LANES + c]
+                a_md = buf[2 * LANES + c]
+                a_vd = buf[3 * LANES + c]
+                for k in range(sp8, spatial):
+                    d = dv[k]
+                    a_plane += d
+                    a_scale += d * nv[k]
+                    ds = d * sc
+                    a_md += ds
+                    a_vd += ds * (xv[k] - mc)
+                buf[c] = a_plane
+                buf[LANES + c] = a_scale
+                buf[2 * LANES + c] = a_md
+                buf[3 * LANES + c] = a_vd
+            plane = vload(buf, 0)
+            scale = vload(buf, LANES)
+            md = vload(buf, 2 * LANES)
+            vd = vload(buf, 3 * LANES)
+        bias = vadd(bias, plane)
+    vstore(buf, 0, bias)
+    vstore(buf, LANES, scale)
+    vstore(buf, 2 * LANES, md)
+    vstore(buf, 3 * LANES, vd)
+
+
+@helper(inline="always")
 def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
                       scale_updates, mean_delta, variance_delta, batch, filters, spatial,
                       dialect, do_backward_bias, write_net_delta, f, bias, scale, md_sum,
@@ -373,34 +526,48 @@ def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_up
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF,
-            INT, INT, INT, INT, INT, INT))
+            INT, INT, INT, INT, INT, INT, INT))
 def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
               bias_updates, scale_updates, mean_delta, variance_delta,
-              batch, filters, spatial, dialect, do_backward_bias, write_net_delta):
-    """backward_batchnorm_layer, two passes per channel, channels in pairs.
+              batch, filters, spatial, dialect, do_backward_bias, write_net_delta, group):
+    """backward_batchnorm_layer, two passes per channel, ``group`` (8 or 2) channels per item.
 
-    Pass 1 (``_backward_sums2``) replaces copy_cpu(delta -> l.delta),
-    backward_bias (when ``do_backward_bias``), backward_scale_cpu, scale_bias on
-    delta, and the sums of mean_delta_cpu and variance_delta_cpu.  Pass 2
-    (``_backward_channel``) replaces normalize_delta_cpu and
-    copy_cpu(l.delta -> net.delta) when ``write_net_delta``.  ``dsrc`` is the
-    incoming delta (or ``delta`` itself); it is read twice, the second time
-    mostly from cache.
+    Pass 1 (``_backward_sums8`` for a full group of 8, else ``_backward_sums2`` on
+    pairs) replaces copy_cpu(delta -> l.delta), backward_bias (when
+    ``do_backward_bias``), backward_scale_cpu, scale_bias on delta, and the sums
+    of mean_delta_cpu and variance_delta_cpu.  Pass 2 (``_backward_channel``)
+    replaces normalize_delta_cpu and copy_cpu(l.delta -> net.delta) when
+    ``write_net_delta``.  ``dsrc`` is the incoming delta (or ``delta`` itself);
+    it is read twice, the second time mostly from cache.
     """
-    npairs = (filters + 1) // 2
-    for p in prange(npairs):
-        f = 2 * p
-        g = min(f + 1, filters - 1)                     # g == f for an odd last channel
-        bf, sf, mf, vf, bg, sg, mg, vg = _backward_sums2(
-            dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f, g)
-        _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
-                          scale_updates, mean_delta, variance_delta, batch, filters, spatial,
-                          dialect, do_backward_bias, write_net_delta, f, bf, sf, mf, vf)
-        if g != f:
-            _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
-                              bias_updates, scale_updates, mean_delta, variance_delta, batch,
-                              filters, spatial, dialect, do_backward_bias, write_net_delta,
-                              g, bg, sg, mg, vg)
+    nitems = (filters + group - 1) // group
+    for it in prange(nitems):
+        f0 = it * group
+        f1 = min(f0 + group, filters)
+        if f1 - f0 == LANES:
+            buf = np.empty(4 * LANES, np.float32)
+            _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
+                            spatial, f0, buf)
+            for c in range(LANES):
+                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                                  bias_updates, scale_updates, mean_delta, variance_delta,
+                                  batch, filters, spatial, dialect, do_backward_bias,
+                                  write_net_delta, f0 + c, buf[c], buf[LANES + c],
+                                  buf[2 * LANES + c], buf[3 * LANES + c])
+        else:
+            for f in range(f0, f1, 2):
+                g = min(f + 1, f1 - 1)                  # g == f for an odd last channel
+                bf, sf, mf, vf, bg, sg, mg, vg = _backward_sums2(
+                    dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f, g)
+                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                                  bias_updates, scale_updates, mean_delta, variance_delta,
+                                  batch, filters, spatial, dialect, do_backward_bias,
+                                  write_net_delta, f, bf, sf, mf, vf)
+                if g != f:
+                    _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                                      bias_updates, scale_updates, mean_delta, variance_delta,
+                                      batch, filters, spatial, dialect, do_backward_bias,
+                                      write_net_delta, g, bg, sg, mg, vg)
 
 
 # --------------------------------------------------------------------------
@@ -579,6 +746,23 @@ def _workspace(l):
     return ws
 
 
+def groups(filters):
+    """Channels per parallel item, ``(forward statistics, backward sums)``.
+
+    Two interleaved vec8 chains (16 channels) are the fastest forward
+    statistics, and a vec8 of 8 channels the fastest backward sums, as long as
+    every thread still gets a group; with fewer channels, smaller groups keep
+    both cores busy (8 channels, and pairs of channels in the backward).  Only
+    the speed depends on this choice, never the bits (every channel's chains
+    keep their order); ``tests/test_fused.py`` checks each choice against the
+    blas path.
+    """
+    threads = numba.get_num_threads()
+    forward = WIDE if filters >= WIDE * threads else LANES
+    backward = LANES if filters >= LANES * threads else 2
+    return forward, backward
+
+
 # --------------------------------------------------------------------------
 # The path functions registered in batchnorm_layer.PATHS["fused"]
 # --------------------------------------------------------------------------
@@ -599,7 +783,7 @@ def forward_fused(l, input, train):
     elif train:
         _forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
                        l.rolling_variance, l.scales, l.biases, l.batch, l.out_c, sp,
-                       d.rolling_keep, d.rolling_new, d.code)
+                       d.rolling_keep, d.rolling_new, d.code, groups(l.out_c)[0])
     else:
         _forward_infer(src, l.output, l.x, l.rolling_mean, l.rolling_variance, l.scales,
                        l.biases, l.batch, l.out_c, sp, d.code, int(d.copy_x_in_inference))
@@ -620,4 +804,4 @@ def backward_fused(l, delta, train, mean, variance, net_delta):
     _backward(dsrc, l.delta, net_delta if write_net else l.delta, l.x, l.x_norm, mean,
               variance, l.scales, l.bias_updates, l.scale_updates, l.mean_delta,
               l.variance_delta, l.batch, l.out_c, sp, d.code, int(d.backward_bias_in_bn),
-              int(write_net))
+              int(write_net), groups(l.out_c)[1])

@@ -9,6 +9,7 @@ sequences with ``update``, special values, and the argument variants
 bitwise (``golden.bits_equal``: -0.0 != +0.0, NaN payloads must match) after
 every forward, backward and update.
 """
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,12 +24,18 @@ DIALECTS = ("pjreddie", "alexeyab")
 LAYER_TYPES = ("batchnorm", "convolutional")
 
 # (batch, c, h, w): batch=1, c=1, h=w=1 with batch>=2, odd sizes, c below / at /
-# above / between multiples of fused.LANES, an FC-like shape and a larger one.
+# above / between multiples of the vec8 groups (8 and 16 channels), planes with
+# and without a remainder after the 8-position blocks (h*w % 8) and shorter than
+# one block (h*w < 8), an FC-like shape and a larger one.
 SHAPES = [
     (1, 3, 5, 7), (4, 1, 3, 3), (2, 5, 1, 1), (3, 13, 7, 5), (2, 17, 4, 4),
     (5, 8, 2, 3), (1, 9, 1, 2), (64, 40, 1, 1), (2, 24, 33, 31), (7, 3, 1, 1),
+    (2, 40, 9, 9), (3, 35, 5, 5), (2, 32, 4, 4), (4, 19, 2, 3),
     (9, 600, 1, 1), (1, 300, 1, 1),     # spatial == 1 kernels: several row blocks
 ]
+#: Shapes whose channels split into every kind of fused group: 16-channel vec8
+#: pairs, single vec8 groups, leftover channels one by one, and backward pairs.
+GROUP_SHAPES = [(2, 40, 9, 9), (3, 35, 5, 5), (4, 19, 2, 3), (2, 16, 8, 8)]
 
 #: Step sequences: (mode, update after backward?)
 SEQUENCES = {
@@ -168,6 +175,25 @@ def test_fused_matches_blas_argument_variants(variant, dialect, layer_type):
 def test_fused_matches_blas_hypothesis(batch, c, h, w, dialect, layer_type, seed):
     _run_sequence((batch, c, h, w), dialect, layer_type, SEQUENCES["train-update-infer"],
                   "normal", seed)
+
+
+@pytest.mark.parametrize("forward_group, backward_group", [(16, 8), (8, 2), (16, 2), (8, 8)])
+@pytest.mark.parametrize("shape", GROUP_SHAPES)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_fused_group_choices_match_blas(shape, dialect, forward_group, backward_group,
+                                        monkeypatch):
+    """Every channel grouping gives the blas path's bits, whatever fused.groups would pick
+    for this machine's thread count."""
+    monkeypatch.setattr(fused, "groups", lambda filters: (forward_group, backward_group))
+    _run_sequence(shape, dialect, "batchnorm", SEQUENCES["train-update-infer"], "normal",
+                  seed=sum(shape) + forward_group + backward_group)
+
+
+def test_groups_keep_every_thread_busy():
+    threads = numba.get_num_threads()
+    assert fused.groups(16 * threads) == (16, 8)
+    assert fused.groups(16 * threads - 1)[0] == 8
+    assert fused.groups(8 * threads - 1)[1] == 2
 
 
 def test_large_shape_matches_blas():
