@@ -108,19 +108,17 @@ def _pass_kernels():
     opts = dict(parallel=True, fastmath=False, error_model="numpy", nogil=True)
 
     @njit(**opts)
-    def mean_pass(src, mean, batch, filters, spatial):
-        for g in prange(filters // F.LANES):
-            f = g * F.LANES
-            s0, s1, s2, s3, s4, s5, s6, s7 = F._mean_lanes(src, batch, filters, spatial, f)
-            mean[f] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
-
-    @njit(**opts)
-    def variance_pass(src, mean, var, batch, filters, spatial):
-        for g in prange(filters // F.LANES):
-            f = g * F.LANES
-            s0, s1, s2, s3, s4, s5, s6, s7 = F._variance_lanes(src, mean, batch, filters,
-                                                               spatial, f)
-            var[f] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+    def stats_pass(src, mean, var, batch, filters, spatial, group):
+        mean_scale = np.float32(1.0 / (batch * spatial))
+        var_scale = np.float32(1.0 / (batch * spatial - 1))
+        for g in prange(filters // group):
+            buf = np.empty(F.LANES, np.float32)
+            if group == F.WIDE:
+                F._stats16(src, mean, var, batch, filters, spatial, g * group, mean_scale,
+                           var_scale, buf)
+            else:
+                F._stats8(src, mean, var, batch, filters, spatial, g * group, mean_scale,
+                          var_scale, buf)
 
     @njit(**opts)
     def normalize_pass(src, output, x, x_norm, mean, variance, scales, biases,
@@ -132,11 +130,12 @@ def _pass_kernels():
     @njit(**opts)
     def backward_sums_pass(dsrc, x_norm, x, mean, scales, bias_updates, out,
                            batch, filters, spatial):
-        for p in prange(filters // 2):
-            f = 2 * p
-            r = F._backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
-                                  batch, filters, spatial, f, f + 1)
-            out[f] = r[0] + r[1] + r[2] + r[3] + r[4] + r[5] + r[6] + r[7]
+        for g in prange(filters // F.LANES):
+            f = g * F.LANES
+            buf = np.empty(4 * F.LANES, np.float32)
+            F._backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
+                              spatial, f, buf)
+            out[f] = buf[0] + buf[8] + buf[16] + buf[24]
 
     @njit(**opts)
     def normalize_delta_pass(dsrc, delta, net_delta, x, mean, variance, scales,
@@ -149,7 +148,7 @@ def _pass_kernels():
                                 bias_updates[f], np.float32(0.0), mean_delta[f],
                                 variance_delta[f])
 
-    return mean_pass, variance_pass, normalize_pass, backward_sums_pass, normalize_delta_pass
+    return stats_pass, normalize_pass, backward_sums_pass, normalize_delta_pass
 
 
 def _median_time(fn, repeat):
@@ -163,21 +162,22 @@ def _median_time(fn, repeat):
 
 
 def _fused_passes(layer, x, delta, repeat):
-    mean_p, var_p, norm_p, sums_p, nd_p = _pass_kernels()
+    stats_p, norm_p, sums_p, nd_p = _pass_kernels()
+    from darknet_bn import fused
+    fwd_group = fused.groups(layer.c)[0]
     l, sp, code = layer, layer.out_h * layer.out_w, layer.dialect.code
     l.forward(x, True)                         # realistic statistics in the buffers
     l.backward(delta, True)
     scratch = np.zeros(l.c, np.float32)
+    scratch2 = np.zeros(l.c, np.float32)
     bu, su = l.bias_updates.copy(), l.scale_updates.copy()
     rows = [
-        ("forward: mean_cpu sums (8 interleaved chains)",
-         lambda: mean_p(x, scratch, l.batch, l.c, sp)),
-        ("forward: variance_cpu sums (8 interleaved chains)",
-         lambda: var_p(x, l.mean, scratch, l.batch, l.c, sp)),
+        (f"forward: mean_cpu, variance_cpu sums (vec8 lanes, {fwd_group} channels a group)",
+         lambda: stats_p(x, scratch, scratch2, l.batch, l.c, sp, fwd_group)),
         ("forward: copy x, normalize, copy x_norm, scale_bias, add_bias",
          lambda: norm_p(x, l.output, l.x, l.x_norm, l.mean, l.variance, l.scales, l.biases,
                         l.batch, l.c, sp, code)),
-        ("backward: bias/scale/mean_delta/variance_delta sums (2 channels)",
+        ("backward: bias/scale/mean_delta/variance_delta sums (vec8 lanes, 8 channels)",
          lambda: sums_p(delta, l.x_norm, l.x, l.mean, l.scales, l.bias_updates, scratch,
                         l.batch, l.c, sp)),
         ("backward: normalize_delta, copy net.delta",

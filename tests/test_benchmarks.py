@@ -1,0 +1,41 @@
+"""benchmarks/: the scripts behind ``make bench`` and ``make profile`` still run.
+
+Smoke tests on tiny shapes with one repetition: they assert that every table
+is produced, never a time (benchmarks are not timed tests).  They catch a
+script left behind by a change in ``darknet_bn.fused`` (which the profile
+builds its per-pass kernels from) or in the layer API.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+
+import bench  # noqa: E402
+import profile_step  # noqa: E402
+
+
+def test_bench_runs_every_implementation(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--shape", "2,16,3,5", "--repeat", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "fused" in text and "blas" in text and "memcpy" in text
+    rows = json.loads(out.read_text())
+    assert {(r["dialect"], r["mode"]) for r in rows} == {
+        (d, m) for d in ("pjreddie", "alexeyab") for m in ("train", "infer")}
+    for r in rows:
+        assert {"fused", "blas", "numpy", "memcpy"} <= set(r["min_s"])
+
+
+@pytest.mark.parametrize("shape", ["2,40,3,5", "8,24,1,1"])
+def test_profile_prints_every_table(shape, capsys):
+    profile_step.main(["--shape", shape, "--repeat", "1"])
+    text = capsys.readouterr().out
+    assert "blas path: Darknet's routines" in text and "fused path: kernels" in text
+    if shape.endswith(",1,1"):
+        assert "row kernels" in text
+    else:
+        assert "each pass alone" in text and "vec8 lanes" in text
