@@ -38,8 +38,17 @@ def check_scalar(routine, name, value):
         raise TypeError(
             f"{routine}: {name} must be a real number, got {type(value).__name__} {value!r}"
         )
-    with np.errstate(over="ignore"):
-        return np.float32(value)
+    try:
+        with np.errstate(over="ignore"):
+            return np.float32(value)
+    except OverflowError:
+        # An integer (or Fraction) beyond float64's range; C could not pass it either.
+        text = repr(value)
+        text = text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
+        raise ValueError(
+            f"{routine}: {name} = {text} is too large to convert to a float; "
+            f"pass a value within float32's range (|{name}| <= 3.4e38)"
+        ) from None
 
 
 def check_buffer(routine, name, arr, length, *, writable=False, at_least=False, what=""):

@@ -16,6 +16,7 @@ every array bit-identical; an accepted call must match the naive C transcription
 (tests/naive.py) bit for bit.  Layer calls are checked against a twin layer.
 """
 import copy
+import fractions
 import inspect
 import numbers
 import os
@@ -31,7 +32,7 @@ import naive
 from _routines import DIMS, ROUTINES, Routine, call, random_values
 from _state import (assert_layer_unchanged, assert_layers_equal, assert_unchanged,
                     fill_layer, layer_state, snapshot)
-from darknet_bn import utils
+from darknet_bn import blas, utils
 from darknet_bn.batchnorm_layer import PATHS, BatchNormLayer
 from darknet_bn.dialects import DIALECTS
 
@@ -64,6 +65,15 @@ def _int_problem(value, minimum):
     if not minimum <= int(value) <= INDEX_MAX:
         return ValueError
     return None
+
+
+def _too_big_for_float(value):
+    """A real number no float can hold (a huge int or Fraction): float() overflows."""
+    try:
+        float(value)
+        return False
+    except OverflowError:
+        return True
 
 
 def required_lengths(routine, v):
@@ -99,6 +109,8 @@ def problems(routine, v, dialect):
         a = v["ALPHA"]
         if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Real):
             out.append((TypeError, {"ALPHA"}))
+        elif _too_big_for_float(a):
+            out.append((ValueError, {"ALPHA"}))
     if routine.forked:
         if not isinstance(dialect, str):
             out.append((TypeError, {"dialect"}))
@@ -136,7 +148,8 @@ def canonical(routine, v, dialect):
         if isinstance(x, np.ndarray):
             c[k] = np.array(x, dtype=np.float32, copy=True)
         elif k == "ALPHA":
-            c[k] = np.float32(x)
+            with np.errstate(over="ignore"):        # 10**39: inf, as the C's conversion
+                c[k] = np.float32(x)
         elif k in DIMS:
             c[k] = int(x)
         else:
@@ -235,7 +248,8 @@ DIM_KINDS = {
 ALPHA_KINDS = {
     "str": "0.5", "None": None, "complex": 0.5 + 0j, "0-D array": np.array(0.5),
     "list": [0.5], "bool": True, "nan": float("nan"), "inf": float("-inf"),
-    "np.float64": np.float64(0.3), "int": 2,
+    "np.float64": np.float64(0.3), "int": 2, "10**400": 10**400, "-10**400": -10**400,
+    "Fraction 10**400": fractions.Fraction(10**400, 3), "10**39": 10**39,
 }
 DIALECT_KINDS = {"unknown": "darknet", "int": 0, "None": None, "upper": "AlexeyAB"}
 
@@ -503,8 +517,10 @@ def layer_calls(draw):
         expect.discard((TypeError, "train"))
         for name in ("learning_rate", "momentum", "decay"):
             kwargs[name] = draw(st.one_of(*[st.floats(-1, 1, width=32)] * 8, st.sampled_from(
-                [float("nan"), "0.1", None, 1j, np.array(0.1)])))
-            if not isinstance(kwargs[name], float):
+                [float("nan"), "0.1", None, 1j, np.array(0.1), 10**400, -10**309])))
+            if isinstance(kwargs[name], int):
+                expect.add((ValueError, name))
+            elif not isinstance(kwargs[name], float):
                 expect.add((TypeError, name))
         kwargs["batch"] = draw(st.sampled_from([None, 4, np.int64(8)] * 3 + [0, -1, 2.0, 2**70]))
         if _int_problem(kwargs["batch"], 1) and kwargs["batch"] is not None:
@@ -612,6 +628,25 @@ def test_corrupted_state_is_caught(how, op):
         getattr(layer, op)(*args)
     if before is not None:
         assert_layer_unchanged(layer, before, f"{op} with {how} scales")
+
+
+@pytest.mark.parametrize("value", [10**400, -10**400, fractions.Fraction(10**400, 7)])
+@pytest.mark.parametrize("arg", ["learning_rate", "momentum", "decay"])
+def test_update_scalar_too_large_for_a_float(value, arg):
+    rng = np.random.default_rng(11)
+    layer = make_layer(rng, 2, 3, 2, 2, "alexeyab", "convolutional", "blas")
+    kwargs = {"learning_rate": 0.1, "momentum": 0.9, "decay": 0.0005, arg: value}
+    before = layer_state(layer)
+    with pytest.raises(ValueError, match=rf"BatchNormLayer\.update: {arg} = .*too large"):
+        layer.update(**kwargs)
+    assert_layer_unchanged(layer, before)
+
+
+def test_axpy_alpha_too_large_for_a_float():
+    x, y = np.ones(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"axpy_cpu: ALPHA = 1000.*digits.*too large"):
+        blas.axpy_cpu(3, 10**400, x, 1, y, 1)
+    assert np.array_equal(y, np.ones(3, np.float32))
 
 
 # --------------------------------------------------------------------------
