@@ -33,11 +33,12 @@ import numpy as np
 from numba import prange
 
 from ._jit import BUF, INT, kernel, sig
-from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar, check_state
+from ._validate import (INDEX_MAX, check_buffer, check_dim, check_no_overlap, check_scalar,
+                        check_state, overlapping_buffer, state_unchanged)
 from .blas import (_axpy_cpu, _copy_cpu, _mean_cpu, _mean_delta_cpu, _normalize_cpu,
                    _normalize_delta_cpu, _scal_cpu, _variance_cpu, _variance_delta_cpu)
 from .convolutional_layer import _add_bias, _backward_bias, _scale_bias
-from .dialects import get_dialect
+from .dialects import DIALECTS, Dialect, get_dialect
 from .fused import backward_fused, forward_fused
 
 LAYER_TYPES = ("batchnorm", "convolutional")
@@ -48,6 +49,10 @@ TENSOR_FIELDS = ("output", "delta", "x", "x_norm")
 CHANNEL_FIELDS = ("mean", "variance", "rolling_mean", "rolling_variance", "scales", "biases",
                   "scale_updates", "bias_updates", "mean_delta", "variance_delta")
 FIELDS = TENSOR_FIELDS + CHANNEL_FIELDS
+#: The layer's dimensions (positive ints, fixed at construction).
+DIM_FIELDS = ("batch", "c", "h", "w", "out_c", "out_h", "out_w", "outputs", "inputs")
+#: Every non-buffer field the kernels and paths read; re-validated when one is reassigned.
+STATE_FIELDS = DIM_FIELDS + ("dialect", "type", "kernel")
 
 
 # --------------------------------------------------------------------------
@@ -170,6 +175,16 @@ def _check_train(routine, train):
     raise TypeError(f"{routine}: train must be True/False (or Darknet's 1/0), got {train!r}")
 
 
+def _check_dialect(routine, name, dialect, fix):
+    """One of the built-in dialects (a Dialect equal to a DIALECTS value)."""
+    if not isinstance(dialect, Dialect):
+        raise TypeError(f"{routine}: {name} must be a darknet_bn.dialects.Dialect (one of "
+                        f"{sorted(DIALECTS)}), got {type(dialect).__name__} {dialect!r}; {fix}")
+    if dialect not in DIALECTS.values():
+        raise ValueError(f"{routine}: {name} {dialect!r} is not one of the built-in dialects "
+                         f"{sorted(DIALECTS)}; {fix}")
+
+
 class BatchNormLayer:
     """Darknet's layer struct for a batchnorm stage (``make_batchnorm_layer``).
 
@@ -190,6 +205,7 @@ class BatchNormLayer:
         self.h = check_dim(r, "h", h)
         self.c = check_dim(r, "c", c)
         self.dialect = get_dialect(dialect, r)
+        _check_dialect(r, "dialect", self.dialect, f"pass one of {sorted(DIALECTS)}")
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"{r}: unknown layer_type {layer_type!r}; use one of {LAYER_TYPES}")
         self.type = layer_type
@@ -215,7 +231,8 @@ class BatchNormLayer:
     # ------------------------------------------------------------------
     def __repr__(self):
         return (f"BatchNormLayer(batch={self.batch}, w={self.w}, h={self.h}, c={self.c}, "
-                f"dialect={self.dialect.name!r}, layer_type={self.type!r}, "
+                f"dialect={getattr(self.dialect, 'name', self.dialect)!r}, "
+                f"layer_type={self.type!r}, "
                 f"kernel={self.kernel!r})")
 
     @property
@@ -248,10 +265,15 @@ class BatchNormLayer:
             arr = arr.reshape(-1)
         check_buffer(routine, name, arr, self.batch * self.outputs,
                      what=f"batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w}")
-        if arr.ctypes.data == target.ctypes.data:
-            return None
-        check_no_overlap(routine, (name, arr), *self._own_buffers())
-        return arr
+        hit = overlapping_buffer(self, arr)      # the state was checked just before
+        if hit is None:
+            return arr
+        own, same_start = hit
+        if same_start and getattr(self, own) is target:
+            return None                          # the target itself (same start and length)
+        raise ValueError(
+            f"{routine}: {name} shares memory with layer.{own}; the layer writes its buffers "
+            f"in parallel, so pass a separate array (e.g. {name}.copy())")
 
     def _check_trainable(self, routine):
         if self.batch * self.out_h * self.out_w < 2:
@@ -261,19 +283,44 @@ class BatchNormLayer:
                 "Use batch >= 2 (or h*w >= 2), or pass train=False")
 
     def _check_state(self, routine):
-        """The layer's own buffers and dimensions still fit together (users may assign
-        buffers and fields; a wrong one would make a kernel run out of bounds)."""
-        if ((self.out_c, self.out_h, self.out_w) != (self.c, self.h, self.w)
-                or self.outputs != self.c * self.h * self.w or self.inputs != self.outputs):
+        """The layer's own buffers and fields still fit together (users may assign
+        buffers and fields, or reshape a buffer in place; a wrong one would make a
+        kernel run out of bounds).  Cheap when nothing changed since the last call."""
+        if state_unchanged(self):
+            return
+        dims = {}
+        for name in DIM_FIELDS:
+            value = getattr(self, name, None)
+            integer = (isinstance(value, numbers.Integral)
+                       and not isinstance(value, (bool, np.bool_)))
+            if not integer or not 1 <= value <= INDEX_MAX:
+                raise (ValueError if integer else TypeError)(
+                    f"{routine}: layer.{name} must be a positive int, got "
+                    f"{type(value).__name__} {value!r}; the dimensions are set by the "
+                    "constructor: create a new BatchNormLayer(batch, w, h, c) instead")
+            dims[name] = int(value)
+        batch, c, h, w = dims["batch"], dims["c"], dims["h"], dims["w"]
+        if ((dims["out_c"], dims["out_h"], dims["out_w"]) != (c, h, w)
+                or dims["outputs"] != c * h * w or dims["inputs"] != dims["outputs"]):
             raise ValueError(
-                f"{routine}: the layer's dimensions were modified (c, h, w = {self.c}, "
-                f"{self.h}, {self.w}; out_c, out_h, out_w = {self.out_c}, {self.out_h}, "
+                f"{routine}: the layer's dimensions were modified (c, h, w = {c}, "
+                f"{h}, {w}; out_c, out_h, out_w = {self.out_c}, {self.out_h}, "
                 f"{self.out_w}; outputs = {self.outputs}); create a new BatchNormLayer instead")
-        n = self.batch * self.outputs
-        standalone = self.type == "batchnorm"
+        _check_dialect(routine, "layer.dialect", getattr(self, "dialect", None),
+                       "assign layer.dialect = darknet_bn.dialects.get_dialect(name)")
+        kind = getattr(self, "type", None)
+        if not isinstance(kind, str) or kind not in LAYER_TYPES:
+            raise ValueError(f"{routine}: layer.type must be one of {LAYER_TYPES}, got "
+                             f"{kind!r}; it is set by the constructor (layer_type=...)")
+        kernel = getattr(self, "kernel", None)
+        if not isinstance(kernel, str) or kernel not in PATHS:
+            raise ValueError(f"{routine}: layer.kernel must be one of {sorted(PATHS)}, got "
+                             f"{kernel!r}; assign one of them")
+        n = batch * dims["outputs"]
+        standalone = kind == "batchnorm"
         check_state(routine, self, FIELDS + (("net_delta",) if standalone else ()),
-                    (n,) * len(TENSOR_FIELDS) + (self.c,) * len(CHANNEL_FIELDS)
-                    + ((n,) if standalone else ()))
+                    (n,) * len(TENSOR_FIELDS) + (c,) * len(CHANNEL_FIELDS)
+                    + ((n,) if standalone else ()), fields=STATE_FIELDS)
 
     # ------------------------------------------------------------------
     def forward(self, input=None, train=True):
@@ -355,10 +402,11 @@ class BatchNormLayer:
         lr = check_scalar(r, "learning_rate", learning_rate)
         momentum = check_scalar(r, "momentum", momentum)
         check_scalar(r, "decay", decay)
-        batch = self.batch if batch is None else check_dim(r, "batch", batch)
+        batch = None if batch is None else check_dim(r, "batch", batch)
+        self._check_state(r)        # also before the no-op: has_update reads the fields
         if not self.has_update:
             return False
-        self._check_state(r)
+        batch = self.batch if batch is None else batch
         rate = np.float32(lr / np.float32(batch))      # float / int -> float
         _axpy_cpu(self.c, rate, self.bias_updates, 1, self.biases, 1)
         _scal_cpu(self.c, momentum, self.bias_updates, 1)

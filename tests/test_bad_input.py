@@ -16,10 +16,12 @@ every array bit-identical; an accepted call must match the naive C transcription
 (tests/naive.py) bit for bit.  Layer calls are checked against a twin layer.
 """
 import copy
+import dataclasses
 import fractions
 import inspect
 import numbers
 import os
+import pickle
 import re
 import zlib
 
@@ -30,8 +32,9 @@ from hypothesis import strategies as st
 
 import naive
 from _routines import DIMS, ROUTINES, Routine, call, random_values
-from _state import (assert_layer_unchanged, assert_layers_equal, assert_unchanged,
-                    fill_layer, layer_state, snapshot)
+from _state import (FIELD_KINDS, IN_PLACE, PRIMED_LAYERS, PRIMED_OPS, assert_layer_unchanged,
+                    assert_layers_equal, assert_unchanged, fill_layer, layer_state, primed_cases,
+                    run_primed_cases_in_child, snapshot)
 from darknet_bn import blas, utils
 from darknet_bn.batchnorm_layer import PATHS, BatchNormLayer
 from darknet_bn.dialects import DIALECTS
@@ -433,6 +436,7 @@ CTOR_BAD = [
     (dict(dialect=1), TypeError, "dialect"), (dict(layer_type="conv"), ValueError, "layer_type"),
     (dict(layer_type=["batchnorm"]), ValueError, "layer_type"),
     (dict(kernel="gpu"), ValueError, "kernel"), (dict(kernel=["blas"]), ValueError, "kernel"),
+    (dict(dialect=dataclasses.replace(DIALECTS["pjreddie"], code=7)), ValueError, "dialect"),
 ]
 
 
@@ -558,9 +562,7 @@ def test_random_layer_calls(case):
         expect |= _corrupt_state(layer, corrupt, state_name)
     twin = copy.deepcopy(layer)
     before = layer_state(layer)
-    if op == "update" and not layer.has_update and not any(
-            n in ("learning_rate", "momentum", "decay", "batch") for _, n in expect):
-        expect = set()                  # a pjreddie [batchnorm] update is a no-op
+    # (a pjreddie [batchnorm] update is a no-op, but it still rejects a corrupted state)
     method = getattr(layer, op)
     if expect:
         with pytest.raises(tuple({e for e, _ in expect})) as info:
@@ -630,6 +632,95 @@ def test_corrupted_state_is_caught(how, op):
         assert_layer_unchanged(layer, before, f"{op} with {how} scales")
 
 
+# --------------------------------------------------------------------------
+# a layer corrupted after use (the cached state check must notice)
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def primed_results():
+    """Every primed case, run in child processes (a crash fails only its own case)."""
+    return run_primed_cases_in_child(primed_cases(sorted(PATHS)))
+
+
+def _primed_failures(results, kernel, op, kind):
+    exc_name = (IN_PLACE[kind][1] if kind in IN_PLACE else FIELD_KINDS[kind][2]).__name__
+    failures = []
+    for case, got in results.items():
+        k, lname, o, target, kd = case
+        if (k, o, kd) != (kernel, op, kind):
+            continue
+        named = rf"layer\.{target}\b" if kind in IN_PLACE else re.escape(FIELD_KINDS[kind][3])
+        if got["exc"] != exc_name or not re.search(named, got["msg"]) or got["changed"]:
+            failures.append(f"{lname} {target}: raised {got['exc']} ({got['msg'][:300]}); "
+                            f"modified {got['changed']}")
+    return failures
+
+
+@pytest.mark.parametrize("kernel", sorted(PATHS))
+@pytest.mark.parametrize("op", PRIMED_OPS)
+@pytest.mark.parametrize("kind", sorted(IN_PLACE))
+def test_buffer_mutated_in_place_after_use(primed_results, kernel, op, kind):
+    """Use a layer (the state check caches its result), then reshape, re-type, resize,
+    restride or freeze one of its buffers in place (the same array object): every
+    operation raises a clean error naming that buffer, and no buffer is modified.
+    (Before the fix these reached the kernels: heap corruption, segfaults, silent
+    int32 buffers.)  Every buffer of both PRIMED_LAYERS is tried."""
+    assert not _primed_failures(primed_results, kernel, op, kind)
+
+
+@pytest.mark.parametrize("kernel", sorted(PATHS))
+@pytest.mark.parametrize("op", PRIMED_OPS)
+@pytest.mark.parametrize("kind", sorted(FIELD_KINDS))
+def test_field_reassigned_after_use(primed_results, kernel, op, kind):
+    """Use a layer, then reassign a field (dialect, kernel, type, a dimension) or a
+    buffer: a clean error naming it, raised before anything is written."""
+    assert not _primed_failures(primed_results, kernel, op, kind)
+
+
+def test_primed_cases_cover_everything(primed_results):
+    assert len(primed_results) == len(primed_cases(sorted(PATHS)))
+    assert set(PRIMED_LAYERS) == {c[1] for c in primed_results}
+
+
+@pytest.mark.parametrize("kernel", sorted(PATHS))
+def test_copies_of_a_used_layer_are_checked_afresh(kernel):
+    """The cached check records buffer addresses; a deepcopy or an unpickled layer
+    does not inherit it: they work, and their own corruption is still caught."""
+    rng = np.random.default_rng(9)
+    layer = make_layer(rng, 2, 3, 2, 2, "alexeyab", "batchnorm", kernel)
+    x = rng.standard_normal(24).astype(np.float32)
+    layer.forward(x)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert_layers_equal(twin, layer)
+        twin.forward(x + 1)
+        with pytest.raises(ValueError, match=r"\binput\b.*layer\.x\b"):
+            twin.forward(twin.x)             # its own buffer: aliasing, caught on the twin
+        twin.mean.shape = (1, 3)
+        before = layer_state(twin)
+        with pytest.raises(ValueError, match=r"layer\.mean"):
+            twin.forward(x)
+        assert_layer_unchanged(twin, before)
+    layer.forward(x + 1)                     # the original is untouched by its copies
+
+
+def test_aliasing_input_is_caught_after_use():
+    """The cached buffer addresses find an input overlapping any own buffer: the same
+    start, an overlap of its start, its end, or an input starting inside a buffer."""
+    rng = np.random.default_rng(10)
+    layer = make_layer(rng, 2, 3, 2, 2, "pjreddie", "convolutional", "blas")
+    layer.forward(rng.standard_normal(24).astype(np.float32))
+    big, whole, out = (np.zeros(n, np.float32) for n in (72, 30, 25))
+    layer.x_norm, layer.mean, layer.output = big[24:48], whole[:3], out[:24]
+    layer.forward(layer.output)              # the output itself: in place, accepted
+    layer.forward(big[:24])                  # just before x_norm: accepted
+    layer.forward(big[48:])                  # just after it: accepted
+    for name, arr in [("x", layer.x), ("x_norm", big[12:36]), ("x_norm", big[36:60]),
+                      ("x_norm", big[24:48]), ("mean", whole[2:26]), ("output", out[1:])]:
+        before = layer_state(layer)
+        with pytest.raises(ValueError, match=rf"\binput\b.*layer\.{name}\b"):
+            layer.forward(arr)
+        assert_layer_unchanged(layer, before)
+
+
 @pytest.mark.parametrize("value", [10**400, -10**400, fractions.Fraction(10**400, 7)])
 @pytest.mark.parametrize("arg", ["learning_rate", "momentum", "decay"])
 def test_update_scalar_too_large_for_a_float(value, arg):
@@ -647,6 +738,17 @@ def test_axpy_alpha_too_large_for_a_float():
     with pytest.raises(ValueError, match=r"axpy_cpu: ALPHA = 1000.*digits.*too large"):
         blas.axpy_cpu(3, 10**400, x, 1, y, 1)
     assert np.array_equal(y, np.ones(3, np.float32))
+
+
+def test_pjreddie_standalone_update_still_checks_the_state():
+    """Its update is a no-op, but a broken layer is reported, not silently accepted."""
+    rng = np.random.default_rng(12)
+    layer = make_layer(rng, 2, 3, 2, 2, "pjreddie", "batchnorm", "blas")
+    assert layer.update(0.1, 0.9, 0.0) is False
+    layer.dialect = "pjreddie"
+    with pytest.raises(TypeError, match=r"layer\.dialect"):
+        layer.update(0.1, 0.9, 0.0)
+    assert "pjreddie" in repr(layer)         # repr still works on a broken layer
 
 
 # --------------------------------------------------------------------------
