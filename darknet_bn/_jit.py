@@ -16,7 +16,13 @@ lazily (on first call, or all at once by ``warmup()``) rather than at import, so
 
 Threading layer (docs/reliability.md).  Numba picks the first loadable of
 ``tbb``, ``omp``, ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise;
-this module never overrides that choice.  ``tbb`` and ``omp`` are threadsafe.
+this module never overrides that choice, with one help for tbb: the pip package
+``tbb`` (``pip install darknet_bn[tbb]``) puts ``libtbb.so.12`` in
+``<sys.prefix>/lib``, where Numba's ``tbbpool`` extension (no RUNPATH) cannot
+find it, so Numba would report "TBB Available: False".  When the user has not
+asked for another layer and the loader cannot find TBB by itself, that file is
+preloaded (``RTLD_GLOBAL``) before the layer is predicted (``TBB_PRELOADED``;
+every failure is ignored).  ``tbb`` and ``omp`` are threadsafe.
 ``workqueue`` is not: two Python threads entering parallel kernels at once abort
 the process ("Terminating: Concurrent access has been detected").  When the
 layer Numba will use is ``workqueue`` (no TBB and no OpenMP runtime, or the user
@@ -38,9 +44,12 @@ created 0700 and used only if owned by the user and not group/world-writable).
 If even that is impossible, the decorators here compile without a disk cache
 and warn once (``CacheFallbackWarning``).
 """
+import ctypes
 import importlib
 import os
+import site
 import stat
+import sys
 import tempfile
 import warnings
 
@@ -106,6 +115,59 @@ def predicted_threading_layer():
     return None
 
 
+#: NUMBA_THREADING_LAYER values under which Numba may pick tbb.
+TBB_ALLOWING = ("default", "tbb", "safe", "threadsafe", "forksafe")
+#: Where pip and conda put the TBB runtime, relative to an installation prefix.
+TBB_LIBRARIES = {"linux": os.path.join("lib", "libtbb.so.12"),
+                 "darwin": os.path.join("lib", "libtbb.12.dylib")}
+
+
+def _tbb_prefixes():
+    prefixes = [sys.prefix, sys.exec_prefix]
+    try:
+        prefixes.append(site.getuserbase())       # pip install --user tbb
+    except Exception:                              # noqa: BLE001 - never break import
+        pass
+    return list(dict.fromkeys(p for p in prefixes if p))
+
+
+def preload_tbb(requested=None, prefixes=None):
+    """Load ``<prefix>/lib/libtbb.so.12`` (RTLD_GLOBAL) so Numba's tbb layer can use it.
+
+    Only when the threading layer ``requested`` (default ``NUMBA_THREADING_LAYER``)
+    allows tbb, Numba has not started its layer yet, and the loader does not find
+    TBB by itself (a system TBB is left alone: two copies must not be loaded).
+    Returns the path loaded, or None; never raises.
+    """
+    try:
+        if requested is None:
+            requested = str(config.THREADING_LAYER).lower()
+        relative = TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
+        if requested not in TBB_ALLOWING or relative is None:
+            return None
+        from numba.np.ufunc import parallel
+        if getattr(parallel, "_is_initialized", False):
+            return None
+        try:
+            ctypes.CDLL(os.path.basename(relative))   # found without help: nothing to do
+            return None
+        except OSError:
+            pass
+        for prefix in (_tbb_prefixes() if prefixes is None else prefixes):
+            path = os.path.join(prefix, relative)
+            if os.path.isfile(path):
+                try:
+                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                    return path
+                except OSError:
+                    continue
+    except Exception:                              # noqa: BLE001 - never break import
+        pass
+    return None
+
+
+#: The TBB runtime this module preloaded for Numba (see ``preload_tbb``), or None.
+TBB_PRELOADED = preload_tbb()
 #: The layer Numba will run parallel kernels on, decided once at import.
 THREADING_LAYER = predicted_threading_layer()
 #: False when that layer is not threadsafe: kernels are then compiled serially.
@@ -226,6 +288,7 @@ def threading_info():
     """How the kernels run here: threading layer, parallel or serial, threads, cache."""
     import numba
     return {"threading_layer": THREADING_LAYER, "parallel": PARALLEL,
+            "tbb_preloaded": TBB_PRELOADED,
             "num_threads": numba.get_num_threads(), "max_threads": config.NUMBA_NUM_THREADS,
             "cache": not CACHE_DISABLED}
 

@@ -4,6 +4,8 @@ sequential use; the thread count and the threading layer never change the bits.
 Threading-layer policy (darknet_bn/_jit.py, docs/reliability.md): Numba's own
 choice (tbb, then omp, then workqueue) is kept; when it would be workqueue, which
 aborts the whole process on concurrent use, the kernels are compiled serially.
+The pip package tbb's libtbb.so.12 is preloaded so that Numba can use it (its
+test is skipped when tbb is not installed).
 """
 import os
 import signal
@@ -241,3 +243,83 @@ def test_processes_after_use(tmp_path):
                      "runs a kernel is terminated. Install tbb, or use the spawn/forkserver "
                      "start method")
     assert results["fork"] == (0, True)
+
+
+# --------------------------------------------------------------------------
+# tbb from pip: preloaded for Numba (darknet_bn/_jit.py preload_tbb)
+# --------------------------------------------------------------------------
+TBB_REPORT = textwrap.dedent("""
+    import sys
+    {setup}
+    from darknet_bn import _jit
+    print(_jit.TBB_PRELOADED, _jit.THREADING_LAYER)
+""")
+
+
+def _tbb_installed():
+    """A TBB runtime Numba could use: the pip package's file in a prefix, or a system one."""
+    import ctypes.util
+    relative = _jit.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
+    return bool(relative and any(os.path.isfile(os.path.join(p, relative))
+                                 for p in _jit._tbb_prefixes())) or bool(
+        ctypes.util.find_library("tbb"))
+
+
+def _env_without(*names):
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+def test_tbb_preload_never_breaks_import(tmp_path):
+    """A broken libtbb.so.12 where the pip package would put it: import still works,
+    nothing is preloaded, and the layer is one Numba can use."""
+    relative = _jit.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
+    if relative is None:
+        pytest.skip(f"no TBB preload on {sys.platform}")
+    (tmp_path / relative).parent.mkdir(parents=True)
+    (tmp_path / relative).write_bytes(b"not a shared library")
+    setup = (f"sys.prefix = sys.exec_prefix = {str(tmp_path)!r}\n"
+             "import site; site.getuserbase = lambda: sys.prefix")
+    r = subprocess.run([sys.executable, "-c", TBB_REPORT.format(setup=setup)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env=_env_without("NUMBA_THREADING_LAYER"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    preloaded, layer = r.stdout.split()
+    assert preloaded == "None" and layer in ("tbb", "omp", "workqueue")
+
+
+@pytest.mark.parametrize("requested", ["omp", "workqueue"])
+def test_tbb_not_preloaded_when_another_layer_is_asked_for(requested):
+    """NUMBA_THREADING_LAYER naming another layer: no TBB is loaded behind its back."""
+    assert _jit.preload_tbb(requested, prefixes=[sys.prefix]) is None
+
+
+def test_pip_tbb_gives_the_tbb_layer_and_fork_after_use(tmp_path):
+    """With tbb installed (``pip install darknet_bn[tbb]``), the default layer is tbb,
+    also when only the pip package provides libtbb.so.12 (preloaded), and a process
+    that used the kernels can fork: the child's kernels run and give the same bits."""
+    if not _tbb_installed():
+        pytest.skip("tbb is not installed here (pip install 'darknet_bn[tbb]', or pip "
+                    "install tbb); the default layer is then omp, whose fork caveat "
+                    "test_processes_after_use documents")
+    env = _env_without("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")
+    r = subprocess.run([sys.executable, "-c", TBB_REPORT.format(setup="")], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[1] == "tbb", f"tbb installed but not used: {r.stdout}"
+    r = subprocess.run([sys.executable, "-c", TBB_REPORT.format(setup="")],
+                       env={**env, "NUMBA_THREADING_LAYER": "omp"},
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.split() == ["None", "omp"], r.stdout + r.stderr
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER.format(tests=str(TESTS)) + textwrap.dedent("""
+        if __name__ == "__main__":
+            import numba
+            print("layer", numba.threading_layer(), "-")
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = {m: (code, same) for m, code, same in
+               (line.split() for line in r.stdout.split("\n") if line)}
+    assert results["layer"][0] == "tbb"
+    assert results["spawn"] == ("0", "True") and results["fork"] == ("0", "True"), results
