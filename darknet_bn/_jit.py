@@ -45,6 +45,7 @@ If even that is impossible, the decorators here compile without a disk cache
 and warn once (``CacheFallbackWarning``).
 """
 import ctypes
+import hashlib
 import importlib
 import os
 import site
@@ -228,10 +229,73 @@ class TempDirCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheL
         return super().from_function(py_func, py_file)
 
 
+def _in_package(py_file):
+    here = os.path.dirname(os.path.abspath(py_file))
+    return os.path.commonpath([here, PACKAGE_DIR]) == PACKAGE_DIR
+
+
+_PACKAGE_STAMP = None
+
+
+def package_source_stamp():
+    """A digest of every package module's name, mtime and size, computed once per process.
+
+    (A newest-mtime stamp would miss an edit that leaves an older file older than the
+    newest one; ``test_editing_any_package_module_recompiles_the_kernels`` caught that.)
+    """
+    global _PACKAGE_STAMP
+    if _PACKAGE_STAMP is None:
+        entries = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                         for e in os.scandir(PACKAGE_DIR)
+                         if e.name.endswith(".py") and e.is_file())
+        _PACKAGE_STAMP = (hashlib.sha256(repr(entries).encode()).hexdigest(),)
+    return _PACKAGE_STAMP
+
+
+class PackageStampMixin:
+    """Cache validity of a darknet_bn kernel: its own file (Numba's rule) *and* every module
+    of the package.
+
+    Numba re-compiles a cached kernel only when the file defining it changes, but the
+    fused kernels inline helpers and intrinsics from other modules (``_simd``,
+    ``dialects``, this one).  Without this, an edit there keeps serving the old machine
+    code: a deliberately wrong lane order in ``_simd.vtranspose`` passed
+    ``tests/test_fused.py`` until the cache was cleared.  ``tests/test_numba_cache.py``
+    checks that touching ``_simd.py`` recompiles the fused kernels.
+    """
+
+    def get_source_stamp(self):
+        return tuple(super().get_source_stamp()) + package_source_stamp()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not _in_package(py_file):
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class PackageTempDirCacheLocator(PackageStampMixin, TempDirCacheLocator):
+    """The temp-dir locator of last resort, with the package-wide stamp."""
+
+
+def _install_locators(locators):
+    """Put a package-stamped twin before each of Numba's source-file locators, and the
+    temp-dir locator last (used only when every other location is unwritable)."""
+    if any(getattr(c, "_darknet_bn", False) for c in locators):
+        return
+    twins = []
+    for base in locators:
+        if issubclass(base, caching._SourceFileBackedLocatorMixin):
+            twins.append(type("Package" + base.__name__, (PackageStampMixin, base),
+                              {"_darknet_bn": True}))
+        twins.append(base)
+    PackageTempDirCacheLocator._darknet_bn = True
+    locators[:] = twins + [PackageTempDirCacheLocator]
+
+
 _locators = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
-if isinstance(_locators, list) and not any(c.__name__ == TempDirCacheLocator.__name__
-                                          for c in _locators):
-    _locators.append(TempDirCacheLocator)     # after Numba's own: only when they all fail
+if isinstance(_locators, list):
+    _install_locators(_locators)
 
 
 def _njit(fn, options):

@@ -188,3 +188,43 @@ def test_no_writable_location_at_all(sandbox):
     out = run_child(sandbox, "home-ro", "tmp-ro", allow_plain_njit=True)
     assert out["disabled"] and out["hits"] == 0
     assert len(out["warnings"]) == 1 and "NUMBA_CACHE_DIR" in out["warnings"][0]
+
+
+FUSED_CHILD = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import darknet_bn
+    from darknet_bn import BatchNormLayer, fused
+    assert darknet_bn.__file__.startswith(sys.argv[1]), darknet_bn.__file__
+    layer = BatchNormLayer(2, 3, 3, 16)
+    layer.forward(np.arange(2 * 16 * 9, dtype=np.float32), True)
+    stats = fused._forward_train.stats
+    print(json.dumps({"hits": sum(stats.cache_hits.values()),
+                      "misses": sum(stats.cache_misses.values()),
+                      "cache_path": stats.cache_path}))
+""")
+
+
+def test_editing_any_package_module_recompiles_the_kernels(tmp_path):
+    """Numba alone would keep the cached fused kernels after an edit of ``_simd.py`` (it
+    only looks at ``fused.py``); the package-wide stamp recompiles them."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(darknet_bn.__file__).parent, site / "darknet_bn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "NUMBA_DISABLE_JIT")}
+
+    def child():
+        r = subprocess.run([sys.executable, "-c", FUSED_CHILD, str(site)], env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first = child()
+    assert first["misses"] == 1 and first["cache_path"].startswith(str(site))
+    assert child() == {**first, "hits": 1, "misses": 0}          # served from the cache
+    simd = site / "darknet_bn" / "_simd.py"
+    st = simd.stat()
+    os.utime(simd, (st.st_atime, st.st_mtime + 10))
+    assert child()["misses"] == 1                                # recompiled
