@@ -49,7 +49,7 @@ Rejected alternatives (kept here so they are not retried):
   and ``::test_normalize_delta_divides_exactly_on_hard_quotients`` fail with it.
 - A reciprocal multiply with a rounding-boundary check and an exact fallback per
   plane (bit-identical by construction): measured no faster than the division
-  on this machine (AMD Zen 4: vectorized float64 division ~0.8 cycles/element),
+  on this machine (AMD EPYC, AVX2: vectorized float64 division ~0.8 cycles/element),
   so not worth its complexity.
 - Replacing the division by a bit test on ``x*(1/d)`` (low 29 bits of the float64
   product away from the float32 rounding midpoint, else divide): 1.02 vs 0.83
@@ -67,6 +67,13 @@ Rejected alternatives (kept here so they are not retried):
   (correctly rounded under Markstein's conditions; the bits matched on the
   measured data): no faster (0.97 vs 0.98 cycles/element);
   the conversions float <-> double cost as much as the division.
+- The quotient in float32 pairs with no float64 at all (``1/d`` split as
+  ``rh + rl``, ``p = a*rh``, ``e = fma(a, rh, -p)``, ``t = fma(a, rl, e)``,
+  ``y = p + t``, lanes within 2**-44 of a float32 rounding midpoint flagged
+  and the plane redone with C's division): bit-identical, but 1.74 vs 1.10
+  cycles/element single-threaded on (16,64,28,28); the flag logic costs more
+  than the float <-> double conversions it saves (~0.5 cycles/element on
+  AVX2, the real floor of normalize_cpu here).
 - One running float32 sum for ``backward_bias`` instead of per-plane sums added
   in batch order: ``test_fused_matches_blas_random`` fails (``bias_updates``, 4 ulp).
 - Computing the mean and the variance in one pass (sum and sum of squares):
