@@ -130,14 +130,23 @@ def _ratio(a, b):
     return "n/a" if a is None or b is None else f"{a / b:5.2f}x"
 
 
+def paired_ratio(a, b):
+    """Median over rounds of a[i]/b[i]: both ran in round i, next to each other, so a
+    slow phase of the shared machine slows both (steadier than a ratio of minima)."""
+    if not a or not b:
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def report(results, nthreads):
     """Markdown tables (min ms and ratios) from {(dialect, mode, shape): {impl: [s]}}."""
-    lines = [f"threads: {nthreads} (numba and torch); min of the repeats, ms", ""]
+    lines = [f"threads: {nthreads} (numba and torch); min of the repeats, ms; "
+             "paired = median over rounds of fused/torch measured side by side", ""]
     for mode in ("train", "infer"):
         lines += [f"### {mode}", "",
                   "| dialect | shape (N,C,H,W) | fused | blas | torch | numpy | memcpy "
-                  "| fused/torch | fused/blas | fused/memcpy |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| fused/torch | paired | fused/blas | fused/memcpy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (dialect, m, shape), times in results.items():
             if m != mode:
                 continue
@@ -146,7 +155,9 @@ def report(results, nthreads):
             lines.append(
                 f"| {dialect} | {shape_str(shape)} | {_fmt(g('fused'))} | {_fmt(g('blas'))} | "
                 f"{_fmt(g('torch'))} | {_fmt(g('numpy'))} | {_fmt(g('memcpy'))} | "
-                f"{_ratio(g('fused'), g('torch'))} | {_ratio(g('fused'), g('blas'))} | "
+                f"{_ratio(g('fused'), g('torch'))} | "
+                f"{_ratio(paired_ratio(times.get('fused'), times.get('torch')), 1.0)} | "
+                f"{_ratio(g('fused'), g('blas'))} | "
                 f"{_ratio(g('fused'), g('memcpy'))} |")
         lines.append("")
     for (dialect, mode, shape), times in results.items():
