@@ -156,41 +156,41 @@ def _rows8(a, base, stride):
             vload(a, base + 7 * stride))
 
 
-@helper(inline="always")
-def _mean_tail(acc, buf, src, filters, spatial, j, f0, k0):
-    """Continue the mean_cpu chains of channels f0..f0+7 over positions k0.. of plane j."""
-    vstore(buf, 0, acc)
-    for c in range(LANES):
-        sv = _plane(src, filters, spatial, j, f0 + c)
-        a = buf[c]
-        for k in range(k0, spatial):
-            a += sv[k]
-        buf[c] = a
-    return vload(buf, 0)
+MEAN, VARIANCE = 0, 1                      # the two forward chains of a channel group
 
 
 @helper(inline="always")
-def _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, k0):
-    """Continue the variance_cpu chains of channels f0..f0+7 over positions k0.. of plane j."""
+def _step(kind, acc, v, m):
+    """One position of eight lanes' chains: mean_cpu's ``mean[i] += x[index]`` or
+    variance_cpu's ``variance[i] += pow(x[index] - mean[i], 2)``."""
+    if kind == MEAN:
+        return vadd(acc, v)
+    return vvar_step(acc, v, m)
+
+
+@helper(inline="always")
+def _tail(kind, acc, buf, src, mean, filters, spatial, j, f0, k0):
+    """Continue eight lanes' chains (channels f0..f0+7) over positions k0.. of plane j,
+    in scalar code (the positions after the last 8-position block)."""
     vstore(buf, 0, acc)
     for c in range(LANES):
         sv = _plane(src, filters, spatial, j, f0 + c)
         m = mean[f0 + c]
         a = buf[c]
         for k in range(k0, spatial):
-            a = _var_step(a, sv[k], m)
+            if kind == MEAN:
+                a += sv[k]
+            else:
+                a = _var_step(a, sv[k], m)
         buf[c] = a
     return vload(buf, 0)
 
 
 @helper(inline="always")
-def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
-    """mean_cpu then variance_cpu for channels f0..f0+7, one vec8 lane per channel.
-
-    Each lane runs its channel's chain in Darknet's order (planes j = 0, 1, ...;
-    positions k = 0, 1, ... within a plane), 8 positions per transposed block,
-    the remainder of each plane (spatial % 8) in scalar code on the same chains.
-    """
+def _chains8(kind, src, m, mean, batch, filters, spatial, f0, buf):
+    """The ``kind`` chain of channels f0..f0+7, one vec8 lane per channel, over every
+    plane in Darknet's order (planes j = 0, 1, ...; positions k = 0, 1, ...), eight
+    positions per transposed block, the plane's remainder (spatial % 8) by ``_tail``."""
     sp8 = spatial - spatial % LANES
     acc = vsplat(np.float32(0.0))
     for j in range(batch):
@@ -198,27 +198,16 @@ def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_sc
         for k in range(0, sp8, LANES):
             v = vtranspose(*_rows8(src, base + k, spatial))
             for p in range(LANES):
-                acc = vadd(acc, v[p])                          # mean[i] += x[index]
+                acc = _step(kind, acc, v[p], m)
         if sp8 < spatial:
-            acc = _mean_tail(acc, buf, src, filters, spatial, j, f0, sp8)
-    m = vmul(acc, vsplat(mean_scale))                          # mean[i] *= scale
-    vstore(mean, f0, m)
-    acc = vsplat(np.float32(0.0))
-    for j in range(batch):
-        base = (j * filters + f0) * spatial
-        for k in range(0, sp8, LANES):
-            v = vtranspose(*_rows8(src, base + k, spatial))
-            for p in range(LANES):
-                acc = vvar_step(acc, v[p], m)                  # variance[i] += pow(x - mean, 2)
-        if sp8 < spatial:
-            acc = _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, sp8)
-    vstore(variance, f0, vmul(acc, vsplat(var_scale)))
+            acc = _tail(kind, acc, buf, src, mean, filters, spatial, j, f0, sp8)
+    return acc
 
 
 @helper(inline="always")
-def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
-    """``_stats8`` for channels f0..f0+15: two vec8 chains interleaved (hides the latency
-    of variance_cpu's float -> double -> float step)."""
+def _chains16(kind, src, m, m2, mean, batch, filters, spatial, f0, buf):
+    """``_chains8`` for channels f0..f0+15: two vec8 chains interleaved, which hides the
+    latency of variance_cpu's float -> double -> float step."""
     sp8 = spatial - spatial % LANES
     hi = LANES * spatial                                       # plane offset of f0+8
     acc = vsplat(np.float32(0.0))
@@ -229,29 +218,36 @@ def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_s
             v = vtranspose(*_rows8(src, base + k, spatial))
             w = vtranspose(*_rows8(src, base + hi + k, spatial))
             for p in range(LANES):
-                acc = vadd(acc, v[p])
-                acc2 = vadd(acc2, w[p])
+                acc = _step(kind, acc, v[p], m)
+                acc2 = _step(kind, acc2, w[p], m2)
         if sp8 < spatial:
-            acc = _mean_tail(acc, buf, src, filters, spatial, j, f0, sp8)
-            acc2 = _mean_tail(acc2, buf, src, filters, spatial, j, f0 + LANES, sp8)
+            acc = _tail(kind, acc, buf, src, mean, filters, spatial, j, f0, sp8)
+            acc2 = _tail(kind, acc2, buf, src, mean, filters, spatial, j, f0 + LANES, sp8)
+    return acc, acc2
+
+
+@helper(inline="always")
+def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """mean_cpu then variance_cpu for channels f0..f0+7, one vec8 lane per channel."""
+    zero = vsplat(np.float32(0.0))
+    m = vmul(_chains8(MEAN, src, zero, mean, batch, filters, spatial, f0, buf),
+             vsplat(mean_scale))                               # mean[i] *= scale
+    vstore(mean, f0, m)
+    acc = _chains8(VARIANCE, src, m, mean, batch, filters, spatial, f0, buf)
+    vstore(variance, f0, vmul(acc, vsplat(var_scale)))        # variance[i] *= scale
+
+
+@helper(inline="always")
+def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """``_stats8`` for channels f0..f0+15 (two interleaved vec8 chains)."""
+    zero = vsplat(np.float32(0.0))
+    acc, acc2 = _chains16(MEAN, src, zero, zero, mean, batch, filters, spatial, f0, buf)
     scale = vsplat(mean_scale)
     m = vmul(acc, scale)
     m2 = vmul(acc2, scale)
     vstore(mean, f0, m)
     vstore(mean, f0 + LANES, m2)
-    acc = vsplat(np.float32(0.0))
-    acc2 = acc
-    for j in range(batch):
-        base = (j * filters + f0) * spatial
-        for k in range(0, sp8, LANES):
-            v = vtranspose(*_rows8(src, base + k, spatial))
-            w = vtranspose(*_rows8(src, base + hi + k, spatial))
-            for p in range(LANES):
-                acc = vvar_step(acc, v[p], m)
-                acc2 = vvar_step(acc2, w[p], m2)
-        if sp8 < spatial:
-            acc = _variance_tail(acc, buf, src, mean, filters, spatial, j, f0, sp8)
-            acc2 = _variance_tail(acc2, buf, src, mean, filters, spatial, j, f0 + LANES, sp8)
+    acc, acc2 = _chains16(VARIANCE, src, m, m2, mean, batch, filters, spatial, f0, buf)
     scale = vsplat(var_scale)
     vstore(variance, f0, vmul(acc, scale))
     vstore(variance, f0 + LANES, vmul(acc2, scale))
@@ -376,6 +372,17 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
 # Backward
 # --------------------------------------------------------------------------
 @helper(inline="always")
+def _backward_step(d, xn, xv, m, s, plane, scale, md, vd):
+    """One element of a channel's four backward chains, all float32, in the C's order."""
+    plane += d                                          # backward_bias (sum_array)
+    scale += d * xn                                     # backward_scale_cpu
+    ds = d * s                                          # scale_bias(l.delta, l.scales)
+    md += ds                                            # mean_delta_cpu
+    vd += ds * (xv - m)                                 # variance_delta_cpu
+    return plane, scale, md, vd
+
+
+@helper(inline="always")
 def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
                     batch, filters, spatial, f, g):
     """The four backward reductions of channels f and g, interleaved (g == f allowed).
@@ -400,18 +407,10 @@ def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
         xg = _plane(x, filters, spatial, j, g)
         plane_f = plane_g = np.float32(0.0)             # sum_array(delta + ..., size)
         for k in range(spatial):
-            d = df[k]
-            plane_f += d                                # backward_bias
-            scale_f += d * nf[k]                        # backward_scale_cpu
-            ds = d * sf                                 # scale_bias(l.delta, l.scales)
-            md_f += ds                                  # mean_delta_cpu
-            vd_f += ds * (xf[k] - mf)                   # variance_delta_cpu
-            d = dg[k]
-            plane_g += d
-            scale_g += d * ng[k]
-            ds = d * sg
-            md_g += ds
-            vd_g += ds * (xg[k] - mg)
+            plane_f, scale_f, md_f, vd_f = _backward_step(df[k], nf[k], xf[k], mf, sf, plane_f,
+                                                          scale_f, md_f, vd_f)
+            plane_g, scale_g, md_g, vd_g = _backward_step(dg[k], ng[k], xg[k], mg, sg, plane_g,
+                                                          scale_g, md_g, vd_g)
         bias_f += plane_f
         bias_g += plane_g
     return bias_f, scale_f, md_f, vd_f, bias_g, scale_g, md_g, vd_g
@@ -466,12 +465,8 @@ def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
                 a_md = buf[2 * LANES + c]
                 a_vd = buf[3 * LANES + c]
                 for k in range(sp8, spatial):
-                    d = dv[k]
-                    a_plane += d
-                    a_scale += d * nv[k]
-                    ds = d * sc
-                    a_md += ds
-                    a_vd += ds * (xv[k] - mc)
+                    a_plane, a_scale, a_md, a_vd = _backward_step(
+                        dv[k], nv[k], xv[k], mc, sc, a_plane, a_scale, a_md, a_vd)
                 buf[c] = a_plane
                 buf[LANES + c] = a_scale
                 buf[2 * LANES + c] = a_md
