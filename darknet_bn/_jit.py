@@ -220,8 +220,7 @@ class TempDirCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheL
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        here = os.path.dirname(os.path.abspath(py_file))
-        if os.path.commonpath([here, PACKAGE_DIR]) != PACKAGE_DIR:
+        if not _in_package(py_file):
             return None
         cls._root = private_temp_cache_dir()
         if cls._root is None:
