@@ -172,7 +172,7 @@ def check_state(routine, owner, names, lengths, fields=()):
     read or write out of bounds (Numba does not check) or race with itself.
     ``fields``: the names of the (already validated) non-buffer attributes the
     lengths and paths depend on.  The result is recorded on ``owner`` for
-    ``state_unchanged`` and ``check_no_overlap_state``: the fields and buffers
+    ``state_unchanged`` and ``overlapping_buffer``: the fields and buffers
     (the objects, not ids: ids can be reused), each buffer's shape, dtype and
     flags, and the buffers' address ranges.
     """

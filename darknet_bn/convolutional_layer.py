@@ -3,7 +3,6 @@
 Dimensions: ``batch`` images, ``n`` channels, ``size`` elements per channel plane;
 element ``(b, i, j)`` is at ``(b*n + i)*size + j`` (flat, batch-major, float32).
 """
-import numpy as np
 from numba import prange
 
 from ._jit import BUF, INT, kernel, sig
