@@ -10,26 +10,23 @@ Dimensions (named once, as in Darknet)::
 Every routine keeps Darknet's name and argument order and writes in place like
 the C.  The kernel ``_name`` runs ``prange`` over channels with the C's serial
 order inside a channel, so each reduction is summed exactly as Darknet sums it.
-C's float rules are spelled out (docs: ../shared/docs/darknet-semantics.md):
-``float op float`` rounds to float32; a double literal, ``sqrt``, ``pow`` or a
-``double`` operand promotes the sub-expression to float64, rounded to float32
-when stored; ``float / int`` converts the int to float32.
+Each C statement is quoted next to the line that computes it; the arithmetic
+itself (C's float rules, the constants) lives in ``c_arith``, shared with the
+fused kernels, and each fork's epsilon placement in ``dialects``.  The rules:
+docs/darknet-semantics.md.
 
 The public function validates every argument (dtype, length, contiguity,
 writability, dimensions, aliasing) before its kernel runs.
 """
-import math
-
 import numpy as np
 from numba import prange
 
 from ._jit import BUF, FLT, INT, kernel, sig
 from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar
-from .dialects import PJREDDIE, get_dialect
-
-_EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cpu
-_EPS = np.float32(0.00001)                 # .00001f everywhere else
-_NEG_THREE_HALVES = np.float64(np.float32(-3.0 / 2.0))   # (float)(-3./2.), then pow(double,...)
+from .c_arith import (mean_cpu_scale, mean_delta_factor, normalize, normalize_delta,
+                      normalize_delta_terms, times_double, variance_cpu_scale,
+                      variance_delta_factor, variance_step)
+from .dialects import get_dialect, normalize_delta_denominator, normalize_denominator
 
 
 def _bn_dims(routine, batch, filters, spatial):
@@ -59,7 +56,7 @@ def _strided_buf(routine, name, arr, N, inc, writable=False):
 # --------------------------------------------------------------------------
 @kernel(sig(BUF, INT, INT, INT, BUF))
 def _mean_cpu(x, batch, filters, spatial, mean):
-    scale = np.float32(1.0 / (batch * spatial))        # float scale = 1./(batch*spatial)
+    scale = mean_cpu_scale(batch, spatial)             # float scale = 1./(batch*spatial)
     for i in prange(filters):
         acc = np.float32(0.0)                          # mean[i] = 0
         for j in range(batch):
@@ -87,17 +84,16 @@ def mean_cpu(x, batch, filters, spatial, mean):
 # --------------------------------------------------------------------------
 @kernel(sig(BUF, BUF, INT, INT, INT, BUF))
 def _variance_cpu(x, mean, batch, filters, spatial, variance):
-    scale = np.float32(1.0 / (batch * spatial - 1))    # unbiased: 1./(batch*spatial - 1)
+    scale = variance_cpu_scale(batch, spatial)         # float scale = 1./(batch*spatial - 1)
     for i in prange(filters):
         m = mean[i]
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)                          # variance[i] = 0
         for j in range(batch):
             base = (j * filters + i) * spatial
             for k in range(spatial):
-                d = np.float64(x[base + k] - m)        # float difference, promoted by pow()
-                # variance[i] += pow(d, 2): (double)variance[i] + d*d, rounded every step
-                acc = np.float32(np.float64(acc) + d * d)
-        variance[i] = acc * scale
+                # variance[i] += pow((x[index] - mean[i]), 2)
+                acc = variance_step(acc, x[base + k], m)
+        variance[i] = acc * scale                      # variance[i] *= scale
 
 
 def variance_cpu(x, mean, batch, filters, spatial, variance):
@@ -129,14 +125,13 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
 def _normalize_cpu(x, mean, variance, batch, filters, spatial, dialect):
     for f in prange(filters):
         m = mean[f]
-        if dialect == PJREDDIE:     # (x - mean)/(sqrt(variance) + .000001f)
-            denom = math.sqrt(np.float64(variance[f])) + np.float64(_EPS_NORMALIZE_PJ)
-        else:                       # (x - mean)/(sqrt(variance + .00001f))
-            denom = math.sqrt(np.float64(variance[f] + _EPS))
+        # pjreddie: sqrt(variance[f]) + .000001f; alexeyab: sqrt(variance[f] + .00001f)
+        denom = normalize_denominator(variance[f], dialect)
         for b in range(batch):
             base = (b * filters + f) * spatial
             for i in range(spatial):
-                x[base + i] = np.float32(np.float64(x[base + i] - m) / denom)
+                # x[index] = (x[index] - mean[f])/(denominator);
+                x[base + i] = normalize(x[base + i], m, denom)
 
 
 def normalize_cpu(x, mean, variance, batch, filters, spatial, *, dialect="pjreddie"):
@@ -223,14 +218,13 @@ def copy_cpu(N, X, INCX, Y, INCY):
 @kernel(sig(BUF, BUF, INT, INT, INT, BUF))
 def _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
     for i in prange(filters):
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)                          # mean_delta[i] = 0
         for j in range(batch):
             base = (j * filters + i) * spatial
             for k in range(spatial):
-                acc += delta[base + k]
+                acc += delta[base + k]                 # mean_delta[i] += delta[index]
         # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f))
-        mean_delta[i] = np.float32(
-            np.float64(acc) * (-1.0 / math.sqrt(np.float64(variance[i] + _EPS))))
+        mean_delta[i] = times_double(acc, mean_delta_factor(variance[i]))
 
 
 def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
@@ -255,14 +249,14 @@ def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
 def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
     for i in prange(filters):
         m = mean[i]
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)                          # variance_delta[i] = 0
         for j in range(batch):
             base = (j * filters + i) * spatial
             for k in range(spatial):
-                acc += delta[base + k] * (x[base + k] - m)     # all float32
+                # variance_delta[i] += delta[index]*(x[index] - mean[i])   (all float)
+                acc += delta[base + k] * (x[base + k] - m)
         # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.))
-        factor = -0.5 * math.pow(np.float64(variance[i] + _EPS), _NEG_THREE_HALVES)
-        variance_delta[i] = np.float32(np.float64(acc) * factor)
+        variance_delta[i] = times_double(acc, variance_delta_factor(variance[i]))
 
 
 def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
@@ -286,23 +280,21 @@ def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varian
 def _normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta,
                          batch, filters, spatial, delta, dialect):
     n = spatial * batch
-    n_d = np.float64(n)             # double / int
-    n_f = np.float32(n)             # float / int: the int becomes a float
+    n_d = np.float64(n)                                # double / (spatial*batch)
     for f in prange(filters):
-        if dialect == PJREDDIE:     # delta * 1./(sqrt(variance + .00001f))
-            denom = math.sqrt(np.float64(variance[f] + _EPS))
-        else:                       # delta * 1./(sqrt(variance) + .00001f)
-            denom = math.sqrt(np.float64(variance[f])) + np.float64(_EPS)
+        # pjreddie: sqrt(variance[f] + .00001f); alexeyab: sqrt(variance[f]) + .00001f
+        denom = normalize_delta_denominator(variance[f], dialect)
         m = mean[f]
-        vd2 = np.float64(variance_delta[f]) * 2.0               # variance_delta[f] * 2.
-        term_mean = np.float64(mean_delta[f] / n_f)            # float division, then promoted
+        # variance_delta[f] * 2. and mean_delta[f]/(spatial*batch)
+        vd2, term_mean = normalize_delta_terms(mean_delta[f], variance_delta[f], n)
         for j in range(batch):
             base = (j * filters + f) * spatial
             for k in range(spatial):
                 idx = base + k
-                term_x = np.float64(delta[idx]) * 1.0 / denom
-                term_var = vd2 * np.float64(x[idx] - m) / n_d
-                delta[idx] = np.float32(term_x + term_var + term_mean)
+                # delta[index] = delta[index] * 1./(denominator)
+                #     + variance_delta[f] * 2. * (x[index] - mean[f]) / (spatial * batch)
+                #     + mean_delta[f]/(spatial*batch);
+                delta[idx] = normalize_delta(delta[idx], x[idx], m, denom, vd2, n_d, term_mean)
 
 
 def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, filters,

@@ -7,8 +7,10 @@ differ in the rolling-average momentum, when ``x`` is saved, whether the BN
 backward computes ``bias_updates``, which statistics an inference-mode backward
 uses, and whether a standalone ``[batchnorm]`` layer has an ``update`` on CPU.
 
-The kernels take the dialect as the small integer ``Dialect.code``; everything
-else is read from the table below by the layer code.
+The kernels take the dialect as the small integer ``Dialect.code`` and find the
+epsilon placement through ``normalize_denominator`` / ``normalize_delta_denominator``
+below (read from ``DIALECTS``); everything else is read from the table by the
+layer code.  The constants themselves are defined in ``c_arith``.
 
 =================================  ===============================  ===============================
                                    pjreddie                         alexeyab
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._jit import helper
+from .c_arith import EPS, EPS_NORMALIZE_PJ, eps_denominator
+
 PJREDDIE = 0
 ALEXEYAB = 1
 
@@ -34,6 +39,9 @@ ALEXEYAB = 1
 class Dialect:
     name: str
     code: int                      #: passed to normalize_cpu / normalize_delta_cpu kernels
+    normalize_eps: np.float32      #: normalize_cpu's epsilon (.000001f / .00001f)
+    normalize_eps_in_sqrt: bool    #: normalize_cpu: sqrt(var + eps), else sqrt(var) + eps
+    normalize_delta_eps_in_sqrt: bool  #: same for normalize_delta_cpu (eps .00001f)
     rolling_keep: np.float32       #: scal_cpu factor on rolling stats ((float).99 / (float).9)
     rolling_new: np.float32        #: axpy_cpu factor on batch stats ((float).01 / (float).1)
     copy_x_in_inference: bool      #: forward copies output -> x also when train == 0
@@ -45,6 +53,8 @@ class Dialect:
 DIALECTS = {
     "pjreddie": Dialect(
         name="pjreddie", code=PJREDDIE,
+        normalize_eps=EPS_NORMALIZE_PJ, normalize_eps_in_sqrt=False,
+        normalize_delta_eps_in_sqrt=True,
         # C passes the double literals .99/.01 to a float parameter: rounded once.
         rolling_keep=np.float32(0.99), rolling_new=np.float32(0.01),
         copy_x_in_inference=True, backward_bias_in_bn=True,
@@ -52,11 +62,32 @@ DIALECTS = {
     ),
     "alexeyab": Dialect(
         name="alexeyab", code=ALEXEYAB,
+        normalize_eps=EPS, normalize_eps_in_sqrt=True,
+        normalize_delta_eps_in_sqrt=False,
         rolling_keep=np.float32(0.9), rolling_new=np.float32(0.1),
         copy_x_in_inference=False, backward_bias_in_bn=False,
         inference_backward_uses_rolling=False, standalone_update=True,
     ),
 }
+
+# The table by Dialect.code, as tuples the kernels read (compile-time constants).
+_BY_CODE = sorted(DIALECTS.values(), key=lambda d: d.code)
+assert [d.code for d in _BY_CODE] == list(range(len(_BY_CODE)))
+_NORMALIZE_EPS = tuple(d.normalize_eps for d in _BY_CODE)
+_NORMALIZE_IN_SQRT = tuple(d.normalize_eps_in_sqrt for d in _BY_CODE)
+_NORMALIZE_DELTA_IN_SQRT = tuple(d.normalize_delta_eps_in_sqrt for d in _BY_CODE)
+
+
+@helper(inline="always")
+def normalize_denominator(variance, code):
+    """normalize_cpu's denominator (a double) for one channel of dialect ``code``."""
+    return eps_denominator(variance, _NORMALIZE_EPS[code], _NORMALIZE_IN_SQRT[code])
+
+
+@helper(inline="always")
+def normalize_delta_denominator(variance, code):
+    """normalize_delta_cpu's first-term denominator (a double) for dialect ``code``."""
+    return eps_denominator(variance, EPS, _NORMALIZE_DELTA_IN_SQRT[code])
 
 
 def get_dialect(dialect, routine="darknet_bn"):

@@ -82,58 +82,25 @@ Rejected alternatives (kept here so they are not retried):
 - Indexing the flat buffers with ``base + k``: Numba's negative-index wraparound
   on a possibly negative int stops LLVM's vectorizer (see ``_plane``).
 """
-import math
-
 import numba
 import numpy as np
 from numba import prange
 
 from ._jit import BUF, FLT, INT, helper, kernel, sig
 from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose, vvar_step
-from .dialects import PJREDDIE
+from .c_arith import (mean_cpu_scale, mean_delta_factor, normalize, normalize_delta,
+                      normalize_delta_terms, rolling, times_double, variance_cpu_scale,
+                      variance_delta_factor, variance_step)
+from .dialects import normalize_delta_denominator, normalize_denominator
 
 BUF64 = "float64[::1]"                    # float64 scratch (per-channel denominators)
 
 WIDE = 2 * LANES                           # channels per group when two vec8 chains interleave
 
-_EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cpu
-_EPS = np.float32(0.00001)                 # .00001f everywhere else
-_NEG_THREE_HALVES = np.float64(np.float32(-3.0 / 2.0))   # (float)(-3./2.)
-
 
 # --------------------------------------------------------------------------
-# Scalar helpers: one C statement each, shared by every kernel below
+# Layout helpers (the arithmetic is in c_arith)
 # --------------------------------------------------------------------------
-@helper(inline="always")
-def _var_step(acc, v, m):
-    """``variance[i] += pow((x[index] - mean[i]), 2)``: float diff, double add, float store."""
-    d = np.float64(v - m)
-    return np.float32(np.float64(acc) + d * d)
-
-
-@helper(inline="always")
-def _normalize_denom(variance, dialect):
-    """normalize_cpu's denominator (float64) for one channel."""
-    if dialect == PJREDDIE:     # sqrt(variance[f]) + .000001f
-        return math.sqrt(np.float64(variance)) + np.float64(_EPS_NORMALIZE_PJ)
-    return math.sqrt(np.float64(variance + _EPS))          # sqrt(variance[f] + .00001f)
-
-
-@helper(inline="always")
-def _normalize_delta_denom(variance, dialect):
-    """normalize_delta_cpu's denominator (float64) for one channel."""
-    if dialect == PJREDDIE:     # sqrt(variance[f] + .00001f)
-        return math.sqrt(np.float64(variance + _EPS))
-    return math.sqrt(np.float64(variance)) + np.float64(_EPS)   # sqrt(variance[f]) + .00001f
-
-
-@helper(inline="always")
-def _rolling(rolling, keep, new, stat):
-    """scal_cpu(keep) then axpy_cpu(new, stat) on one element: all float32."""
-    r = rolling * keep
-    return r + new * stat
-
-
 @helper(inline="always")
 def _plane(a, filters, spatial, j, f):
     """The (j, f) plane of a flat buffer as a view: ``a[(j*filters + f)*spatial :][:spatial]``.
@@ -181,7 +148,7 @@ def _tail(kind, acc, buf, src, mean, filters, spatial, j, f0, k0):
             if kind == MEAN:
                 a += sv[k]
             else:
-                a = _var_step(a, sv[k], m)
+                a = variance_step(a, sv[k], m)
         buf[c] = a
     return vload(buf, 0)
 
@@ -255,7 +222,7 @@ def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_s
 
 @helper(inline="always")
 def _mean_one(src, batch, filters, spatial, f):
-    """mean_cpu's sum for channel f alone; writes the copy ``x = src``."""
+    """mean_cpu's sum for channel f alone."""
     acc = np.float32(0.0)
     for j in range(batch):
         sv = _plane(src, filters, spatial, j, f)
@@ -271,7 +238,7 @@ def _variance_one(src, m, batch, filters, spatial, f):
     for j in range(batch):
         sv = _plane(src, filters, spatial, j, f)
         for k in range(spatial):
-            acc = _var_step(acc, sv[k], m)
+            acc = variance_step(acc, sv[k], m)
     return acc
 
 
@@ -280,7 +247,7 @@ def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases
                           batch, filters, spatial, f, dialect):
     """One channel of normalize_cpu -> copy_cpu(x_norm) -> scale_bias -> add_bias."""
     m = mean[f]
-    denom = _normalize_denom(variance[f], dialect)
+    denom = normalize_denominator(variance[f], dialect)
     s = scales[f]
     b = biases[f]
     for j in range(batch):
@@ -291,7 +258,7 @@ def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases
         for k in range(spatial):
             v = sv[k]
             xv[k] = v                                         # copy_cpu(output -> x)
-            xn = np.float32(np.float64(v - m) / denom)        # normalize_cpu
+            xn = normalize(v, m, denom)                       # normalize_cpu
             nv[k] = xn                                        # copy_cpu(output -> x_norm)
             ov[k] = xn * s + b              # scale_bias, add_bias: float*float, float+float
 
@@ -311,8 +278,8 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
     ``group`` (8 or 16, see ``groups``) channels per parallel item: their
     statistics run as vec8 lanes; leftover channels (filters % 8) one by one.
     """
-    mean_scale = np.float32(1.0 / (batch * spatial))        # mean_cpu: 1./(batch*spatial)
-    var_scale = np.float32(1.0 / (batch * spatial - 1))     # variance_cpu: unbiased
+    mean_scale = mean_cpu_scale(batch, spatial)
+    var_scale = variance_cpu_scale(batch, spatial)
     ngroups = (filters + group - 1) // group
     for g in prange(ngroups):
         f0 = g * group
@@ -331,8 +298,8 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
             mean[c] = _mean_one(src, batch, filters, spatial, c) * mean_scale
             variance[c] = _variance_one(src, mean[c], batch, filters, spatial, c) * var_scale
         for c in range(f0, f1):
-            rolling_mean[c] = _rolling(rolling_mean[c], keep, new, mean[c])
-            rolling_variance[c] = _rolling(rolling_variance[c], keep, new, variance[c])
+            rolling_mean[c] = rolling(rolling_mean[c], keep, new, mean[c])
+            rolling_variance[c] = rolling(rolling_variance[c], keep, new, variance[c])
             _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                                   batch, filters, spatial, c, dialect)
 
@@ -351,7 +318,7 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
     """
     for f in prange(filters):
         m = rolling_mean[f]
-        denom = _normalize_denom(rolling_variance[f], dialect)
+        denom = normalize_denominator(rolling_variance[f], dialect)
         s = scales[f]
         b = biases[f]
         for j in range(batch):
@@ -362,10 +329,10 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
                 for k in range(spatial):
                     v = sv[k]
                     xv[k] = v
-                    ov[k] = np.float32(np.float64(v - m) / denom) * s + b
+                    ov[k] = normalize(v, m, denom) * s + b
             else:
                 for k in range(spatial):
-                    ov[k] = np.float32(np.float64(sv[k] - m) / denom) * s + b
+                    ov[k] = normalize(sv[k], m, denom) * s + b
 
 
 # --------------------------------------------------------------------------
@@ -492,22 +459,17 @@ def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_up
         bias_updates[f] = bias
     scale_updates[f] += scale
     var = variance[f]
-    # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f))
-    md = np.float32(np.float64(md_sum) * (-1.0 / math.sqrt(np.float64(var + _EPS))))
-    # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.))
-    vd = np.float32(np.float64(vd_sum)
-                    * (-0.5 * math.pow(np.float64(var + _EPS), _NEG_THREE_HALVES)))
+    md = times_double(md_sum, mean_delta_factor(var))      # mean_delta_cpu
+    vd = times_double(vd_sum, variance_delta_factor(var))  # variance_delta_cpu
     mean_delta[f] = md
     variance_delta[f] = vd
     # normalize_delta_cpu: reads the scaled delta, recomputed as dsrc*scales (bit-equal)
     n = spatial * batch
-    n_d = np.float64(n)                                 # double / int
-    n_f = np.float32(n)                                 # float / int: int becomes float
+    n_d = np.float64(n)
     m = mean[f]
     s = scales[f]
-    denom = _normalize_delta_denom(var, dialect)
-    vd2 = np.float64(vd) * 2.0                          # variance_delta[f] * 2.
-    term_mean = np.float64(md / n_f)                    # float division, then promoted
+    denom = normalize_delta_denominator(var, dialect)
+    vd2, term_mean = normalize_delta_terms(md, vd, n)
     for j in range(batch):
         dv = _plane(dsrc, filters, spatial, j, f)
         xv = _plane(x, filters, spatial, j, f)
@@ -515,16 +477,12 @@ def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_up
         if write_net_delta:
             nv = _plane(net_delta, filters, spatial, j, f)
             for k in range(spatial):
-                ds = dv[k] * s
-                r = np.float32(np.float64(ds) * 1.0 / denom
-                               + vd2 * np.float64(xv[k] - m) / n_d + term_mean)
+                r = normalize_delta(dv[k] * s, xv[k], m, denom, vd2, n_d, term_mean)
                 ov[k] = r
                 nv[k] = r                               # copy_cpu(l.delta -> net.delta)
         else:
             for k in range(spatial):
-                ds = dv[k] * s
-                ov[k] = np.float32(np.float64(ds) * 1.0 / denom
-                                   + vd2 * np.float64(xv[k] - m) / n_d + term_mean)
+                ov[k] = normalize_delta(dv[k] * s, xv[k], m, denom, vd2, n_d, term_mean)
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF,
@@ -593,8 +551,8 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
                         rolling_variance, scales, biases, denom, batch, filters, keep, new,
                         dialect):
     """``_forward_train`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
-    mean_scale = np.float32(1.0 / batch)               # 1./(batch*spatial)
-    var_scale = np.float32(1.0 / (batch - 1))          # 1./(batch*spatial - 1)
+    mean_scale = mean_cpu_scale(batch, 1)
+    var_scale = variance_cpu_scale(batch, 1)
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
@@ -615,12 +573,12 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
         for j in range(batch):
             sv = src[j * filters + f0:j * filters + f1]
             for i in range(nf):
-                vv[i] = _var_step(vv[i], sv[i], mv[i])
+                vv[i] = variance_step(vv[i], sv[i], mv[i])
         for i in range(nf):
             vv[i] = vv[i] * var_scale
-            rolling_mean[f0 + i] = _rolling(rolling_mean[f0 + i], keep, new, mv[i])
-            rolling_variance[f0 + i] = _rolling(rolling_variance[f0 + i], keep, new, vv[i])
-            dn[i] = _normalize_denom(vv[i], dialect)
+            rolling_mean[f0 + i] = rolling(rolling_mean[f0 + i], keep, new, mv[i])
+            rolling_variance[f0 + i] = rolling(rolling_variance[f0 + i], keep, new, vv[i])
+            dn[i] = normalize_denominator(vv[i], dialect)
         sc = scales[f0:f1]
         bi = biases[f0:f1]
         for j in range(batch):
@@ -632,7 +590,7 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
             for i in range(nf):
                 v = sv[i]
                 xv[i] = v                                      # copy_cpu(output -> x)
-                xn = np.float32(np.float64(v - mv[i]) / dn[i])  # normalize_cpu
+                xn = normalize(v, mv[i], dn[i])                # normalize_cpu
                 nv[i] = xn                                     # copy_cpu(output -> x_norm)
                 ov[i] = xn * sc[i] + bi[i]                     # scale_bias, add_bias
 
@@ -651,7 +609,7 @@ def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, 
         sc = scales[f0:f1]
         bi = biases[f0:f1]
         for i in range(nf):
-            dn[i] = _normalize_denom(rolling_variance[f0 + i], dialect)
+            dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
         for j in range(batch):
             lo = j * filters + f0
             sv = src[lo:lo + nf]
@@ -661,10 +619,10 @@ def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, 
                 for i in range(nf):
                     v = sv[i]
                     xv[i] = v
-                    ov[i] = np.float32(np.float64(v - rm[i]) / dn[i]) * sc[i] + bi[i]
+                    ov[i] = normalize(v, rm[i], dn[i]) * sc[i] + bi[i]
             else:
                 for i in range(nf):
-                    ov[i] = np.float32(np.float64(sv[i] - rm[i]) / dn[i]) * sc[i] + bi[i]
+                    ov[i] = normalize(sv[i], rm[i], dn[i]) * sc[i] + bi[i]
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64,
@@ -675,8 +633,7 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
     """``_backward`` for spatial == 1.  Scratch: ``acc`` float32 (2*filters: the
     bias and scale sums), ``acc64`` float64 (3*filters: normalize_delta_cpu's
     denominator, variance_delta*2., mean_delta/(spatial*batch))."""
-    n_d = np.float64(batch)                            # double / int (spatial*batch)
-    n_f = np.float32(batch)                            # float / int
+    n_d = np.float64(batch)                            # (double)(spatial*batch)
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
@@ -713,12 +670,10 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
                 bias_updates[f0 + i] = bacc[i]
             scale_updates[f0 + i] += sacc[i]
             var = variance[f0 + i]
-            md[i] = np.float32(np.float64(md[i]) * (-1.0 / math.sqrt(np.float64(var + _EPS))))
-            vd[i] = np.float32(np.float64(vd[i])
-                               * (-0.5 * math.pow(np.float64(var + _EPS), _NEG_THREE_HALVES)))
-            dn[i] = _normalize_delta_denom(var, dialect)
-            vd2[i] = np.float64(vd[i]) * 2.0
-            tm[i] = np.float64(md[i] / n_f)
+            md[i] = times_double(md[i], mean_delta_factor(var))
+            vd[i] = times_double(vd[i], variance_delta_factor(var))
+            dn[i] = normalize_delta_denominator(var, dialect)
+            vd2[i], tm[i] = normalize_delta_terms(md[i], vd[i], batch)
         for j in range(batch):
             lo = j * filters + f0
             dv = dsrc[lo:lo + nf]
@@ -727,16 +682,13 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
             if write_net_delta:
                 gv = net_delta[lo:lo + nf]
                 for i in range(nf):
-                    ds = dv[i] * sc[i]
-                    r = np.float32(np.float64(ds) * 1.0 / dn[i]
-                                   + vd2[i] * np.float64(xv[i] - mv[i]) / n_d + tm[i])
+                    r = normalize_delta(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], n_d, tm[i])
                     ov[i] = r
                     gv[i] = r
             else:
                 for i in range(nf):
-                    ds = dv[i] * sc[i]
-                    ov[i] = np.float32(np.float64(ds) * 1.0 / dn[i]
-                                       + vd2[i] * np.float64(xv[i] - mv[i]) / n_d + tm[i])
+                    ov[i] = normalize_delta(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], n_d,
+                                            tm[i])
 
 
 def _workspace(l):
