@@ -38,22 +38,21 @@ instead evaluates the standard formula with ``n = m`` on the unbiased ``s2`` and
 with ``eps = 1e-5`` inside the root (pjreddie) or outside it (alexeyab), i.e.
 the mirror image of each fork's forward: see ``darknet_backward_formula``.
 """
-import numbers
-
 import numpy as np
 
 from ._validate import check_dim
-from .dialects import PJREDDIE, get_dialect
+from .c_arith import EPS, EPS_NORMALIZE_PJ
+from .dialects import get_dialect
 
-#: The float32 literals of Darknet's C, as the float64 values they hold.
-EPS_PJ_NORMALIZE = float(np.float32(0.000001))   # .000001f, pjreddie normalize_cpu
-EPS_DARKNET = float(np.float32(0.00001))         # .00001f, everywhere else
+#: The float32 literals of Darknet's C (``c_arith``), as the float64 values they hold.
+EPS_PJ_NORMALIZE = float(EPS_NORMALIZE_PJ)       # .000001f, pjreddie normalize_cpu
+EPS_DARKNET = float(EPS)                         # .00001f, everywhere else
 #: Standard BN epsilon (PyTorch's default).
 EPS_STANDARD = 1e-5
 
 
 # --------------------------------------------------------------------------
-# validation and layout
+# arguments and layout
 # --------------------------------------------------------------------------
 def _dims(routine, batch, c, spatial, *, train=True):
     batch, c, spatial = (check_dim(routine, "batch", batch), check_dim(routine, "c", c),
@@ -65,59 +64,37 @@ def _dims(routine, batch, c, spatial, *, train=True):
     return batch, c, spatial
 
 
-def _tensor(routine, name, arr, batch, c, spatial):
-    """``arr`` as a float64 (batch, c, spatial) array (a copy; the caller's is untouched)."""
-    if not isinstance(arr, (np.ndarray, list, tuple)):
-        raise TypeError(f"{routine}: {name} must be a numpy array of real numbers, got "
-                        f"{type(arr).__name__}; pass np.asarray({name})")
-    a = np.asarray(arr)
+def _values(routine, name, values, batch, c, spatial):
+    """``values`` as a new float64 (batch, c, spatial) array; ``batch = spatial = 1``
+    (one value per channel, broadcast against tensors) also accepts one number."""
+    a = np.asarray(values)
     if a.dtype.kind not in "fiu":
-        raise TypeError(f"{routine}: {name} must hold real numbers (float or int), got "
-                        f"dtype {a.dtype}; pass np.asarray({name}, dtype=np.float64)")
-    n = batch * c * spatial
-    if a.size != n:
-        raise ValueError(f"{routine}: {name} has {a.size} elements (shape {a.shape}) but "
-                         f"batch*c*spatial = {batch}*{c}*{spatial} = {n}; pass a "
-                         "batch-major array of that size")
-    return np.array(a, dtype=np.float64, order="C").reshape(batch, c, spatial)
+        raise TypeError(f"{routine}: {name} must hold real numbers, got "
+                        f"{type(values).__name__} of dtype {a.dtype}")
+    a = a.astype(np.float64)                        # a copy: the caller's is untouched
+    if a.ndim == 0 and batch == spatial == 1:
+        a = np.full(c, a)
+    if a.size != batch * c * spatial:
+        what = (f"one value per channel, c = {c}" if batch == spatial == 1 else
+                f"batch*c*spatial = {batch}*{c}*{spatial} = {batch * c * spatial}, batch-major")
+        raise ValueError(f"{routine}: {name} has {a.size} elements (shape {a.shape}); "
+                         f"pass {what}")
+    return a.reshape(batch, c, spatial)
 
 
-def _channel(routine, name, arr, c):
-    """``arr`` as a float64 (1, c, 1) array, for broadcasting against (batch, c, spatial)."""
-    if isinstance(arr, numbers.Real) and not isinstance(arr, (bool, np.bool_)):
-        return np.full((1, c, 1), float(arr))
-    if not isinstance(arr, (np.ndarray, list, tuple)):
-        raise TypeError(f"{routine}: {name} must be a real number or an array of c = {c} "
-                        f"values, got {type(arr).__name__}")
-    a = np.asarray(arr)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"{routine}: {name} must hold real numbers, got dtype {a.dtype}")
-    if a.size != c:
-        raise ValueError(f"{routine}: {name} has {a.size} elements but needs one per "
-                         f"channel, c = {c}")
-    return np.array(a, dtype=np.float64).reshape(1, c, 1)
+def _channels(routine, c, **values):
+    """Per-channel arguments as (1, c, 1) float64 arrays, in keyword order."""
+    return [_values(routine, name, v, 1, c, 1) for name, v in values.items()]
 
 
-def _eps(routine, eps):
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{routine}: eps must be a real number, got {type(eps).__name__}")
-    if not eps >= 0:
-        raise ValueError(f"{routine}: eps must be >= 0, got {eps}")
-    return float(eps)
-
-
-def _stats(routine, stats, c):
+def _given(routine, stats, c):
     """``stats=(mean, variance)`` as two (1, c, 1) arrays, or None."""
     if stats is None:
         return None
-    if not (isinstance(stats, (tuple, list)) and len(stats) == 2):
-        raise TypeError(f"{routine}: stats must be a (mean, variance) pair of per-channel "
-                        f"arrays, got {type(stats).__name__}")
-    mean = _channel(routine, "stats[0] (mean)", stats[0], c)
-    var = _channel(routine, "stats[1] (variance)", stats[1], c)
-    if np.any(var < 0):
-        raise ValueError(f"{routine}: stats[1] (variance) must be >= 0")
-    return mean, var
+    if len(stats) != 2:
+        raise ValueError(f"{routine}: stats must be a (mean, variance) pair, got {len(stats)} "
+                         "items")
+    return _channels(routine, c, mean=stats[0], variance=stats[1])
 
 
 def _out(a, like):
@@ -143,7 +120,7 @@ def batch_statistics(x, batch, c, spatial, *, unbiased=False):
     """
     r = "batch_statistics"
     batch, c, spatial = _dims(r, batch, c, spatial)
-    x = _tensor(r, "x", x, batch, c, spatial)
+    x = _values(r, "x", x, batch, c, spatial)
     mean, var = _moments(x, unbiased)
     return mean.reshape(c), var.reshape(c)
 
@@ -167,9 +144,9 @@ def batchnorm_forward(x, gamma, beta, batch, c, spatial, eps=EPS_STANDARD, *, st
     """
     r = "batchnorm_forward"
     batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    gamma, beta = _channel(r, "gamma", gamma, c), _channel(r, "beta", beta, c)
-    eps, st = _eps(r, eps), _stats(r, stats, c)
+    xs = _values(r, "x", x, batch, c, spatial)
+    gamma, beta = _channels(r, c, gamma=gamma, beta=beta)
+    st = _given(r, stats, c)
     mean, var = _moments(xs, unbiased=False) if st is None else st
     return _out(gamma * (xs - mean) / np.sqrt(var + eps) + beta, x)
 
@@ -188,9 +165,9 @@ def batchnorm_backward_exact(x, dy, gamma, batch, c, spatial, eps=EPS_STANDARD):
     """
     r = "batchnorm_backward_exact"
     batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    dys = _tensor(r, "dy", dy, batch, c, spatial)
-    gamma, eps = _channel(r, "gamma", gamma, c), _eps(r, eps)
+    xs = _values(r, "x", x, batch, c, spatial)
+    dys = _values(r, "dy", dy, batch, c, spatial)
+    gamma, = _channels(r, c, gamma=gamma)
     m = batch * spatial
     mean, var = _moments(xs, unbiased=False)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -216,9 +193,9 @@ def batchnorm_backward_staged(x, dy, gamma, batch, c, spatial, eps=EPS_STANDARD)
     """
     r = "batchnorm_backward_staged"
     batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    dys = _tensor(r, "dy", dy, batch, c, spatial)
-    gamma, eps = _channel(r, "gamma", gamma, c), _eps(r, eps)
+    xs = _values(r, "x", x, batch, c, spatial)
+    dys = _values(r, "dy", dy, batch, c, spatial)
+    gamma, = _channels(r, c, gamma=gamma)
     m = batch * spatial
     mean, var = _moments(xs, unbiased=False)
     d = xs - mean
@@ -238,14 +215,15 @@ def batchnorm_backward_staged(x, dy, gamma, batch, c, spatial, eps=EPS_STANDARD)
 # --------------------------------------------------------------------------
 def _darknet_r(dialect, s2):
     """``(r, dr/ds2)`` of the dialect's normalization ``xhat = d * r(s2)``."""
-    if dialect.code == PJREDDIE:          # (x - mean)/(sqrt(var) + .000001f)
-        root = np.sqrt(s2)
-        r = 1.0 / (root + EPS_PJ_NORMALIZE)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dr = -r * r / (2.0 * root)    # not differentiable at s2 = 0
-        return r, dr
-    r = 1.0 / np.sqrt(s2 + EPS_DARKNET)   # (x - mean)/sqrt(var + .00001f)
-    return r, -0.5 * r ** 3
+    eps = float(dialect.normalize_eps)
+    if dialect.normalize_eps_in_sqrt:     # (x - mean)/sqrt(var + eps)
+        r = 1.0 / np.sqrt(s2 + eps)
+        return r, -0.5 * r ** 3
+    root = np.sqrt(s2)                    # (x - mean)/(sqrt(var) + eps)
+    r = 1.0 / (root + eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dr = -r * r / (2.0 * root)        # not differentiable at s2 = 0
+    return r, dr
 
 
 def darknet_forward(x, gamma, beta, batch, c, spatial, *, dialect, stats=None):
@@ -264,9 +242,9 @@ def darknet_forward(x, gamma, beta, batch, c, spatial, *, dialect, stats=None):
     r = "darknet_forward"
     dia = get_dialect(dialect, r)
     batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    gamma, beta = _channel(r, "gamma", gamma, c), _channel(r, "beta", beta, c)
-    st = _stats(r, stats, c)
+    xs = _values(r, "x", x, batch, c, spatial)
+    gamma, beta = _channels(r, c, gamma=gamma, beta=beta)
+    st = _given(r, stats, c)
     mean, s2 = _moments(xs, unbiased=True) if st is None else st
     return _out(gamma * (xs - mean) * _darknet_r(dia, s2)[0] + beta, x)
 
@@ -290,9 +268,9 @@ def darknet_backward_exact(x, dy, gamma, batch, c, spatial, *, dialect):
     r = "darknet_backward_exact"
     dia = get_dialect(dialect, r)
     batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    dys = _tensor(r, "dy", dy, batch, c, spatial)
-    gamma = _channel(r, "gamma", gamma, c)
+    xs = _values(r, "x", x, batch, c, spatial)
+    dys = _values(r, "dy", dy, batch, c, spatial)
+    gamma, = _channels(r, c, gamma=gamma)
     m = batch * spatial
     mean, s2 = _moments(xs, unbiased=True)
     d = xs - mean
@@ -332,22 +310,22 @@ def darknet_backward_formula(x, dy, gamma, batch, c, spatial, *, dialect, mean=N
     if divisor not in ("m", "m-1"):
         raise ValueError(f"{r}: divisor must be 'm' (Darknet) or 'm-1', got {divisor!r}")
     batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _tensor(r, "x", x, batch, c, spatial)
-    dys = _tensor(r, "dy", dy, batch, c, spatial)
-    gamma = _channel(r, "gamma", gamma, c)
+    xs = _values(r, "x", x, batch, c, spatial)
+    dys = _values(r, "dy", dy, batch, c, spatial)
+    gamma, = _channels(r, c, gamma=gamma)
     if (mean is None) != (variance is None):
         raise ValueError(f"{r}: pass both mean and variance, or neither")
     if mean is None:
         mu, var = _moments(xs, unbiased=True)
     else:
-        mu, var = _stats(r, (mean, variance), c)
+        mu, var = _channels(r, c, mean=mean, variance=variance)
     m = batch * spatial
     n = m if divisor == "m" else m - 1
     d = xs - mu
     g = gamma * dys
     mean_delta = -_csum(g) / np.sqrt(var + EPS_DARKNET)
     variance_delta = -0.5 * _csum(g * d) * (var + EPS_DARKNET) ** -1.5
-    if dia.code == PJREDDIE:
+    if dia.normalize_delta_eps_in_sqrt:
         a = 1.0 / np.sqrt(var + EPS_DARKNET)
     else:
         a = 1.0 / (np.sqrt(var) + EPS_DARKNET)
@@ -375,10 +353,10 @@ def stats_as_constants_backward(x, dy, gamma, batch, c, spatial, eps=EPS_STANDAR
     r = "stats_as_constants_backward"
     dia = None if dialect is None else get_dialect(dialect, r)
     batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _tensor(r, "x", x, batch, c, spatial)      # only its statistics matter
-    dys = _tensor(r, "dy", dy, batch, c, spatial)
-    gamma, eps = _channel(r, "gamma", gamma, c), _eps(r, eps)
-    st = _stats(r, stats, c)
+    xs = _values(r, "x", x, batch, c, spatial)      # only its statistics matter
+    dys = _values(r, "dy", dy, batch, c, spatial)
+    gamma, = _channels(r, c, gamma=gamma)
+    st = _given(r, stats, c)
     var = _moments(xs, unbiased=dia is not None)[1] if st is None else st[1]
     rr = 1.0 / np.sqrt(var + eps) if dia is None else _darknet_r(dia, var)[0]
     return _out(gamma * dys * rr, x)
@@ -397,22 +375,13 @@ def finite_difference_grad(f, x, h=None, *, rel_step=6e-6):
     of ``x``'s spread.  ``h`` may be a positive number (same step everywhere).
     Costs ``2 * x.size`` calls of ``f``; returns an array shaped like ``x``.
     """
-    r = "finite_difference_grad"
-    if not callable(f):
-        raise TypeError(f"{r}: f must be a callable returning a scalar, got "
-                        f"{type(f).__name__}")
-    if not isinstance(x, (np.ndarray, list, tuple)) or np.asarray(x).dtype.kind not in "fiu":
-        raise TypeError(f"{r}: x must be an array of real numbers; pass np.asarray(x, float)")
-    x0 = np.array(x, dtype=np.float64)
-    if x0.size == 0:
-        raise ValueError(f"{r}: x is empty")
+    x0 = _values("finite_difference_grad", "x", x, 1, np.size(x), 1).reshape(np.shape(x))
     if h is None:
-        if not (isinstance(rel_step, numbers.Real) and rel_step > 0):
-            raise ValueError(f"{r}: rel_step must be a positive number, got {rel_step!r}")
-        scale = max(float(np.std(x0)), float(np.max(np.abs(x0))) * 1e-3, 1e-30)
-        h = rel_step * scale
-    elif isinstance(h, (bool, np.bool_)) or not isinstance(h, numbers.Real) or not h > 0:
-        raise ValueError(f"{r}: h must be a positive number, got {h!r}")
+        h = rel_step * max(float(np.std(x0)), float(np.max(np.abs(x0), initial=0)) * 1e-3,
+                           1e-30)
+    if not h > 0:
+        raise ValueError(f"finite_difference_grad: the step h = {h!r} must be positive "
+                         "(pass h > 0, or rel_step > 0)")
     flat = x0.reshape(-1)
     grad = np.empty_like(flat)
     for i in range(flat.size):

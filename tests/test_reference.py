@@ -332,7 +332,7 @@ def test_validation_names_the_argument():
         R.batchnorm_backward_exact(x, dy, gamma[:2], 2, 3, 4)
     with pytest.raises(TypeError, match="dy must hold real numbers"):
         R.darknet_backward_exact(x, dy.astype(complex), gamma, 2, 3, 4, dialect="pjreddie")
-    with pytest.raises(TypeError, match="x must be a numpy array"):
+    with pytest.raises(TypeError, match="x must hold real numbers"):
         R.batchnorm_backward_staged("x", dy, gamma, 2, 3, 4)
     with pytest.raises(ValueError, match="unknown dialect"):
         R.darknet_backward_exact(x, dy, gamma, 2, 3, 4, dialect="yolo")
@@ -342,19 +342,17 @@ def test_validation_names_the_argument():
         R.batchnorm_backward_exact(x[:1, :, :1], dy[:1, :, :1], gamma, 1, 3, 1)
     with pytest.raises(TypeError, match="batch must be an integer"):
         R.batchnorm_forward(x, gamma, beta, 2.0, 3, 4)
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        R.batchnorm_forward(x, gamma, beta, 2, 3, 4, eps=-1)
     with pytest.raises(ValueError, match="divisor"):
         R.darknet_backward_formula(x, dy, gamma, 2, 3, 4, dialect="alexeyab", divisor="n")
     with pytest.raises(ValueError, match="both mean and variance"):
         R.darknet_backward_formula(x, dy, gamma, 2, 3, 4, dialect="alexeyab", mean=[0, 0, 0])
-    with pytest.raises(ValueError, match="variance\\) must be >= 0"):
-        R.stats_as_constants_backward(x, dy, gamma, 2, 3, 4, stats=([0] * 3, [-1, 1, 1]))
-    with pytest.raises(TypeError, match="stats must be a \\(mean, variance\\) pair"):
+    with pytest.raises(ValueError, match="variance has 2 elements"):
+        R.stats_as_constants_backward(x, dy, gamma, 2, 3, 4, stats=([0] * 3, [1, 1]))
+    with pytest.raises(ValueError, match="stats must be a \\(mean, variance\\) pair"):
         R.batchnorm_forward(x, gamma, beta, 2, 3, 4, stats=np.zeros(3))
-    with pytest.raises(TypeError, match="f must be a callable"):
-        R.finite_difference_grad(3.0, x)
-    with pytest.raises(ValueError, match="h must be a positive number"):
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        R.finite_difference_grad(np.sum, None)
+    with pytest.raises(ValueError, match="h = 0 must be positive"):
         R.finite_difference_grad(np.sum, x, h=0)
 
 

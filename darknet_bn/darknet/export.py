@@ -10,9 +10,10 @@ with ``m, v`` the rolling statistics.  PyTorch's eval-mode ``BatchNorm`` compute
 ``weight * (x - running_mean) / sqrt(running_var + eps) + bias``, so:
 
 - AlexeyAB maps directly: ``eps = 1e-5``.
-- pjreddie puts its epsilon outside the square root; the same denominator is
-  obtained with ``eps = 0`` and ``running_var = (sqrt(v) + 1e-6f)**2`` (computed
-  in float64 as the C does, then rounded once to float32).
+- pjreddie puts its epsilon outside the square root
+  (``Dialect.normalize_eps_in_sqrt`` is False); the same denominator is obtained
+  with ``eps = 0`` and ``running_var = (sqrt(v) + .000001f)**2`` (computed in
+  float64 as the C does, then rounded once to float32).
 - pjreddie's ``[batchnorm]`` stores no biases: ``bias`` is zero.
 
 "Same formula" is not "same bits": PyTorch's CPU kernel folds the statistics
@@ -30,8 +31,6 @@ from .weights import check_record, check_weights
 
 #: The eps to pass to torch for each fork (pjreddie's is folded into running_var).
 TORCH_EPS = {"alexeyab": 1e-5, "pjreddie": 0.0}
-
-_PJREDDIE_EPS = np.float64(np.float32(0.000001))       # .000001f promoted to double
 
 
 def batchnorm_state_dict(record, *, dialect=None):
@@ -56,16 +55,17 @@ def _state_dict(routine, record, dialect):
         if arr.shape != (record.channels,):
             raise ValueError(f"{routine}: record.{name} has shape {arr.shape}, expected "
                              f"({record.channels},) (record.channels)")
-    d = get_dialect(record.dialect if dialect is None else dialect, routine).name
+    d = get_dialect(record.dialect if dialect is None else dialect, routine)
     var = record.rolling_variance
-    if d == "pjreddie":
+    if not d.normalize_eps_in_sqrt:                     # sqrt(v) + eps, in double
+        eps = np.float64(d.normalize_eps)
         with np.errstate(invalid="ignore"):             # sqrt(negative) is NaN, as in C
-            var = ((np.sqrt(var.astype(np.float64)) + _PJREDDIE_EPS) ** 2).astype(np.float32)
+            var = ((np.sqrt(var.astype(np.float64)) + eps) ** 2).astype(np.float32)
     bias = record.biases if record.biases is not None else np.zeros(record.channels, np.float32)
     state = {"weight": record.scales.copy(), "bias": bias.copy(),
              "running_mean": record.rolling_mean.copy(), "running_var": np.array(var),
              "num_batches_tracked": np.array(0, dtype=np.int64)}
-    return state, TORCH_EPS[d]
+    return state, TORCH_EPS[d.name]
 
 
 def to_torch_batchnorm(record, *, dialect=None):
