@@ -16,15 +16,10 @@ lazily (on first call, or all at once by ``warmup()``) rather than at import, so
 
 Threading layer (docs/reliability.md).  Numba picks the first loadable of
 ``tbb``, ``omp``, ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise;
-this module never overrides that choice, with one help for tbb: the pip package
-``tbb`` (``pip install darknet_bn[tbb]``) puts ``libtbb.so.12`` in
-``<sys.prefix>/lib``, where Numba's ``tbbpool`` extension (no RUNPATH) cannot
-find it, so Numba would report "TBB Available: False".  When the user has not
-asked for another layer and the loader cannot find TBB by itself, that file is
-preloaded (``RTLD_GLOBAL``) before the layer is predicted (``TBB_PRELOADED``;
-every failure is ignored).  ``tbb`` and ``omp`` are threadsafe.
-``workqueue`` is not: two Python threads entering parallel kernels at once abort
-the process ("Terminating: Concurrent access has been detected").  When the
+this module never overrides that choice (``_tbb`` only makes a pip-installed
+TBB loadable first).  ``tbb`` and ``omp`` are threadsafe.  ``workqueue`` is
+not: two Python threads entering parallel kernels at once abort the process
+("Terminating: Concurrent access has been detected").  When the
 layer Numba will use is ``workqueue`` (no TBB and no OpenMP runtime, or the user
 asked for it), the kernels are compiled with ``parallel=False`` instead: the
 same loops run serially, so the bits are the same (every channel keeps its
@@ -43,19 +38,25 @@ private per-user directory in the temp dir (``darknet_bn-numba-cache-<uid>``,
 created 0700 and used only if owned by the user and not group/world-writable).
 If even that is impossible, the decorators here compile without a disk cache
 and warn once (``CacheFallbackWarning``).
+
+The cache locators and the tbb version check are private Numba API
+(``numba.core.caching``, ``numba.np.ufunc.parallel``): setup.cfg pins the Numba
+minor version they were tested with, and
+``tests/test_numba_cache.py::test_numba_internals_used_by_jit`` fails loudly if
+they change.
 """
-import ctypes
 import hashlib
 import importlib
 import os
-import site
 import stat
-import sys
 import tempfile
 import warnings
 
+import numba
 from numba import config, njit
 from numba.core import caching
+
+from . import _tbb
 
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
 #: Options for the small serial helpers kernels call (e.g. ``utils._sum_array``).
@@ -100,9 +101,10 @@ def predicted_threading_layer():
     Returns ``"tbb"``, ``"omp"``, ``"workqueue"`` or ``None`` (nothing loadable:
     Numba will raise at the first parallel launch).
     """
-    from numba.np.ufunc import parallel
-    if getattr(parallel, "_is_initialized", False):
-        return parallel._threading_layer
+    try:
+        return numba.threading_layer()            # already started
+    except ValueError:
+        pass
     requested = str(config.THREADING_LAYER).lower()
     candidates = {
         "safe": ["tbb"],
@@ -116,59 +118,6 @@ def predicted_threading_layer():
     return None
 
 
-#: NUMBA_THREADING_LAYER values under which Numba may pick tbb.
-TBB_ALLOWING = ("default", "tbb", "safe", "threadsafe", "forksafe")
-#: Where pip and conda put the TBB runtime, relative to an installation prefix.
-TBB_LIBRARIES = {"linux": os.path.join("lib", "libtbb.so.12"),
-                 "darwin": os.path.join("lib", "libtbb.12.dylib")}
-
-
-def _tbb_prefixes():
-    prefixes = [sys.prefix, sys.exec_prefix]
-    try:
-        prefixes.append(site.getuserbase())       # pip install --user tbb
-    except Exception:                              # noqa: BLE001 - never break import
-        pass
-    return list(dict.fromkeys(p for p in prefixes if p))
-
-
-def preload_tbb(requested=None, prefixes=None):
-    """Load ``<prefix>/lib/libtbb.so.12`` (RTLD_GLOBAL) so Numba's tbb layer can use it.
-
-    Only when the threading layer ``requested`` (default ``NUMBA_THREADING_LAYER``)
-    allows tbb, Numba has not started its layer yet, and the loader does not find
-    TBB by itself (a system TBB is left alone: two copies must not be loaded).
-    Returns the path loaded, or None; never raises.
-    """
-    try:
-        if requested is None:
-            requested = str(config.THREADING_LAYER).lower()
-        relative = TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
-        if requested not in TBB_ALLOWING or relative is None:
-            return None
-        from numba.np.ufunc import parallel
-        if getattr(parallel, "_is_initialized", False):
-            return None
-        try:
-            ctypes.CDLL(os.path.basename(relative))   # found without help: nothing to do
-            return None
-        except OSError:
-            pass
-        for prefix in (_tbb_prefixes() if prefixes is None else prefixes):
-            path = os.path.join(prefix, relative)
-            if os.path.isfile(path):
-                try:
-                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-                    return path
-                except OSError:
-                    continue
-    except Exception:                              # noqa: BLE001 - never break import
-        pass
-    return None
-
-
-#: The TBB runtime this module preloaded for Numba (see ``preload_tbb``), or None.
-TBB_PRELOADED = preload_tbb()
 #: The layer Numba will run parallel kernels on, decided once at import.
 THREADING_LAYER = predicted_threading_layer()
 #: False when that layer is not threadsafe: kernels are then compiled serially.
@@ -236,31 +185,34 @@ def _in_package(py_file):
 _PACKAGE_STAMP = None
 
 
-def package_source_stamp():
-    """A digest of every package module's name, mtime and size, computed once per process.
+#: The modules compiled into kernels defined in other files: the helpers, intrinsics
+#: and constants kernels call (``c_arith``, ``dialects``, ``_simd``, ``utils``) and this
+#: one (the compile options).  ``tests/test_numba_cache.py`` derives the list from the
+#: kernels' code and checks it is exactly this.
+KERNEL_IMPORTS = ("_jit.py", "_simd.py", "c_arith.py", "dialects.py", "utils.py")
 
-    (A newest-mtime stamp would miss an edit that leaves an older file older than the
-    newest one; ``test_editing_any_package_module_recompiles_the_kernels`` caught that.)
-    """
+
+def package_source_stamp():
+    """A digest of the name, mtime and size of each ``KERNEL_IMPORTS`` module, computed
+    once per process."""
     global _PACKAGE_STAMP
     if _PACKAGE_STAMP is None:
-        entries = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size)
-                         for e in os.scandir(PACKAGE_DIR)
-                         if e.name.endswith(".py") and e.is_file())
+        entries = [(name, st.st_mtime_ns, st.st_size) for name in KERNEL_IMPORTS
+                   for st in [os.stat(os.path.join(PACKAGE_DIR, name))]]
         _PACKAGE_STAMP = (hashlib.sha256(repr(entries).encode()).hexdigest(),)
     return _PACKAGE_STAMP
 
 
 class PackageStampMixin:
-    """Cache validity of a darknet_bn kernel: its own file (Numba's rule) *and* every module
-    of the package.
+    """Cache validity of a darknet_bn kernel: its own file (Numba's rule) *and* the
+    ``KERNEL_IMPORTS`` modules.
 
     Numba re-compiles a cached kernel only when the file defining it changes, but the
-    fused kernels inline helpers and intrinsics from other modules (``_simd``,
-    ``dialects``, this one).  Without this, an edit there keeps serving the old machine
-    code: a deliberately wrong lane order in ``_simd.vtranspose`` passed
-    ``tests/test_fused.py`` until the cache was cleared.  ``tests/test_numba_cache.py``
-    checks that touching ``_simd.py`` recompiles the fused kernels.
+    kernels inline helpers, intrinsics and constants from other modules.  Without this,
+    an edit there keeps serving the old machine code (a deliberately wrong lane order
+    in ``_simd.vtranspose`` passed ``tests/test_fused.py`` until the cache was cleared).
+    Modules no kernel uses (``compare``, ``cli``, ...) are left out, so editing them
+    keeps the cache.
     """
 
     def get_source_stamp(self):
@@ -349,9 +301,8 @@ def sig(*args):
 
 def threading_info():
     """How the kernels run here: threading layer, parallel or serial, threads, cache."""
-    import numba
     return {"threading_layer": THREADING_LAYER, "parallel": PARALLEL,
-            "tbb_preloaded": TBB_PRELOADED,
+            "tbb_preloaded": _tbb.PRELOADED,
             "num_threads": numba.get_num_threads(), "max_threads": config.NUMBA_NUM_THREADS,
             "cache": not CACHE_DISABLED}
 

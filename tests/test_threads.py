@@ -4,8 +4,8 @@ sequential use; the thread count and the threading layer never change the bits.
 Threading-layer policy (darknet_bn/_jit.py, docs/reliability.md): Numba's own
 choice (tbb, then omp, then workqueue) is kept; when it would be workqueue, which
 aborts the whole process on concurrent use, the kernels are compiled serially.
-The pip package tbb's libtbb.so.12 is preloaded so that Numba can use it (its
-test is skipped when tbb is not installed).
+The pip package tbb's libtbb.so.12 is preloaded (darknet_bn/_tbb.py) so that
+Numba can use it (its test is skipped when tbb is not installed).
 """
 import os
 import signal
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from _state import WORKLOADS, same_bits, training_run
-from darknet_bn import _jit, blas
+from darknet_bn import _jit, _tbb, blas
 from darknet_bn.batchnorm_layer import PATHS
 
 TESTS = Path(__file__).resolve().parent
@@ -246,22 +246,22 @@ def test_processes_after_use(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# tbb from pip: preloaded for Numba (darknet_bn/_jit.py preload_tbb)
+# tbb from pip: preloaded for Numba (darknet_bn/_tbb.py)
 # --------------------------------------------------------------------------
 TBB_REPORT = textwrap.dedent("""
     import sys
     {setup}
-    from darknet_bn import _jit
-    print(_jit.TBB_PRELOADED, _jit.THREADING_LAYER)
+    from darknet_bn import _jit, _tbb
+    print(_tbb.PRELOADED, _jit.THREADING_LAYER)
 """)
 
 
 def _tbb_installed():
     """A TBB runtime Numba could use: the pip package's file in a prefix, or a system one."""
     import ctypes.util
-    relative = _jit.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
+    relative = _tbb.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
     return bool(relative and any(os.path.isfile(os.path.join(p, relative))
-                                 for p in _jit._tbb_prefixes())) or bool(
+                                 for p in _tbb.search_prefixes())) or bool(
         ctypes.util.find_library("tbb"))
 
 
@@ -272,7 +272,7 @@ def _env_without(*names):
 def test_tbb_preload_never_breaks_import(tmp_path):
     """A broken libtbb.so.12 where the pip package would put it: import still works,
     nothing is preloaded, and the layer is one Numba can use."""
-    relative = _jit.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
+    relative = _tbb.TBB_LIBRARIES.get(sys.platform.rstrip("0123456789"))
     if relative is None:
         pytest.skip(f"no TBB preload on {sys.platform}")
     (tmp_path / relative).parent.mkdir(parents=True)
@@ -290,7 +290,7 @@ def test_tbb_preload_never_breaks_import(tmp_path):
 @pytest.mark.parametrize("requested", ["omp", "workqueue"])
 def test_tbb_not_preloaded_when_another_layer_is_asked_for(requested):
     """NUMBA_THREADING_LAYER naming another layer: no TBB is loaded behind its back."""
-    assert _jit.preload_tbb(requested, prefixes=[sys.prefix]) is None
+    assert _tbb.preload(requested, prefixes=[sys.prefix]) is None
 
 
 def test_pip_tbb_gives_the_tbb_layer_and_fork_after_use(tmp_path):
