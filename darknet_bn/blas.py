@@ -12,8 +12,8 @@ the C.  The kernel ``_name`` runs ``prange`` over channels with the C's serial
 order inside a channel, so each reduction is summed exactly as Darknet sums it.
 Each C statement is quoted next to the line that computes it; the arithmetic
 itself (C's float rules, the constants) lives in ``c_arith``, shared with the
-fused kernels, and each fork's epsilon placement in ``dialects``.  The rules:
-docs/darknet-semantics.md.
+fused kernels, and each fork's epsilon placement in ``dialects``.  The rules, in
+the repository: ``docs/darknet-semantics.md``.
 
 The public function validates every argument (dtype, length, contiguity,
 writability, dimensions, aliasing) before its kernel runs.

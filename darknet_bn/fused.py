@@ -14,7 +14,7 @@ kernel does a whole forward (or backward) and works channel by channel, so the
 channel's plane set is re-read from cache rather than memory, and elementwise
 chains are fused into a single pass.  Nothing is reassociated: every channel's
 sums run in Darknet's order (batch j outer, spatial k inner, from +0.0f), with
-Darknet's float32/float64 rules (see ``blas.py`` for each routine's C), so the
+Darknet's float32/float64 rules (``c_arith``, shared with ``blas.py``), so the
 bits are those of the "blas" path, buffer for buffer, including the copies
 Darknet makes (``x``, ``x_norm``, ``net.delta``).
 
@@ -32,55 +32,12 @@ use groups of 8.  Positions left over after the 8-position blocks
 (spatial % 8) continue each lane's chain in scalar code, and channels left over
 after the groups use the scalar one-channel and channel-pair helpers.
 ``groups`` picks smaller groups when there are too few channels to give every
-thread one.  Measured single-threaded on (16,64,28,28) (AMD EPYC, AVX2):
-variance_cpu sums 2.06 -> 1.03 cycles/element (8 interleaved scalar chains ->
-2 vec8), backward sums 2.49 -> 1.25 (2 channels' scalar chains -> 1 vec8).
-The input copy to ``x`` is done in the vectorized normalize pass, not in the
-statistics pass.  Elementwise passes are vectorized by LLVM; their cost is the
-float64 arithmetic C prescribes (conversions and division).
+thread one.  The input copy to ``x`` is done in the vectorized normalize pass,
+not in the statistics pass.  Elementwise passes are vectorized by LLVM; their
+cost is the float64 arithmetic C prescribes (conversions and division).
 
-Rejected alternatives (kept here so they are not retried):
-
-- Multiplying by a per-channel reciprocal instead of dividing by the
-  denominator (normalize_cpu, normalize_delta_cpu's first term): after the
-  rounding to float32 it differs only for quotients next to a float32 rounding
-  midpoint (~1 in 2**31), so every random test passes, but it is not Darknet's
-  arithmetic: ``tests/test_fused.py::test_normalize_divides_exactly_on_hard_quotients``
-  and ``::test_normalize_delta_divides_exactly_on_hard_quotients`` fail with it.
-- A reciprocal multiply with a rounding-boundary check and an exact fallback per
-  plane (bit-identical by construction): measured no faster than the division
-  on this machine (AMD EPYC, AVX2: vectorized float64 division ~0.8 cycles/element),
-  so not worth its complexity.
-- Replacing the division by a bit test on ``x*(1/d)`` (low 29 bits of the float64
-  product away from the float32 rounding midpoint, else divide): 1.02 vs 0.83
-  cycles/element single-threaded, slower than the division.
-- Variance chains of 16 channels run as one loop over channels that LLVM
-  vectorizes itself (strided loads, accumulators in a buffer): 1.89 vs 1.83
-  cycles/element for 8 scalar chains; no gain.  The explicit vec8 transpose
-  above gives 1.03.
-- Non-temporal (streaming) stores of the written tensors through an 8-float
-  intrinsic and an L1 tile: 2.5x slower on (16,64,28,28) (the tensors fit in
-  L3 and are re-read), 8 % slower on (4,128,104,104) and 10 % faster only on
-  (4,32,416,416) inference; the passes are bound by the float64 arithmetic,
-  not by the read-for-ownership traffic.
-- Markstein's FMA correction of ``a * (1/d)`` in place of the float64 division
-  (correctly rounded under Markstein's conditions; the bits matched on the
-  measured data): no faster (0.97 vs 0.98 cycles/element);
-  the conversions float <-> double cost as much as the division.
-- The quotient in float32 pairs with no float64 at all (``1/d`` split as
-  ``rh + rl``, ``p = a*rh``, ``e = fma(a, rh, -p)``, ``t = fma(a, rl, e)``,
-  ``y = p + t``, lanes within 2**-44 of a float32 rounding midpoint flagged
-  and the plane redone with C's division): bit-identical, but 1.74 vs 1.10
-  cycles/element single-threaded on (16,64,28,28); the flag logic costs more
-  than the float <-> double conversions it saves (~0.5 cycles/element on
-  AVX2, the real floor of normalize_cpu here).
-- One running float32 sum for ``backward_bias`` instead of per-plane sums added
-  in batch order: ``test_fused_matches_blas_random`` fails (``bias_updates``, 4 ulp).
-- Computing the mean and the variance in one pass (sum and sum of squares):
-  not Darknet's arithmetic; ``variance_cpu`` needs the finished mean.
-- Splitting one channel's reduction across threads: changes the summation order.
-- Indexing the flat buffers with ``base + k``: Numba's negative-index wraparound
-  on a possibly negative int stops LLVM's vectorizer (see ``_plane``).
+Measurements, and the alternatives tried and rejected (so they are not
+retried): docs/benchmarks.md.
 """
 import numba
 import numpy as np
