@@ -1,47 +1,28 @@
-"""The one decorator every kernel uses, and the registry ``warmup()`` compiles.
+"""The decorators every kernel and helper uses, and the registry ``warmup()`` compiles.
 
-Options, for every faithful kernel:
-- ``parallel=True``: ``prange`` over channels (filters); inside a channel the loop
-  order is the C's, so every reduction keeps Darknet's summation order.
-- ``fastmath=False``: fast-math reorders sums and contracts a*b+c into FMAs,
-  which changes the bits.
-- ``error_model="numpy"``: float division by zero gives inf/nan as in C instead of
-  raising ZeroDivisionError inside the kernel (Darknet propagates inf/nan).
-- ``cache=True``: compiled code is cached on disk (see ``darknet_bn.warmup``).
-- ``nogil=True``: separate layers can run from several Python threads.
+Kernel options: ``parallel=True`` (``prange`` over channels; inside a channel
+the C's loop order, so every reduction keeps Darknet's summation order),
+``fastmath=False`` (fast-math reorders sums and contracts FMAs: other bits),
+``error_model="numpy"`` (division by zero gives inf/nan as in C), ``cache=True``
+and ``nogil=True`` (separate layers can run from several Python threads).
+Kernels are declared with explicit float32 signatures and compiled lazily (on
+first call, or all at once by ``warmup()``), so ``import darknet_bn`` stays cheap.
 
-Each kernel is declared with its explicit float32 signatures.  They are compiled
-lazily (on first call, or all at once by ``warmup()``) rather than at import, so
-``import darknet_bn`` stays cheap even with a cold cache.
+Threading layer (docs/reliability.md): Numba's own choice is kept (``_tbb``
+only makes a pip-installed TBB loadable first).  ``tbb`` and ``omp`` are
+threadsafe; ``workqueue`` aborts the process when two threads launch parallel
+kernels at once, so when it is the layer Numba will use, the kernels are
+compiled with ``parallel=False``: the same loops, serially, with the same bits.
+Serial builds are cached under their own names (``<name>__serial``).
 
-Threading layer (docs/reliability.md).  Numba picks the first loadable of
-``tbb``, ``omp``, ``workqueue`` unless ``NUMBA_THREADING_LAYER`` says otherwise;
-this module never overrides that choice (``_tbb`` only makes a pip-installed
-TBB loadable first).  ``tbb`` and ``omp`` are threadsafe.  ``workqueue`` is
-not: two Python threads entering parallel kernels at once abort the process
-("Terminating: Concurrent access has been detected").  When the
-layer Numba will use is ``workqueue`` (no TBB and no OpenMP runtime, or the user
-asked for it), the kernels are compiled with ``parallel=False`` instead: the
-same loops run serially, so the bits are the same (every channel keeps its
-order), and threads are safe because each call still releases the GIL.  The
-serial variants are cached under their own names (``<name>__serial``) so a cache
-written by a parallel process is never loaded by a serial one, or vice versa.
-``NUMBA_NUM_THREADS`` and ``numba.set_num_threads`` are respected as they are.
-
-Cache (docs/reliability.md).  Numba stores compiled code in ``NUMBA_CACHE_DIR``
-if set, else in the package's ``__pycache__`` if writable, else in the user's
-cache directory (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``), so a
-read-only install works.  If none of them is writable, Numba would refuse to
-decorate (``RuntimeError: cannot cache function``) and ``import darknet_bn``
-would fail.  For this package's own files a last locator is therefore added: a
-private per-user directory in the temp dir (``darknet_bn-numba-cache-<uid>``,
-created 0700 and used only if owned by the user and not group/world-writable).
-If even that is impossible, the decorators here compile without a disk cache
-and warn once (``CacheFallbackWarning``).
-
-The cache locators and the tbb version check are private Numba API
-(``numba.core.caching``, ``numba.np.ufunc.parallel``): setup.cfg pins the Numba
-minor version they were tested with, and
+Cache (docs/reliability.md): Numba's locations (``NUMBA_CACHE_DIR``, the
+package's ``__pycache__``, the user cache directory), then, for this package's
+files only, a private per-user temp directory (0700, owned by the user).  If
+nothing is writable the decorators compile without a disk cache and warn once
+(``CacheFallbackWarning``) instead of failing at import.  A kernel's cache
+stamp also covers the modules compiled into it (``KERNEL_IMPORTS``).  The cache
+locators and the tbb version check are private Numba API: setup.cfg pins the
+Numba minor version they were tested with, and
 ``tests/test_numba_cache.py::test_numba_internals_used_by_jit`` fails loudly if
 they change.
 """
@@ -58,7 +39,6 @@ from numba.core import caching
 
 from . import _tbb
 
-KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=False, error_model="numpy", nogil=True)
 #: Options for the small serial helpers kernels call (e.g. ``utils._sum_array``).
 HELPER_OPTIONS = dict(cache=True, fastmath=False, error_model="numpy", nogil=True)
 
@@ -122,8 +102,7 @@ def predicted_threading_layer():
 THREADING_LAYER = predicted_threading_layer()
 #: False when that layer is not threadsafe: kernels are then compiled serially.
 PARALLEL = THREADING_LAYER in THREADSAFE_LAYERS
-if not PARALLEL:
-    KERNEL_OPTIONS["parallel"] = False
+KERNEL_OPTIONS = dict(HELPER_OPTIONS, parallel=PARALLEL)
 
 #: True once a decorator had to compile without a disk cache.
 CACHE_DISABLED = False
@@ -269,17 +248,14 @@ def _njit(fn, options):
         return njit(**{**options, "cache": False})(fn)
 
 
-def kernel(*signatures, **overrides):
-    """Decorate a kernel with KERNEL_OPTIONS (``overrides`` win) and register it."""
+def kernel(*signatures):
+    """Decorate a kernel with KERNEL_OPTIONS and register it for ``warmup``."""
     def wrap(fn):
-        options = {**KERNEL_OPTIONS, **overrides}
-        if options.get("parallel") and not PARALLEL:
-            options["parallel"] = False
-        if not options.get("parallel"):
+        if not PARALLEL:
             # Keep serial and parallel builds apart in the on-disk cache (its
             # index is named after the qualname and does not record the flags).
             fn.__qualname__ += "__serial"
-        dispatcher = _njit(fn, options)
+        dispatcher = _njit(fn, KERNEL_OPTIONS)
         KERNELS.append((dispatcher, signatures))
         return dispatcher
     return wrap
@@ -313,9 +289,7 @@ def warmup():
     Returns the number of signatures compiled.  Call it once at start-up to move
     Numba's compilation out of the first real call.
     """
-    n = 0
     for dispatcher, signatures in KERNELS:
         for s in signatures:
             dispatcher.compile(s)
-            n += 1
-    return n
+    return sum(len(signatures) for _, signatures in KERNELS)

@@ -1,14 +1,12 @@
-"""Make the pip package ``tbb`` usable by Numba's tbb threading layer.
+"""Make the pip package ``tbb`` loadable for Numba's fork-safe tbb threading layer.
 
-``pip install darknet_bn[tbb]`` (or ``pip install tbb``) puts ``libtbb.so.12``
-in ``<prefix>/lib``, where Numba's ``tbbpool`` extension (no RUNPATH) cannot
-find it, so Numba would report "TBB Available: False" and fall back to GNU
-OpenMP, which is not fork-safe.  ``LD_LIBRARY_PATH=<prefix>/lib`` fixes that
-only if set before the process starts; ``preload`` does it from inside: when
-the requested threading layer allows tbb, Numba has not started a layer yet
-and the loader cannot find TBB by itself (a system TBB is left alone: two
-copies must not be loaded), the file is loaded with ``RTLD_GLOBAL``.  Every
-failure is ignored.  ``_jit`` imports this module before it predicts the layer.
+``pip install darknet_bn[tbb]`` puts ``libtbb.so.12`` in ``<prefix>/lib``, where
+Numba's ``tbbpool`` extension (no RUNPATH) cannot find it, and
+``LD_LIBRARY_PATH`` only helps if set before the process starts.  ``preload``
+loads that file (``RTLD_GLOBAL``) at import, before ``_jit`` predicts the layer,
+when the requested layer allows tbb, Numba has not started a layer, and the
+loader cannot find TBB by itself (a system TBB is never loaded twice).  Every
+failure is ignored.  docs/reliability.md.
 """
 import ctypes
 import os
@@ -35,12 +33,8 @@ def search_prefixes():
 
 
 def preload(requested=None, prefixes=None):
-    """Load ``<prefix>/lib/libtbb.so.12`` (RTLD_GLOBAL) so Numba's tbb layer can use it.
-
-    Only when the threading layer ``requested`` (default ``NUMBA_THREADING_LAYER``)
-    allows tbb, Numba has not started its layer yet, and the loader does not find
-    TBB by itself.  Returns the path loaded, or None; never raises.
-    """
+    """Preload TBB (see the module doc) for the layer ``requested`` (default
+    ``NUMBA_THREADING_LAYER``); returns the path loaded, or None; never raises."""
     try:
         if requested is None:
             requested = str(config.THREADING_LAYER).lower()

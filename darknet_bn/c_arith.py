@@ -1,16 +1,12 @@
 """Darknet's batchnorm arithmetic under C's float rules, each constant and formula once.
 
-Both execution paths call these: the one-to-one routines of ``blas.py`` and the
-fused kernels of ``fused.py``.  Every helper is inlined into its caller
-(``inline="always"``), so the loops compile as if written out in place.  C's
-rules (docs/darknet-semantics.md): ``float op float`` rounds to float32; a
-double literal, ``sqrt``, ``pow`` or a ``double`` operand makes the
-sub-expression float64, rounded to float32 when stored into a ``float``;
-``float / int`` converts the int to float32.
-
-Which epsilon goes where in each fork is recorded in ``dialects.DIALECTS``;
-``dialects.normalize_denominator`` and ``dialects.normalize_delta_denominator``
-apply it through ``eps_denominator`` below.
+The one-to-one routines (``blas.py``) and the fused kernels (``fused.py``) both
+call these helpers; each is inlined (``inline="always"``), so the loops compile
+as if written out in place.  C's rules (docs/darknet-semantics.md): ``float op
+float`` rounds to float32; a double literal, ``sqrt``, ``pow`` or a ``double``
+operand makes the sub-expression float64, rounded to float32 when stored into a
+``float``; ``float / int`` converts the int to float32.  Which epsilon goes where
+in each fork is in ``dialects.DIALECTS`` (``dialects.normalize_denominator``).
 """
 import math
 
