@@ -141,8 +141,7 @@ else:
 
     @intrinsic
     def vvar_step(typingctx, acc, v, m):
-        """Per lane ``variance_cpu``'s step (``c_arith.variance_step`` on eight lanes):
-        ``(float)((double)acc + pow(v - m, 2))``.
+        """``c_arith.variance_step`` per lane: ``(float)((double)acc + pow(v - m, 2))``.
 
         ``v - m`` in float32, widened to double, squared (exact) and added in
         double, rounded back to float32: C's ``variance[i] += pow(x - mean, 2)``.

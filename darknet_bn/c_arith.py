@@ -100,7 +100,6 @@ def normalize_delta(d, v, m, denom, vd2, n_d, term_mean):
 
 @helper(inline="always")
 def rolling(r, keep, new, stat):
-    """One element of ``scal_cpu(keep, rolling)`` then ``axpy_cpu(new, stat, rolling)``:
-    ``r *= keep; r += new*stat``, all float."""
-    r = r * keep
-    return r + new * stat
+    """``scal_cpu(keep)`` then ``axpy_cpu(new, stat)`` on one element, all float."""
+    r = r * keep                                   # r *= keep
+    return r + new * stat                          # r += new*stat

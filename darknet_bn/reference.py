@@ -89,12 +89,10 @@ def _channels(routine, c, **values):
 
 def _given(routine, stats, c):
     """``stats=(mean, variance)`` as two (1, c, 1) arrays, or None."""
-    if stats is None:
-        return None
-    if len(stats) != 2:
+    if stats is not None and len(stats) != 2:
         raise ValueError(f"{routine}: stats must be a (mean, variance) pair, got {len(stats)} "
                          "items")
-    return _channels(routine, c, mean=stats[0], variance=stats[1])
+    return None if stats is None else _channels(routine, c, mean=stats[0], variance=stats[1])
 
 
 def _out(a, like):
