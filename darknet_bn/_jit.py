@@ -205,7 +205,7 @@ class PackageStampMixin:
 
 
 class PackageTempDirCacheLocator(PackageStampMixin, TempDirCacheLocator):
-    """The temp-dir locator of last resort, with the package-wide stamp."""
+    """The temp-dir locator of last resort, with the ``KERNEL_IMPORTS`` stamp."""
 
 
 def _install_locators(locators):
