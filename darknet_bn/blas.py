@@ -24,7 +24,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import BUF, FLT, INT, kernel, sig
-from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar
+from ._validate import (check_buffer, check_dim, check_no_overlap, check_scalar,
+                        check_two_values_per_channel)
 from .dialects import PJREDDIE, get_dialect
 
 _EPS_NORMALIZE_PJ = np.float32(0.000001)   # .000001f in pjreddie's normalize_cpu
@@ -109,12 +110,7 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
     """
     r = "variance_cpu"
     batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    if batch * spatial < 2:
-        raise ValueError(
-            f"variance_cpu: batch*spatial = {batch * spatial} leaves one value per channel; "
-            "Darknet's unbiased variance divides by batch*spatial - 1 = 0. "
-            "Use batch >= 2 or a larger spatial size"
-        )
+    check_two_values_per_channel(r, batch, spatial)
     _bn_buf(r, "x", x, batch, filters, spatial)
     _ch_buf(r, "mean", mean, filters)
     _ch_buf(r, "variance", variance, filters, writable=True)
