@@ -181,6 +181,11 @@ def _check_train(routine, train, positional):
     raise TypeError(f"{routine}: train must be True/False (or Darknet's 1/0), got {train!r}")
 
 
+def _check_trainable(routine, s):
+    check_two_values_per_channel(routine, s.batch, s.out_h * s.out_w, spatial_name="h*w",
+                                 fix=", or pass train=False")
+
+
 class _Struct:
     """Darknet's ``layer`` struct proper: what the execution paths read and write.
 
@@ -377,7 +382,8 @@ class BatchNormLayer:
         if not np.may_share_memory(arr, s.block):
             return None
         start = arr.__array_interface__["data"][0]
-        i = bisect.bisect_left(s.starts, start + arr.nbytes) - 1   # last one starting before our end
+        # the last buffer starting before arr ends (the spans are disjoint and sorted)
+        i = bisect.bisect_left(s.starts, start + arr.nbytes) - 1
         if arr.nbytes and i >= 0 and s.spans[i][1] > start:
             return s.spans[i][2], s.spans[i][0] == start
         return None
@@ -417,8 +423,7 @@ class BatchNormLayer:
         else:
             input = self._tensor_arg(r, "input", input, "output")
         if train:
-            check_two_values_per_channel(r, s.batch, s.out_h * s.out_w, spatial_name="h*w",
-                                         fix=" (h*w), or pass train=False")
+            _check_trainable(r, s)
         # --- validated; nothing above modified state ---
         PATHS[self._kernel][0](s, input, train)
         return s.output[:]
@@ -455,8 +460,7 @@ class BatchNormLayer:
             elif delta is not None:
                 check_no_overlap(r, ("net_delta", net_delta), ("delta", delta))
         if train:
-            check_two_values_per_channel(r, s.batch, s.out_h * s.out_w, spatial_name="h*w",
-                                         fix=" (h*w), or pass train=False")
+            _check_trainable(r, s)
         # --- validated; nothing above modified state ---
         mean, variance = s.mean, s.variance
         if not train and s.dialect.inference_backward_uses_rolling:
