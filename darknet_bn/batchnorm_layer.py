@@ -23,6 +23,11 @@ Sign convention (Darknet's): ``delta`` is the *negative* gradient of the loss
 ``learning_rate/batch * updates``.  ``scale_updates``/``bias_updates`` accumulate
 (``+=``) across backward calls until ``update`` decays them by ``momentum``.
 
+The execution paths run on the layer's private ``_Struct`` (Darknet's struct
+proper).  Users reach its buffers only through views and checked copies, and its
+dimensions, dialect and type are read-only, so it stays consistent by
+construction: each call validates its own arguments only.
+
 NaN and Inf are propagated exactly as Darknet propagates them (no checks, no
 clipping): a NaN in a channel's input makes that channel's statistics, output
 and gradient NaN, and it stays in ``rolling_mean``/``rolling_variance``.
@@ -144,8 +149,8 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
 
 
 #: Execution paths: name -> (forward(l, input, train),
-#: backward(l, delta, train, mean, variance, net_delta)); the layer validates
-#: every argument before calling them.
+#: backward(l, delta, train, mean, variance, net_delta)), where ``l`` is the
+#: layer's ``_Struct``; the layer validates every argument before calling them.
 #: "blas" composes the one-to-one routines exactly as batchnorm_layer.c does.
 PATHS = {"blas": (_forward_blas, _backward_blas)}
 PATHS["fused"] = (forward_fused, backward_fused)   # darknet_bn/fused.py: bit-identical, faster
