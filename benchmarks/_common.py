@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-#: The shapes of the issue: small conv, YOLO-like conv, large plane, FC-like.
+#: The benchmark shapes: small conv, YOLO-like conv, large plane, FC-like.
 SHAPES = ((16, 64, 28, 28), (4, 128, 104, 104), (4, 32, 416, 416), (256, 1024, 1, 1))
 
 #: Darknet's own C (-Ofast), train step on (4, 128, 104, 104), measured once on this

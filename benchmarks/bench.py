@@ -41,11 +41,11 @@ def _darknet(shape, dialect, kernel):
     layer, x, delta = make_layer(shape, dialect, kernel)
 
     def train():
-        layer.forward(x, True)
-        layer.backward(delta, True)
+        layer.forward(x, train=True)
+        layer.backward(delta, train=True)
 
     def infer():
-        layer.forward(x, False)
+        layer.forward(x, train=False)
     return {"train": train, "infer": infer}
 
 

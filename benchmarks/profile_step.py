@@ -61,8 +61,8 @@ def _profile_module(module, names, layer, x, delta, repeat):
             for n in names:
                 setattr(module, n, timers.wrap(n.lstrip("_"), saved[n]))
             t0 = time.perf_counter()
-            layer.forward(x, True)
-            layer.backward(delta, True)
+            layer.forward(x, train=True)
+            layer.backward(delta, train=True)
             dt = time.perf_counter() - t0
             if r >= 2:
                 steps.append(dt)
@@ -166,8 +166,8 @@ def _fused_passes(layer, x, delta, repeat):
     from darknet_bn import fused
     fwd_group = fused.groups(layer.c)[0]
     l, sp, code = layer, layer.out_h * layer.out_w, layer.dialect.code
-    l.forward(x, True)                         # realistic statistics in the buffers
-    l.backward(delta, True)
+    l.forward(x, train=True)                   # realistic statistics in the buffers
+    l.backward(delta, train=True)
     scratch = np.zeros(l.c, np.float32)
     scratch2 = np.zeros(l.c, np.float32)
     bu, su = l.bias_updates.copy(), l.scale_updates.copy()

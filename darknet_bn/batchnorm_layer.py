@@ -23,22 +23,28 @@ Sign convention (Darknet's): ``delta`` is the *negative* gradient of the loss
 ``learning_rate/batch * updates``.  ``scale_updates``/``bias_updates`` accumulate
 (``+=``) across backward calls until ``update`` decays them by ``momentum``.
 
+The execution paths run on the layer's private ``_Struct`` (Darknet's struct
+proper).  Users reach its buffers only through views and checked copies, and its
+dimensions, dialect and type are read-only, so it stays consistent by
+construction: each call validates its own arguments only.
+
 NaN and Inf are propagated exactly as Darknet propagates them (no checks, no
 clipping): a NaN in a channel's input makes that channel's statistics, output
 and gradient NaN, and it stays in ``rolling_mean``/``rolling_variance``.
 """
+import bisect
 import numbers
 
 import numpy as np
 from numba import prange
 
 from ._jit import BUF, INT, kernel, sig
-from ._validate import (INDEX_MAX, check_buffer, check_dim, check_no_overlap, check_scalar,
-                        check_state, overlapping_buffer, state_unchanged)
+from ._validate import (check_buffer, check_dim, check_no_overlap, check_scalar,
+                        check_two_values_per_channel)
 from .blas import (_axpy_cpu, _copy_cpu, _mean_cpu, _mean_delta_cpu, _normalize_cpu,
                    _normalize_delta_cpu, _scal_cpu, _variance_cpu, _variance_delta_cpu)
 from .convolutional_layer import _add_bias, _backward_bias, _scale_bias
-from .dialects import DIALECTS, Dialect, get_dialect
+from .dialects import get_dialect
 from .fused import backward_fused, forward_fused
 
 LAYER_TYPES = ("batchnorm", "convolutional")
@@ -51,8 +57,6 @@ CHANNEL_FIELDS = ("mean", "variance", "rolling_mean", "rolling_variance", "scale
 FIELDS = TENSOR_FIELDS + CHANNEL_FIELDS
 #: The layer's dimensions (positive ints, fixed at construction).
 DIM_FIELDS = ("batch", "c", "h", "w", "out_c", "out_h", "out_w", "outputs", "inputs")
-#: Every non-buffer field the kernels and paths read; re-validated when one is reassigned.
-STATE_FIELDS = DIM_FIELDS + ("dialect", "type", "kernel")
 
 
 # --------------------------------------------------------------------------
@@ -145,22 +149,22 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
 
 
 #: Execution paths: name -> (forward(l, input, train),
-#: backward(l, delta, train, mean, variance, net_delta)); the layer validates
-#: every argument before calling them.
+#: backward(l, delta, train, mean, variance, net_delta)), where ``l`` is the
+#: layer's ``_Struct``; the layer validates every argument before calling them.
 #: "blas" composes the one-to-one routines exactly as batchnorm_layer.c does.
 PATHS = {"blas": (_forward_blas, _backward_blas)}
 PATHS["fused"] = (forward_fused, backward_fused)   # darknet_bn/fused.py: bit-identical, faster
 DEFAULT_KERNEL = "fused"
 
 
-def forward_batchnorm_layer(l, input=None, train=True):
+def forward_batchnorm_layer(l, input=None, *positional, train=None):
     """``forward_batchnorm_layer`` (batchnorm_layer.c); same as ``l.forward``."""
-    return l.forward(input, train)
+    return l.forward(input, *positional, train=train)
 
 
-def backward_batchnorm_layer(l, delta=None, train=True, net_delta=None):
+def backward_batchnorm_layer(l, delta=None, *positional, train=None, net_delta=None):
     """``backward_batchnorm_layer`` (batchnorm_layer.c); same as ``l.backward``."""
-    return l.backward(delta, train, net_delta=net_delta)
+    return l.backward(delta, *positional, train=train, net_delta=net_delta)
 
 
 def update_batchnorm_layer(l, batch, learning_rate, momentum, decay):
@@ -168,21 +172,123 @@ def update_batchnorm_layer(l, batch, learning_rate, momentum, decay):
     return l.update(learning_rate, momentum, decay, batch)
 
 
-def _check_train(routine, train):
+def _check_train(routine, train, positional):
+    """Darknet's ``net.train``, always explicit: a keyword argument, True/False or 1/0."""
+    if positional or train is None:
+        got = (f"{len(positional)} more positional argument(s)" if positional
+               else "no train argument")
+        raise TypeError(f"{routine}: pass train=True or train=False as a keyword (Darknet's "
+                        "net.train: batch statistics that update the rolling ones, or "
+                        f"inference with the rolling statistics); got {got}")
     if isinstance(train, (bool, np.bool_)) or (isinstance(train, numbers.Integral)
                                                and int(train) in (0, 1)):
         return bool(train)
     raise TypeError(f"{routine}: train must be True/False (or Darknet's 1/0), got {train!r}")
 
 
-def _check_dialect(routine, name, dialect, fix):
-    """One of the built-in dialects (a Dialect equal to a DIALECTS value)."""
-    if not isinstance(dialect, Dialect):
-        raise TypeError(f"{routine}: {name} must be a darknet_bn.dialects.Dialect (one of "
-                        f"{sorted(DIALECTS)}), got {type(dialect).__name__} {dialect!r}; {fix}")
-    if dialect not in DIALECTS.values():
-        raise ValueError(f"{routine}: {name} {dialect!r} is not one of the built-in dialects "
-                         f"{sorted(DIALECTS)}; {fix}")
+def _check_trainable(routine, s):
+    check_two_values_per_channel(routine, s.batch, s.out_h * s.out_w, spatial_name="h*w",
+                                 fix=", or pass train=False")
+
+
+class _Struct:
+    """Darknet's ``layer`` struct proper: what the execution paths read and write.
+
+    Dimensions, dialect and layer type are plain attributes; the buffers are
+    disjoint flat float32 views of one block.  Only ``BatchNormLayer`` holds it, and
+    it hands out views of the buffers, never these arrays: nothing outside can
+    reshape, re-type, resize, freeze or replace them.  ``spans`` lists each
+    buffer's ``(start address, end address, name)``, sorted, for aliasing checks.
+    """
+
+    def __init__(self, batch, w, h, c, dialect, layer_type):
+        self.batch, self.w, self.h, self.c = batch, w, h, c
+        self.out_w, self.out_h, self.out_c = w, h, c
+        self.outputs = self.inputs = c * h * w
+        self.dialect, self.type = dialect, layer_type
+        # net.delta of a standalone layer: the previous layer's delta, kept here
+        # when the caller does not pass one, so backward allocates nothing.
+        names = FIELDS + (("net_delta",) if layer_type == "batchnorm" else ())
+        sizes = [c if name in CHANNEL_FIELDS else batch * self.outputs for name in names]
+        raw = np.zeros(_block_size(sizes) + _ALIGN, dtype=np.float32)
+        skip = (-raw.__array_interface__["data"][0]) % (4 * _ALIGN) // 4   # 64-byte aligned
+        self.block = raw[skip:skip + _block_size(sizes)]
+        start, spans = 0, []
+        for name, size in zip(names, sizes):
+            view = self.block[start:start + size]
+            setattr(self, name, view)
+            address = view.__array_interface__["data"][0]
+            spans.append((address, address + view.nbytes, name))
+            start += _padded(size)
+        self.net_delta = getattr(self, "net_delta", None)
+        self.scales[:] = 1
+        self.spans = sorted(spans)
+        self.starts = [s[0] for s in self.spans]
+
+
+_ALIGN = 16                 # floats: every buffer starts on a 64-byte boundary
+
+
+def _padded(size):
+    return -(-size // _ALIGN) * _ALIGN
+
+
+def _block_size(sizes):
+    return sum(map(_padded, sizes))
+
+
+class _Fixed:
+    """A dimension or kind of the layer: read-only, fixed at construction."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        return self if layer is None else getattr(layer._s, self.name)
+
+    def __set__(self, layer, value):
+        raise AttributeError(
+            f"BatchNormLayer.{self.name} is fixed at construction (the buffers are sized "
+            f"and the paths chosen for it); create a new BatchNormLayer(batch, w, h, c, "
+            f"dialect=..., layer_type=...) instead")
+
+    def __delete__(self, layer):
+        self.__set__(layer, None)
+
+
+class _Buffer:
+    """A buffer of the layer.  Reading gives a fresh flat view of the layer's own array:
+    values written through it reach the kernels, while reshaping, re-typing or
+    freezing the view does not affect the layer.  Assigning copies a float32
+    array of the same size in (``l.scales = w``; a tensor also as (batch, c, h, w))."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        own = getattr(layer._s, self.name)
+        return None if own is None else own[:]
+
+    def __set__(self, layer, value):
+        r, own = f"BatchNormLayer.{self.name}", getattr(layer._s, self.name)
+        if own is None:
+            raise ValueError(f"{r}: a layer_type={layer.type!r} layer has no {self.name} "
+                             "(only a standalone 'batchnorm' layer has one)")
+        if self.tensor:
+            value = layer._tensor_shape(r, self.name, value)
+        else:
+            check_buffer(r, self.name, value, layer.c, what=f"one value per channel, c = "
+                         f"{layer.c}")
+        np.copyto(own, value)            # overlap-safe, also for l.x = l.output
+
+    def __delete__(self, layer):
+        raise AttributeError(f"BatchNormLayer.{self.name} cannot be deleted; write zeros "
+                             f"into it instead (l.{self.name}[:] = 0)")
 
 
 class BatchNormLayer:
@@ -193,47 +299,60 @@ class BatchNormLayer:
     ``make_batchnorm_layer(batch, w, h, c)``.  All buffers are allocated (fixing
     pjreddie's CPU build, which leaves ``x``, ``x_norm``, ``mean_delta`` and
     ``variance_delta`` unallocated); ``scales`` start at 1, everything else at 0.
-    The buffers are plain float32 numpy arrays and may be read or written
-    directly (e.g. to load weights); keep their size, dtype and identity.
+
+    The buffers (``output``, ``scales``, ... and ``net_delta``) read as flat float32
+    views of the layer's own arrays: write values in place (``l.scales[:] = w``)
+    or assign (``l.scales = w`` copies ``w`` in after checking it).  The
+    dimensions, ``dialect`` and ``type`` are read-only; ``kernel`` may be switched.
     """
+
+    batch, c, h, w, out_c, out_h, out_w, outputs, inputs = (_Fixed() for _ in DIM_FIELDS)
+    dialect, type = _Fixed(), _Fixed()
+    output, delta, x, x_norm = (_Buffer(tensor=True) for _ in TENSOR_FIELDS)
+    (mean, variance, rolling_mean, rolling_variance, scales, biases, scale_updates,
+     bias_updates, mean_delta, variance_delta) = (_Buffer(tensor=False) for _ in CHANNEL_FIELDS)
+    net_delta = _Buffer(tensor=True)
 
     def __init__(self, batch, w, h, c, *, dialect="pjreddie", layer_type="batchnorm",
                  kernel=None):
         r = "BatchNormLayer"
-        self.batch = check_dim(r, "batch", batch)
-        self.w = check_dim(r, "w", w)
-        self.h = check_dim(r, "h", h)
-        self.c = check_dim(r, "c", c)
-        self.dialect = get_dialect(dialect, r)
-        _check_dialect(r, "dialect", self.dialect, f"pass one of {sorted(DIALECTS)}")
-        if layer_type not in LAYER_TYPES:
+        batch, w, h, c = (check_dim(r, "batch", batch), check_dim(r, "w", w),
+                          check_dim(r, "h", h), check_dim(r, "c", c))
+        dialect = get_dialect(dialect, r)
+        if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
             raise ValueError(f"{r}: unknown layer_type {layer_type!r}; use one of {LAYER_TYPES}")
-        self.type = layer_type
-        kernel = DEFAULT_KERNEL if kernel is None else kernel
-        if not isinstance(kernel, str) or kernel not in PATHS:
-            raise ValueError(f"{r}: unknown kernel {kernel!r}; use one of {sorted(PATHS)}")
-        self.kernel = kernel
-        self.out_w, self.out_h, self.out_c = self.w, self.h, self.c
-        self.outputs = self.inputs = self.c * self.h * self.w
-        n = self.batch * self.outputs
-        if n * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
-            raise ValueError(f"{r}: batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w} = "
-                             f"{n} floats cannot be allocated; use smaller dimensions")
-        for name in TENSOR_FIELDS:
-            setattr(self, name, np.zeros(n, dtype=np.float32))
-        for name in CHANNEL_FIELDS:
-            setattr(self, name, np.zeros(self.c, dtype=np.float32))
-        self.scales[:] = 1
-        # net.delta of a standalone layer: the previous layer's delta, kept here
-        # when the caller does not pass one, so backward allocates nothing.
-        self.net_delta = np.zeros(n, dtype=np.float32) if layer_type == "batchnorm" else None
+        kernel = _check_kernel(r, DEFAULT_KERNEL if kernel is None else kernel)
+        n = batch * c * h * w
+        floats = _block_size([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))
+        if (floats + _ALIGN) * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
+            raise ValueError(f"{r}: batch*c*h*w = {batch}*{c}*{h}*{w} = "
+                             f"{n} floats per buffer cannot be allocated; use smaller "
+                             "dimensions")
+        self._s = _Struct(batch, w, h, c, dialect, layer_type)
+        self._kernel = kernel
+
+    def __reduce__(self):
+        """Pickle and deepcopy: a new layer with copies of the buffers' values."""
+        buffers = self.buffers()
+        if self._s.net_delta is not None:
+            buffers["net_delta"] = self.net_delta
+        return _rebuild, ((self.batch, self.w, self.h, self.c, self.dialect.name, self.type,
+                           self._kernel), buffers)
 
     # ------------------------------------------------------------------
     def __repr__(self):
         return (f"BatchNormLayer(batch={self.batch}, w={self.w}, h={self.h}, c={self.c}, "
-                f"dialect={getattr(self.dialect, 'name', self.dialect)!r}, "
-                f"layer_type={self.type!r}, "
-                f"kernel={self.kernel!r})")
+                f"dialect={self.dialect.name!r}, layer_type={self.type!r}, "
+                f"kernel={self._kernel!r})")
+
+    @property
+    def kernel(self):
+        """The execution path (a key of ``PATHS``); may be switched at any time."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, value):
+        self._kernel = _check_kernel("BatchNormLayer.kernel", value)
 
     @property
     def has_update(self):
@@ -241,148 +360,122 @@ class BatchNormLayer:
         return self.type == "convolutional" or self.dialect.standalone_update
 
     def buffers(self):
-        """The layer's buffers by Darknet name (the live arrays, not copies)."""
-        return {name: getattr(self, name) for name in FIELDS}
+        """The layer's buffers by Darknet name: views of its own arrays (not copies)."""
+        return {name: getattr(self._s, name)[:] for name in FIELDS}
 
-    def _own_buffers(self):
-        return [(name, getattr(self, name)) for name in FIELDS]
-
-    def _tensor_arg(self, routine, name, arr, target):
-        """Validate a tensor argument that will be copied into ``target``.
-
-        Accepts a flat float32 buffer of batch*outputs elements or a C-contiguous
-        (batch, c, h, w) array.  Returns None when ``arr`` is ``target`` itself.
-        """
+    def _tensor_shape(self, routine, name, arr):
+        """A tensor argument as a flat float32 buffer of batch*outputs elements; also
+        accepts a C-contiguous (batch, c, h, w) array."""
+        s = self._s
         if isinstance(arr, np.ndarray) and arr.ndim == 4:
-            if arr.shape != (self.batch, self.c, self.h, self.w):
+            if arr.shape != (s.batch, s.c, s.h, s.w):
                 raise ValueError(
                     f"{routine}: {name} has shape {arr.shape}, expected "
-                    f"(batch, c, h, w) = {(self.batch, self.c, self.h, self.w)}")
+                    f"(batch, c, h, w) = {(s.batch, s.c, s.h, s.w)}")
             if not arr.flags.c_contiguous:
                 raise ValueError(
                     f"{routine}: {name} is not C-contiguous (strides {arr.strides}); "
                     f"pass np.ascontiguousarray({name})")
             arr = arr.reshape(-1)
-        check_buffer(routine, name, arr, self.batch * self.outputs,
-                     what=f"batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w}")
-        hit = overlapping_buffer(self, arr)      # the state was checked just before
+        return check_buffer(routine, name, arr, s.batch * s.outputs,
+                            what=f"batch*c*h*w = {s.batch}*{s.c}*{s.h}*{s.w}")
+
+    def _own_buffer(self, arr):
+        """``(name, same start)`` of the layer's buffer that ``arr`` (a flat array)
+        shares memory with, or None."""
+        s = self._s
+        if not np.may_share_memory(arr, s.block):
+            return None
+        start = arr.__array_interface__["data"][0]
+        # the last buffer starting before arr ends (the spans are disjoint and sorted)
+        i = bisect.bisect_left(s.starts, start + arr.nbytes) - 1
+        if arr.nbytes and i >= 0 and s.spans[i][1] > start:
+            return s.spans[i][2], s.spans[i][0] == start
+        return None
+
+    def _tensor_arg(self, routine, name, arr, target):
+        """A tensor argument that will be copied into the buffer ``target``; None
+        when it is that buffer itself (e.g. ``l.forward(l.output)``)."""
+        arr = self._tensor_shape(routine, name, arr)
+        hit = self._own_buffer(arr)
         if hit is None:
             return arr
         own, same_start = hit
-        if same_start and getattr(self, own) is target:
-            return None                          # the target itself (same start and length)
+        if same_start and own == target:
+            return None
         raise ValueError(
             f"{routine}: {name} shares memory with layer.{own}; the layer writes its buffers "
             f"in parallel, so pass a separate array (e.g. {name}.copy())")
 
-    def _check_trainable(self, routine):
-        if self.batch * self.out_h * self.out_w < 2:
-            raise ValueError(
-                f"{routine}: training with batch*h*w = 1 leaves one value per channel; "
-                "Darknet's unbiased variance divides by batch*h*w - 1 = 0. "
-                "Use batch >= 2 (or h*w >= 2), or pass train=False")
-
-    def _check_state(self, routine):
-        """The layer's own buffers and fields still fit together (users may assign
-        buffers and fields, or reshape a buffer in place; a wrong one would make a
-        kernel run out of bounds).  Cheap when nothing changed since the last call."""
-        if state_unchanged(self):
-            return
-        dims = {}
-        for name in DIM_FIELDS:
-            value = getattr(self, name, None)
-            integer = (isinstance(value, numbers.Integral)
-                       and not isinstance(value, (bool, np.bool_)))
-            if not integer or not 1 <= value <= INDEX_MAX:
-                raise (ValueError if integer else TypeError)(
-                    f"{routine}: layer.{name} must be a positive int, got "
-                    f"{type(value).__name__} {value!r}; the dimensions are set by the "
-                    "constructor: create a new BatchNormLayer(batch, w, h, c) instead")
-            dims[name] = int(value)
-        batch, c, h, w = dims["batch"], dims["c"], dims["h"], dims["w"]
-        if ((dims["out_c"], dims["out_h"], dims["out_w"]) != (c, h, w)
-                or dims["outputs"] != c * h * w or dims["inputs"] != dims["outputs"]):
-            raise ValueError(
-                f"{routine}: the layer's dimensions were modified (c, h, w = {c}, "
-                f"{h}, {w}; out_c, out_h, out_w = {self.out_c}, {self.out_h}, "
-                f"{self.out_w}; outputs = {self.outputs}); create a new BatchNormLayer instead")
-        _check_dialect(routine, "layer.dialect", getattr(self, "dialect", None),
-                       "assign layer.dialect = darknet_bn.dialects.get_dialect(name)")
-        kind = getattr(self, "type", None)
-        if not isinstance(kind, str) or kind not in LAYER_TYPES:
-            raise ValueError(f"{routine}: layer.type must be one of {LAYER_TYPES}, got "
-                             f"{kind!r}; it is set by the constructor (layer_type=...)")
-        kernel = getattr(self, "kernel", None)
-        if not isinstance(kernel, str) or kernel not in PATHS:
-            raise ValueError(f"{routine}: layer.kernel must be one of {sorted(PATHS)}, got "
-                             f"{kernel!r}; assign one of them")
-        n = batch * dims["outputs"]
-        standalone = kind == "batchnorm"
-        check_state(routine, self, FIELDS + (("net_delta",) if standalone else ()),
-                    (n,) * len(TENSOR_FIELDS) + (c,) * len(CHANNEL_FIELDS)
-                    + ((n,) if standalone else ()), fields=STATE_FIELDS)
-
     # ------------------------------------------------------------------
-    def forward(self, input=None, train=True):
+    def forward(self, input=None, *positional, train=None):
         """``forward_batchnorm_layer``: normalize, scale, shift; returns ``output``.
 
         ``input``: the layer's input (``net.input`` for a ``batchnorm`` layer, the
         conv output for a ``convolutional`` one), copied into ``output`` first.
         ``None`` uses what is already in ``output`` (convolutional only).
-        ``train``: batch statistics and rolling update (True) or rolling
-        statistics (False).  The returned array is ``self.output``, overwritten by
-        the next call.
+        ``train`` (keyword, required: Darknet's ``net.train``): batch statistics
+        and rolling update (True) or rolling statistics (False).  The returned
+        array is a view of ``output``, overwritten by the next call.
         """
         r = "BatchNormLayer.forward"
-        train = _check_train(r, train)
-        self._check_state(r)
+        train = _check_train(r, train, positional)
+        s = self._s
         if input is None:
-            if self.type == "batchnorm":
+            if s.type == "batchnorm":
                 raise ValueError(f"{r}: a standalone batchnorm layer needs its input "
                                  "(net.input); pass it as the first argument")
         else:
-            input = self._tensor_arg(r, "input", input, self.output)
+            input = self._tensor_arg(r, "input", input, "output")
         if train:
-            self._check_trainable(r)
+            _check_trainable(r, s)
         # --- validated; nothing above modified state ---
-        PATHS[self.kernel][0](self, input, train)
-        return self.output
+        PATHS[self._kernel][0](s, input, train)
+        return s.output[:]
 
-    def backward(self, delta=None, train=True, net_delta=None):
+    def backward(self, delta=None, *positional, train=None, net_delta=None):
         """``backward_batchnorm_layer``: returns the gradient w.r.t. the layer's input.
 
         ``delta``: the gradient w.r.t. ``output`` (Darknet's sign: negative
         gradient), copied into ``self.delta`` first; ``None`` uses ``self.delta``
-        as it is.  For a ``batchnorm`` layer the result is copied into
-        ``net_delta`` (the previous layer's delta; default ``self.net_delta``) and
-        returned; for ``convolutional`` it is ``self.delta``, computed in place.
+        as it is.  ``train`` (keyword, required) as in ``forward``.  For a
+        ``batchnorm`` layer the result is copied into ``net_delta`` (the previous
+        layer's delta; default: the layer's own ``net_delta``) and returned; for
+        ``convolutional`` it is (a view of) ``self.delta``, computed in place.
         With ``train=False`` pjreddie uses the rolling statistics (and the stale
         ``x_norm`` of the last training step), AlexeyAB the last batch's.
         """
         r = "BatchNormLayer.backward"
-        train = _check_train(r, train)
-        self._check_state(r)
+        train = _check_train(r, train, positional)
+        s = self._s
         if delta is not None:
-            delta = self._tensor_arg(r, "delta", delta, self.delta)
+            delta = self._tensor_arg(r, "delta", delta, "delta")
         if net_delta is not None:
-            if self.type != "batchnorm":
+            if s.type != "batchnorm":
                 raise ValueError(f"{r}: net_delta is only for layer_type='batchnorm'; a "
                                  "convolutional BN stage returns its gradient in l.delta")
-            check_buffer(r, "net_delta", net_delta, self.batch * self.outputs, writable=True,
-                         what=f"batch*c*h*w = {self.batch}*{self.c}*{self.h}*{self.w}")
-            check_no_overlap(r, ("net_delta", net_delta), *self._own_buffers(),
-                             *([("delta", delta)] if delta is not None else []))
+            check_buffer(r, "net_delta", net_delta, s.batch * s.outputs, writable=True,
+                         what=f"batch*c*h*w = {s.batch}*{s.c}*{s.h}*{s.w}")
+            hit = self._own_buffer(net_delta)
+            if hit == ("net_delta", True):
+                net_delta = None                       # the layer's own: the default
+            elif hit is not None:
+                raise ValueError(f"{r}: net_delta shares memory with layer.{hit[0]}; pass a "
+                                 "separate array (or none: the layer's own net_delta)")
+            elif delta is not None:
+                check_no_overlap(r, ("net_delta", net_delta), ("delta", delta))
         if train:
-            self._check_trainable(r)
+            _check_trainable(r, s)
         # --- validated; nothing above modified state ---
-        mean, variance = self.mean, self.variance
-        if not train and self.dialect.inference_backward_uses_rolling:
+        mean, variance = s.mean, s.variance
+        if not train and s.dialect.inference_backward_uses_rolling:
             # pjreddie: if(!net.train){ l.mean = l.rolling_mean; l.variance = l.rolling_variance; }
-            mean, variance = self.rolling_mean, self.rolling_variance
-        if self.type == "batchnorm" and net_delta is None:
-            net_delta = self.net_delta
-        PATHS[self.kernel][1](self, delta, train, mean, variance, net_delta)
-        return self.delta if self.type != "batchnorm" else net_delta
+            mean, variance = s.rolling_mean, s.rolling_variance
+        out = net_delta
+        if s.type == "batchnorm" and net_delta is None:
+            net_delta, out = s.net_delta, s.net_delta[:]
+        PATHS[self._kernel][1](s, delta, train, mean, variance, net_delta)
+        return s.delta[:] if s.type != "batchnorm" else out
 
     def update(self, learning_rate, momentum, decay, batch=None):
         """Darknet's update of the BN parameters (``biases``, ``scales``).
@@ -403,13 +496,28 @@ class BatchNormLayer:
         momentum = check_scalar(r, "momentum", momentum)
         check_scalar(r, "decay", decay)
         batch = None if batch is None else check_dim(r, "batch", batch)
-        self._check_state(r)        # also before the no-op: has_update reads the fields
         if not self.has_update:
             return False
-        batch = self.batch if batch is None else batch
+        s = self._s
+        batch = s.batch if batch is None else batch
         rate = np.float32(lr / np.float32(batch))      # float / int -> float
-        _axpy_cpu(self.c, rate, self.bias_updates, 1, self.biases, 1)
-        _scal_cpu(self.c, momentum, self.bias_updates, 1)
-        _axpy_cpu(self.c, rate, self.scale_updates, 1, self.scales, 1)
-        _scal_cpu(self.c, momentum, self.scale_updates, 1)
+        _axpy_cpu(s.c, rate, s.bias_updates, 1, s.biases, 1)
+        _scal_cpu(s.c, momentum, s.bias_updates, 1)
+        _axpy_cpu(s.c, rate, s.scale_updates, 1, s.scales, 1)
+        _scal_cpu(s.c, momentum, s.scale_updates, 1)
         return True
+
+
+def _check_kernel(routine, kernel):
+    if not isinstance(kernel, str) or kernel not in PATHS:
+        raise ValueError(f"{routine}: unknown kernel {kernel!r}; use one of {sorted(PATHS)}")
+    return kernel
+
+
+def _rebuild(args, buffers):
+    batch, w, h, c, dialect, layer_type, kernel = args
+    layer = BatchNormLayer(batch, w, h, c, dialect=dialect, layer_type=layer_type,
+                           kernel=kernel)
+    for name, values in buffers.items():
+        setattr(layer, name, values)
+    return layer

@@ -22,7 +22,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import BUF, FLT, INT, kernel, sig
-from ._validate import check_buffer, check_dim, check_no_overlap, check_scalar
+from ._validate import (check_buffer, check_dim, check_no_overlap, check_scalar,
+                        check_two_values_per_channel)
 from .c_arith import (mean_cpu_scale, mean_delta_factor, normalize, normalize_delta,
                       normalize_delta_terms, times_double, variance_cpu_scale,
                       variance_delta_factor, variance_step)
@@ -105,12 +106,7 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
     """
     r = "variance_cpu"
     batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    if batch * spatial < 2:
-        raise ValueError(
-            f"variance_cpu: batch*spatial = {batch * spatial} leaves one value per channel; "
-            "Darknet's unbiased variance divides by batch*spatial - 1 = 0. "
-            "Use batch >= 2 or a larger spatial size"
-        )
+    check_two_values_per_channel(r, batch, spatial)
     _bn_buf(r, "x", x, batch, filters, spatial)
     _ch_buf(r, "mean", mean, filters)
     _ch_buf(r, "variance", variance, filters, writable=True)

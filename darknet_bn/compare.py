@@ -39,7 +39,6 @@ and prints a summary.  Inputs are seeded: runs are reproducible.
 """
 import argparse
 import csv
-import io
 import numbers
 import os
 import sys
@@ -48,7 +47,8 @@ import time
 import numpy as np
 
 from . import reference as ref
-from ._validate import check_dim
+from ._validate import (MIN_VALUES_PER_CHANNEL, check_dim, check_two_values_per_channel,
+                        short_repr)
 from .batchnorm_layer import BatchNormLayer
 from .dialects import DIALECTS, get_dialect
 
@@ -96,28 +96,17 @@ OUTPUTS = ("compare.csv", "compare_inference.csv", "compare.md", "compare.png")
 #: Seeds: non-negative and within a signed 64-bit int (numpy's SeedSequence takes
 #: any non-negative int; the bound keeps a seed something any tool can record).
 SEED_MAX = 2**63 - 1
-#: The smallest --max-m: training needs m = batch*h*w >= 2.
-MIN_M = 2
-
-
-def _short(value, n=40):
-    """``value`` for a one-line message: at most ``n`` characters."""
-    if isinstance(value, int) and value.bit_length() > 4 * n:    # str() may refuse it
-        return f"a {value.bit_length()}-bit integer"
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= n else text[:n - 3] + "..."
+#: The smallest --max-m: training needs m = batch*h*w values per channel.
+MIN_M = MIN_VALUES_PER_CHANNEL
 
 
 def _int_arg(text, expected):
-    """``int(text)`` (decimal) for an argparse type (an int passes through);
-    ``expected`` says what is wanted."""
-    if isinstance(text, int):
-        return text
+    """``int(text)`` (decimal) for an argparse type; ``expected`` says what is wanted."""
     try:
         return int(text, 10)
     except ValueError:         # also a string of more digits than int() converts
         raise argparse.ArgumentTypeError(
-            f"must be {expected}, got {_short(repr(text))}") from None
+            f"must be {expected}, got {short_repr(repr(text))}") from None
 
 
 def _seed(text):
@@ -125,7 +114,7 @@ def _seed(text):
     value = _int_arg(text, f"an integer 0..{SEED_MAX} (2**63-1)")
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"must be 0..{SEED_MAX} (2**63-1), got "
-                                         f"{_short(text)}; pass e.g. --seed 0")
+                                         f"{short_repr(text)}; pass e.g. --seed 0")
     return value
 
 
@@ -135,25 +124,15 @@ def _max_m(text):
     if value < MIN_M:
         largest = max(b * h * w for b, h, w in SIZES)
         raise argparse.ArgumentTypeError(
-            f"must be >= {MIN_M} (training needs m = batch*h*w >= 2), got {_short(value)}; "
+            f"must be >= {MIN_M} (training needs m = batch*h*w >= {MIN_M}), got {value}; "
             f"pass e.g. --max-m 1000 (the largest size is {largest})")
     return value
-
-
-def _out_dir(text):
-    """argparse type of --out: a non-empty path without NUL bytes (created by run)."""
-    if not text:
-        raise argparse.ArgumentTypeError(f"is empty; pass a directory, e.g. "
-                                         f"--out {DEFAULT_OUT}")
-    if "\0" in text:
-        raise argparse.ArgumentTypeError("contains a NUL byte; pass a directory name")
-    return text
 
 
 def add_arguments(p):
     p.add_argument("--dialect", choices=sorted(DIALECTS) + ["both"], default="both",
                    help="Darknet fork to measure (default: both)")
-    p.add_argument("--out", default=DEFAULT_OUT, type=_out_dir,
+    p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"directory for compare.csv, compare.md, compare.png "
                         f"(default: {DEFAULT_OUT})")
     p.add_argument("--max-m", type=_max_m, default=10**6, metavar="M",
@@ -190,9 +169,8 @@ def _check_sweep(routine, dialects, regimes, sizes, c, seed):
         if len(size) != 3:
             raise ValueError(f"{routine}: each size is (batch, h, w), got {size!r}")
         b, h, w = (check_dim(routine, n, v) for n, v in zip(("batch", "h", "w"), size))
-        if b * h * w < 2:
-            raise ValueError(f"{routine}: size {size!r} has m = batch*h*w = 1; training "
-                             "needs m >= 2")
+        check_two_values_per_channel(routine, b, h * w, spatial_name="h*w",
+                                     fix=f" (size {size!r})")
         checked.append((b, h, w))
     check_dim(routine, "c", c)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
@@ -256,8 +234,8 @@ def measure(dialect, regime, batch, h, w, c, rng):
     sp, m = h * w, batch * h * w
     x, dy, gamma, beta = make_inputs(regime, batch, c, sp, rng)
     l = _layer(dialect, batch, h, w, c, gamma, beta)
-    l.forward(x, True)
-    dn = -l.backward(-dy, True).astype(np.float64)      # Darknet's delta is -dL/dy
+    l.forward(x, train=True)
+    dn = -l.backward(-dy, train=True).astype(np.float64)  # Darknet's delta is -dL/dy
     args = (x, dy, gamma, batch, c, sp)
     own = ref.darknet_backward_exact(*args, dialect=dialect)
     std = ref.batchnorm_backward_exact(*args)[0]
@@ -298,14 +276,14 @@ def measure_inference(dialect, batch, h, w, c, rng):
     xa, dya, gamma, beta = make_inputs("normal", batch, c, sp, rng)
     xb, dyb, _, _ = make_inputs("normal", batch, c, sp, rng)
     l = _layer(dialect, batch, h, w, c, gamma, beta)
-    l.forward(xa, True)
-    l.backward(-dya, True)
+    l.forward(xa, train=True)
+    l.backward(-dya, train=True)
     l.rolling_mean[:] = 0.0
     l.rolling_variance[:] = 1.0
     l.scale_updates[:] = 0.0
     l.bias_updates[:] = 0.0
-    l.forward(xb, False)
-    dn = -l.backward(-dyb, False).astype(np.float64)
+    l.forward(xb, train=False)
+    dn = -l.backward(-dyb, train=False).astype(np.float64)
     stats = (l.rolling_mean, l.rolling_variance)
     exact = ref.stats_as_constants_backward(xb, dyb, gamma, batch, c, sp, dialect=dialect,
                                             stats=stats)
@@ -454,13 +432,8 @@ def plot(rows, path):
                frameon=False)
     fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 0.965))
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-    buf.seek(0)
-    from PIL import Image                 # a matplotlib dependency
-    # 64 colours are plenty for lines on white: ~4x smaller file, same look
-    Image.open(buf).convert("RGB").quantize(colors=64).save(path, optimize=True)
 
 
 #: Printed under the tables: why each gap exists.
@@ -515,27 +488,11 @@ def _summary(rows, inf_rows):
     return "\n".join(lines)
 
 
-def _prepare_out(out):
-    """Create ``out`` (a directory) and check its files can be written; returns an error
-    message (one line) or None.  Runs before the sweep, so a bad --out costs nothing."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        return f"--out {out!r} is a file; pass a directory"
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        return (f"--out {out!r}: cannot create the directory ({e.strerror or e}); pass a "
-                "directory that exists or can be created")
-    if not os.access(out, os.W_OK | os.X_OK):
-        return f"--out {out!r}: the directory is not writable; pass another directory"
-    for name in OUTPUTS:
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            return (f"--out {out!r}: {name} there is a directory, so it cannot be written; "
-                    "remove it or pass another directory")
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            return (f"--out {out!r}: {name} there is not writable; remove it or pass another "
-                    "directory")
-    return None
+def _reason(error):
+    """An OS error in a few words: its strerror and the file it concerns."""
+    name = getattr(error, "filename", None)
+    text = getattr(error, "strerror", None) or str(error)
+    return f"{text}: {name}" if name else text
 
 
 def _error(message):
@@ -543,26 +500,12 @@ def _error(message):
     return 2
 
 
-def _check_namespace(args):
-    """argparse has checked these (``_max_m``, ``_seed``, ``_out_dir``); a caller that
-    builds the namespace itself gets the same messages.  Returns one or None."""
-    for option, check, kind in (("max_m", _max_m, int), ("seed", _seed, int),
-                                ("out", _out_dir, str)):
-        value = getattr(args, option)
-        flag = "--" + option.replace("_", "-")
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"argument {flag}: must be {kind.__name__}, got {type(value).__name__}"
-        try:
-            check(value)
-        except argparse.ArgumentTypeError as e:
-            return f"argument {flag}: {e}"
-    return None
-
-
 def run(args):
-    problem = _check_namespace(args) or _prepare_out(args.out)
-    if problem:
-        return _error(problem)
+    try:                      # before the sweep: a bad --out costs nothing
+        os.makedirs(args.out, exist_ok=True)
+    except (OSError, ValueError) as e:       # ValueError: a NUL byte in the path
+        return _error(f"--out {args.out!r}: cannot create the directory ({_reason(e)}); "
+                      "pass a directory that exists or can be created")
     dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
@@ -572,7 +515,7 @@ def run(args):
     elapsed = time.perf_counter() - t0
     written = ["compare.csv", "compare_inference.csv", "compare.md"]
     skipped = None
-    try:                      # checked above; what is left is e.g. a full disk
+    try:
         write_csv(rows, COLUMNS, os.path.join(args.out, "compare.csv"))
         write_csv(inf_rows, INFERENCE_COLUMNS, os.path.join(args.out, "compare_inference.csv"))
         write_markdown(rows, inf_rows, os.path.join(args.out, "compare.md"), args.seed)
@@ -588,7 +531,7 @@ def run(args):
                            "installed (pip install 'darknet_bn[plot]' for compare.png, or "
                            "pass --no-plot)")
     except OSError as e:
-        return _error(f"--out {args.out!r}: cannot write the results ({e})")
+        return _error(f"--out {args.out!r}: cannot write the results ({_reason(e)})")
     print(_summary(rows, inf_rows))
     print(f"\n{len(rows) + len(inf_rows)} measurements in {elapsed:.1f} s; wrote "
           f"{', '.join(written)} to {args.out}")

@@ -90,9 +90,16 @@ def normalize_delta_denominator(variance, code):
 
 
 def get_dialect(dialect, routine="darknet_bn"):
-    """Look up a dialect by name (``"pjreddie"`` or ``"alexeyab"``, any case)."""
+    """One of the built-in ``DIALECTS``: by name (``"pjreddie"`` or ``"alexeyab"``, any
+    case) or a ``Dialect`` equal to one of them (the built-in object is returned)."""
     if isinstance(dialect, Dialect):
-        return dialect
+        for builtin in DIALECTS.values():
+            if dialect == builtin:
+                return builtin
+        raise ValueError(
+            f"{routine}: dialect {dialect!r} is not one of the built-in dialects "
+            f"{sorted(DIALECTS)}; pass one of their names"
+        )
     if not isinstance(dialect, str):
         raise TypeError(
             f"{routine}: dialect must be a string, one of {sorted(DIALECTS)}; "

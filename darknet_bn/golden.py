@@ -128,12 +128,12 @@ def replay_layer_case(case, *, kernel=None, root=None):
     checks = []
     for t, mode in enumerate(case.steps):
         train = mode == "train"
-        layer.forward(z[f"step{t}_input"], train)
+        layer.forward(z[f"step{t}_input"], train=train)
         for name in FIELDS:
             key = f"step{t}_fwd_{name}"
             if key in z:
                 checks.append(Check(t, "fwd", name, getattr(layer, name).copy(), z[key]))
-        grad = layer.backward(z[f"step{t}_delta_in"], train)
+        grad = layer.backward(z[f"step{t}_delta_in"], train=train)
         for name in FIELDS:
             key = f"step{t}_bwd_{name}"
             if key in z:

@@ -63,12 +63,12 @@ def _run_sequence(kernel, fork, layer_type, batch, c, h, w, regime, seed, steps)
             train = step == "train"
             x = _regime(rng, regime, n).astype(np.float32)
             dy = rng.standard_normal(n).astype(np.float32)
-            port.forward(x, train)
+            port.forward(x, train=train)
             with np.errstate(all="ignore"):
                 naive.forward_batchnorm_layer(ref, x, train)
             pairs = [(f"{t}:{step}:fwd:{f}", getattr(port, f), getattr(ref, f)) for f in FIELDS
                      if f != "delta"]
-            grad = port.backward(dy, train)
+            grad = port.backward(dy, train=train)
             with np.errstate(all="ignore"):
                 naive.backward_batchnorm_layer(ref, dy, train, ref_net_delta)
             pairs += [(f"{t}:{step}:bwd:{f}", getattr(port, f), getattr(ref, f)) for f in FIELDS]
@@ -130,12 +130,12 @@ def test_accepts_nchw_arrays_and_in_place_conv(kernel):
     dy = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     a = BatchNormLayer(2, 5, 4, 3, layer_type="convolutional", kernel=kernel)
     b = BatchNormLayer(2, 5, 4, 3, layer_type="convolutional", kernel=kernel)
-    a.forward(x)
-    a.backward(dy)
+    a.forward(x, train=True)
+    a.backward(dy, train=True)
     b.output[:] = x.ravel()
-    b.forward(None)
+    b.forward(None, train=True)
     b.delta[:] = dy.ravel()
-    b.backward(None)
+    b.backward(None, train=True)
     assert_bits([(f, getattr(a, f), getattr(b, f)) for f in FIELDS])
 
 
@@ -143,9 +143,9 @@ def test_net_delta_is_written_where_asked():
     rng = np.random.default_rng(4)
     l = BatchNormLayer(2, 3, 3, 2)
     x, dy = (rng.standard_normal(36).astype(np.float32) for _ in range(2))
-    l.forward(x)
+    l.forward(x, train=True)
     out = np.full(36, np.nan, np.float32)
-    got = l.backward(dy, net_delta=out)
+    got = l.backward(dy, train=True, net_delta=out)
     assert got is out and np.array_equal(out.view(np.int32), l.delta.view(np.int32))
 
 

@@ -30,6 +30,7 @@ def test_bench_runs_every_implementation(tmp_path, capsys):
         assert {"fused", "blas", "numpy", "memcpy"} <= set(r["min_s"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["2,40,3,5", "8,24,1,1"])
 def test_profile_prints_every_table(shape, capsys):
     profile_step.main(["--shape", shape, "--repeat", "1"])

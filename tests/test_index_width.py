@@ -47,6 +47,7 @@ def test_kernel_dimensions_are_int64():
             assert "int32" not in s and "intc" not in s, f"{py_func.__name__}: {s}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("py_func,sigs", _all_jitted(), ids=lambda v: getattr(v, "__name__", ""))
 def test_every_integer_in_every_kernel_is_64_bit(py_func, sigs):
     """Numba's type inference of the kernel body (its inlined helpers included).
@@ -105,6 +106,7 @@ def test_strided_blas1_past_2_to_the_32():
         mm.close()
 
 
+@pytest.mark.slow
 def test_mean_cpu_sweeps_past_2_to_the_31():
     """Two channels of 2**30 + 1 elements: channel 1 ends at flat index 2**31 + 1."""
     spatial = 2**30 + 1

@@ -113,8 +113,8 @@ def test_layer_with_specials_matches_naive(dialect, layer_type, kernel):
         x = inject(rng, rng.standard_normal(n).astype(F32), SPECIALS, 2)
         d = inject(rng, rng.standard_normal(n).astype(F32), SPECIALS, 2)
         net_delta = np.zeros(n, F32)
-        layer.forward(x, train)
-        grad = layer.backward(d, train)
+        layer.forward(x, train=train)
+        grad = layer.backward(d, train=train)
         layer.update(0.01, 0.9, 0.0005)
         with np.errstate(all="ignore"):
             naive.forward_batchnorm_layer(ref, x, train)
@@ -143,8 +143,8 @@ def test_a_nan_stays_in_its_channel(dialect, layer_type, kernel, poison):
     x_bad = x.copy()
     x_bad[(1 * c + bad_channel) * sp + 4] = poison          # batch 1, channel 2
     for layer, inp in ((clean, x), (dirty, x_bad)):
-        layer.forward(inp, True)
-        layer.backward(d, True)
+        layer.forward(inp, train=True)
+        layer.backward(d, train=True)
         layer.update(0.01, 0.9, 0.0005)
     others = [f for f in range(c) if f != bad_channel]
     for name in ("output", "x_norm", "delta"):

@@ -306,7 +306,7 @@ FUSED_CHILD = textwrap.dedent("""
     from darknet_bn import BatchNormLayer, fused
     assert darknet_bn.__file__.startswith(sys.argv[1]), darknet_bn.__file__
     layer = BatchNormLayer(2, 3, 3, 16)
-    layer.forward(np.arange(2 * 16 * 9, dtype=np.float32), True)
+    layer.forward(np.arange(2 * 16 * 9, dtype=np.float32), train=True)
     stats = fused._forward_train.stats
     print(json.dumps({"hits": sum(stats.cache_hits.values()),
                       "misses": sum(stats.cache_misses.values()),

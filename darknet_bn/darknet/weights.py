@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_dim
+from .._validate import check_dim, short_repr
 from ..batchnorm_layer import PATHS, BatchNormLayer
 from ..dialects import get_dialect
 from .parser import (BN_BLOCKS, INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
@@ -145,11 +145,7 @@ class DarknetWeights:
 # --------------------------------------------------------------------------
 def _show(value, n=80):
     """``repr(value)`` cut to ``n`` characters (an int too long for repr: its size)."""
-    try:
-        text = repr(value)
-    except ValueError:                 # int with more digits than repr converts
-        return f"a {value.bit_length()}-bit integer"
-    return text if len(text) <= n else text[:n - 3] + "..."
+    return short_repr(repr(value) if isinstance(value, str) else value, n)
 
 
 def _type_name(value):
