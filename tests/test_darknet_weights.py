@@ -426,7 +426,8 @@ def _baseline(name, tmp_path):
     return {
         "parse_cfg": dict(path=cfg, dialect="pjreddie"),
         "read_cfg": dict(path=cfg),
-        "read_weights": dict(cfg_path=cfg, weights_path=path, dialect="pjreddie"),
+        "read_weights": dict(cfg_path=cfg, weights_path=path, dialect="pjreddie",
+                             layer_weights=True),
         "write_weights": dict(cfg_path=cfg, weights_path=tmp_path / "out.weights", weights=w,
                               dialect="pjreddie", base=path, fill=None),
         "read_header": dict(path=path, f=io.BytesIO(header)),
@@ -469,7 +470,7 @@ BAD_ARGUMENTS = {
     "read_cfg": {"path": _PATHS + ["a\0b"]},
     "read_weights": {"cfg_path": _PATHS + [lambda: _weights_with()],
                      "weights_path": _PATHS + [lambda: _weights_with()],
-                     "dialect": _DIALECTS},
+                     "dialect": _DIALECTS, "layer_weights": [None, 1, "yes"]},
     "write_weights": {"cfg_path": _PATHS, "weights_path": _PATHS + [""],
                       "weights": _WEIGHTS, "dialect": _DIALECTS + [""],
                       "base": [5, [_CFG], 1.5],
