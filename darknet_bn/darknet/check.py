@@ -725,7 +725,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None):
     """
     r = "check_model"
     d = get_dialect(dialect, r).name
-    cfg = _check_cfg_arg(r, cfg)
+    cfg = _check_cfg_arg(r, cfg, "cfg")
     wpath = check_path(r, "weights", weights, "yolov4.weights")
     if eps is not None:
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):

@@ -283,7 +283,10 @@ def fold_weights(cfg_path, weights_path, out_path, *, dialect):
     not reproduced (``flipped``, AlexeyAB ``[shortcut] weights_normalization``),
     ``TypeError``/``ValueError`` naming a wrong-typed argument, before any work.
     """
-    r = "fold_weights"
+    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect)
+
+
+def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
     cfg = _check_cfg_arg(r, cfg_path)
     src_path = check_path(r, "weights_path", weights_path, "yolov4.weights")
     out = check_path(r, "out_path", out_path, "yolov4-folded.weights")
@@ -323,7 +326,7 @@ def fold_weights(cfg_path, weights_path, out_path, *, dialect):
 def denormalize_net(cfg_path, weights_path, out_path):
     """pjreddie's ``denormalize_net`` (``darknet denormalize``): ``fold_weights`` with
     ``dialect="pjreddie"``."""
-    return fold_weights(cfg_path, weights_path, out_path, dialect="pjreddie")
+    return _fold_weights("denormalize_net", cfg_path, weights_path, out_path, "pjreddie")
 
 
 __all__ = ["fold_batchnorm", "fold_record", "fold_weights", "fuse_conv_batchnorm",

@@ -232,15 +232,15 @@ def _check_layer_args(routine, batch, kernel, dialect=None, h=None, w=None):
                          "(or None for the default)")
 
 
-def _check_cfg_arg(routine, cfg):
+def _check_cfg_arg(routine, cfg, name="cfg_path"):
     """``cfg_path``: a ``Network`` or a path (checked, not parsed yet)."""
     if isinstance(cfg, Network):
         return cfg
     if not isinstance(cfg, (str, bytes, os.PathLike)):
-        raise TypeError(f"{routine}: cfg_path must be a .cfg path (str or os.PathLike) or a "
+        raise TypeError(f"{routine}: {name} must be a .cfg path (str or os.PathLike) or a "
                         f"Network from parse_cfg, got {_type_name(cfg)}; pass e.g. "
-                        "cfg_path='yolov4.cfg'")
-    return check_path(routine, "cfg_path", cfg, "yolov4.cfg")
+                        f"{name}='yolov4.cfg'")
+    return check_path(routine, name, cfg, "yolov4.cfg")
 
 
 # --------------------------------------------------------------------------
