@@ -539,7 +539,20 @@ def ulp_distance(a, b):
 # diagnosis
 # --------------------------------------------------------------------------
 def _eps_text(placement, eps):
-    return (f"sqrt(var + {eps:g})" if placement == "inside" else f"sqrt(var) + {eps:g}")
+    return (f"sqrt(var + {eps:.3g})" if placement == "inside" else f"(sqrt(var) + {eps:.3g})")
+
+
+def _same_form(a, b):
+    return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=0.0)
+
+
+def _eps_values(model_eps):
+    """KNOWN_EPS and the model's own eps, without near-duplicates (1e-5 and .00001f)."""
+    out = []
+    for e in sorted(set(KNOWN_EPS) | ({model_eps} if model_eps is not None else set())):
+        if not any(math.isclose(e, x, rel_tol=1e-6, abs_tol=0.0) for x in out):
+            out.append(e)
+    return out
 
 
 def _fix(dialect, form):
@@ -556,67 +569,41 @@ def _fix(dialect, form):
             "to_torch_batchnorm / batchnorm_state_dict)")
 
 
-def hypotheses(record, probe, dialect, form, model_eps):
-    """``[(diagnosis, A, B)]``: the response ``A*t + B`` each known mistake would give."""
+def _denominators(dialect, model_eps):
+    """``[(form, text)]``: the fork's exact denominator (text None) and every eps
+    value/placement converters use instead."""
+    exact = EXACT_FORM[dialect]
+    other = "pjreddie" if dialect == "alexeyab" else "alexeyab"
+    out = [(exact, None)]
+    for placement in ("inside", "outside"):
+        for e in _eps_values(model_eps):
+            if _same_form((placement, e), exact) or (placement == "outside" and e == 0):
+                continue
+            text = (f"eps: computes (x-mean)/{_eps_text(placement, e)}, {dialect} computes "
+                    f"(x-mean)/{_eps_text(*exact)}")
+            if _same_form((placement, e), EXACT_FORM[other]):
+                text += f" (that is {other}'s normalization: wrong fork? --dialect {other})"
+            out.append(((placement, e), text))
+    return out
+
+
+def _params(record):
     s, m, v = (getattr(record, k).astype(np.float64) for k in
                ("scales", "rolling_mean", "rolling_variance"))
     b = (record.biases.astype(np.float64) if record.biases is not None
          else np.zeros(record.channels))
-    w = probe.w.astype(np.float64)
-    exact = EXACT_FORM[dialect]
-    other = "pjreddie" if dialect == "alexeyab" else "alexeyab"
-    fix = _fix(dialect, form)
-    out = []
-
-    def add(text, s_=s, b_=b, m_=m, v_=v, form_=exact, wmul=1.0):
-        with np.errstate(all="ignore"):
-            a = s_ / _denominator(v_, *form_)
-            out.append((text, a * w * wmul, b_ - a * m_))
-
-    eps_set = sorted(set(KNOWN_EPS) | ({model_eps} if model_eps is not None else set()))
-    for placement in ("inside", "outside"):
-        for e in eps_set:
-            if (placement, e) == exact or (placement == "outside" and e == 0):
-                continue
-            text = (f"eps: computes (x-mean)/{_eps_text(placement, e)}, {dialect} computes "
-                    f"(x-mean)/{_eps_text(*exact)}")
-            if (placement, e) == EXACT_FORM[other]:
-                text += f" — that is {other}'s normalization (wrong fork? --dialect {other})"
-            add(f"{text}; fix: {fix}", form_=(placement, e))
-    for e in eps_set:
-        if e:
-            add(f"eps counted twice: running_var is already (sqrt(var) + 1e-6)^2 and eps "
-                f"{e:g} is added again; fix: use eps 0 with that running_var",
-                v_=(np.sqrt(np.abs(v)) + _PJ_EPS) ** 2 + e, form_=("inside", 0.0))
-    add(f"swap: rolling_mean and rolling_variance are swapped; fix: {fix}", m_=v, v_=m)
-    add(f"swap: scales and biases are swapped; fix: {fix}", s_=b, b_=s)
-    add(f"variance stored as a standard deviation (sqrt(var)); fix: store the variance, "
-        f"{fix}", v_=np.sqrt(np.abs(v)))
-    if form == "folded":
-        out.append(("raw weights where folded ones were expected: the conv has Darknet's "
-                    "weights and biases unchanged, the batchnorm was dropped instead of "
-                    f"folded; fix: {fix}", w, b))
-    else:
-        with np.errstate(all="ignore"):
-            a = s / _denominator(v, *exact)
-        add("folded weights where raw ones were expected: the conv weights already include "
-            "the batchnorm scale, which the BatchNormalization applies again; fix: export "
-            "Darknet's raw conv weights (or drop the BatchNormalization)", wmul=a)
-    return out
+    return s, b, m, v
 
 
-def _biased_ratio(record, probe, A, dialect):
+def _biased_ratio(s, v, w, A, form):
     """The constant c with var' = c*var if the model's response fits one, else None."""
-    s = record.scales.astype(np.float64)
-    v = record.rolling_variance.astype(np.float64)
-    w = probe.w.astype(np.float64)
-    placement, e = EXACT_FORM[dialect]
+    placement, e = form
     with np.errstate(all="ignore"):
         d = s * w / A
         vm = d * d - e if placement == "inside" else (d - e) ** 2
         c = vm / v
     good = np.isfinite(c) & (np.abs(v) > 1e-3)
-    if good.sum() < 1:
+    if not good.any():
         return None
     cm = float(np.median(c[good]))
     if not (0.5 <= cm < 1.0 - 1e-4) or np.max(np.abs(c[good] - cm)) > 1e-3 * cm:
@@ -624,37 +611,71 @@ def _biased_ratio(record, probe, A, dialect):
     return cm
 
 
+def hypotheses(record, probe, dialect, form, model_eps, A_mod):
+    """``[(mistakes, diagnosis, A, B)]``: the response ``A*t + B`` each known converter
+    mistake (or pair of mistakes: one structural, one eps) would give."""
+    s, b, m, v = _params(record)
+    w = probe.w.astype(np.float64)
+    structural = [
+        ("", {}),
+        ("swap: rolling_mean and rolling_variance are swapped", dict(m_=v, v_=m)),
+        ("swap: scales and biases are swapped", dict(s_=b, b_=s)),
+        ("variance stored as a standard deviation (sqrt(var))", dict(v_=np.sqrt(np.abs(v)))),
+    ]
+    if form == "batchnorm":
+        structural.append(("folded weights where raw ones were expected: the conv weights "
+                           "already include the batchnorm scale, which the "
+                           "BatchNormalization applies again; export Darknet's raw conv "
+                           "weights (or drop the BatchNormalization)", dict(wmul=True)))
+    out = []
+    for den, eps_text in _denominators(dialect, model_eps):
+        cases = list(structural)
+        c = _biased_ratio(s, v, w, A_mod, den)
+        if c is not None:
+            cases.append((f"variance biased: it is {c:.6g} x Darknet's (divided by N instead "
+                          f"of N-1, N ~ {1 / (1 - c):.0f}); Darknet stores the unbiased "
+                          "rolling variance: store it unchanged", dict(v_=c * v)))
+        for text, change in cases:
+            s_, b_, m_, v_ = (change.get(k, d) for k, d in
+                              (("s_", s), ("b_", b), ("m_", m), ("v_", v)))
+            with np.errstate(all="ignore"):
+                a = s_ / _denominator(v_, *den)
+                A, B = a * w * (a if change.get("wmul") else 1.0), b_ - a * m_
+            parts = [p for p in (text, eps_text) if p]
+            if parts:
+                out.append((len(parts), "; ".join(parts), A, B))
+    for e in _eps_values(model_eps):
+        if e:
+            with np.errstate(all="ignore"):
+                a = s / np.sqrt((np.sqrt(np.abs(v)) + _PJ_EPS) ** 2 + e)
+            out.append((1, f"eps counted twice: running_var is already (sqrt(var) + 1e-6)^2 "
+                        f"and eps {e:g} is added again: use eps 0 with that running_var",
+                        a * w, b - a * m))
+    if form == "folded":
+        out.append((1, "raw weights where folded ones were expected: the conv has "
+                    "Darknet's weights and biases unchanged, the batchnorm was dropped "
+                    "instead of folded", w, b))
+    return out
+
+
 def diagnose(pair, probe, dialect, scale, A_mod, B_mod):
-    """The known mistake that explains the model's response best, within the tolerance."""
-    record = pair.record
+    """The simplest known mistake that explains the model's response within the
+    tolerance (fewest mistakes first, then the smallest error), with its fix."""
     form = "batchnorm" if pair.bn is not None else "folded"
     model_eps = pair.bn.eps if pair.bn is not None else None
-    cands = hypotheses(record, probe, dialect, form, model_eps)
-    c = _biased_ratio(record, probe, A_mod, dialect)
-    if c is not None:
-        n = 1.0 / (1.0 - c)
-        s, m, v = (getattr(record, k).astype(np.float64) for k in
-                   ("scales", "rolling_mean", "rolling_variance"))
-        b = (record.biases.astype(np.float64) if record.biases is not None
-             else np.zeros(record.channels))
-        with np.errstate(all="ignore"):
-            a = s / _denominator(c * v, *EXACT_FORM[dialect])
-        cands.append((f"variance biased: it is {c:.6g} x Darknet's (divided by N instead of "
-                      f"N-1, N ~ {n:.0f}); Darknet stores the unbiased rolling variance: "
-                      f"store it unchanged; fix: {_fix(dialect, form)}",
-                      a * probe.w.astype(np.float64), b - a * m))
     t = probe.t.astype(np.float64)
-    best = (math.inf, "")
-    for text, A, B in cands:
+    with np.errstate(all="ignore"):
+        y_m = A_mod[:, None] * t + B_mod[:, None]
+    best = None
+    for count, text, A, B in hypotheses(pair.record, probe, dialect, form, model_eps, A_mod):
         with np.errstate(all="ignore"):
             y_h = A[:, None] * t + B[:, None]
-            y_m = A_mod[:, None] * t + B_mod[:, None]
         err = float(np.max(relative_error(y_m, y_h, scale)))
-        if err < best[0]:
-            best = (err, text)
-    if best[0] <= TOLERANCE:
-        return best[1]
-    return _unexplained(pair, probe, dialect)
+        if err <= TOLERANCE and (best is None or (count, err) < best[:2]):
+            best = (count, err, text)
+    if best is None:
+        return _unexplained(pair, probe, dialect)
+    return f"{best[2]}; fix: {_fix(dialect, form)}"
 
 
 def _unexplained(pair, probe, dialect):
