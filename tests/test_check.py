@@ -438,3 +438,52 @@ def test_check_model_argument_errors():
         check_model(build_torch("pjreddie"), cfg, path)
     with pytest.raises(ValueError, match=r"eps must be finite and >= 0"):
         check_model(build_torch("pjreddie"), cfg, path, dialect="pjreddie", eps=-1)
+
+
+# --------------------------------------------------------------------------
+# a real network: yolov4-tiny (AlexeyAB) with synthesized weights
+# --------------------------------------------------------------------------
+def _synthesized_yolov4_tiny(tmp_path):
+    """yolov4-tiny's cfg with random BN blocks and conv weights (seed 7), and a torch
+    model of its convs with darknet_bn's exact BatchNorm export."""
+    from darknet_bn.darknet import BatchNormRecord, DarknetWeights, WeightsHeader, write_weights
+    cfg = CFG_DIR / "alexeyab" / "yolov4-tiny.cfg"
+    net = parse_cfg(cfg, dialect="alexeyab")
+    rng = np.random.default_rng(7)
+    records = []
+    for s in net.bn_layers:
+        n = s.bn_channels
+        records.append(BatchNormRecord(
+            s.index, s.section, n, rng.normal(0, 1, n).astype(F32),
+            rng.normal(1, .2, n).astype(F32), rng.normal(0, 1, n).astype(F32),
+            rng.uniform(0.05, 4, n).astype(F32), "alexeyab", s,
+            rng.normal(0, .1, dict(s.blocks)["weights"]).astype(F32)))
+    path = tmp_path / "yolov4-tiny.weights"
+    write_weights(net, path, DarknetWeights(None, "alexeyab", WeightsHeader(0, 2, 5, 0), net,
+                                            records), fill=0.25)
+    by_index = {r.index: r for r in records}
+    mods = torch.nn.Sequential()
+    for s in net.layers:
+        if s.section != "convolutional":
+            continue
+        rec = by_index.get(s.index)
+        w = rec.weights if rec is not None else np.full(dict(s.blocks)["weights"], 0.25, F32)
+        mods.add_module(f"conv{s.index}", _conv_module(s, w, np.full(s.filters, 0.25, F32),
+                                                       rec is None))
+        if rec is not None:
+            mods.add_module(f"bn{s.index}", _bn_module(s, _bn_params(rec, "alexeyab")))
+    return cfg, path, mods
+
+
+def test_yolov4_tiny(tmp_path):
+    cfg, path, mods = _synthesized_yolov4_tiny(tmp_path)
+    report = check_model(mods, cfg, path, dialect="alexeyab")
+    assert report.ok and len(report.layers) == 19
+    assert all(r.reference == "folded conv (fuse_conv_batchnorm)" for r in report.layers)
+    for name, m in mods.named_children():
+        if name.startswith("bn"):
+            m.eps = 1e-3
+    report = check_model(mods, cfg, path, dialect="alexeyab")
+    assert not any(r.ok for r in report.layers)
+    assert all(r.diagnosis.startswith("eps: computes (x-mean)/sqrt(var + 0.001)")
+               for r in report.layers)

@@ -564,9 +564,10 @@ def _fix(dialect, form):
                 "darknet_bn.darknet.batchnorm_state_dict (eps 0, running_var = "
                 "(sqrt(var) + 1e-6)^2), or fold with scale/(sqrt(var) + 1e-6)")
     if dialect == "alexeyab":
-        return "use eps 1e-5 with the stored variance (darknet_bn.darknet.to_torch_batchnorm)"
-    return ("use eps 0 with running_var = (sqrt(var) + 1e-6)^2 (darknet_bn.darknet."
-            "to_torch_batchnorm / batchnorm_state_dict)")
+        return ("export with darknet_bn.darknet.to_torch_batchnorm / batchnorm_state_dict "
+                "(Darknet's blocks as stored, eps 1e-5)")
+    return ("export with darknet_bn.darknet.to_torch_batchnorm / batchnorm_state_dict "
+            "(eps 0, running_var = (sqrt(var) + 1e-6)^2)")
 
 
 def _denominators(dialect, model_eps):
