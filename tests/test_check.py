@@ -487,3 +487,15 @@ def test_yolov4_tiny(tmp_path):
     assert not any(r.ok for r in report.layers)
     assert all(r.diagnosis.startswith("eps: computes (x-mean)/sqrt(var + 0.001)")
                for r in report.layers)
+
+
+def test_pairing_failure_is_fast_on_a_deep_network(tmp_path):
+    """One unit missing at the end of yolov4-tiny: every conv could be read as folded
+    or unfolded, and the failure is still found without trying all 2**19 readings."""
+    import time
+    cfg, path, mods = _synthesized_yolov4_tiny(tmp_path)
+    del mods[-1]
+    start = time.perf_counter()
+    with pytest.raises(CheckError, match=r"cannot pair"):
+        check_model(mods, cfg, path, dialect="alexeyab")
+    assert time.perf_counter() - start < 30

@@ -333,10 +333,13 @@ def pair_units(net, records, units):
     if not has_convs:
         specs = [s for s in specs if s.bn_channels]
     best = {"depth": -1, "where": ""}
+    failed = set()                     # (i, j) known not to lead to a full pairing
 
     def walk(i, j):
         if i == len(specs):
             return [] if j == len(units) else None
+        if (i, j) in failed:
+            return None
         spec = specs[i]
         options = []
         if spec.section == "batchnorm" or not has_convs:
@@ -360,6 +363,7 @@ def pair_units(net, records, units):
             rest = walk(i + 1, nj)
             if rest is not None:
                 return [pair] + rest
+        failed.add((i, j))
         return None
 
     limit = sys.getrecursionlimit()
