@@ -499,3 +499,13 @@ def test_pairing_failure_is_fast_on_a_deep_network(tmp_path):
     with pytest.raises(CheckError, match=r"cannot pair"):
         check_model(mods, cfg, path, dialect="alexeyab")
     assert time.perf_counter() - start < 30
+
+
+def test_in_memory_state_dict_and_onnx_model(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    cfg, path = _files("alexeyab")
+    state = build_torch("alexeyab", mistake="std", at=(0,)).state_dict()
+    report = check_model(state, cfg, path, dialect="alexeyab", eps=1e-5)
+    assert _flagged(report) == [0] and "standard deviation" in report.layers[0].diagnosis
+    proto = onnx.load(build_onnx("alexeyab", tmp_path / "m.onnx", fold=True))
+    assert check_model(proto, cfg, path, dialect="alexeyab").ok

@@ -152,18 +152,20 @@ def _float(a):
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
-def _onnx_units(path):
+def _onnx_units(path, model=None):
+    """Units of an ONNX file (or of ``model``, an ``onnx.ModelProto``; ``path`` names it)."""
     try:
         import onnx
         from onnx import numpy_helper
     except ImportError:
         raise CheckError(f"{path}: reading ONNX needs the onnx package: pip install "
                          "'darknet_bn[onnx]'") from None
-    try:
-        model = onnx.load(path)
-    except Exception as e:                              # protobuf DecodeError and friends
-        raise CheckError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
-                         f"{str(e)[:200]})") from None
+    if model is None:
+        try:
+            model = onnx.load(path)
+        except Exception as e:                          # protobuf DecodeError and friends
+            raise CheckError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
     graph = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
@@ -268,9 +270,17 @@ def _torch_module_units(module):
 
 def load_units(converted, eps=None):
     """``(units, source, stores_eps)``: the converted model's conv/dense/bn units in order."""
-    torch = sys.modules.get("torch")          # a live module means torch is imported
+    torch = sys.modules.get("torch")          # a live object means its package is imported
     if torch is not None and isinstance(converted, torch.nn.Module):
         return _torch_module_units(converted), type(converted).__name__, True
+    if isinstance(converted, dict):
+        if torch is None:
+            raise CheckError("the state_dict passed is a dict but torch is not imported; "
+                             "a state_dict holds torch tensors")
+        return _torch_state_units(converted, eps, "state_dict"), "state_dict", False
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(converted, onnx.ModelProto):
+        return _onnx_units("ONNX model", converted), "ONNX model", True
     path = check_path("check_model", "converted", converted, "model.onnx")
     if not os.path.isfile(path):
         what = "is not a file" if os.path.exists(path) else "does not exist"
@@ -740,7 +750,8 @@ def check_model(converted, cfg, weights, *, dialect, eps=None):
     needs the ``onnx`` package), a torch state_dict file (``.pt``/``.pth``,
     loaded with ``weights_only=True``; it stores no eps: pass ``eps``), or a
     live ``torch.nn.Module`` (its ``_BatchNorm`` modules carry their eps and
-    are run on the probes).  ``cfg``, ``weights``: the Darknet files (``cfg``
+    are run on the probes), a state_dict (a dict of tensors) or an
+    ``onnx.ModelProto``.  ``cfg``, ``weights``: the Darknet files (``cfg``
     may be a ``Network``).  ``dialect``: the fork whose inference is the
     reference.  ``eps``: only for a state_dict.
 
@@ -760,9 +771,10 @@ def check_model(converted, cfg, weights, *, dialect, eps=None):
         eps = float(eps)
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"{r}: eps must be finite and >= 0, got {eps}")
-    if converted is None or isinstance(converted, (int, float, list, tuple, dict)):
-        raise TypeError(f"{r}: converted must be an .onnx or .pt/.pth path or a "
-                        f"torch.nn.Module, got {_type_name(converted)}")
+    if converted is None or isinstance(converted, (int, float, list, tuple)):
+        raise TypeError(f"{r}: converted must be an .onnx or .pt/.pth path, a "
+                        f"torch.nn.Module, a state_dict or an onnx.ModelProto, got "
+                        f"{_type_name(converted)}")
     net = _network(cfg, d, r)
     darknet = read_weights(net, wpath, dialect=d, layer_weights=True)
     units, source, stores_eps = load_units(converted, eps)
