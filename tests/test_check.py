@@ -509,3 +509,13 @@ def test_in_memory_state_dict_and_onnx_model(tmp_path):
     assert _flagged(report) == [0] and "standard deviation" in report.layers[0].diagnosis
     proto = onnx.load(build_onnx("alexeyab", tmp_path / "m.onnx", fold=True))
     assert check_model(proto, cfg, path, dialect="alexeyab").ok
+
+
+def test_import_needs_neither_onnx_nor_torch():
+    import subprocess
+    import sys
+    code = ("import sys, darknet_bn, darknet_bn.cli; darknet_bn.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert out.strip() == "[]"
