@@ -519,3 +519,14 @@ def test_import_needs_neither_onnx_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_unknown_mistake_names_the_blocks_that_differ():
+    cfg, path = _files("alexeyab")
+    model = build_torch("alexeyab")
+    with torch.no_grad():
+        model.bn7.weight.mul_(torch.linspace(0.5, 1.5, 12))
+    report = check_model(model, cfg, path, dialect="alexeyab")
+    assert _flagged(report) == [7]
+    assert report.layers[3].diagnosis.startswith("not a known converter mistake")
+    assert "differs from darknet_bn's exact export in weight)" in report.layers[3].diagnosis

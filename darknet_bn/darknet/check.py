@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dialects import FOLDING, get_dialect
+from .export import _PJREDDIE_EPS, batchnorm_state_dict
 from .fold import fold_record
 from .parser import check_path
 from .weights import (_check_cfg_arg, _network, _type_name, make_batchnorm_layer_from_record,
@@ -65,7 +66,7 @@ TOLERANCE = 8 * 2.0 ** -24
 PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
 
 #: The fork's denominator, in double: (x - mean) / D(var).
-_PJ_EPS = float(np.float32(0.000001))         # .000001f, added outside the root
+_PJ_EPS = float(_PJREDDIE_EPS)                # .000001f, added outside the root
 _AB_EPS = float(np.float32(0.00001))          # .00001f, added inside the root
 EXACT_FORM = {
     "alexeyab": ("inside", _AB_EPS),
@@ -401,6 +402,14 @@ def _denominator(var, placement, eps):
         return np.sqrt(var) + eps
 
 
+def _params(record):
+    s, m, v = (getattr(record, k).astype(np.float64) for k in
+               ("scales", "rolling_mean", "rolling_variance"))
+    b = (record.biases.astype(np.float64) if record.biases is not None
+         else np.zeros(record.channels))
+    return s, b, m, v
+
+
 @dataclass
 class Probe:
     """Per channel: the probe pixel's weight ``w`` and the probe values ``t`` and ``z``."""
@@ -519,10 +528,7 @@ def model_response(pair, probe):
 
 def _scale(record, probe, dialect):
     """``|a*z| + |a*mean| + |b|`` per probe (the error's denominator)."""
-    s, m, v = (getattr(record, k).astype(np.float64) for k in
-               ("scales", "rolling_mean", "rolling_variance"))
-    b = (record.biases.astype(np.float64) if record.biases is not None
-         else np.zeros(record.channels))
+    s, b, m, v = _params(record)
     with np.errstate(all="ignore"):
         a = s / _denominator(v, *EXACT_FORM[dialect])
         return (np.abs(a[:, None] * probe.z) + np.abs(a * m)[:, None] + np.abs(b)[:, None])
@@ -600,14 +606,6 @@ def _denominators(dialect, model_eps):
                 text += f" (that is {other}'s normalization: wrong fork? --dialect {other})"
             out.append(((placement, e), text))
     return out
-
-
-def _params(record):
-    s, m, v = (getattr(record, k).astype(np.float64) for k in
-               ("scales", "rolling_mean", "rolling_variance"))
-    b = (record.biases.astype(np.float64) if record.biases is not None
-         else np.zeros(record.channels))
-    return s, b, m, v
 
 
 def _biased_ratio(s, v, w, A, form):
@@ -689,31 +687,26 @@ def diagnose(pair, probe, dialect, scale, A_mod, B_mod):
         if err <= TOLERANCE and (best is None or (count, err) < best[:2]):
             best = (count, err, text)
     if best is None:
-        return _unexplained(pair, probe, dialect)
+        return _unexplained(pair, dialect)
     return f"{best[2]}; fix: {_fix(dialect, form)}"
 
 
-def _unexplained(pair, probe, dialect):
-    rec, bn = pair.record, pair.bn
+def _unexplained(pair, dialect):
+    """Which stored blocks differ from darknet_bn's exact export (``batchnorm_state_dict``)."""
     parts = []
-    if bn is not None:
-        theirs = {"scale": bn.weight, "bias": bn.bias, "running_mean": bn.mean,
-                  "running_var": bn.var}
-        var = rec.rolling_variance
-        if dialect == "pjreddie":
-            with np.errstate(invalid="ignore"):
-                var = ((np.sqrt(var.astype(np.float64)) + _PJ_EPS) ** 2).astype(np.float32)
-        ours = {"scale": rec.scales, "bias": rec.biases if rec.biases is not None else
-                np.zeros_like(rec.scales), "running_mean": rec.rolling_mean,
-                "running_var": var}
-        for k in theirs:
-            x, y = np.asarray(theirs[k], np.float64), np.asarray(ours[k], np.float64)
+    if pair.bn is not None:
+        exact, _ = batchnorm_state_dict(pair.record, dialect=dialect)
+        theirs = {"weight": pair.bn.weight, "bias": pair.bn.bias,
+                  "running_mean": pair.bn.mean, "running_var": pair.bn.var}
+        for k, x in theirs.items():
+            x, y = np.asarray(x, np.float64), np.asarray(exact[k], np.float64)
             with np.errstate(all="ignore"):
                 d = np.abs(x - y) / np.maximum(np.abs(y), 1e-30)
-            d = np.where(np.isnan(x) & np.isnan(y), 0, d)
-            if np.nanmax(np.where(np.isnan(d), np.inf, d)) > 1e-6:
+            d = np.where(np.isnan(x) & np.isnan(y), 0.0, np.where(np.isnan(d), np.inf, d))
+            if np.max(d) > 1e-6:
                 parts.append(k)
-    what = f" (differs in {', '.join(parts)})" if parts else ""
+    what = (f" (differs from darknet_bn's exact export in {', '.join(parts)})"
+            if parts else "")
     return ("not a known converter mistake: the parameters do not match Darknet's" + what +
             "; check the pairing and the values layer by layer")
 
