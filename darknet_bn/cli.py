@@ -11,6 +11,8 @@ COMMANDS = {
     "demo": "darknet_bn.demo",
     "inspect": "darknet_bn.inspect_cmd",
     "compare": "darknet_bn.compare",
+    "fold": "darknet_bn.fold_cmd",
+    "check": "darknet_bn.check_cmd",
 }
 
 

@@ -111,3 +111,35 @@ def get_dialect(dialect, routine="darknet_bn"):
         raise ValueError(
             f"{routine}: unknown dialect {dialect!r}; use one of {sorted(DIALECTS)}"
         ) from None
+
+
+@dataclass(frozen=True)
+class Folding:
+    """How a fork folds batchnorm into the weights (``darknet_bn.darknet.fold``).
+
+    ==========================  ====================================  ==========================
+                                pjreddie                              alexeyab
+    ==========================  ====================================  ==========================
+    when                        on request: ``darknet denormalize``   every inference load:
+                                (``denormalize_net``)                 ``load_network_custom``
+    ``[convolutional]``         ``denormalize_convolutional_layer``   ``fuse_conv_batchnorm``
+    ``[connected]``             ``denormalize_connected_layer``       not folded
+    inference runs folded conv  no (``normalize_cpu``)                yes
+    ``save_weights`` revision   0                                     5
+    ==========================  ====================================  ==========================
+    """
+    name: str
+    folds_connected: bool          #: [connected] layers with batchnorm are folded too
+    inference_folds_conv: bool     #: the fork's inference computes the folded conv
+    save_weights_revision: int     #: header revision save_weights writes (major 0, minor 2)
+    command: str                   #: the Darknet command that writes a folded file
+
+
+FOLDING = {
+    "pjreddie": Folding(name="pjreddie", folds_connected=True, inference_folds_conv=False,
+                        save_weights_revision=0,
+                        command="darknet denormalize cfg weights out"),
+    "alexeyab": Folding(name="alexeyab", folds_connected=False, inference_folds_conv=True,
+                        save_weights_revision=5,
+                        command="load_network_custom(cfg, weights, 0, 1) + save_weights"),
+}

@@ -426,7 +426,8 @@ def _baseline(name, tmp_path):
     return {
         "parse_cfg": dict(path=cfg, dialect="pjreddie"),
         "read_cfg": dict(path=cfg),
-        "read_weights": dict(cfg_path=cfg, weights_path=path, dialect="pjreddie"),
+        "read_weights": dict(cfg_path=cfg, weights_path=path, dialect="pjreddie",
+                             layer_weights=True),
         "write_weights": dict(cfg_path=cfg, weights_path=tmp_path / "out.weights", weights=w,
                               dialect="pjreddie", base=path, fill=None),
         "read_header": dict(path=path, f=io.BytesIO(header)),
@@ -436,7 +437,37 @@ def _baseline(name, tmp_path):
         "batchnorm_state_dict": dict(record=w.layer(0), dialect="pjreddie"),
         "to_torch_batchnorm": dict(record=w.layer(0), dialect="pjreddie"),
         "export_state_dicts": dict(weights=w),
+        "fold_batchnorm": dict(**_layer_arrays(), dialect="pjreddie", layer_type="connected"),
+        "fuse_conv_batchnorm": dict(**_layer_arrays(), n=2, filter_size=3),
+        "denormalize_convolutional_layer": dict(**_layer_arrays(), n=2, filter_size=3),
+        "denormalize_connected_layer": dict(**_layer_arrays(), outputs=2, inputs=3),
+        "fold_weights": dict(cfg_path=cfg, weights_path=path,
+                             out_path=tmp_path / "folded.weights", dialect="pjreddie"),
+        "denormalize_net": dict(cfg_path=cfg, weights_path=path,
+                                out_path=tmp_path / "folded.weights"),
+        "check_model": dict(converted=_bn_state_dict_file(w, tmp_path), cfg=cfg, weights=path,
+                            dialect="pjreddie", eps=0.0),
     }[name]
+
+
+def _layer_arrays():
+    """A 2-filter layer with 3 weights per filter (fresh arrays for each call)."""
+    return dict(weights=np.linspace(-1, 1, 6, dtype=np.float32),
+                biases=np.array([0.5, -0.5], np.float32), scales=np.ones(2, np.float32),
+                rolling_mean=np.zeros(2, np.float32),
+                rolling_variance=np.array([1.0, 4.0], np.float32))
+
+
+def _bn_state_dict_file(w, tmp_path):
+    """A torch state_dict with one exact BatchNorm per BN layer of ``w`` (outside
+    ``tmp_path``'s listing: the bad-argument test checks nothing is created there)."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path.parent / f"{tmp_path.name}-bn.pt"
+    state = {}
+    for i, (sd, _) in enumerate(D.export_state_dicts(w).values()):
+        state.update({f"bn{i}.{k}": torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
+    torch.save(state, path)
+    return path
 
 
 def _record(**changes):
@@ -460,6 +491,9 @@ _RECORDS = [None, 5, "layer0", [lambda: _record()], lambda: _weights_with(),
 _WEIGHTS = [None, 5, "x.weights", lambda: _weights_with().layers, lambda: _record()]
 _DIALECTS = [5, ["pjreddie"], "darknet"]
 _INTS = [None, "1", 1.5, [1], True]
+_ARRAY_NAMES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
+_ARRAYS = [None, [1.0, 2.0], lambda: np.ones(6), lambda: np.ones(7, np.float32),
+           lambda: np.ones((2, 3), np.float32)]
 
 #: function -> parameter -> wrong values (a callable builds the value, so each case
 #: gets a fresh object; a list [callable] is a list holding one).  Every parameter
@@ -469,7 +503,7 @@ BAD_ARGUMENTS = {
     "read_cfg": {"path": _PATHS + ["a\0b"]},
     "read_weights": {"cfg_path": _PATHS + [lambda: _weights_with()],
                      "weights_path": _PATHS + [lambda: _weights_with()],
-                     "dialect": _DIALECTS},
+                     "dialect": _DIALECTS, "layer_weights": [None, 1, "yes"]},
     "write_weights": {"cfg_path": _PATHS, "weights_path": _PATHS + [""],
                       "weights": _WEIGHTS, "dialect": _DIALECTS + [""],
                       "base": [5, [_CFG], 1.5],
@@ -482,6 +516,21 @@ BAD_ARGUMENTS = {
     "batchnorm_state_dict": {"record": _RECORDS, "dialect": _DIALECTS},
     "to_torch_batchnorm": {"record": _RECORDS, "dialect": _DIALECTS},
     "export_state_dicts": {"weights": _WEIGHTS},
+    "fold_batchnorm": {**{k: _ARRAYS for k in _ARRAY_NAMES}, "dialect": _DIALECTS,
+                       "layer_type": [5, "batchnorm", None]},
+    "fuse_conv_batchnorm": {**{k: _ARRAYS for k in _ARRAY_NAMES}, "n": _INTS + [0],
+                            "filter_size": _INTS + [4]},
+    "denormalize_convolutional_layer": {**{k: _ARRAYS for k in _ARRAY_NAMES},
+                                        "n": _INTS + [3], "filter_size": _INTS + [0]},
+    "denormalize_connected_layer": {**{k: _ARRAYS for k in _ARRAY_NAMES},
+                                    "outputs": _INTS + [0], "inputs": _INTS + [2]},
+    "fold_weights": {"cfg_path": _PATHS, "weights_path": _PATHS + [""],
+                     "out_path": _PATHS + ["a\0b"], "dialect": _DIALECTS + [None]},
+    "denormalize_net": {"cfg_path": _PATHS, "weights_path": _PATHS,
+                        "out_path": _PATHS + [""]},
+    "check_model": {"converted": [None, 5, 1.5, [_CFG]], "cfg": _PATHS,
+                    "weights": _PATHS + [""], "dialect": _DIALECTS,
+                    "eps": ["1e-5", True, -1.0, float("nan"), [0.0]]},
 }
 
 #: Wrong-typed contents: (function, parameter, value, the name the message must give).
@@ -542,7 +591,13 @@ def test_baselines_are_valid(fname, tmp_path):
     """Each case changes one argument of a call that works."""
     if fname == "to_torch_batchnorm":
         pytest.importorskip("torch")
-    assert getattr(D, fname)(**_baseline(fname, tmp_path)) is not None
+    result = getattr(D, fname)(**_baseline(fname, tmp_path))
+    assert (result is None) == (fname in IN_PLACE)         # in place, like the C
+
+
+#: Darknet's in-place routines: they return nothing, as in C.
+IN_PLACE = {"fuse_conv_batchnorm", "denormalize_convolutional_layer",
+            "denormalize_connected_layer"}
 
 
 @pytest.mark.parametrize("fname,param,value,named", list(_cases()))

@@ -18,6 +18,7 @@ A file that cannot be opened raises the ``OSError`` subclass (``FileNotFoundErro
 ``IsADirectoryError``...) with a message naming which file (.cfg, .weights, base,
 output) it was.
 """
+import contextlib
 import errno
 import io
 import numbers
@@ -105,6 +106,13 @@ class BatchNormRecord:
     ``biases`` is None for a pjreddie ``[batchnorm]`` section, which does not
     store them (Darknet's layer then adds zero biases).  ``spec`` is the layer's
     ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read.
+
+    ``weights`` is the layer's own weights block for a ``[convolutional]`` or
+    ``[connected]`` layer, flat and filter-major as stored (``filters x
+    size*size*c/groups``, or ``outputs x inputs``), when ``read_weights`` was
+    asked for it (``layer_weights=True``); otherwise None, as always for a
+    ``[batchnorm]`` section, which has none.  ``write_weights`` writes it when
+    it is not None.
     """
     index: int
     section: str
@@ -115,6 +123,7 @@ class BatchNormRecord:
     rolling_variance: np.ndarray
     dialect: str = "pjreddie"
     spec: object = field(default=None, repr=False)
+    weights: object = field(default=None, repr=False)
 
     def arrays(self):
         """``{block name: array}`` for the blocks present (biases omitted when None)."""
@@ -179,13 +188,14 @@ def check_record(routine, record, name="record"):
     if record.spec is not None and not isinstance(record.spec, LayerSpec):
         raise TypeError(f"{routine}: {name}.spec must be the layer's LayerSpec (from "
                         f"parse_cfg) or None, got {_type_name(record.spec)}")
-    for block in BN_BLOCKS:
+    for block in (*BN_BLOCKS, "weights"):
         arr = getattr(record, block)
-        if arr is None and block == "biases":
+        if arr is None and block in ("biases", "weights"):
             continue
         if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
             dtype = f" of {arr.dtype}" if isinstance(arr, np.ndarray) else ""
-            none = " (or None, where the file stores none)" if block == "biases" else ""
+            none = (" (or None, where the file stores none)" if block == "biases" else
+                    " (or None: not read)" if block == "weights" else "")
             raise TypeError(f"{routine}: {name}.{block} must be a float32 numpy array{none}, "
                             f"got {type(arr).__name__}{dtype}; use np.asarray(x, np.float32)")
     return record
@@ -218,15 +228,15 @@ def _check_layer_args(routine, batch, kernel, dialect=None, h=None, w=None):
                          "(or None for the default)")
 
 
-def _check_cfg_arg(routine, cfg):
+def _check_cfg_arg(routine, cfg, name="cfg_path"):
     """``cfg_path``: a ``Network`` or a path (checked, not parsed yet)."""
     if isinstance(cfg, Network):
         return cfg
     if not isinstance(cfg, (str, bytes, os.PathLike)):
-        raise TypeError(f"{routine}: cfg_path must be a .cfg path (str or os.PathLike) or a "
+        raise TypeError(f"{routine}: {name} must be a .cfg path (str or os.PathLike) or a "
                         f"Network from parse_cfg, got {_type_name(cfg)}; pass e.g. "
-                        "cfg_path='yolov4.cfg'")
-    return check_path(routine, "cfg_path", cfg, "yolov4.cfg")
+                        f"{name}='yolov4.cfg'")
+    return check_path(routine, name, cfg, "yolov4.cfg")
 
 
 # --------------------------------------------------------------------------
@@ -326,14 +336,17 @@ def _other_dialect_size(net, header):
     return other, header.nbytes + 4 * alt.float_count
 
 
-def read_weights(cfg_path, weights_path, *, dialect=None):
+def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
     """``load_weights`` for the batchnorm parameters: a ``DarknetWeights``.
 
     ``cfg_path`` may also be a ``Network`` from ``parse_cfg``.  ``dialect``:
     ``"pjreddie"`` (default for a path) or ``"alexeyab"``; for a ``Network`` it
     defaults to the dialect it was parsed with.  Every layer with
     ``bn_channels > 0`` gives one ``BatchNormRecord`` with the stored floats,
-    bit for bit.  Raises ``WeightsFormatError`` if the header is not a version
+    bit for bit.  With ``layer_weights=True`` each record of a
+    ``[convolutional]`` or ``[connected]`` layer also holds that layer's
+    weights block (``record.weights``; folding needs it).  Raises
+    ``WeightsFormatError`` if the header is not a version
     Darknet writes or the size is not exactly what the cfg implies (checked
     before anything is allocated); ``ValueError`` if ``dialect`` contradicts the
     ``Network``'s; whatever ``parse_cfg`` raises; ``OSError`` naming the .weights
@@ -345,6 +358,9 @@ def read_weights(cfg_path, weights_path, *, dialect=None):
     path = check_path("read_weights", "weights_path", weights_path, "yolov4.weights")
     if dialect is not None:
         get_dialect(dialect, "read_weights")
+    if not isinstance(layer_weights, (bool, np.bool_)):
+        raise TypeError(f"read_weights: layer_weights must be True or False, got "
+                        f"{_type_name(layer_weights)}")
     net = _network(cfg, dialect, "read_weights")
     f, size = _open_weights(path, ".weights file")
     with f:
@@ -353,14 +369,17 @@ def read_weights(cfg_path, weights_path, *, dialect=None):
         records = []
         for spec in net.bn_layers:
             arrays = {}
-            for name in spec.bn_blocks:
+            blocks = dict(spec.blocks)
+            names = spec.bn_blocks + (("weights",) if layer_weights and "weights" in blocks
+                                      else ())
+            for name in names:
                 f.seek(header.nbytes + 4 * spec.offsets[name])
-                raw = f.read(4 * spec.bn_channels)
+                raw = f.read(4 * blocks[name])
                 arrays[name] = np.frombuffer(raw, _F32).astype(np.float32)
             records.append(BatchNormRecord(
                 spec.index, spec.section, spec.bn_channels, arrays.get("biases"),
                 arrays["scales"], arrays["rolling_mean"], arrays["rolling_variance"],
-                net.dialect, spec))
+                net.dialect, spec, arrays.get("weights")))
     return DarknetWeights(path, net.dialect, header, net, records)
 
 
@@ -384,9 +403,12 @@ def _check_records(path, net, records):
     for idx, spec in specs.items():
         rec = by_index[idx]
         where = f"write_weights({path}): layer {idx} [{spec.section}]"
-        for name in BN_BLOCKS:
+        counts = dict(spec.blocks)
+        for name in (*BN_BLOCKS, "weights"):
             arr = getattr(rec, name)
-            stored = name in spec.bn_blocks
+            if name == "weights" and arr is None:
+                continue                               # taken from the base file
+            stored = name in spec.bn_blocks or (name == "weights" and name in counts)
             if not stored:
                 if arr is not None:
                     raise ValueError(f"{where}: dialect {net.dialect!r} stores no {name} for "
@@ -397,9 +419,10 @@ def _check_records(path, net, records):
                 raise TypeError(f"{where}: {name} must be a float32 numpy array (bits are "
                                 f"written as they are), got {type(arr).__name__} "
                                 f"{getattr(arr, 'dtype', '')}; use np.asarray(x, np.float32)")
-            if arr.shape != (spec.bn_channels,):
+            need = counts[name] if name == "weights" else spec.bn_channels
+            if arr.shape != (need,):
                 raise ValueError(f"{where}: {name} has shape {arr.shape}, the cfg needs "
-                                 f"({spec.bn_channels},)")
+                                 f"({need},)")
     return by_index
 
 
@@ -414,10 +437,36 @@ def _copy_floats(src, dst, count):
         count -= n
 
 
+@contextlib.contextmanager
+def atomic_output(routine, out):
+    """A binary file to write ``out`` through: a temporary file in the same
+    directory, renamed to ``out`` when the block ends without an exception and
+    removed otherwise, so a failure never leaves a partial file.  ``OSError``
+    naming ``out`` (a directory given as output, a missing directory...)."""
+    directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise IsADirectoryError(errno.EISDIR, f"{routine}: the output path is a "
+                                "directory; pass a file name", out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
+    except OSError as e:           # the message would name the temporary file, not `out`
+        raise reword_os_error(e, f"{routine}: cannot create the output file in "
+                                 f"{directory!r}", out) from None
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            yield dst
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, fill=None):
     """``save_weights``: write ``weights`` (a ``DarknetWeights``) as a ``.weights`` file.
 
-    The header and the batchnorm blocks come from ``weights``; every other float
+    The header, the batchnorm blocks and the records' ``weights`` blocks (where
+    not None) come from ``weights``; every other float
     (convolution weights, biases of layers without BN...) is copied from
     ``base``, a ``.weights`` file for the same cfg (default: ``weights.path``,
     the file it was read from).  With no base, pass ``fill=<float>`` to write
@@ -484,28 +533,20 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
     net = _network(cfg, dialect, routine)
     by_index = _check_records(out, net, weights.layers)
     src = None
-    directory = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise IsADirectoryError(errno.EISDIR, "write_weights: the output path is a "
-                                "directory; pass a file name", out)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
-    except OSError as e:           # the message would name the temporary file, not `out`
-        raise reword_os_error(e, f"write_weights: cannot create the output file in "
-                                 f"{directory!r}", out) from None
     try:
         if base is not None:
             base = os.fspath(base)
             src, base_size = _open_weights(base, "base .weights file")
             base_header = read_header(base, src)
             _check_size(base, net, base_header, base_size)
-        with os.fdopen(fd, "wb") as dst:
+        with atomic_output(routine, out) as dst:
             dst.write(header.to_bytes())
             filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
             for spec in net.layers:
                 rec = by_index.get(spec.index)
                 for name, count in spec.blocks:
-                    if rec is not None and name in spec.bn_blocks:
+                    if rec is not None and (name in spec.bn_blocks or (
+                            name == "weights" and rec.weights is not None)):
                         dst.write(getattr(rec, name).astype(_F32, copy=False).tobytes())
                         if src is not None:
                             src.seek(4 * count, os.SEEK_CUR)
@@ -516,11 +557,6 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                             n = min(count, _CHUNK)
                             dst.write(filler[:4 * n])
                             count -= n
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     finally:
         if src is not None:
             src.close()

@@ -1,0 +1,334 @@
+"""Darknet's inference-time folding of batchnorm into the weights, bit for bit.
+
+Origins, one routine each (the C is quoted where it is ported):
+
+- AlexeyAB ``src/network.c`` ``fuse_conv_batchnorm``: run by ``load_network_custom``
+  (``detector test/demo/map``, the classifier, the Python binding) on every
+  ``[convolutional]`` layer with ``batch_normalize``, per filter ``f``, all in
+  double, rounded to float once on store::
+
+      biases[f] = biases[f] - (double)scales[f] * rolling_mean[f] / (sqrt((double)rolling_variance[f] + .00001));
+      double precomputed = scales[f] / (sqrt((double)rolling_variance[f] + .00001));
+      weights[f*filter_size + i] *= precomputed;      /* filter_size = size*size*c/groups */
+
+  ``[connected]`` and ``[batchnorm]`` layers are not folded.
+- pjreddie ``src/convolutional_layer.c`` ``denormalize_convolutional_layer`` and
+  ``src/connected_layer.c`` ``denormalize_connected_layer`` (run by ``darknet
+  denormalize``, ``examples/darknet.c`` ``denormalize_net``), per filter ``i``::
+
+      float scale = scales[i]/sqrt(rolling_variance[i] + .00001);   /* .000001 for connected */
+      weights[i*size + j] *= scale;                                  /* float x float */
+      biases[i] -= rolling_mean[i] * scale;                          /* float */
+      scales[i] = 1; rolling_mean[i] = 0; rolling_variance[i] = 1;
+
+  followed by ``batch_normalize = 0``.
+
+Both then ``save_weights``: a folded layer loses its batchnorm blocks (biases,
+then weights); every other layer is written as read.  ``fold_weights`` writes
+that file.  NaN and Inf propagate as in the C (a negative variance gives NaN).
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numba import prange
+
+from .._jit import BUF, INT, kernel, sig
+from .._validate import check_buffer, check_dim, check_no_overlap
+from ..dialects import FOLDING, get_dialect
+from .parser import UnsupportedCfgError, check_path, read_cfg
+from .weights import (_CHUNK, WeightsHeader, _check_cfg_arg, _network, _open_weights,
+                      _type_name, atomic_output, read_header, read_weights)
+
+#: The double literals of the folding code (not the float ``.00001f`` of normalize_cpu).
+FUSE_EPS = np.float64(.00001)                 # fuse_conv_batchnorm: sqrt((double)var + .00001)
+DENORMALIZE_CONV_EPS = np.float64(.00001)     # denormalize_convolutional_layer: var + .00001
+DENORMALIZE_CONNECTED_EPS = np.float64(.000001)   # denormalize_connected_layer: var + .000001
+
+LAYER_TYPES = ("convolutional", "connected")
+
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, INT, INT))
+def _fuse_conv_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, n,
+                         filter_size):
+    for f in prange(n):
+        root = np.sqrt(np.float64(rolling_variance[f]) + FUSE_EPS)
+        s = np.float64(scales[f])
+        # biases[f] - (double)scales[f] * rolling_mean[f] / sqrt(...): double, one rounding
+        biases[f] = np.float32(np.float64(biases[f]) - s * np.float64(rolling_mean[f]) / root)
+        precomputed = s / root                         # double precomputed
+        base = f * filter_size
+        for i in range(filter_size):
+            weights[base + i] = np.float32(np.float64(weights[base + i]) * precomputed)
+
+
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, INT, INT, "float64"))
+def _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, n, size, eps):
+    for i in prange(n):
+        # float scale = scales[i]/sqrt(rolling_variance[i] + eps): double, rounded on store
+        scale = np.float32(np.float64(scales[i]) / np.sqrt(np.float64(rolling_variance[i]) + eps))
+        base = i * size
+        for j in range(size):
+            weights[base + j] = weights[base + j] * scale          # float *= float
+        biases[i] = biases[i] - rolling_mean[i] * scale            # float -= float * float
+        scales[i] = np.float32(1.0)
+        rolling_mean[i] = np.float32(0.0)
+        rolling_variance[i] = np.float32(1.0)
+
+
+# --------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------
+def _layer_buffers(routine, weights, biases, scales, rolling_mean, rolling_variance, n, size,
+                   *, write_bn, size_name):
+    """The five buffers of one layer: ``n`` per channel, ``n*size`` weights."""
+    what = f"one value per filter, n = {n}"
+    check_buffer(routine, "weights", weights, n * size, writable=True,
+                 what=f"n*{size_name} = {n}*{size}, filter-major")
+    check_buffer(routine, "biases", biases, n, writable=True, what=what)
+    for name, arr in (("scales", scales), ("rolling_mean", rolling_mean),
+                      ("rolling_variance", rolling_variance)):
+        check_buffer(routine, name, arr, n, writable=write_bn, what=what)
+    reads = (("scales", scales), ("rolling_mean", rolling_mean),
+             ("rolling_variance", rolling_variance))
+    check_no_overlap(routine, ("weights", weights), ("biases", biases), *reads)
+    check_no_overlap(routine, ("biases", biases), *reads)
+    if write_bn:
+        check_no_overlap(routine, ("scales", scales), *reads[1:])
+        check_no_overlap(routine, ("rolling_mean", rolling_mean), reads[2])
+
+
+def _folding(routine, dialect):
+    return FOLDING[get_dialect(dialect, routine).name]
+
+
+# --------------------------------------------------------------------------
+# Darknet's routines, in place as in the C
+# --------------------------------------------------------------------------
+def fuse_conv_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, n,
+                        filter_size):
+    """AlexeyAB's ``fuse_conv_batchnorm`` (network.c) for one ``[convolutional]`` layer.
+
+    In place on ``weights`` (``n*filter_size``, filter-major; ``filter_size =
+    size*size*c/groups``) and ``biases`` (``n``); the batchnorm buffers are
+    only read (Darknet frees them).  Double arithmetic with ``.00001`` in
+    double, one rounding to float per stored value (module docstring).
+    """
+    r = "fuse_conv_batchnorm"
+    n, filter_size = check_dim(r, "n", n), check_dim(r, "filter_size", filter_size)
+    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, n, filter_size,
+                   write_bn=False, size_name="filter_size")
+    _fuse_conv_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, n,
+                         filter_size)
+
+
+def denormalize_convolutional_layer(weights, biases, scales, rolling_mean, rolling_variance,
+                                    n, filter_size):
+    """pjreddie's ``denormalize_convolutional_layer`` (convolutional_layer.c), in place.
+
+    ``scale = (float)(scales/sqrt(var + .00001))`` in double; weights and biases
+    are then updated in float; ``scales``, ``rolling_mean``,
+    ``rolling_variance`` are reset to 1, 0, 1 as the C does.
+    """
+    r = "denormalize_convolutional_layer"
+    n, filter_size = check_dim(r, "n", n), check_dim(r, "filter_size", filter_size)
+    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, n, filter_size,
+                   write_bn=True, size_name="filter_size")
+    _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, n,
+                       filter_size, DENORMALIZE_CONV_EPS)
+
+
+def denormalize_connected_layer(weights, biases, scales, rolling_mean, rolling_variance,
+                                outputs, inputs):
+    """pjreddie's ``denormalize_connected_layer`` (connected_layer.c), in place.
+
+    As ``denormalize_convolutional_layer`` with ``.000001`` and ``inputs``
+    weights per output (``weights`` is ``outputs x inputs``, row-major).
+    """
+    r = "denormalize_connected_layer"
+    outputs, inputs = check_dim(r, "outputs", outputs), check_dim(r, "inputs", inputs)
+    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, outputs, inputs,
+                   write_bn=True, size_name="inputs")
+    _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, outputs,
+                       inputs, DENORMALIZE_CONNECTED_EPS)
+
+
+# --------------------------------------------------------------------------
+# the functional form
+# --------------------------------------------------------------------------
+def fold_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, *, dialect,
+                   layer_type="convolutional"):
+    """``(weights, biases)`` after the fork folds batchnorm into a layer: new float32 arrays.
+
+    ``weights`` is the layer's flat, filter-major block as in the .weights file
+    (``n x size*size*c/groups`` for ``[convolutional]``, ``n x inputs`` for
+    ``[connected]``); ``n = len(biases)``, and ``scales``, ``rolling_mean``,
+    ``rolling_variance`` have ``n`` values.  The inputs are not modified.
+
+    - ``dialect="alexeyab"``: ``fuse_conv_batchnorm``.  AlexeyAB does not fold
+      ``[connected]``: ``layer_type="connected"`` is a ``ValueError``.
+    - ``dialect="pjreddie"``: ``denormalize_convolutional_layer`` (``.00001``) or
+      ``denormalize_connected_layer`` (``.000001``).
+
+    ``TypeError``/``ValueError`` naming the argument (not float32, not flat and
+    contiguous, wrong lengths, unknown dialect or layer type) before any work.
+    """
+    r = "fold_batchnorm"
+    folding = _folding(r, dialect)
+    if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
+        raise ValueError(f"{r}: layer_type must be one of {LAYER_TYPES}, got "
+                         f"{_type_name(layer_type)}")
+    if layer_type == "connected" and not folding.folds_connected:
+        raise ValueError(f"{r}: dialect {folding.name!r} does not fold [connected] layers "
+                         "(fuse_conv_batchnorm folds only [convolutional]; its inference "
+                         "runs normalize_cpu on them): keep their batchnorm, or pass "
+                         "dialect='pjreddie' for denormalize_connected_layer")
+    n = biases.shape[0] if isinstance(biases, np.ndarray) and biases.ndim == 1 else 1
+    check_buffer(r, "biases", biases, n)
+    if n < 1:
+        raise ValueError(f"{r}: biases is empty; a layer has at least one filter (n = "
+                         "len(biases))")
+    count = weights.shape[0] if isinstance(weights, np.ndarray) and weights.ndim == 1 else n
+    size = max(count // n, 1)
+    if count % n or count < n:
+        raise ValueError(f"{r}: weights has {count} elements, which is not a positive "
+                         f"multiple of the n = {n} filters (len(biases)); pass the layer's "
+                         "whole flat weights block (n x size*size*c/groups, or n x inputs)")
+    check_buffer(r, "weights", weights, n * size, what=f"n*{size}, filter-major")
+    for name, arr in (("scales", scales), ("rolling_mean", rolling_mean),
+                      ("rolling_variance", rolling_variance)):
+        check_buffer(r, name, arr, n, what=f"one value per filter, n = len(biases) = {n}")
+    w, b = weights.copy(), biases.copy()
+    if folding.name == "alexeyab":
+        _fuse_conv_batchnorm(w, b, scales, rolling_mean, rolling_variance, n, size)
+    else:
+        eps = DENORMALIZE_CONV_EPS if layer_type == "convolutional" else DENORMALIZE_CONNECTED_EPS
+        _denormalize_layer(w, b, scales.copy(), rolling_mean.copy(), rolling_variance.copy(),
+                           n, size, eps)
+    return w, b
+
+
+def fold_record(record, *, dialect=None):
+    """``fold_batchnorm`` of a ``BatchNormRecord`` read with ``layer_weights=True``."""
+    d = record.dialect if dialect is None else dialect
+    if record.weights is None:
+        raise ValueError(f"fold_record: layer {record.index} [{record.section}] has no weights "
+                         "block; read it with read_weights(..., layer_weights=True)")
+    return fold_batchnorm(record.weights, record.biases, record.scales, record.rolling_mean,
+                          record.rolling_variance, dialect=d, layer_type=record.section)
+
+
+def folds(spec, dialect):
+    """Whether the fork folds this layer (a ``LayerSpec``) for inference."""
+    folding = FOLDING[get_dialect(dialect, "folds").name]
+    return bool(spec.bn_channels) and (
+        spec.section == "convolutional"
+        or (spec.section == "connected" and folding.folds_connected))
+
+
+# --------------------------------------------------------------------------
+# the file
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldResult:
+    """What ``fold_weights`` wrote: the output path and the cfg indices it folded."""
+    path: str
+    folded: tuple
+    dialect: str
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_foldable(net, routine):
+    """Options whose folding Darknet does differently from plain ``fold_batchnorm``."""
+    sections = read_cfg(net.path)[1:]
+    for spec, sec in zip(net.layers, sections):
+        if sec.find_int("flipped", 0) and spec.section == "convolutional":
+            raise sec.error("flipped=1 is not supported by fold: Darknet transposes these "
+                            "weights when loading and writes them transposed", "flipped",
+                            UnsupportedCfgError)
+        norm = sec.find_str("weights_normalization", "none")
+        if (net.dialect == "alexeyab" and spec.section == "shortcut" and spec.nweights
+                and norm in ("relu", "softmax")):
+            raise sec.error(f"weights_normalization={norm} is not supported by fold: "
+                            "fuse_conv_batchnorm also normalizes these [shortcut] weights "
+                            "(expf, lrelu), which darknet_bn does not reproduce",
+                            "weights_normalization", UnsupportedCfgError)
+
+
+def fold_weights(cfg_path, weights_path, out_path, *, dialect):
+    """Write the ``.weights`` file Darknet writes after folding; a ``FoldResult``.
+
+    - ``dialect="alexeyab"``: ``load_network_custom`` (``fuse_conv_batchnorm``)
+      then ``save_weights``: every ``[convolutional]`` layer with batchnorm is
+      folded; ``[connected]`` and ``[batchnorm]`` keep theirs.
+    - ``dialect="pjreddie"``: ``darknet denormalize``: ``[convolutional]`` and
+      ``[connected]`` layers with batchnorm are folded.
+
+    A folded layer is written as biases then weights, without its batchnorm
+    blocks; every other layer's floats are copied as read.  The header is the
+    fork's ``save_weights`` header (version 0.2, revision 0 for pjreddie, 5 for
+    AlexeyAB) with the input's ``seen``.  The file is byte-identical to
+    Darknet's.  Refuses to overwrite its input (``ValueError``); the output is
+    written to a temporary file and renamed.  Raises what ``read_weights``
+    raises for the inputs, ``UnsupportedCfgError`` for options whose folding is
+    not reproduced (``flipped``, AlexeyAB ``[shortcut] weights_normalization``),
+    ``TypeError``/``ValueError`` naming a wrong-typed argument, before any work.
+    """
+    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect)
+
+
+def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
+    cfg = _check_cfg_arg(r, cfg_path)
+    src_path = check_path(r, "weights_path", weights_path, "yolov4.weights")
+    out = check_path(r, "out_path", out_path, "yolov4-folded.weights")
+    folding = _folding(r, dialect)
+    for name, path in (("weights_path", src_path), ("cfg_path", getattr(cfg, "path", cfg))):
+        if os.path.exists(out) and _same_file(out, path):
+            raise ValueError(f"{r}: out_path {os.fspath(out)!r} is the input {name}; "
+                             "fold refuses to overwrite its input: pass another out_path")
+    net = _network(cfg, folding.name, r)
+    _check_foldable(net, r)
+    w = read_weights(net, src_path, dialect=folding.name, layer_weights=True)
+    records = {rec.index: rec for rec in w.layers}
+    header = WeightsHeader(0, 2, folding.save_weights_revision, w.header.seen)
+    folded = []
+    f, _ = _open_weights(src_path, ".weights file")
+    with f, atomic_output(r, out) as dst:
+        in_header = read_header(src_path, f)
+        dst.write(header.to_bytes())
+        for spec in net.layers:
+            if not spec.blocks:
+                continue
+            if folds(spec, folding.name):
+                wts, b = fold_record(records[spec.index], dialect=folding.name)
+                dst.write(b.astype("<f4", copy=False).tobytes())      # save_*_weights:
+                dst.write(wts.astype("<f4", copy=False).tobytes())    # biases, weights
+                folded.append(spec.index)
+                continue
+            f.seek(in_header.nbytes + 4 * spec.offsets[spec.blocks[0][0]])
+            count = spec.float_count
+            while count:
+                n = min(count, _CHUNK)
+                dst.write(f.read(4 * n))
+                count -= n
+    return FoldResult(out, tuple(folded), folding.name)
+
+
+def denormalize_net(cfg_path, weights_path, out_path):
+    """pjreddie's ``denormalize_net`` (``darknet denormalize``): ``fold_weights`` with
+    ``dialect="pjreddie"``."""
+    return _fold_weights("denormalize_net", cfg_path, weights_path, out_path, "pjreddie")
+
+
+__all__ = ["fold_batchnorm", "fold_record", "fold_weights", "fuse_conv_batchnorm",
+           "denormalize_convolutional_layer", "denormalize_connected_layer",
+           "denormalize_net", "folds", "FoldResult"]
