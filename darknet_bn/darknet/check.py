@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dialects import FOLDING, get_dialect
-from .export import _PJREDDIE_EPS, batchnorm_state_dict
+from ..dialects import DIALECTS, FOLDING, get_dialect
+from .export import batchnorm_state_dict
 from .fold import fold_record
 from .parser import check_path
 from .weights import (_check_cfg_arg, _network, _type_name, make_batchnorm_layer_from_record,
@@ -65,13 +65,10 @@ TOLERANCE = 8 * 2.0 ** -24
 #: Probe conv outputs, in standard deviations around the rolling mean.
 PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
 
-#: The fork's denominator, in double: (x - mean) / D(var).
-_PJ_EPS = float(_PJREDDIE_EPS)                # .000001f, added outside the root
-_AB_EPS = float(np.float32(0.00001))          # .00001f, added inside the root
-EXACT_FORM = {
-    "alexeyab": ("inside", _AB_EPS),
-    "pjreddie": ("outside", _PJ_EPS),
-}
+#: The fork's denominator, in double: (x - mean) / D(var): where normalize_cpu adds its eps.
+EXACT_FORM = {name: ("inside" if d.normalize_eps_in_sqrt else "outside", float(d.normalize_eps))
+              for name, d in DIALECTS.items()}
+_PJ_EPS = EXACT_FORM["pjreddie"][1]           # .000001f, added outside the root
 #: eps values converters are known to use (docs/converters.md).
 KNOWN_EPS = (1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 
