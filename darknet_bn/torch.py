@@ -1,0 +1,484 @@
+"""Darknet's batchnorm as PyTorch modules, bit-exact in training and evaluation.
+
+Needs the ``torch`` extra (``pip install darknet_bn[torch]``); ``import darknet_bn``
+alone never imports torch.  Public names:
+
+- ``DarknetBatchNorm2d(num_features, *, dialect="pjreddie", bias_grad="darknet")``:
+  inputs ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a
+  standalone ``[batchnorm]`` section.
+- ``DarknetBatchNorm1d(...)``: inputs ``(N, C)``, the BN stage of a ``[connected]``
+  layer (Darknet's h = w = 1).
+- ``convert_batchnorm(module, *, dialect)``: every ``nn.BatchNorm2d``/``BatchNorm1d``
+  of a model replaced by the Darknet module (like ``SyncBatchNorm.convert_sync_batchnorm``).
+- ``from_darknet(cfg, weights, *, dialect)``: ``{cfg layer index: module}`` holding a
+  ``.weights`` file's batchnorm parameters, in eval mode.
+
+The modules keep ``nn.BatchNorm2d``'s state_dict names: ``weight`` (Darknet's
+``scales``), ``bias`` (``biases``), ``running_mean``/``running_var``
+(``rolling_mean``/``rolling_variance``) and ``num_batches_tracked`` (train forwards).
+
+Training mode runs Darknet's ``forward_batchnorm_layer`` with ``net.train = 1``
+(batch statistics, unbiased variance in the normalization, the fork's eps
+placement, the rolling update ``scal(keep)``/``axpy(new)`` in float32) and, through
+autograd, Darknet's ``backward_batchnorm_layer`` fed with ``delta = grad_output``.
+Eval mode runs the forward with ``net.train = 0`` (rolling statistics).  The
+arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory.
+
+Signs.  Darknet's ``delta`` is the negative gradient and its updates add it.  The
+backward is linear in ``delta`` and treats both signs alike, so feeding it the
+ordinary gradient ``grad_output`` gives the ordinary gradients:
+``x.grad = dL/dx``, ``weight.grad = dL/dweight`` (Darknet's ``scale_updates`` of one
+call, accumulated from zero, with the opposite sign), ``bias.grad = dL/dbias``
+(``bias_updates``).  Compared with feeding Darknet ``-grad_output``, only the sign
+of a zero result can differ.
+
+``bias.grad``.  pjreddie's backward computes ``backward_bias`` (the sum of
+``grad_output`` per channel, plane sums added in batch order).  AlexeyAB's CPU
+backward never touches ``bias_updates``: with ``bias_grad="darknet"`` (default) the
+module returns a zero ``bias.grad`` for that fork, so the bias stays where it is
+under ``torch.optim.SGD`` without weight decay, as in Darknet.  ``bias_grad="sum"``
+opts in to ``backward_bias``'s sum for both forks.
+
+Eval-mode gradients are not Darknet's (an inference-mode Darknet backward reuses
+the last training step's ``x_norm``): autograd gets the derivative of the eval
+function, ``grad * weight / denom`` with the fork's float64 denominator.
+
+Memory.  The kernels run on the tensors' own memory (no copy) when the input is
+contiguous; a non-contiguous or ``channels_last`` input is copied to a contiguous
+NCHW tensor first, and the output is contiguous NCHW.  The training forward also
+writes Darknet's ``x`` (a copy of the input, which the backward here reads from the
+saved input instead) into one write-only scratch buffer per thread, grown to the
+largest input seen and reused; nothing else larger than a channel vector is
+allocated besides the outputs (``y``; ``x_norm`` saved for the backward; the
+gradients).
+"""
+import numbers
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .dialects import DIALECTS, get_dialect
+from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_rows,
+                    _forward_train, _forward_train_rows, groups)
+
+__all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "from_darknet",
+           "BIAS_GRADS"]
+
+#: ``bias_grad`` choices: the fork's own (``"darknet"``) or ``backward_bias`` always.
+BIAS_GRADS = ("darknet", "sum")
+
+_BY_CODE = {d.code: d for d in DIALECTS.values()}
+_F32 = torch.float32
+
+
+# --------------------------------------------------------------------------
+# tensors <-> the kernels' flat float32 buffers
+# --------------------------------------------------------------------------
+def _buf(t):
+    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory)."""
+    return t.detach().view(-1).numpy()
+
+
+def _dims(x):
+    """``(batch, filters, spatial)`` of a contiguous ``(N, C, ...)`` tensor."""
+    batch, filters = x.shape[0], x.shape[1]
+    return batch, filters, x.numel() // (batch * filters)
+
+
+_scratch = threading.local()
+
+
+def _x_scratch(n):
+    """Darknet's ``x`` for the training kernels: written, never read (the backward
+    reads the saved input).  One buffer per thread, grown to the largest ``n``."""
+    buf = getattr(_scratch, "x", None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(n, np.float32)
+        _scratch.x = buf
+    return buf[:n]
+
+
+# --------------------------------------------------------------------------
+# custom ops: forward (train), its backward, forward (eval)
+# --------------------------------------------------------------------------
+@torch.library.custom_op("darknet_bn::batchnorm_train", mutates_args=(), device_types="cpu")
+def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                    running_var: Tensor, dialect: int, bias_grad: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """forward_batchnorm_layer, train = 1: ``(output, x_norm, mean, variance,
+    rolling_mean, rolling_variance)``, the last two the updated rolling statistics
+    (new tensors: an op with an autograd formula must not mutate its inputs; the
+    module copies them into its buffers).  ``bias_grad`` is for the backward."""
+    d = _BY_CODE[dialect]
+    batch, filters, spatial = _dims(x)
+    y = torch.empty(x.shape, dtype=_F32)
+    x_norm = torch.empty(x.shape, dtype=_F32)
+    mean = torch.empty(filters, dtype=_F32)
+    variance = torch.empty(filters, dtype=_F32)
+    rolling_mean = running_mean.clone()
+    rolling_variance = running_var.clone()
+    args = (_buf(x), _buf(y), _x_scratch(x.numel()), _buf(x_norm), _buf(mean), _buf(variance),
+            _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
+    if spatial == 1:
+        _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
+                            d.rolling_keep, d.rolling_new, d.code)
+    else:
+        _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new, d.code,
+                       groups(filters)[0])
+    return y, x_norm, mean, variance, rolling_mean, rolling_variance
+
+
+@batchnorm_train.register_fake
+def _(x, weight, bias, running_mean, running_var, dialect, bias_grad):
+    c = x.shape[1]
+    return (x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(c), x.new_empty(c),
+            x.new_empty(c), x.new_empty(c))
+
+
+@torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
+                         device_types="cpu")
+def batchnorm_train_backward(grad_output: Tensor, x: Tensor, x_norm: Tensor, mean: Tensor,
+                             variance: Tensor, weight: Tensor, dialect: int, bias_grad: bool
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    """backward_batchnorm_layer, train = 1, with ``delta = grad_output`` and fresh
+    (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``."""
+    d = _BY_CODE[dialect]
+    batch, filters, spatial = _dims(x)
+    gx = torch.empty(x.shape, dtype=_F32)
+    gw = torch.zeros(filters, dtype=_F32)
+    gb = torch.zeros(filters, dtype=_F32)
+    mean_delta = np.empty(filters, np.float32)
+    variance_delta = np.empty(filters, np.float32)
+    do_bias = int(d.backward_bias_in_bn or bias_grad)
+    delta = _buf(gx)
+    args = (_buf(grad_output), delta, delta, _buf(x), _buf(x_norm), _buf(mean), _buf(variance),
+            _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
+    if spatial == 1:
+        _backward_rows(*args, np.empty(2 * filters, np.float32),
+                       np.empty(3 * filters, np.float64), batch, filters, d.code, do_bias, 0)
+    else:
+        _backward(*args, batch, filters, spatial, d.code, do_bias, 0, groups(filters)[1])
+    return gx, gw, gb
+
+
+@batchnorm_train_backward.register_fake
+def _(grad_output, x, x_norm, mean, variance, weight, dialect, bias_grad):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, _bias, _rm, _rv, dialect, bias_grad = inputs
+    _y, x_norm, mean, variance, rolling_mean, rolling_variance = output
+    ctx.mark_non_differentiable(x_norm, mean, variance, rolling_mean, rolling_variance)
+    ctx.save_for_backward(x, x_norm, mean, variance, weight)
+    ctx.dialect, ctx.bias_grad = dialect, bias_grad
+
+
+def _train_backward(ctx, grad_y, *_grad_statistics):
+    if grad_y is None:
+        return None, None, None, None, None, None, None
+    x, x_norm, mean, variance, weight = ctx.saved_tensors
+    gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, x_norm, mean, variance,
+                                          weight, ctx.dialect, ctx.bias_grad)
+    return gx, gw, gb, None, None, None, None
+
+
+batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+@torch.library.custom_op("darknet_bn::batchnorm_infer", mutates_args=(), device_types="cpu")
+def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                    running_var: Tensor, dialect: int) -> Tensor:
+    """forward_batchnorm_layer, train = 0: normalize with the rolling statistics."""
+    d = _BY_CODE[dialect]
+    batch, filters, spatial = _dims(x)
+    y = torch.empty(x.shape, dtype=_F32)
+    out = _buf(y)
+    args = (_buf(x), out, out, _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias))
+    if spatial == 1:      # x (unused without save_x) is given the output's buffer
+        _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, d.code, 0)
+    else:
+        _forward_infer(*args, batch, filters, spatial, d.code, 0)
+    return y
+
+
+@batchnorm_infer.register_fake
+def _(x, weight, bias, running_mean, running_var, dialect):
+    return x.new_empty(x.shape)
+
+
+def _infer_setup(ctx, inputs, output):
+    x, weight, _bias, running_mean, running_var, dialect = inputs
+    ctx.save_for_backward(x, weight, running_mean, running_var)
+    ctx.dialect = dialect
+
+
+def _infer_backward(ctx, grad_y):
+    """The derivative of the eval function ``(float)((x - m)/denom)*w + b`` (not Darknet's
+    inference-mode backward), per channel in float64, rounded to float32."""
+    x, weight, running_mean, running_var = ctx.saved_tensors
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    var = running_var.double()
+    if ctx.dialect == DIALECTS["pjreddie"].code:      # sqrt(var) + .000001f
+        denom = var.sqrt() + float(np.float32(0.000001))
+    else:                                             # sqrt(var + .00001f)
+        denom = (running_var + float(np.float32(0.00001))).double().sqrt()
+    denom = denom.view(shape)
+    dims = [0] + list(range(2, x.dim()))
+    need = ctx.needs_input_grad
+    gx = gw = gb = None
+    if need[0]:
+        gx = (grad_y.double() * (weight.double().view(shape) / denom)).float()
+    if need[1]:
+        x_hat = ((x - running_mean.view(shape)).double() / denom).float()
+        gw = (grad_y * x_hat).sum(dims)
+    if need[2]:
+        gb = grad_y.sum(dims)
+    return gx, gw, gb, None, None, None
+
+
+batchnorm_infer.register_autograd(_infer_backward, setup_context=_infer_setup)
+
+
+# --------------------------------------------------------------------------
+# the modules
+# --------------------------------------------------------------------------
+def _describe(t):
+    return f"dtype {t.dtype}, device {t.device}, shape {tuple(t.shape)}"
+
+
+class _DarknetBatchNorm(nn.Module):
+    """Shared by the 2d and 1d modules; ``_NDIM`` and ``_LAYOUT`` set the input shape."""
+
+    _NDIM = 4
+    _LAYOUT = "(N, C, H, W)"
+
+    def __init__(self, num_features, *, dialect="pjreddie", bias_grad="darknet"):
+        super().__init__()
+        r = type(self).__name__
+        if (isinstance(num_features, (bool, np.bool_))
+                or not isinstance(num_features, numbers.Integral)):
+            raise TypeError(f"{r}: num_features must be an int (the channel count), got "
+                            f"{type(num_features).__name__} {num_features!r}")
+        if num_features < 1:
+            raise ValueError(f"{r}: num_features must be >= 1, got {num_features}")
+        self.dialect = get_dialect(dialect, r)        # a Dialect; its name in repr/state
+        if bias_grad not in BIAS_GRADS:
+            raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}; "
+                             "'darknet' = the fork's own backward, 'sum' = backward_bias "
+                             "for both forks")
+        self.bias_grad = bias_grad
+        self.num_features = int(num_features)
+        c = self.num_features
+        # make_batchnorm_layer: scales = 1, biases and rolling statistics = 0 (calloc).
+        self.weight = nn.Parameter(torch.ones(c, dtype=_F32))
+        self.bias = nn.Parameter(torch.zeros(c, dtype=_F32))
+        self.register_buffer("running_mean", torch.zeros(c, dtype=_F32))
+        self.register_buffer("running_var", torch.zeros(c, dtype=_F32))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self):
+        return (f"{self.num_features}, dialect={self.dialect.name!r}, "
+                f"bias_grad={self.bias_grad!r}")
+
+    def reset_running_stats(self):
+        """Darknet's initial rolling statistics (zeros) and a zero counter."""
+        with torch.no_grad():
+            self.running_mean.zero_()
+            self.running_var.zero_()
+            self.num_batches_tracked.zero_()
+
+    def _check(self, input):
+        """Validate the input and the module's own tensors; returns the contiguous input.
+        Raises before anything is modified."""
+        r = f"{type(self).__name__}.forward"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{r}: input must be a torch.Tensor {self._LAYOUT}, got "
+                            f"{type(input).__name__}")
+        if input.layout != torch.strided:
+            raise TypeError(f"{r}: input has layout {input.layout}; pass a dense tensor "
+                            "(input.to_dense())")
+        if input.dtype != _F32:
+            raise TypeError(f"{r}: input has dtype {input.dtype}; Darknet's arithmetic is "
+                            "float32: pass input.float()")
+        if input.device.type != "cpu" or input.is_meta:
+            raise ValueError(f"{r}: input is on device {input.device}; darknet_bn runs on the "
+                             "CPU: pass input.cpu() (and keep the module on the CPU)")
+        if input.dim() != self._NDIM:
+            raise ValueError(f"{r}: input must be {self._LAYOUT}, got shape "
+                             f"{tuple(input.shape)}"
+                             + ("; for (N, C, L) use DarknetBatchNorm2d on "
+                                "input.unsqueeze(-1)" if self._NDIM == 2 else ""))
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"{r}: input has {input.shape[1]} channels (dim 1), the module "
+                             f"{self.num_features}; pass (N, {self.num_features}, ...) or "
+                             "build the module with the input's channel count")
+        if input.numel() == 0:
+            raise ValueError(f"{r}: input shape {tuple(input.shape)} has no elements; pass "
+                             "at least one image")
+        if self.training and input.numel() == self.num_features:
+            raise ValueError(
+                f"{r}: training on shape {tuple(input.shape)} leaves one value per channel "
+                "(batch*h*w = 1); Darknet's unbiased variance divides by batch*h*w - 1 = 0. "
+                "Use a batch of at least 2 (or h*w >= 2), or call module.eval()")
+        c = self.num_features
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(self, name)
+            if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
+                    or t.is_meta or tuple(t.shape) != (c,) or not t.is_contiguous()):
+                got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+                raise TypeError(f"{r}: module.{name} must be a contiguous float32 CPU tensor of "
+                                f"shape ({c},), got {got}; keep the module in float32 on the "
+                                "CPU (module.float().cpu())")
+        return input.contiguous()
+
+    def forward(self, input):
+        x = self._check(input)
+        code = self.dialect.code
+        if not self.training:
+            return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
+                                   self.running_var, code)
+        y, _, _, _, rolling_mean, rolling_variance = batchnorm_train(
+            x, self.weight, self.bias, self.running_mean, self.running_var, code,
+            self.bias_grad == "sum")
+        with torch.no_grad():
+            self.running_mean.copy_(rolling_mean)
+            self.running_var.copy_(rolling_variance)
+            self.num_batches_tracked.add_(1)
+        return y
+
+    # The dialect travels as its name in pickles (torch.save of the whole module).
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["dialect"] = self.dialect.name
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["dialect"] = get_dialect(state["dialect"])
+        self.__dict__.update(state)
+
+
+class DarknetBatchNorm2d(_DarknetBatchNorm):
+    """Darknet's batchnorm on ``(N, C, H, W)``: a ``[convolutional]`` layer's BN stage or
+    a ``[batchnorm]`` section.  ``dialect``: ``"pjreddie"`` or ``"alexeyab"``;
+    ``bias_grad``: ``"darknet"`` (the fork's backward) or ``"sum"`` (see the module doc)."""
+
+    _NDIM = 4
+    _LAYOUT = "(N, C, H, W)"
+
+
+class DarknetBatchNorm1d(_DarknetBatchNorm):
+    """Darknet's batchnorm on ``(N, C)``: a ``[connected]`` layer's BN stage (h = w = 1)."""
+
+    _NDIM = 2
+    _LAYOUT = "(N, C)"
+
+
+# --------------------------------------------------------------------------
+# convert_batchnorm, from_darknet
+# --------------------------------------------------------------------------
+_TORCH_BN = ((nn.BatchNorm2d, DarknetBatchNorm2d), (nn.BatchNorm1d, DarknetBatchNorm1d))
+
+
+def _target(module):
+    for src, dst in _TORCH_BN:
+        if isinstance(module, src):
+            return dst
+    return None
+
+
+def _check_convertible(path, module):
+    r = "convert_batchnorm"
+    where = f"module {path!r}" if path else "the module"
+    if not (module.affine and module.track_running_stats):
+        raise ValueError(f"{r}: {where} ({module}) has affine={module.affine}, "
+                         f"track_running_stats={module.track_running_stats}; Darknet's "
+                         "batchnorm always has scales, biases and rolling statistics: build "
+                         "it with affine=True, track_running_stats=True")
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(module, name)
+        if t.dtype != _F32 or t.device.type != "cpu" or t.is_meta or not t.is_contiguous():
+            raise TypeError(f"{r}: {where}.{name} has {_describe(t)}; Darknet's batchnorm "
+                            "runs in float32 on the CPU: call model.float().cpu() first")
+
+
+def convert_batchnorm(module, *, dialect, bias_grad="darknet"):
+    """Replace every ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in ``module`` (recursively, the
+    module itself included) by ``DarknetBatchNorm2d``/``DarknetBatchNorm1d``; returns the
+    converted module, like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+
+    The new modules take over the old ones' ``weight`` and ``bias`` Parameter objects
+    (so an optimizer built before still holds them, ``requires_grad`` included),
+    their ``running_mean``, ``running_var``, ``num_batches_tracked`` tensors and their
+    train/eval mode.  The old ``eps`` and ``momentum`` are dropped: the dialect fixes
+    both (eps placement, rolling factor .01 for pjreddie, .1 for AlexeyAB).  Every
+    batchnorm is checked before anything is replaced: ``ValueError`` for
+    ``affine=False`` or ``track_running_stats=False``, ``TypeError`` for tensors that
+    are not float32 on the CPU; ``TypeError`` if ``module`` is not an ``nn.Module``.
+    """
+    r = "convert_batchnorm"
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{r}: module must be a torch.nn.Module, got {type(module).__name__}")
+    get_dialect(dialect, r)
+    if bias_grad not in BIAS_GRADS:
+        raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
+    for path, m in module.named_modules():
+        if _target(m) is not None:
+            _check_convertible(path, m)
+    return _convert(module, dialect, bias_grad)
+
+
+def _convert(module, dialect, bias_grad):
+    out = module
+    cls = _target(module)
+    if cls is not None:
+        out = cls(module.num_features, dialect=dialect, bias_grad=bias_grad)
+        out.weight = module.weight
+        out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    for name, child in module.named_children():
+        out.add_module(name, _convert(child, dialect, bias_grad))
+    return out
+
+
+def module_from_record(record, *, dialect=None):
+    """The Darknet module (1d for ``[connected]``, else 2d) holding a ``BatchNormRecord``'s
+    stored floats (biases zero where the file has none), in eval mode."""
+    from .darknet.weights import check_record
+    check_record("module_from_record", record)
+    d = get_dialect(record.dialect if dialect is None else dialect, "module_from_record")
+    cls = DarknetBatchNorm1d if record.section == "connected" else DarknetBatchNorm2d
+    m = cls(record.channels, dialect=d.name)
+    with torch.no_grad():
+        for name, param in (("scales", m.weight), ("biases", m.bias),
+                            ("rolling_mean", m.running_mean),
+                            ("rolling_variance", m.running_var)):
+            arr = getattr(record, name)
+            if arr is not None:
+                if arr.shape != (record.channels,):
+                    raise ValueError(f"module_from_record: layer {record.index} {name} has "
+                                     f"shape {arr.shape}, expected ({record.channels},)")
+                param.copy_(torch.from_numpy(np.ascontiguousarray(arr, np.float32)))
+    return m.eval()
+
+
+def from_darknet(cfg, weights, *, dialect):
+    """``{cfg layer index: module}`` for every batchnorm-carrying layer of a Darknet
+    model (``[convolutional]`` with ``batch_normalize=1`` and ``[batchnorm]`` ->
+    ``DarknetBatchNorm2d``, ``[connected]`` -> ``DarknetBatchNorm1d``), in eval mode,
+    holding the ``.weights`` file's floats bit for bit.  ``dialect`` (required: a
+    weights file does not say which fork wrote it) picks the file layout and the
+    arithmetic.  Errors are ``read_weights``'.
+    """
+    from .darknet import read_weights
+    d = get_dialect(dialect, "from_darknet")
+    w = read_weights(cfg, weights, dialect=d.name)
+    return {rec.index: module_from_record(rec, dialect=d.name) for rec in w.layers}
