@@ -90,13 +90,13 @@ def _dims(x):
 _scratch = threading.local()
 
 
-def _x_scratch(n):
-    """Darknet's ``x`` for the training kernels: written, never read (the backward
-    reads the saved input).  One buffer per thread, grown to the largest ``n``."""
-    buf = getattr(_scratch, "x", None)
+def _scratch_buf(name, n):
+    """A per-thread float32 scratch buffer of ``n`` elements (``name``: "x" or "x_norm"),
+    grown to the largest ``n`` seen and reused: never allocated per call."""
+    buf = getattr(_scratch, name, None)
     if buf is None or buf.shape[0] < n:
         buf = np.empty(n, np.float32)
-        _scratch.x = buf
+        setattr(_scratch, name, buf)
     return buf[:n]
 
 
@@ -106,46 +106,65 @@ def _x_scratch(n):
 @torch.library.custom_op("darknet_bn::batchnorm_train", mutates_args=(), device_types="cpu")
 def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                     running_var: Tensor, dialect: int, bias_grad: bool
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """forward_batchnorm_layer, train = 1: ``(output, x_norm, mean, variance,
-    rolling_mean, rolling_variance)``, the last two the updated rolling statistics
-    (new tensors: an op with an autograd formula must not mutate its inputs; the
-    module copies them into its buffers).  ``bias_grad`` is for the backward."""
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """forward_batchnorm_layer, train = 1: ``(output, mean, variance, rolling_mean,
+    rolling_variance)``, the last two the updated rolling statistics (new tensors: an
+    op with an autograd formula must not mutate its inputs; the module copies them
+    into its buffers).  Darknet's ``x`` and ``x_norm`` go to per-thread scratch (the
+    backward recomputes ``x_norm``).  ``bias_grad`` is for the backward."""
     d = _BY_CODE[dialect]
     batch, filters, spatial = _dims(x)
+    n = x.numel()
     y = torch.empty(x.shape, dtype=_F32)
-    x_norm = torch.empty(x.shape, dtype=_F32)
     mean = torch.empty(filters, dtype=_F32)
     variance = torch.empty(filters, dtype=_F32)
     rolling_mean = running_mean.clone()
     rolling_variance = running_var.clone()
-    args = (_buf(x), _buf(y), _x_scratch(x.numel()), _buf(x_norm), _buf(mean), _buf(variance),
-            _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
+    args = (_buf(x), _buf(y), _scratch_buf("x", n), _scratch_buf("x_norm", n), _buf(mean),
+            _buf(variance), _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
     if spatial == 1:
         _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
                             d.rolling_keep, d.rolling_new, d.code)
     else:
         _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new, d.code,
                        groups(filters)[0])
-    return y, x_norm, mean, variance, rolling_mean, rolling_variance
+    return y, mean, variance, rolling_mean, rolling_variance
 
 
 @batchnorm_train.register_fake
 def _(x, weight, bias, running_mean, running_var, dialect, bias_grad):
     c = x.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(c), x.new_empty(c),
-            x.new_empty(c), x.new_empty(c))
+    return x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c), x.new_empty(c)
+
+
+def _normalize(x, mean, variance, dialect, out):
+    """normalize_cpu of ``x`` with ``mean``/``variance`` into ``out``: the forward's
+    ``x_norm`` recomputed, through the inference kernel with scales 1 and biases 0.
+    ``xn*1.0f + 0.0f`` is ``xn`` except that -0.0 becomes +0.0, which changes no sum
+    the backward takes of it (``backward_scale_cpu``'s ``+= delta*x_norm`` starts at
+    +0.0f, so adding a zero of either sign leaves every partial sum as it is)."""
+    batch, filters, spatial = _dims(x)
+    ones = np.ones(filters, np.float32)
+    zeros = np.zeros(filters, np.float32)
+    args = (_buf(x), out, out, _buf(mean), _buf(variance), ones, zeros)
+    if spatial == 1:
+        _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect, 0)
+    else:
+        _forward_infer(*args, batch, filters, spatial, dialect, 0)
 
 
 @torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
                          device_types="cpu")
-def batchnorm_train_backward(grad_output: Tensor, x: Tensor, x_norm: Tensor, mean: Tensor,
-                             variance: Tensor, weight: Tensor, dialect: int, bias_grad: bool
+def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, variance: Tensor,
+                             weight: Tensor, dialect: int, bias_grad: bool
                              ) -> tuple[Tensor, Tensor, Tensor]:
     """backward_batchnorm_layer, train = 1, with ``delta = grad_output`` and fresh
-    (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``."""
+    (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``.
+    ``x`` is the forward's input, ``mean``/``variance`` its batch statistics."""
     d = _BY_CODE[dialect]
     batch, filters, spatial = _dims(x)
+    x_norm = _scratch_buf("x_norm", x.numel())
+    _normalize(x, mean, variance, dialect, x_norm)
     gx = torch.empty(x.shape, dtype=_F32)
     gw = torch.zeros(filters, dtype=_F32)
     gb = torch.zeros(filters, dtype=_F32)
@@ -153,7 +172,7 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, x_norm: Tensor, mea
     variance_delta = np.empty(filters, np.float32)
     do_bias = int(d.backward_bias_in_bn or bias_grad)
     delta = _buf(gx)
-    args = (_buf(grad_output), delta, delta, _buf(x), _buf(x_norm), _buf(mean), _buf(variance),
+    args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
             _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
     if spatial == 1:
         _backward_rows(*args, np.empty(2 * filters, np.float32),
@@ -164,24 +183,24 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, x_norm: Tensor, mea
 
 
 @batchnorm_train_backward.register_fake
-def _(grad_output, x, x_norm, mean, variance, weight, dialect, bias_grad):
+def _(grad_output, x, mean, variance, weight, dialect, bias_grad):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _train_setup(ctx, inputs, output):
     x, weight, _bias, _rm, _rv, dialect, bias_grad = inputs
-    _y, x_norm, mean, variance, rolling_mean, rolling_variance = output
-    ctx.mark_non_differentiable(x_norm, mean, variance, rolling_mean, rolling_variance)
-    ctx.save_for_backward(x, x_norm, mean, variance, weight)
+    _y, mean, variance, rolling_mean, rolling_variance = output
+    ctx.mark_non_differentiable(mean, variance, rolling_mean, rolling_variance)
+    ctx.save_for_backward(x, mean, variance, weight)
     ctx.dialect, ctx.bias_grad = dialect, bias_grad
 
 
 def _train_backward(ctx, grad_y, *_grad_statistics):
     if grad_y is None:
         return None, None, None, None, None, None, None
-    x, x_norm, mean, variance, weight = ctx.saved_tensors
-    gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, x_norm, mean, variance,
-                                          weight, ctx.dialect, ctx.bias_grad)
+    x, mean, variance, weight = ctx.saved_tensors
+    gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, mean, variance, weight,
+                                          ctx.dialect, ctx.bias_grad)
     return gx, gw, gb, None, None, None, None
 
 
@@ -209,6 +228,33 @@ def _(x, weight, bias, running_mean, running_var, dialect):
     return x.new_empty(x.shape)
 
 
+@torch.library.custom_op("darknet_bn::batchnorm_infer_backward", mutates_args=(),
+                         device_types="cpu")
+def batchnorm_infer_backward(grad_output: Tensor, x: Tensor, weight: Tensor,
+                             running_mean: Tensor, running_var: Tensor, dialect: int
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    """The derivative of the eval function ``(float)((x - m)/denom)*w + b``, not
+    Darknet's inference-mode backward (which reuses the last training step's
+    ``x_norm``): ``x grad = grad*w/denom`` per channel in float64, rounded to float32;
+    ``weight grad = sum(grad*x_hat)``, ``bias grad = sum(grad)``.  An opaque op, so a
+    compiled graph gives eager's bits."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if dialect == DIALECTS["pjreddie"].code:          # sqrt(var) + .000001f
+        denom = running_var.double().sqrt() + float(np.float32(0.000001))
+    else:                                             # sqrt(var + .00001f)
+        denom = (running_var + float(np.float32(0.00001))).double().sqrt()
+    denom = denom.view(shape)
+    dims = [0] + list(range(2, x.dim()))
+    gx = (grad_output.double() * (weight.double().view(shape) / denom)).float()
+    x_hat = ((x - running_mean.view(shape)).double() / denom).float()
+    return gx, (grad_output * x_hat).sum(dims), grad_output.sum(dims)
+
+
+@batchnorm_infer_backward.register_fake
+def _(grad_output, x, weight, running_mean, running_var, dialect):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
 def _infer_setup(ctx, inputs, output):
     x, weight, _bias, running_mean, running_var, dialect = inputs
     ctx.save_for_backward(x, weight, running_mean, running_var)
@@ -216,26 +262,9 @@ def _infer_setup(ctx, inputs, output):
 
 
 def _infer_backward(ctx, grad_y):
-    """The derivative of the eval function ``(float)((x - m)/denom)*w + b`` (not Darknet's
-    inference-mode backward), per channel in float64, rounded to float32."""
     x, weight, running_mean, running_var = ctx.saved_tensors
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    var = running_var.double()
-    if ctx.dialect == DIALECTS["pjreddie"].code:      # sqrt(var) + .000001f
-        denom = var.sqrt() + float(np.float32(0.000001))
-    else:                                             # sqrt(var + .00001f)
-        denom = (running_var + float(np.float32(0.00001))).double().sqrt()
-    denom = denom.view(shape)
-    dims = [0] + list(range(2, x.dim()))
-    need = ctx.needs_input_grad
-    gx = gw = gb = None
-    if need[0]:
-        gx = (grad_y.double() * (weight.double().view(shape) / denom)).float()
-    if need[1]:
-        x_hat = ((x - running_mean.view(shape)).double() / denom).float()
-        gw = (grad_y * x_hat).sum(dims)
-    if need[2]:
-        gb = grad_y.sum(dims)
+    gx, gw, gb = batchnorm_infer_backward(grad_y.contiguous(), x, weight, running_mean,
+                                          running_var, ctx.dialect)
     return gx, gw, gb, None, None, None
 
 
@@ -340,7 +369,7 @@ class _DarknetBatchNorm(nn.Module):
         if not self.training:
             return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
                                    self.running_var, code)
-        y, _, _, _, rolling_mean, rolling_variance = batchnorm_train(
+        y, _, _, rolling_mean, rolling_variance = batchnorm_train(
             x, self.weight, self.bias, self.running_mean, self.running_var, code,
             self.bias_grad == "sum")
         with torch.no_grad():
