@@ -64,7 +64,7 @@ from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_ro
                     _forward_train, _forward_train_rows, groups)
 
 __all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "from_darknet",
-           "BIAS_GRADS"]
+           "module_from_record", "BIAS_GRADS"]
 
 #: ``bias_grad`` choices: the fork's own (``"darknet"``) or ``backward_bias`` always.
 BIAS_GRADS = ("darknet", "sum")
