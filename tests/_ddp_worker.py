@@ -5,17 +5,16 @@ For each fork in ``DIALECTS``:
 trains the shared model under DistributedDataParallel (gloo, 127.0.0.1,
 ``broadcast_buffers=False``) on its shard of the batch for ``STEPS`` forward and
 backward passes, and saves the BN outputs, rolling statistics and gradients.
+The test starts it with NUMBA_NUM_THREADS=1 and OMP_NUM_THREADS=1 (two ranks
+share the machine's cores); the test process imports it for the model and data.
 """
-import os
 import sys
 from datetime import timedelta
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from darknet_bn.torch import convert_batchnorm  # noqa: E402
+from darknet_bn.torch import convert_batchnorm
 
 STEPS = 2
 WORLD = 2
@@ -70,9 +69,16 @@ def main(rank, world, port, out):
     try:
         results = {}
         for dialect in DIALECTS:
+            # The single-process references, run here so that they use this process's
+            # thread settings: Numba's OpenMP layer and torch share libgomp, and the
+            # conv gradients' bits depend on the thread count.
+            single = []
+            for r in range(world):
+                model = make_model(dialect)
+                single.append(run(model, model, r))
             model = make_model(dialect)
             ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-            results[dialect] = run(model, ddp, rank)
+            results[dialect] = {"ddp": run(model, ddp, rank), "single": single}
         torch.save(results, out)
     finally:
         torch.distributed.destroy_process_group()
