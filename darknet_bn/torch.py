@@ -87,6 +87,19 @@ def _dims(x):
     return batch, filters, x.numel() // (batch * filters)
 
 
+class _TorchThreads:
+    """Keeps torch's intra-op thread count across a kernel call: Numba's OpenMP layer
+    and torch share libgomp, and a parallel Numba kernel sets the calling thread's
+    OpenMP thread count to Numba's (``torch.get_num_threads()`` would change)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.n:
+            torch.set_num_threads(self.n)
+
+
 _scratch = threading.local()
 
 
@@ -122,12 +135,13 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     rolling_variance = running_var.clone()
     args = (_buf(x), _buf(y), _scratch_buf("x", n), _scratch_buf("x_norm", n), _buf(mean),
             _buf(variance), _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
-    if spatial == 1:
-        _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
-                            d.rolling_keep, d.rolling_new, d.code)
-    else:
-        _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new, d.code,
-                       groups(filters)[0])
+    with _TorchThreads():
+        if spatial == 1:
+            _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
+                                d.rolling_keep, d.rolling_new, d.code)
+        else:
+            _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new,
+                           d.code, groups(filters)[0])
     return y, mean, variance, rolling_mean, rolling_variance
 
 
@@ -147,10 +161,12 @@ def _normalize(x, mean, variance, dialect, out):
     ones = np.ones(filters, np.float32)
     zeros = np.zeros(filters, np.float32)
     args = (_buf(x), out, out, _buf(mean), _buf(variance), ones, zeros)
-    if spatial == 1:
-        _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect, 0)
-    else:
-        _forward_infer(*args, batch, filters, spatial, dialect, 0)
+    with _TorchThreads():
+        if spatial == 1:
+            _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect,
+                                0)
+        else:
+            _forward_infer(*args, batch, filters, spatial, dialect, 0)
 
 
 @torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
@@ -174,11 +190,13 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
     delta = _buf(gx)
     args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
             _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
-    if spatial == 1:
-        _backward_rows(*args, np.empty(2 * filters, np.float32),
-                       np.empty(3 * filters, np.float64), batch, filters, d.code, do_bias, 0)
-    else:
-        _backward(*args, batch, filters, spatial, d.code, do_bias, 0, groups(filters)[1])
+    with _TorchThreads():
+        if spatial == 1:
+            _backward_rows(*args, np.empty(2 * filters, np.float32),
+                           np.empty(3 * filters, np.float64), batch, filters, d.code, do_bias,
+                           0)
+        else:
+            _backward(*args, batch, filters, spatial, d.code, do_bias, 0, groups(filters)[1])
     return gx, gw, gb
 
 
@@ -216,10 +234,12 @@ def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     y = torch.empty(x.shape, dtype=_F32)
     out = _buf(y)
     args = (_buf(x), out, out, _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias))
-    if spatial == 1:      # x (unused without save_x) is given the output's buffer
-        _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, d.code, 0)
-    else:
-        _forward_infer(*args, batch, filters, spatial, d.code, 0)
+    with _TorchThreads():   # x (unused without save_x) is given the output's buffer
+        if spatial == 1:
+            _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, d.code,
+                                0)
+        else:
+            _forward_infer(*args, batch, filters, spatial, d.code, 0)
     return y
 
 

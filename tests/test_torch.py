@@ -480,3 +480,20 @@ def test_from_darknet_errors():
         from_darknet(root / "bn-zoo.cfg", root / "bn-zoo.weights")
     with pytest.raises(OSError):
         from_darknet(root / "bn-zoo.cfg", root / "missing.weights", dialect="pjreddie")
+
+
+def test_torch_thread_count_is_kept():
+    """Numba's OpenMP layer shares libgomp with torch; a kernel call must not change
+    ``torch.get_num_threads()`` (it would change other ops' threads, and their bits)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        m = DarknetBatchNorm2d(32)
+        x = torch.randn(4, 32, 6, 6, requires_grad=True)
+        m(x).sum().backward()
+        m.eval()
+        m(x).sum().backward()
+        DarknetBatchNorm1d(32)(torch.randn(4, 32)).sum().backward()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
