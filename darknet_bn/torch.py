@@ -87,6 +87,42 @@ def _dims(x):
     return batch, filters, x.numel() // (batch * filters)
 
 
+def _check_op(op, x, like_x=(), vectors=(), train=False):
+    """The ops are reachable as ``torch.ops.darknet_bn.*``: before a kernel runs on raw
+    memory, every tensor must be a contiguous float32 CPU tensor of the size the
+    kernel indexes (``like_x``: x's shape; ``vectors``: one value per channel)."""
+    named = (("x", x),) + like_x + vectors
+    for name, t in named:
+        if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
+                or not t.is_contiguous()):
+            got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"darknet_bn::{op}: {name} must be a contiguous float32 CPU "
+                            f"tensor, got {got}; use DarknetBatchNorm2d/1d, which prepares "
+                            "its arguments")
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"darknet_bn::{op}: x must be (N, C, ...) with elements, got shape "
+                         f"{tuple(x.shape)}")
+    for name, t in like_x:
+        if t.shape != x.shape:
+            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, x "
+                             f"{tuple(x.shape)}; they must match")
+    for name, t in vectors:
+        if tuple(t.shape) != (x.shape[1],):
+            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, expected "
+                             f"({x.shape[1]},): one value per channel of x")
+    if train and x.numel() == x.shape[1]:
+        raise ValueError(f"darknet_bn::{op}: training needs batch*h*w >= 2, got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _dialect(op, code):
+    try:
+        return _BY_CODE[code]
+    except KeyError:
+        raise ValueError(f"darknet_bn::{op}: dialect must be one of "
+                         f"{ {d.name: d.code for d in DIALECTS.values()} }, got {code!r}") from None
+
+
 class _TorchThreads:
     """Keeps torch's intra-op thread count across a kernel call: Numba's OpenMP layer
     and torch share libgomp, and a parallel Numba kernel sets the calling thread's
@@ -125,7 +161,10 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     op with an autograd formula must not mutate its inputs; the module copies them
     into its buffers).  Darknet's ``x`` and ``x_norm`` go to per-thread scratch (the
     backward recomputes ``x_norm``).  ``bias_grad`` is for the backward."""
-    d = _BY_CODE[dialect]
+    _check_op("batchnorm_train", x, vectors=(("weight", weight), ("bias", bias),
+                                             ("running_mean", running_mean),
+                                             ("running_var", running_var)), train=True)
+    d = _dialect("batchnorm_train", dialect)
     batch, filters, spatial = _dims(x)
     n = x.numel()
     y = torch.empty(x.shape, dtype=_F32)
@@ -177,7 +216,9 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
     """backward_batchnorm_layer, train = 1, with ``delta = grad_output`` and fresh
     (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``.
     ``x`` is the forward's input, ``mean``/``variance`` its batch statistics."""
-    d = _BY_CODE[dialect]
+    _check_op("batchnorm_train_backward", x, like_x=(("grad_output", grad_output),),
+              vectors=(("mean", mean), ("variance", variance), ("weight", weight)), train=True)
+    d = _dialect("batchnorm_train_backward", dialect)
     batch, filters, spatial = _dims(x)
     x_norm = _scratch_buf("x_norm", x.numel())
     _normalize(x, mean, variance, dialect, x_norm)
@@ -229,7 +270,10 @@ batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
 def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                     running_var: Tensor, dialect: int) -> Tensor:
     """forward_batchnorm_layer, train = 0: normalize with the rolling statistics."""
-    d = _BY_CODE[dialect]
+    _check_op("batchnorm_infer", x, vectors=(("weight", weight), ("bias", bias),
+                                             ("running_mean", running_mean),
+                                             ("running_var", running_var)))
+    d = _dialect("batchnorm_infer", dialect)
     batch, filters, spatial = _dims(x)
     y = torch.empty(x.shape, dtype=_F32)
     out = _buf(y)

@@ -497,3 +497,20 @@ def test_torch_thread_count_is_kept():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_ops_check_their_arguments():
+    """The custom ops are reachable as torch.ops.darknet_bn.*: mismatched sizes are
+    refused before a kernel touches memory."""
+    ops = torch.ops.darknet_bn
+    x, v = torch.randn(2, 3, 4, 4), torch.ones(3)
+    with pytest.raises(ValueError, match="weight"):
+        ops.batchnorm_train(x, torch.ones(5), v, v.clone(), v.clone(), 0, False)
+    with pytest.raises(ValueError, match="grad_output"):
+        ops.batchnorm_train_backward(torch.randn(2, 3, 4, 5), x, v, v, v, 0, False)
+    with pytest.raises(TypeError, match="float32"):
+        ops.batchnorm_infer(x.double(), v, v, v, v, 0)
+    with pytest.raises(ValueError, match="dialect"):
+        ops.batchnorm_infer(x, v, v, v, v, 7)
+    with pytest.raises(ValueError, match="batch\\*h\\*w >= 2"):
+        ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), 0, False)
