@@ -88,3 +88,21 @@ def test_compile_in_a_model(fresh_compiler):
     ye, yc = eager(x), fn(x)
     assert_bits([("output", _np(yc), _np(ye)),
                  ("running_var", _np(compiled[1].running_var), _np(eager[1].running_var))])
+
+
+def test_compile_dynamic_batch(fresh_compiler):
+    """Batch sizes that change between calls (dynamo recompiles with symbolic shapes;
+    the fake implementations take them): still eager's bits."""
+    eager, compiled = _pair(DarknetBatchNorm2d, 6, "pjreddie")
+    fn = torch.compile(compiled, fullgraph=True)
+    checks = []
+    for n in (2, 3, 5):
+        x = torch.randn(n, 6, 4, 3)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = eager(xe), fn(xc)
+        ye.sum().backward()
+        yc.sum().backward()
+        checks += [(f"N={n} output", _np(yc), _np(ye)), (f"N={n} x.grad", _np(xc.grad),
+                                                          _np(xe.grad)),
+                   (f"N={n} running_var", _np(compiled.running_var), _np(eager.running_var))]
+    assert_bits(checks)
