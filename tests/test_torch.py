@@ -514,3 +514,27 @@ def test_ops_check_their_arguments():
         ops.batchnorm_infer(x, v, v, v, v, 7)
     with pytest.raises(ValueError, match="batch\\*h\\*w >= 2"):
         ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), 0, False)
+
+
+@pytest.mark.parametrize("dialect", FORKS)
+def test_nan_and_inf_propagate_as_in_darknet(dialect):
+    """A NaN or Inf in a channel spreads through that channel exactly as in Darknet
+    (bitwise, NaN payloads included): output, x.grad, statistics."""
+    rng = np.random.default_rng(9)
+    shape = (3, 5, 4, 4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[1, 1, 2, 2] = np.nan
+    x[0, 3, 0, 1] = np.inf
+    g = rng.standard_normal(shape).astype(np.float32)
+    params = _params(rng, 5)
+    m, layer = _module(shape, dialect, params), _layer(shape, dialect, params)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    y = m(xt)
+    y.backward(torch.from_numpy(g))
+    out = layer.forward(x.reshape(-1), train=True).copy()
+    grad = layer.backward(g.reshape(-1), train=True)
+    assert np.isnan(out).any()
+    assert_bits([("output", _np(y), out), ("x.grad", _np(xt.grad), grad),
+                 ("weight.grad", _np(m.weight.grad), layer.scale_updates),
+                 ("running_mean", _np(m.running_mean), layer.rolling_mean),
+                 ("running_var", _np(m.running_var), layer.rolling_variance)], context=dialect)
