@@ -190,22 +190,28 @@ def _(x, weight, bias, running_mean, running_var, dialect, bias_grad):
     return x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c), x.new_empty(c)
 
 
-def _normalize(x, mean, variance, dialect, out):
-    """normalize_cpu of ``x`` with ``mean``/``variance`` into ``out``: the forward's
-    ``x_norm`` recomputed, through the inference kernel with scales 1 and biases 0.
-    ``xn*1.0f + 0.0f`` is ``xn`` except that -0.0 becomes +0.0, which changes no sum
-    the backward takes of it (``backward_scale_cpu``'s ``+= delta*x_norm`` starts at
-    +0.0f, so adding a zero of either sign leaves every partial sum as it is)."""
+def _infer(x, out, mean, variance, scales, biases, dialect):
+    """The inference kernel (normalize_cpu, scale_bias, add_bias without the ``x`` copy)
+    of ``x`` into the flat buffer ``out``, for either kernel layout."""
     batch, filters, spatial = _dims(x)
-    ones = np.ones(filters, np.float32)
-    zeros = np.zeros(filters, np.float32)
-    args = (_buf(x), out, out, _buf(mean), _buf(variance), ones, zeros)
+    args = (_buf(x), out, out, mean, variance, scales, biases)   # x (not written) -> out
     with _TorchThreads():
         if spatial == 1:
             _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect,
                                 0)
         else:
             _forward_infer(*args, batch, filters, spatial, dialect, 0)
+
+
+def _normalize(x, mean, variance, dialect, out):
+    """normalize_cpu of ``x`` with ``mean``/``variance`` into ``out``: the forward's
+    ``x_norm`` recomputed, through the inference kernel with scales 1 and biases 0.
+    ``xn*1.0f + 0.0f`` is ``xn`` except that -0.0 becomes +0.0, which changes no sum
+    the backward takes of it (``backward_scale_cpu``'s ``+= delta*x_norm`` starts at
+    +0.0f, so adding a zero of either sign leaves every partial sum as it is)."""
+    filters = x.shape[1]
+    _infer(x, out, _buf(mean), _buf(variance), np.ones(filters, np.float32),
+           np.zeros(filters, np.float32), dialect)
 
 
 @torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
@@ -274,16 +280,8 @@ def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
                                              ("running_mean", running_mean),
                                              ("running_var", running_var)))
     d = _dialect("batchnorm_infer", dialect)
-    batch, filters, spatial = _dims(x)
     y = torch.empty(x.shape, dtype=_F32)
-    out = _buf(y)
-    args = (_buf(x), out, out, _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias))
-    with _TorchThreads():   # x (unused without save_x) is given the output's buffer
-        if spatial == 1:
-            _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, d.code,
-                                0)
-        else:
-            _forward_infer(*args, batch, filters, spatial, d.code, 0)
+    _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d.code)
     return y
 
 
