@@ -52,8 +52,10 @@ largest input seen and reused; nothing else larger than a channel vector is
 allocated besides the outputs (``y``; ``x_norm`` saved for the backward; the
 gradients).
 """
+import itertools
 import numbers
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -149,18 +151,55 @@ def _scratch_buf(name, n):
     return buf[:n]
 
 
+class _XNormCache:
+    """One module's ``x_norm`` buffer, kept from a training forward to its backward.
+
+    ``ticket`` names the forward call whose ``x_norm`` the buffer holds (tickets are
+    never reused); the backward uses the buffer only if its own forward's ticket is
+    there, else it recomputes ``x_norm``.  ``lock`` makes writing the buffer and
+    setting the ticket one step: a call that finds it taken (another thread using
+    the same module) does without the buffer."""
+
+    __slots__ = ("buf", "ticket", "lock")
+
+    def __init__(self):
+        self.buf = None
+        self.ticket = None
+        self.lock = threading.Lock()
+
+    def drop(self):
+        with self.lock:
+            self.buf = None
+            self.ticket = None
+
+
+_caches = {}                   # cache key (an int the ops take) -> _XNormCache
+_cache_keys = itertools.count(1)
+_tickets = itertools.count(1)
+
+
+def _new_cache(owner):
+    """A fresh cache key for ``owner``; the cache goes when the owner is collected."""
+    key = next(_cache_keys)
+    _caches[key] = _XNormCache()
+    weakref.finalize(owner, _caches.pop, key, None)
+    return key
+
+
 # --------------------------------------------------------------------------
 # custom ops: forward (train), its backward, forward (eval)
 # --------------------------------------------------------------------------
 @torch.library.custom_op("darknet_bn::batchnorm_train", mutates_args=(), device_types="cpu")
 def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
-                    running_var: Tensor, dialect: int, bias_grad: bool
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    running_var: Tensor, dialect: int, bias_grad: bool, cache: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """forward_batchnorm_layer, train = 1: ``(output, mean, variance, rolling_mean,
-    rolling_variance)``, the last two the updated rolling statistics (new tensors: an
-    op with an autograd formula must not mutate its inputs; the module copies them
-    into its buffers).  Darknet's ``x`` and ``x_norm`` go to per-thread scratch (the
-    backward recomputes ``x_norm``).  ``bias_grad`` is for the backward."""
+    rolling_variance, ticket)``.  ``rolling_*`` are the updated rolling statistics
+    (new tensors: an op with an autograd formula must not mutate its inputs; the
+    module copies them into its buffers).  Darknet's ``x`` goes to per-thread
+    scratch; ``x_norm`` to the module's cache ``cache`` (0: none) when it is free,
+    else to scratch.  ``ticket`` (one int64) tells the backward whether the cache
+    still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
     _check_op("batchnorm_train", x, vectors=(("weight", weight), ("bias", bias),
                                              ("running_mean", running_mean),
                                              ("running_var", running_var)), train=True)
@@ -172,22 +211,40 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     variance = torch.empty(filters, dtype=_F32)
     rolling_mean = running_mean.clone()
     rolling_variance = running_var.clone()
-    args = (_buf(x), _buf(y), _scratch_buf("x", n), _scratch_buf("x_norm", n), _buf(mean),
-            _buf(variance), _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
-    with _TorchThreads():
-        if spatial == 1:
-            _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
-                                d.rolling_keep, d.rolling_new, d.code)
-        else:
-            _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new,
-                           d.code, groups(filters)[0])
-    return y, mean, variance, rolling_mean, rolling_variance
+    ticket = next(_tickets)
+
+    def run(x_norm):
+        args = (_buf(x), _buf(y), _scratch_buf("x", n), x_norm, _buf(mean), _buf(variance),
+                _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
+        with _TorchThreads():
+            if spatial == 1:
+                _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
+                                    d.rolling_keep, d.rolling_new, d.code)
+            else:
+                _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new,
+                               d.code, groups(filters)[0])
+
+    entry = _caches.get(cache) if cache else None
+    if entry is not None and entry.lock.acquire(blocking=False):
+        try:
+            entry.ticket = None
+            if entry.buf is None or entry.buf.shape[0] < n:
+                entry.buf = np.empty(n, np.float32)
+            run(entry.buf[:n])
+            entry.ticket = ticket
+        finally:
+            entry.lock.release()
+    else:
+        run(_scratch_buf("x_norm", n))
+    return (y, mean, variance, rolling_mean, rolling_variance,
+            torch.tensor([ticket], dtype=torch.int64))
 
 
 @batchnorm_train.register_fake
-def _(x, weight, bias, running_mean, running_var, dialect, bias_grad):
+def _(x, weight, bias, running_mean, running_var, dialect, bias_grad, cache):
     c = x.shape[1]
-    return x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c), x.new_empty(c)
+    return (x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c),
+            x.new_empty(c), x.new_empty(1, dtype=torch.int64))
 
 
 def _infer(x, out, mean, variance, scales, biases, dialect):
@@ -217,17 +274,18 @@ def _normalize(x, mean, variance, dialect, out):
 @torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
                          device_types="cpu")
 def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, variance: Tensor,
-                             weight: Tensor, dialect: int, bias_grad: bool
-                             ) -> tuple[Tensor, Tensor, Tensor]:
+                             weight: Tensor, dialect: int, bias_grad: bool, cache: int,
+                             ticket: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """backward_batchnorm_layer, train = 1, with ``delta = grad_output`` and fresh
     (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``.
-    ``x`` is the forward's input, ``mean``/``variance`` its batch statistics."""
+    ``x`` is the forward's input, ``mean``/``variance`` its batch statistics;
+    ``x_norm`` comes from the module's cache if it still holds the forward's
+    (``ticket``), else it is recomputed."""
     _check_op("batchnorm_train_backward", x, like_x=(("grad_output", grad_output),),
               vectors=(("mean", mean), ("variance", variance), ("weight", weight)), train=True)
     d = _dialect("batchnorm_train_backward", dialect)
     batch, filters, spatial = _dims(x)
-    x_norm = _scratch_buf("x_norm", x.numel())
-    _normalize(x, mean, variance, dialect, x_norm)
+    n = x.numel()
     gx = torch.empty(x.shape, dtype=_F32)
     gw = torch.zeros(filters, dtype=_F32)
     gb = torch.zeros(filters, dtype=_F32)
@@ -235,38 +293,55 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
     variance_delta = np.empty(filters, np.float32)
     do_bias = int(d.backward_bias_in_bn or bias_grad)
     delta = _buf(gx)
-    args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
-            _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
-    with _TorchThreads():
-        if spatial == 1:
-            _backward_rows(*args, np.empty(2 * filters, np.float32),
-                           np.empty(3 * filters, np.float64), batch, filters, d.code, do_bias,
-                           0)
-        else:
-            _backward(*args, batch, filters, spatial, d.code, do_bias, 0, groups(filters)[1])
+
+    def run(x_norm):
+        args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
+                _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
+        with _TorchThreads():
+            if spatial == 1:
+                _backward_rows(*args, np.empty(2 * filters, np.float32),
+                               np.empty(3 * filters, np.float64), batch, filters, d.code,
+                               do_bias, 0)
+            else:
+                _backward(*args, batch, filters, spatial, d.code, do_bias, 0,
+                          groups(filters)[1])
+
+    entry = _caches.get(cache) if cache else None
+    if entry is not None and entry.lock.acquire(blocking=False):
+        try:
+            hit = entry.ticket is not None and entry.ticket == int(ticket[0])
+            if hit:
+                run(entry.buf[:n])
+        finally:
+            entry.lock.release()
+        if hit:
+            return gx, gw, gb
+    x_norm = _scratch_buf("x_norm", n)
+    _normalize(x, mean, variance, dialect, x_norm)
+    run(x_norm)
     return gx, gw, gb
 
 
 @batchnorm_train_backward.register_fake
-def _(grad_output, x, mean, variance, weight, dialect, bias_grad):
+def _(grad_output, x, mean, variance, weight, dialect, bias_grad, cache, ticket):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _train_setup(ctx, inputs, output):
-    x, weight, _bias, _rm, _rv, dialect, bias_grad = inputs
-    _y, mean, variance, rolling_mean, rolling_variance = output
-    ctx.mark_non_differentiable(mean, variance, rolling_mean, rolling_variance)
-    ctx.save_for_backward(x, mean, variance, weight)
-    ctx.dialect, ctx.bias_grad = dialect, bias_grad
+    x, weight, _bias, _rm, _rv, dialect, bias_grad, cache = inputs
+    _y, mean, variance, rolling_mean, rolling_variance, ticket = output
+    ctx.mark_non_differentiable(mean, variance, rolling_mean, rolling_variance, ticket)
+    ctx.save_for_backward(x, mean, variance, weight, ticket)
+    ctx.dialect, ctx.bias_grad, ctx.cache = dialect, bias_grad, cache
 
 
 def _train_backward(ctx, grad_y, *_grad_statistics):
     if grad_y is None:
-        return None, None, None, None, None, None, None
-    x, mean, variance, weight = ctx.saved_tensors
+        return (None,) * 8
+    x, mean, variance, weight, ticket = ctx.saved_tensors
     gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, mean, variance, weight,
-                                          ctx.dialect, ctx.bias_grad)
-    return gx, gw, gb, None, None, None, None
+                                          ctx.dialect, ctx.bias_grad, ctx.cache, ticket)
+    return gx, gw, gb, None, None, None, None, None
 
 
 batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
@@ -346,7 +421,8 @@ class _DarknetBatchNorm(nn.Module):
     _NDIM = 4
     _LAYOUT = "(N, C, H, W)"
 
-    def __init__(self, num_features, *, dialect="pjreddie", bias_grad="darknet"):
+    def __init__(self, num_features, *, dialect="pjreddie", bias_grad="darknet",
+                 keep_x_norm=True):
         super().__init__()
         r = type(self).__name__
         if (isinstance(num_features, (bool, np.bool_))
@@ -361,6 +437,10 @@ class _DarknetBatchNorm(nn.Module):
                              "'darknet' = the fork's own backward, 'sum' = backward_bias "
                              "for both forks")
         self.bias_grad = bias_grad
+        if not isinstance(keep_x_norm, (bool, np.bool_)):
+            raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+        self.keep_x_norm = bool(keep_x_norm)
+        self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
         self.num_features = int(num_features)
         c = self.num_features
         # make_batchnorm_layer: scales = 1, biases and rolling statistics = 0 (calloc).
@@ -372,7 +452,13 @@ class _DarknetBatchNorm(nn.Module):
 
     def extra_repr(self):
         return (f"{self.num_features}, dialect={self.dialect.name!r}, "
-                f"bias_grad={self.bias_grad!r}")
+                f"bias_grad={self.bias_grad!r}, keep_x_norm={self.keep_x_norm}")
+
+    def train(self, mode=True):
+        """As ``nn.Module.train``; leaving training mode frees the ``x_norm`` buffer."""
+        if not mode and self._x_norm_cache in _caches:
+            _caches[self._x_norm_cache].drop()
+        return super().train(mode)
 
     def reset_running_stats(self):
         """Darknet's initial rolling statistics (zeros) and a zero counter."""
@@ -431,25 +517,28 @@ class _DarknetBatchNorm(nn.Module):
         if not self.training:
             return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
                                    self.running_var, code)
-        y, _, _, rolling_mean, rolling_variance = batchnorm_train(
+        y, _, _, rolling_mean, rolling_variance, _ = batchnorm_train(
             x, self.weight, self.bias, self.running_mean, self.running_var, code,
-            self.bias_grad == "sum")
+            self.bias_grad == "sum", self._x_norm_cache)
         with torch.no_grad():
             self.running_mean.copy_(rolling_mean)
             self.running_var.copy_(rolling_variance)
             self.num_batches_tracked.add_(1)
         return y
 
-    # The dialect travels as its name in pickles (torch.save of the whole module).
+    # The dialect travels as its name in pickles (torch.save of the whole module, and
+    # copy.deepcopy); a copy gets its own x_norm cache.
     def __getstate__(self):
         state = self.__dict__.copy()
         state["dialect"] = self.dialect.name
+        state["_x_norm_cache"] = 0
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state["dialect"] = get_dialect(state["dialect"])
-        self.__dict__.update(state)
+        super().__setstate__(state)
+        self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
 
 
 class DarknetBatchNorm2d(_DarknetBatchNorm):

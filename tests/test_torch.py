@@ -30,9 +30,9 @@ def _np(t):
     return t.detach().numpy().reshape(-1).copy()
 
 
-def _module(shape, dialect, params, bias_grad="darknet"):
+def _module(shape, dialect, params, bias_grad="darknet", keep_x_norm=True):
     cls = DarknetBatchNorm2d if len(shape) == 4 else DarknetBatchNorm1d
-    m = cls(shape[1], dialect=dialect, bias_grad=bias_grad)
+    m = cls(shape[1], dialect=dialect, bias_grad=bias_grad, keep_x_norm=keep_x_norm)
     with torch.no_grad():
         for t, name in ((m.weight, "scales"), (m.bias, "biases"),
                         (m.running_mean, "rolling_mean"), (m.running_var, "rolling_variance")):
@@ -56,14 +56,16 @@ def _params(rng, c):
             "rolling_variance": rng.uniform(0.5, 2, c).astype(np.float32)}
 
 
-def _check_train_steps(shape, dialect, regime, seed, steps=2, bias_grad="darknet"):
+def _check_train_steps(shape, dialect, regime, seed, steps=2, bias_grad="darknet",
+                       keep_x_norm=True):
     """``steps`` train steps then one eval forward, module vs layer, every value bitwise."""
     rng = np.random.default_rng(seed)
     c = shape[1]
     params = _params(rng, c)
-    m, layer = _module(shape, dialect, params, bias_grad), _layer(shape, dialect, params)
+    m = _module(shape, dialect, params, bias_grad, keep_x_norm)
+    layer = _layer(shape, dialect, params)
     n = int(np.prod(shape))
-    ctx = f"{dialect} {shape} {regime} seed={seed} bias_grad={bias_grad}"
+    ctx = f"{dialect} {shape} {regime} seed={seed} bias_grad={bias_grad} keep={keep_x_norm}"
     for t in range(steps):
         x = _regime(rng, regime, n).astype(np.float32).reshape(shape)
         g = rng.standard_normal(n).astype(np.float32).reshape(shape)
@@ -102,11 +104,13 @@ SHAPES_2D = [(2, 3, 1, 1), (4, 19, 5, 7), (3, 8, 13, 13), (2, 40, 3, 9), (1, 17,
 SHAPES_1D = [(2, 3), (8, 33), (16, 300), (5, 1)]
 
 
+@pytest.mark.parametrize("keep_x_norm", [True, False], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("dialect", FORKS)
 @pytest.mark.parametrize("shape", SHAPES_2D + SHAPES_1D, ids=str)
-def test_random_shapes_match_layer(shape, dialect):
+def test_random_shapes_match_layer(shape, dialect, keep_x_norm):
+    """Both ways the backward gets x_norm: the module's buffer and the recompute."""
     for seed, regime in enumerate(REGIMES):
-        _check_train_steps(shape, dialect, regime, seed)
+        _check_train_steps(shape, dialect, regime, seed, keep_x_norm=keep_x_norm)
 
 
 @pytest.mark.parametrize("shape", [(4, 19, 5, 7), (8, 33)], ids=str)
@@ -120,8 +124,8 @@ def test_bias_grad_sum_opt_in(shape):
 
 @pytest.mark.parametrize("dialect", FORKS)
 def test_negative_zero_x_norm(dialect):
-    """The backward recomputes x_norm; a -0.0 there (x = -0.0 in a zero-mean channel)
-    becomes +0.0, which changes no gradient bit."""
+    """With keep_x_norm=False the backward recomputes x_norm; a -0.0 there (x = -0.0
+    in a zero-mean channel) becomes +0.0, which changes no gradient bit."""
     rng = np.random.default_rng(3)
     shape = (2, 4, 3, 3)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -130,7 +134,7 @@ def test_negative_zero_x_norm(dialect):
     g = rng.standard_normal(shape).astype(np.float32)
     g[0, 1, 0, 0] = np.inf
     params = _params(rng, 4)
-    m, layer = _module(shape, dialect, params), _layer(shape, dialect, params)
+    m, layer = _module(shape, dialect, params, keep_x_norm=False), _layer(shape, dialect, params)
     xt = torch.from_numpy(x.copy()).requires_grad_()
     m(xt).backward(torch.from_numpy(g))
     layer.forward(x.reshape(-1), train=True)
@@ -505,15 +509,16 @@ def test_ops_check_their_arguments():
     ops = torch.ops.darknet_bn
     x, v = torch.randn(2, 3, 4, 4), torch.ones(3)
     with pytest.raises(ValueError, match="weight"):
-        ops.batchnorm_train(x, torch.ones(5), v, v.clone(), v.clone(), 0, False)
+        ops.batchnorm_train(x, torch.ones(5), v, v.clone(), v.clone(), 0, False, 0)
     with pytest.raises(ValueError, match="grad_output"):
-        ops.batchnorm_train_backward(torch.randn(2, 3, 4, 5), x, v, v, v, 0, False)
+        ops.batchnorm_train_backward(torch.randn(2, 3, 4, 5), x, v, v, v, 0, False, 0,
+                                     torch.zeros(1, dtype=torch.int64))
     with pytest.raises(TypeError, match="float32"):
         ops.batchnorm_infer(x.double(), v, v, v, v, 0)
     with pytest.raises(ValueError, match="dialect"):
         ops.batchnorm_infer(x, v, v, v, v, 7)
     with pytest.raises(ValueError, match="batch\\*h\\*w >= 2"):
-        ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), 0, False)
+        ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), 0, False, 0)
 
 
 @pytest.mark.parametrize("dialect", FORKS)
@@ -538,3 +543,107 @@ def test_nan_and_inf_propagate_as_in_darknet(dialect):
                  ("weight.grad", _np(m.weight.grad), layer.scale_updates),
                  ("running_mean", _np(m.running_mean), layer.rolling_mean),
                  ("running_var", _np(m.running_var), layer.rolling_variance)], context=dialect)
+
+
+# ---------------------------------------------------------------- the x_norm buffer
+@pytest.fixture
+def recomputes(monkeypatch):
+    """Counts the backward's x_norm recomputes."""
+    import darknet_bn.torch as dt
+    calls = []
+    real = dt._normalize
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+    monkeypatch.setattr(dt, "_normalize", counting)
+    return calls
+
+
+def _pair_kept_recomputed(shape, dialect="pjreddie"):
+    params = _params(np.random.default_rng(12), shape[1])
+    return (_module(shape, dialect, params, keep_x_norm=True),
+            _module(shape, dialect, params, keep_x_norm=False))
+
+
+def _grads(m, xs, combine):
+    """Forward every x through ``m``, then one backward of ``combine(outputs)``."""
+    m.weight.grad = m.bias.grad = None
+    xs = [x.clone().requires_grad_() for x in xs]
+    combine([m(x) for x in xs]).backward()
+    return [(f"x{i}.grad", _np(x.grad)) for i, x in enumerate(xs)] + [
+        ("weight.grad", _np(m.weight.grad)), ("bias.grad", _np(m.bias.grad))]
+
+
+@pytest.mark.parametrize("dialect", FORKS)
+def test_kept_x_norm_two_forwards_before_backward(dialect, recomputes):
+    """Two forwards of one module, then one backward: the buffer holds the second
+    forward's x_norm, so the first backward recomputes its own.  Same bits as a
+    module that always recomputes."""
+    shape = (3, 5, 4, 4)
+    kept, recomputed = _pair_kept_recomputed(shape, dialect)
+    torch.manual_seed(1)
+    xs = [torch.randn(shape), torch.randn(shape) * 2 + 1]
+    g = torch.randn(shape)
+
+    def combine(ys):
+        return (ys[0] * g).sum() + (ys[1] * g.flip(0)).sum()
+    a = _grads(kept, xs, combine)
+    assert len(recomputes) == 1                    # the first forward's backward only
+    b = _grads(recomputed, xs, combine)
+    assert len(recomputes) == 3
+    assert_bits([(name, u, v) for (name, u), (_, v) in zip(a, b)], context=dialect)
+    _grads(kept, xs[:1], lambda ys: ys[0].sum())   # forward, backward: the buffer's
+    assert len(recomputes) == 3
+
+
+def test_kept_x_norm_dropped_by_eval(recomputes):
+    shape = (2, 3, 4, 4)
+    kept, recomputed = _pair_kept_recomputed(shape)
+    x, g = torch.randn(shape), torch.randn(shape)
+    out = []
+    for m in (kept, recomputed):
+        xr = x.clone().requires_grad_()
+        y = m(xr)
+        m.eval()                                   # frees the buffer before the backward
+        y.backward(g)
+        out.append(_np(xr.grad))
+    assert len(recomputes) == 2
+    assert_bits([("x.grad", out[0], out[1])])
+
+
+def test_kept_x_norm_threads_share_a_module():
+    """Threads training one module at once: a call that finds the buffer in use does
+    without it; every thread's x.grad is the recomputing module's (bitwise)."""
+    import threading
+    shape = (4, 8, 6, 6)
+    kept, recomputed = _pair_kept_recomputed(shape)
+    torch.manual_seed(2)
+    xs = [torch.randn(shape) * (1 + i) for i in range(6)]
+    want = [_grads(recomputed, [x], lambda ys: ys[0].square().sum())[0][1] for x in xs]
+    got = [None] * len(xs)
+
+    def work(i):
+        for _ in range(5):
+            xr = xs[i].clone().requires_grad_()
+            kept(xr).square().sum().backward()
+            got[i] = _np(xr.grad)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert_bits([(f"thread {i} x.grad", got[i], want[i]) for i in range(len(xs))])
+
+
+def test_kept_x_norm_copies_get_their_own_buffer():
+    import copy
+    m = DarknetBatchNorm2d(3)
+    m2 = copy.deepcopy(m)
+    m3 = pickle.loads(pickle.dumps(m))
+    keys = {m._x_norm_cache, m2._x_norm_cache, m3._x_norm_cache}
+    assert len(keys) == 3 and 0 not in keys
+    assert DarknetBatchNorm2d(3, keep_x_norm=False)._x_norm_cache == 0
+    with pytest.raises(TypeError, match="keep_x_norm"):
+        DarknetBatchNorm2d(3, keep_x_norm="yes")
