@@ -585,7 +585,7 @@ def _check_convertible(path, module):
                             "runs in float32 on the CPU: call model.float().cpu() first")
 
 
-def convert_batchnorm(module, *, dialect, bias_grad="darknet"):
+def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True):
     """Replace every ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in ``module`` (recursively, the
     module itself included) by ``DarknetBatchNorm2d``/``DarknetBatchNorm1d``; returns the
     converted module, like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
@@ -598,6 +598,7 @@ def convert_batchnorm(module, *, dialect, bias_grad="darknet"):
     batchnorm is checked before anything is replaced: ``ValueError`` for
     ``affine=False`` or ``track_running_stats=False``, ``TypeError`` for tensors that
     are not float32 on the CPU; ``TypeError`` if ``module`` is not an ``nn.Module``.
+    ``bias_grad`` and ``keep_x_norm`` are passed to every new module.
     """
     r = "convert_batchnorm"
     if not isinstance(module, nn.Module):
@@ -605,17 +606,20 @@ def convert_batchnorm(module, *, dialect, bias_grad="darknet"):
     get_dialect(dialect, r)
     if bias_grad not in BIAS_GRADS:
         raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
+    if not isinstance(keep_x_norm, (bool, np.bool_)):
+        raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
     for path, m in module.named_modules():
         if _target(m) is not None:
             _check_convertible(path, m)
-    return _convert(module, dialect, bias_grad)
+    return _convert(module, dialect, bias_grad, keep_x_norm)
 
 
-def _convert(module, dialect, bias_grad):
+def _convert(module, dialect, bias_grad, keep_x_norm):
     out = module
     cls = _target(module)
     if cls is not None:
-        out = cls(module.num_features, dialect=dialect, bias_grad=bias_grad)
+        out = cls(module.num_features, dialect=dialect, bias_grad=bias_grad,
+                  keep_x_norm=keep_x_norm)
         out.weight = module.weight
         out.bias = module.bias
         out.running_mean = module.running_mean
@@ -625,7 +629,7 @@ def _convert(module, dialect, bias_grad):
         if hasattr(module, "qconfig"):
             out.qconfig = module.qconfig
     for name, child in module.named_children():
-        out.add_module(name, _convert(child, dialect, bias_grad))
+        out.add_module(name, _convert(child, dialect, bias_grad, keep_x_norm))
     return out
 
 

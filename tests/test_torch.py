@@ -425,8 +425,10 @@ def test_convert_batchnorm_nested():
     assert not new["0.inner.1"].weight.requires_grad
     assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
                    for mod in out.modules())
-    top = convert_batchnorm(torch.nn.BatchNorm2d(3), dialect="pjreddie")
+    top = convert_batchnorm(torch.nn.BatchNorm2d(3), dialect="pjreddie", bias_grad="sum",
+                            keep_x_norm=False)
     assert type(top) is DarknetBatchNorm2d
+    assert top.bias_grad == "sum" and not top.keep_x_norm
 
 
 def test_convert_batchnorm_refuses_before_replacing():
