@@ -48,9 +48,11 @@ contiguous; a non-contiguous or ``channels_last`` input is copied to a contiguou
 NCHW tensor first, and the output is contiguous NCHW.  The training forward also
 writes Darknet's ``x`` (a copy of the input, which the backward here reads from the
 saved input instead) into one write-only scratch buffer per thread, grown to the
-largest input seen and reused; nothing else larger than a channel vector is
-allocated besides the outputs (``y``; ``x_norm`` saved for the backward; the
-gradients).
+largest input seen and reused.  Darknet's ``x_norm`` goes to a buffer the module
+keeps while training (``keep_x_norm=True``, the default; freed by ``eval()``), or,
+with ``keep_x_norm=False``, to per-thread scratch, and the backward recomputes it.
+Nothing else larger than a channel vector is allocated besides the output and the
+gradients.
 """
 import itertools
 import numbers
@@ -544,7 +546,9 @@ class _DarknetBatchNorm(nn.Module):
 class DarknetBatchNorm2d(_DarknetBatchNorm):
     """Darknet's batchnorm on ``(N, C, H, W)``: a ``[convolutional]`` layer's BN stage or
     a ``[batchnorm]`` section.  ``dialect``: ``"pjreddie"`` or ``"alexeyab"``;
-    ``bias_grad``: ``"darknet"`` (the fork's backward) or ``"sum"`` (see the module doc)."""
+    ``bias_grad``: ``"darknet"`` (the fork's backward) or ``"sum"``; ``keep_x_norm``:
+    keep Darknet's ``x_norm`` between forward and backward (faster) or recompute it
+    (``nn.BatchNorm2d``'s memory).  See the module doc."""
 
     _NDIM = 4
     _LAYOUT = "(N, C, H, W)"
