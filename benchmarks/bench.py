@@ -13,6 +13,9 @@ Modes:
   infer  forward with train=0 (pjreddie also copies the input to x).
          PyTorch: F.batch_norm(training=False) under no_grad (eval).
 memcpy: one np.copyto of the input tensor (one read, one write): the roofline.
+module: darknet_bn.torch.DarknetBatchNorm2d (train: module(x).backward(delta) through
+        autograd; infer: eval() under no_grad), next to nn: torch.nn.BatchNorm2d run
+        the same way (eps 1e-5, momentum .01/.1), same torch thread count.
 
 The machine is shared: rerun when it is quiet, and read ratios rather than
 absolute times (they are measured in the same run).  This is a benchmark, not
@@ -31,7 +34,7 @@ from _common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape,  
                      shape_str, threads, timed)
 import cs231n  # noqa: E402
 
-IMPLS = ("fused", "blas", "torch", "numpy", "memcpy")
+IMPLS = ("fused", "blas", "torch", "numpy", "memcpy", "module", "nn")
 
 
 # --------------------------------------------------------------------------
@@ -97,12 +100,47 @@ def _memcpy(shape):
     return {"train": copy, "infer": copy}
 
 
+def _torch_module(shape, dialect, nthreads, darknet):
+    """DarknetBatchNorm2d (``darknet``) or nn.BatchNorm2d as a module, autograd train step."""
+    try:
+        import torch
+        from darknet_bn.torch import DarknetBatchNorm2d
+    except ImportError:
+        return {}
+    torch.set_num_threads(nthreads)
+    x, delta, scales, biases, rmean, rvar = make_data(shape)
+    c = shape[1]
+    if darknet:
+        m = DarknetBatchNorm2d(c, dialect=dialect)
+    else:
+        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.01 if dialect == "pjreddie" else 0.1)
+    with torch.no_grad():
+        for t, v in ((m.weight, scales), (m.bias, biases), (m.running_mean, rmean),
+                     (m.running_var, rvar)):
+            t.copy_(torch.from_numpy(v))
+    xt = torch.from_numpy(x).requires_grad_()
+    dt = torch.from_numpy(delta)
+
+    def train():
+        m.train()
+        xt.grad = m.weight.grad = m.bias.grad = None
+        m(xt).backward(dt)
+
+    def infer():
+        m.eval()
+        with torch.no_grad():
+            m(xt)
+    return {"train": train, "infer": infer}
+
+
 def build(shape, dialect, nthreads, impls):
     makers = {"fused": lambda: _darknet(shape, dialect, "fused"),
               "blas": lambda: _darknet(shape, dialect, "blas"),
               "torch": lambda: _torch(shape, dialect, nthreads),
               "numpy": lambda: _numpy(shape, dialect),
-              "memcpy": lambda: _memcpy(shape)}
+              "memcpy": lambda: _memcpy(shape),
+              "module": lambda: _torch_module(shape, dialect, nthreads, True),
+              "nn": lambda: _torch_module(shape, dialect, nthreads, False)}
     return {name: makers[name]() for name in impls}
 
 
@@ -160,12 +198,28 @@ def report(results, nthreads):
                 f"{_ratio(g('fused'), g('blas'))} | "
                 f"{_ratio(g('fused'), g('memcpy'))} |")
         lines.append("")
+    lines += module_report(results)
     for (dialect, mode, shape), times in results.items():
         if mode == "train" and shape in DARKNET_C_MS and times.get("fused"):
             c_ms = DARKNET_C_MS[shape]
             lines.append(f"Darknet C -Ofast (quoted, {shape_str(shape)} train): {c_ms:.1f} ms; "
                          f"fused {dialect} is {c_ms / (min(times['fused']) * 1e3):.1f}x faster")
     return "\n".join(lines)
+
+
+def module_report(results):
+    """The PyTorch module against nn.BatchNorm2d: min ms, ratio of minima, paired ratio."""
+    rows = [(k, t) for k, t in results.items() if t.get("module") and t.get("nn")]
+    if not rows:
+        return []
+    lines = ["### darknet_bn.torch.DarknetBatchNorm2d vs torch.nn.BatchNorm2d", "",
+             "| dialect | mode | shape (N,C,H,W) | module | nn | module/nn | paired |",
+             "|---|---|---|---|---|---|---|"]
+    for (dialect, mode, shape), t in rows:
+        a, b = min(t["module"]), min(t["nn"])
+        lines.append(f"| {dialect} | {mode} | {shape_str(shape)} | {_fmt(a)} | {_fmt(b)} | "
+                     f"{_ratio(a, b)} | {_ratio(paired_ratio(t['module'], t['nn']), 1.0)} |")
+    return lines + [""]
 
 
 def chart(results, path):

@@ -1,0 +1,672 @@
+"""Darknet's batchnorm as PyTorch modules, bit-exact in training and evaluation.
+
+Needs the ``torch`` extra (``pip install darknet_bn[torch]``); ``import darknet_bn``
+alone never imports torch.  Public names:
+
+- ``DarknetBatchNorm2d(num_features, *, dialect="pjreddie", bias_grad="darknet")``:
+  inputs ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a
+  standalone ``[batchnorm]`` section.
+- ``DarknetBatchNorm1d(...)``: inputs ``(N, C)``, the BN stage of a ``[connected]``
+  layer (Darknet's h = w = 1).
+- ``convert_batchnorm(module, *, dialect)``: every ``nn.BatchNorm2d``/``BatchNorm1d``
+  of a model replaced by the Darknet module (like ``SyncBatchNorm.convert_sync_batchnorm``).
+- ``from_darknet(cfg, weights, *, dialect)``: ``{cfg layer index: module}`` holding a
+  ``.weights`` file's batchnorm parameters, in eval mode.
+
+The modules keep ``nn.BatchNorm2d``'s state_dict names: ``weight`` (Darknet's
+``scales``), ``bias`` (``biases``), ``running_mean``/``running_var``
+(``rolling_mean``/``rolling_variance``) and ``num_batches_tracked`` (train forwards).
+
+Training mode runs Darknet's ``forward_batchnorm_layer`` with ``net.train = 1``
+(batch statistics, unbiased variance in the normalization, the fork's eps
+placement, the rolling update ``scal(keep)``/``axpy(new)`` in float32) and, through
+autograd, Darknet's ``backward_batchnorm_layer`` fed with ``delta = grad_output``.
+Eval mode runs the forward with ``net.train = 0`` (rolling statistics).  The
+arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory.
+
+Signs.  Darknet's ``delta`` is the negative gradient and its updates add it.  The
+backward is linear in ``delta`` and treats both signs alike, so feeding it the
+ordinary gradient ``grad_output`` gives the ordinary gradients:
+``x.grad = dL/dx``, ``weight.grad = dL/dweight`` (Darknet's ``scale_updates`` of one
+call, accumulated from zero, with the opposite sign), ``bias.grad = dL/dbias``
+(``bias_updates``).  Compared with feeding Darknet ``-grad_output``, only the sign
+of a zero result can differ.
+
+``bias.grad``.  pjreddie's backward computes ``backward_bias`` (the sum of
+``grad_output`` per channel, plane sums added in batch order).  AlexeyAB's CPU
+backward never touches ``bias_updates``: with ``bias_grad="darknet"`` (default) the
+module returns a zero ``bias.grad`` for that fork, so the bias stays where it is
+under ``torch.optim.SGD`` without weight decay, as in Darknet.  ``bias_grad="sum"``
+opts in to ``backward_bias``'s sum for both forks.
+
+Eval-mode gradients are not Darknet's (an inference-mode Darknet backward reuses
+the last training step's ``x_norm``): autograd gets the derivative of the eval
+function, ``grad * weight / denom`` with the fork's float64 denominator.
+
+Memory.  The kernels run on the tensors' own memory (no copy) when the input is
+contiguous; a non-contiguous or ``channels_last`` input is copied to a contiguous
+NCHW tensor first, and the output is contiguous NCHW.  The training forward also
+writes Darknet's ``x`` (a copy of the input, which the backward here reads from the
+saved input instead) into one write-only scratch buffer per thread, grown to the
+largest input seen and reused.  Darknet's ``x_norm`` goes to a buffer the module
+keeps while training (``keep_x_norm=True``, the default; freed by ``eval()``), or,
+with ``keep_x_norm=False``, to per-thread scratch, and the backward recomputes it.
+Nothing else larger than a channel vector is allocated besides the output and the
+gradients.
+"""
+import itertools
+import numbers
+import threading
+import weakref
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .dialects import DIALECTS, get_dialect
+from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_rows,
+                    _forward_train, _forward_train_rows, groups)
+
+__all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "from_darknet",
+           "module_from_record", "BIAS_GRADS"]
+
+#: ``bias_grad`` choices: the fork's own (``"darknet"``) or ``backward_bias`` always.
+BIAS_GRADS = ("darknet", "sum")
+
+_BY_CODE = {d.code: d for d in DIALECTS.values()}
+_F32 = torch.float32
+
+
+# --------------------------------------------------------------------------
+# tensors <-> the kernels' flat float32 buffers
+# --------------------------------------------------------------------------
+def _buf(t):
+    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory)."""
+    return t.detach().view(-1).numpy()
+
+
+def _dims(x):
+    """``(batch, filters, spatial)`` of a contiguous ``(N, C, ...)`` tensor."""
+    batch, filters = x.shape[0], x.shape[1]
+    return batch, filters, x.numel() // (batch * filters)
+
+
+def _check_op(op, x, like_x=(), vectors=(), train=False):
+    """The ops are reachable as ``torch.ops.darknet_bn.*``: before a kernel runs on raw
+    memory, every tensor must be a contiguous float32 CPU tensor of the size the
+    kernel indexes (``like_x``: x's shape; ``vectors``: one value per channel)."""
+    named = (("x", x),) + like_x + vectors
+    for name, t in named:
+        if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
+                or not t.is_contiguous()):
+            got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"darknet_bn::{op}: {name} must be a contiguous float32 CPU "
+                            f"tensor, got {got}; use DarknetBatchNorm2d/1d, which prepares "
+                            "its arguments")
+    if x.dim() < 2 or x.numel() == 0:
+        raise ValueError(f"darknet_bn::{op}: x must be (N, C, ...) with elements, got shape "
+                         f"{tuple(x.shape)}")
+    for name, t in like_x:
+        if t.shape != x.shape:
+            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, x "
+                             f"{tuple(x.shape)}; they must match")
+    for name, t in vectors:
+        if tuple(t.shape) != (x.shape[1],):
+            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, expected "
+                             f"({x.shape[1]},): one value per channel of x")
+    if train and x.numel() == x.shape[1]:
+        raise ValueError(f"darknet_bn::{op}: training needs batch*h*w >= 2, got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _dialect(op, code):
+    try:
+        return _BY_CODE[code]
+    except KeyError:
+        raise ValueError(f"darknet_bn::{op}: dialect must be one of "
+                         f"{ {d.name: d.code for d in DIALECTS.values()} }, got {code!r}") from None
+
+
+class _TorchThreads:
+    """Keeps torch's intra-op thread count across a kernel call: Numba's OpenMP layer
+    and torch share libgomp, and a parallel Numba kernel sets the calling thread's
+    OpenMP thread count to Numba's (``torch.get_num_threads()`` would change)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.n:
+            torch.set_num_threads(self.n)
+
+
+_scratch = threading.local()
+
+
+def _scratch_buf(name, n):
+    """A per-thread float32 scratch buffer of ``n`` elements (``name``: "x" or "x_norm"),
+    grown to the largest ``n`` seen and reused: never allocated per call."""
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(n, np.float32)
+        setattr(_scratch, name, buf)
+    return buf[:n]
+
+
+class _XNormCache:
+    """One module's ``x_norm`` buffer, kept from a training forward to its backward.
+
+    ``ticket`` names the forward call whose ``x_norm`` the buffer holds (tickets are
+    never reused); the backward uses the buffer only if its own forward's ticket is
+    there, else it recomputes ``x_norm``.  ``lock`` makes writing the buffer and
+    setting the ticket one step: a call that finds it taken (another thread using
+    the same module) does without the buffer."""
+
+    __slots__ = ("buf", "ticket", "lock")
+
+    def __init__(self):
+        self.buf = None
+        self.ticket = None
+        self.lock = threading.Lock()
+
+    def drop(self):
+        with self.lock:
+            self.buf = None
+            self.ticket = None
+
+
+_caches = {}                   # cache key (an int the ops take) -> _XNormCache
+_cache_keys = itertools.count(1)
+_tickets = itertools.count(1)
+
+
+def _new_cache(owner):
+    """A fresh cache key for ``owner``; the cache goes when the owner is collected."""
+    key = next(_cache_keys)
+    _caches[key] = _XNormCache()
+    weakref.finalize(owner, _caches.pop, key, None)
+    return key
+
+
+# --------------------------------------------------------------------------
+# custom ops: forward (train), its backward, forward (eval)
+# --------------------------------------------------------------------------
+@torch.library.custom_op("darknet_bn::batchnorm_train", mutates_args=(), device_types="cpu")
+def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                    running_var: Tensor, dialect: int, bias_grad: bool, cache: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """forward_batchnorm_layer, train = 1: ``(output, mean, variance, rolling_mean,
+    rolling_variance, ticket)``.  ``rolling_*`` are the updated rolling statistics
+    (new tensors: an op with an autograd formula must not mutate its inputs; the
+    module copies them into its buffers).  Darknet's ``x`` goes to per-thread
+    scratch; ``x_norm`` to the module's cache ``cache`` (0: none) when it is free,
+    else to scratch.  ``ticket`` (one int64) tells the backward whether the cache
+    still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
+    _check_op("batchnorm_train", x, vectors=(("weight", weight), ("bias", bias),
+                                             ("running_mean", running_mean),
+                                             ("running_var", running_var)), train=True)
+    d = _dialect("batchnorm_train", dialect)
+    batch, filters, spatial = _dims(x)
+    n = x.numel()
+    y = torch.empty(x.shape, dtype=_F32)
+    mean = torch.empty(filters, dtype=_F32)
+    variance = torch.empty(filters, dtype=_F32)
+    rolling_mean = running_mean.clone()
+    rolling_variance = running_var.clone()
+    ticket = next(_tickets)
+
+    def run(x_norm):
+        args = (_buf(x), _buf(y), _scratch_buf("x", n), x_norm, _buf(mean), _buf(variance),
+                _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
+        with _TorchThreads():
+            if spatial == 1:
+                _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
+                                    d.rolling_keep, d.rolling_new, d.code)
+            else:
+                _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new,
+                               d.code, groups(filters)[0])
+
+    entry = _caches.get(cache) if cache else None
+    if entry is not None and entry.lock.acquire(blocking=False):
+        try:
+            entry.ticket = None
+            if entry.buf is None or entry.buf.shape[0] < n:
+                entry.buf = np.empty(n, np.float32)
+            run(entry.buf[:n])
+            entry.ticket = ticket
+        finally:
+            entry.lock.release()
+    else:
+        run(_scratch_buf("x_norm", n))
+    return (y, mean, variance, rolling_mean, rolling_variance,
+            torch.tensor([ticket], dtype=torch.int64))
+
+
+@batchnorm_train.register_fake
+def _(x, weight, bias, running_mean, running_var, dialect, bias_grad, cache):
+    c = x.shape[1]
+    return (x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c),
+            x.new_empty(c), x.new_empty(1, dtype=torch.int64))
+
+
+def _infer(x, out, mean, variance, scales, biases, dialect):
+    """The inference kernel (normalize_cpu, scale_bias, add_bias without the ``x`` copy)
+    of ``x`` into the flat buffer ``out``, for either kernel layout."""
+    batch, filters, spatial = _dims(x)
+    args = (_buf(x), out, out, mean, variance, scales, biases)   # x (not written) -> out
+    with _TorchThreads():
+        if spatial == 1:
+            _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect,
+                                0)
+        else:
+            _forward_infer(*args, batch, filters, spatial, dialect, 0)
+
+
+def _normalize(x, mean, variance, dialect, out):
+    """normalize_cpu of ``x`` with ``mean``/``variance`` into ``out``: the forward's
+    ``x_norm`` recomputed, through the inference kernel with scales 1 and biases 0.
+    ``xn*1.0f + 0.0f`` is ``xn`` except that -0.0 becomes +0.0, which changes no sum
+    the backward takes of it (``backward_scale_cpu``'s ``+= delta*x_norm`` starts at
+    +0.0f, so adding a zero of either sign leaves every partial sum as it is)."""
+    filters = x.shape[1]
+    _infer(x, out, _buf(mean), _buf(variance), np.ones(filters, np.float32),
+           np.zeros(filters, np.float32), dialect)
+
+
+@torch.library.custom_op("darknet_bn::batchnorm_train_backward", mutates_args=(),
+                         device_types="cpu")
+def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, variance: Tensor,
+                             weight: Tensor, dialect: int, bias_grad: bool, cache: int,
+                             ticket: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """backward_batchnorm_layer, train = 1, with ``delta = grad_output`` and fresh
+    (zero) ``scale_updates``/``bias_updates``: ``(x grad, weight grad, bias grad)``.
+    ``x`` is the forward's input, ``mean``/``variance`` its batch statistics;
+    ``x_norm`` comes from the module's cache if it still holds the forward's
+    (``ticket``), else it is recomputed."""
+    _check_op("batchnorm_train_backward", x, like_x=(("grad_output", grad_output),),
+              vectors=(("mean", mean), ("variance", variance), ("weight", weight)), train=True)
+    d = _dialect("batchnorm_train_backward", dialect)
+    batch, filters, spatial = _dims(x)
+    n = x.numel()
+    gx = torch.empty(x.shape, dtype=_F32)
+    gw = torch.zeros(filters, dtype=_F32)
+    gb = torch.zeros(filters, dtype=_F32)
+    mean_delta = np.empty(filters, np.float32)
+    variance_delta = np.empty(filters, np.float32)
+    do_bias = int(d.backward_bias_in_bn or bias_grad)
+    delta = _buf(gx)
+
+    def run(x_norm):
+        args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
+                _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
+        with _TorchThreads():
+            if spatial == 1:
+                _backward_rows(*args, np.empty(2 * filters, np.float32),
+                               np.empty(3 * filters, np.float64), batch, filters, d.code,
+                               do_bias, 0)
+            else:
+                _backward(*args, batch, filters, spatial, d.code, do_bias, 0,
+                          groups(filters)[1])
+
+    entry = _caches.get(cache) if cache else None
+    if entry is not None and entry.lock.acquire(blocking=False):
+        try:
+            hit = entry.ticket is not None and entry.ticket == int(ticket[0])
+            if hit:
+                run(entry.buf[:n])
+        finally:
+            entry.lock.release()
+        if hit:
+            return gx, gw, gb
+    x_norm = _scratch_buf("x_norm", n)
+    _normalize(x, mean, variance, dialect, x_norm)
+    run(x_norm)
+    return gx, gw, gb
+
+
+@batchnorm_train_backward.register_fake
+def _(grad_output, x, mean, variance, weight, dialect, bias_grad, cache, ticket):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _train_setup(ctx, inputs, output):
+    x, weight, _bias, _rm, _rv, dialect, bias_grad, cache = inputs
+    _y, mean, variance, rolling_mean, rolling_variance, ticket = output
+    ctx.mark_non_differentiable(mean, variance, rolling_mean, rolling_variance, ticket)
+    ctx.save_for_backward(x, mean, variance, weight, ticket)
+    ctx.dialect, ctx.bias_grad, ctx.cache = dialect, bias_grad, cache
+
+
+def _train_backward(ctx, grad_y, *_grad_statistics):
+    if grad_y is None:
+        return (None,) * 8
+    x, mean, variance, weight, ticket = ctx.saved_tensors
+    gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, mean, variance, weight,
+                                          ctx.dialect, ctx.bias_grad, ctx.cache, ticket)
+    return gx, gw, gb, None, None, None, None, None
+
+
+batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+@torch.library.custom_op("darknet_bn::batchnorm_infer", mutates_args=(), device_types="cpu")
+def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                    running_var: Tensor, dialect: int) -> Tensor:
+    """forward_batchnorm_layer, train = 0: normalize with the rolling statistics."""
+    _check_op("batchnorm_infer", x, vectors=(("weight", weight), ("bias", bias),
+                                             ("running_mean", running_mean),
+                                             ("running_var", running_var)))
+    d = _dialect("batchnorm_infer", dialect)
+    y = torch.empty(x.shape, dtype=_F32)
+    _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d.code)
+    return y
+
+
+@batchnorm_infer.register_fake
+def _(x, weight, bias, running_mean, running_var, dialect):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("darknet_bn::batchnorm_infer_backward", mutates_args=(),
+                         device_types="cpu")
+def batchnorm_infer_backward(grad_output: Tensor, x: Tensor, weight: Tensor,
+                             running_mean: Tensor, running_var: Tensor, dialect: int
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+    """The derivative of the eval function ``(float)((x - m)/denom)*w + b``, not
+    Darknet's inference-mode backward (which reuses the last training step's
+    ``x_norm``): ``x grad = grad*w/denom`` per channel in float64, rounded to float32;
+    ``weight grad = sum(grad*x_hat)``, ``bias grad = sum(grad)``.  An opaque op, so a
+    compiled graph gives eager's bits."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    if dialect == DIALECTS["pjreddie"].code:          # sqrt(var) + .000001f
+        denom = running_var.double().sqrt() + float(np.float32(0.000001))
+    else:                                             # sqrt(var + .00001f)
+        denom = (running_var + float(np.float32(0.00001))).double().sqrt()
+    denom = denom.view(shape)
+    dims = [0] + list(range(2, x.dim()))
+    gx = (grad_output.double() * (weight.double().view(shape) / denom)).float()
+    x_hat = ((x - running_mean.view(shape)).double() / denom).float()
+    return gx, (grad_output * x_hat).sum(dims), grad_output.sum(dims)
+
+
+@batchnorm_infer_backward.register_fake
+def _(grad_output, x, weight, running_mean, running_var, dialect):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
+
+def _infer_setup(ctx, inputs, output):
+    x, weight, _bias, running_mean, running_var, dialect = inputs
+    ctx.save_for_backward(x, weight, running_mean, running_var)
+    ctx.dialect = dialect
+
+
+def _infer_backward(ctx, grad_y):
+    x, weight, running_mean, running_var = ctx.saved_tensors
+    gx, gw, gb = batchnorm_infer_backward(grad_y.contiguous(), x, weight, running_mean,
+                                          running_var, ctx.dialect)
+    return gx, gw, gb, None, None, None
+
+
+batchnorm_infer.register_autograd(_infer_backward, setup_context=_infer_setup)
+
+
+# --------------------------------------------------------------------------
+# the modules
+# --------------------------------------------------------------------------
+def _describe(t):
+    return f"dtype {t.dtype}, device {t.device}, shape {tuple(t.shape)}"
+
+
+class _DarknetBatchNorm(nn.Module):
+    """Shared by the 2d and 1d modules; ``_NDIM`` and ``_LAYOUT`` set the input shape."""
+
+    _NDIM = 4
+    _LAYOUT = "(N, C, H, W)"
+
+    def __init__(self, num_features, *, dialect="pjreddie", bias_grad="darknet",
+                 keep_x_norm=True):
+        super().__init__()
+        r = type(self).__name__
+        if (isinstance(num_features, (bool, np.bool_))
+                or not isinstance(num_features, numbers.Integral)):
+            raise TypeError(f"{r}: num_features must be an int (the channel count), got "
+                            f"{type(num_features).__name__} {num_features!r}")
+        if num_features < 1:
+            raise ValueError(f"{r}: num_features must be >= 1, got {num_features}")
+        self.dialect = get_dialect(dialect, r)        # a Dialect; its name in repr/state
+        if bias_grad not in BIAS_GRADS:
+            raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}; "
+                             "'darknet' = the fork's own backward, 'sum' = backward_bias "
+                             "for both forks")
+        self.bias_grad = bias_grad
+        if not isinstance(keep_x_norm, (bool, np.bool_)):
+            raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+        self.keep_x_norm = bool(keep_x_norm)
+        self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
+        self.num_features = int(num_features)
+        c = self.num_features
+        # make_batchnorm_layer: scales = 1, biases and rolling statistics = 0 (calloc).
+        self.weight = nn.Parameter(torch.ones(c, dtype=_F32))
+        self.bias = nn.Parameter(torch.zeros(c, dtype=_F32))
+        self.register_buffer("running_mean", torch.zeros(c, dtype=_F32))
+        self.register_buffer("running_var", torch.zeros(c, dtype=_F32))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self):
+        return (f"{self.num_features}, dialect={self.dialect.name!r}, "
+                f"bias_grad={self.bias_grad!r}, keep_x_norm={self.keep_x_norm}")
+
+    def train(self, mode=True):
+        """As ``nn.Module.train``; leaving training mode frees the ``x_norm`` buffer."""
+        if not mode and self._x_norm_cache in _caches:
+            _caches[self._x_norm_cache].drop()
+        return super().train(mode)
+
+    def reset_running_stats(self):
+        """Darknet's initial rolling statistics (zeros) and a zero counter."""
+        with torch.no_grad():
+            self.running_mean.zero_()
+            self.running_var.zero_()
+            self.num_batches_tracked.zero_()
+
+    def _check(self, input):
+        """Validate the input and the module's own tensors; returns the contiguous input.
+        Raises before anything is modified."""
+        r = f"{type(self).__name__}.forward"
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{r}: input must be a torch.Tensor {self._LAYOUT}, got "
+                            f"{type(input).__name__}")
+        if input.layout != torch.strided:
+            raise TypeError(f"{r}: input has layout {input.layout}; pass a dense tensor "
+                            "(input.to_dense())")
+        if input.dtype != _F32:
+            raise TypeError(f"{r}: input has dtype {input.dtype}; Darknet's arithmetic is "
+                            "float32: pass input.float()")
+        if input.device.type != "cpu" or input.is_meta:
+            raise ValueError(f"{r}: input is on device {input.device}; darknet_bn runs on the "
+                             "CPU: pass input.cpu() (and keep the module on the CPU)")
+        if input.dim() != self._NDIM:
+            raise ValueError(f"{r}: input must be {self._LAYOUT}, got shape "
+                             f"{tuple(input.shape)}"
+                             + ("; for (N, C, L) use DarknetBatchNorm2d on "
+                                "input.unsqueeze(-1)" if self._NDIM == 2 else ""))
+        if input.shape[1] != self.num_features:
+            raise ValueError(f"{r}: input has {input.shape[1]} channels (dim 1), the module "
+                             f"{self.num_features}; pass (N, {self.num_features}, ...) or "
+                             "build the module with the input's channel count")
+        if input.numel() == 0:
+            raise ValueError(f"{r}: input shape {tuple(input.shape)} has no elements; pass "
+                             "at least one image")
+        if self.training and input.numel() == self.num_features:
+            raise ValueError(
+                f"{r}: training on shape {tuple(input.shape)} leaves one value per channel "
+                "(batch*h*w = 1); Darknet's unbiased variance divides by batch*h*w - 1 = 0. "
+                "Use a batch of at least 2 (or h*w >= 2), or call module.eval()")
+        c = self.num_features
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(self, name)
+            if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
+                    or t.is_meta or tuple(t.shape) != (c,) or not t.is_contiguous()):
+                got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+                raise TypeError(f"{r}: module.{name} must be a contiguous float32 CPU tensor of "
+                                f"shape ({c},), got {got}; keep the module in float32 on the "
+                                "CPU (module.float().cpu())")
+        return input.contiguous()
+
+    def forward(self, input):
+        x = self._check(input)
+        code = self.dialect.code
+        if not self.training:
+            return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
+                                   self.running_var, code)
+        y, _, _, rolling_mean, rolling_variance, _ = batchnorm_train(
+            x, self.weight, self.bias, self.running_mean, self.running_var, code,
+            self.bias_grad == "sum", self._x_norm_cache)
+        with torch.no_grad():
+            self.running_mean.copy_(rolling_mean)
+            self.running_var.copy_(rolling_variance)
+            self.num_batches_tracked.add_(1)
+        return y
+
+    # The dialect travels as its name in pickles (torch.save of the whole module, and
+    # copy.deepcopy); a copy gets its own x_norm cache.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["dialect"] = self.dialect.name
+        state["_x_norm_cache"] = 0
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["dialect"] = get_dialect(state["dialect"])
+        super().__setstate__(state)
+        self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
+
+
+class DarknetBatchNorm2d(_DarknetBatchNorm):
+    """Darknet's batchnorm on ``(N, C, H, W)``: a ``[convolutional]`` layer's BN stage or
+    a ``[batchnorm]`` section.  ``dialect``: ``"pjreddie"`` or ``"alexeyab"``;
+    ``bias_grad``: ``"darknet"`` (the fork's backward) or ``"sum"``; ``keep_x_norm``:
+    keep Darknet's ``x_norm`` between forward and backward (faster) or recompute it
+    (``nn.BatchNorm2d``'s memory).  See the module doc."""
+
+    _NDIM = 4
+    _LAYOUT = "(N, C, H, W)"
+
+
+class DarknetBatchNorm1d(_DarknetBatchNorm):
+    """Darknet's batchnorm on ``(N, C)``: a ``[connected]`` layer's BN stage (h = w = 1)."""
+
+    _NDIM = 2
+    _LAYOUT = "(N, C)"
+
+
+# --------------------------------------------------------------------------
+# convert_batchnorm, from_darknet
+# --------------------------------------------------------------------------
+_TORCH_BN = ((nn.BatchNorm2d, DarknetBatchNorm2d), (nn.BatchNorm1d, DarknetBatchNorm1d))
+
+
+def _target(module):
+    for src, dst in _TORCH_BN:
+        if isinstance(module, src):
+            return dst
+    return None
+
+
+def _check_convertible(path, module):
+    r = "convert_batchnorm"
+    where = f"module {path!r}" if path else "the module"
+    if not (module.affine and module.track_running_stats):
+        raise ValueError(f"{r}: {where} ({module}) has affine={module.affine}, "
+                         f"track_running_stats={module.track_running_stats}; Darknet's "
+                         "batchnorm always has scales, biases and rolling statistics: build "
+                         "it with affine=True, track_running_stats=True")
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(module, name)
+        if t.dtype != _F32 or t.device.type != "cpu" or t.is_meta or not t.is_contiguous():
+            raise TypeError(f"{r}: {where}.{name} has {_describe(t)}; Darknet's batchnorm "
+                            "runs in float32 on the CPU: call model.float().cpu() first")
+
+
+def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True):
+    """Replace every ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in ``module`` (recursively, the
+    module itself included) by ``DarknetBatchNorm2d``/``DarknetBatchNorm1d``; returns the
+    converted module, like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+
+    The new modules take over the old ones' ``weight`` and ``bias`` Parameter objects
+    (so an optimizer built before still holds them, ``requires_grad`` included),
+    their ``running_mean``, ``running_var``, ``num_batches_tracked`` tensors and their
+    train/eval mode.  The old ``eps`` and ``momentum`` are dropped: the dialect fixes
+    both (eps placement, rolling factor .01 for pjreddie, .1 for AlexeyAB).  Every
+    batchnorm is checked before anything is replaced: ``ValueError`` for
+    ``affine=False`` or ``track_running_stats=False``, ``TypeError`` for tensors that
+    are not float32 on the CPU; ``TypeError`` if ``module`` is not an ``nn.Module``.
+    ``bias_grad`` and ``keep_x_norm`` are passed to every new module.
+    """
+    r = "convert_batchnorm"
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{r}: module must be a torch.nn.Module, got {type(module).__name__}")
+    get_dialect(dialect, r)
+    if bias_grad not in BIAS_GRADS:
+        raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
+    if not isinstance(keep_x_norm, (bool, np.bool_)):
+        raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+    for path, m in module.named_modules():
+        if _target(m) is not None:
+            _check_convertible(path, m)
+    return _convert(module, dialect, bias_grad, keep_x_norm)
+
+
+def _convert(module, dialect, bias_grad, keep_x_norm):
+    out = module
+    cls = _target(module)
+    if cls is not None:
+        out = cls(module.num_features, dialect=dialect, bias_grad=bias_grad,
+                  keep_x_norm=keep_x_norm)
+        out.weight = module.weight
+        out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    for name, child in module.named_children():
+        out.add_module(name, _convert(child, dialect, bias_grad, keep_x_norm))
+    return out
+
+
+def module_from_record(record, *, dialect=None):
+    """The Darknet module (1d for ``[connected]``, else 2d) holding a ``BatchNormRecord``'s
+    stored floats (biases zero where the file has none), in eval mode."""
+    from .darknet.weights import check_record
+    check_record("module_from_record", record)
+    d = get_dialect(record.dialect if dialect is None else dialect, "module_from_record")
+    cls = DarknetBatchNorm1d if record.section == "connected" else DarknetBatchNorm2d
+    m = cls(record.channels, dialect=d.name)
+    with torch.no_grad():
+        for name, param in (("scales", m.weight), ("biases", m.bias),
+                            ("rolling_mean", m.running_mean),
+                            ("rolling_variance", m.running_var)):
+            arr = getattr(record, name)
+            if arr is not None:
+                if arr.shape != (record.channels,):
+                    raise ValueError(f"module_from_record: layer {record.index} {name} has "
+                                     f"shape {arr.shape}, expected ({record.channels},)")
+                param.copy_(torch.from_numpy(np.ascontiguousarray(arr, np.float32)))
+    return m.eval()
+
+
+def from_darknet(cfg, weights, *, dialect):
+    """``{cfg layer index: module}`` for every batchnorm-carrying layer of a Darknet
+    model (``[convolutional]`` with ``batch_normalize=1`` and ``[batchnorm]`` ->
+    ``DarknetBatchNorm2d``, ``[connected]`` -> ``DarknetBatchNorm1d``), in eval mode,
+    holding the ``.weights`` file's floats bit for bit.  ``dialect`` (required: a
+    weights file does not say which fork wrote it) picks the file layout and the
+    arithmetic.  Errors are ``read_weights``'.
+    """
+    from .darknet import read_weights
+    d = get_dialect(dialect, "from_darknet")
+    w = read_weights(cfg, weights, dialect=d.name)
+    return {rec.index: module_from_record(rec, dialect=d.name) for rec in w.layers}

@@ -1,0 +1,108 @@
+"""torch.compile(fullgraph=True) of the Darknet modules: no graph break, eager's bits.
+
+The custom ops are opaque to the compiler (registered fake implementations give
+it the shapes), so the compiled module runs the same kernels: outputs,
+gradients and running statistics must equal eager's bitwise.  A fresh inductor
+cache directory makes every run compile from scratch; the time is printed.
+"""
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from _compare import assert_bits  # noqa: E402
+from darknet_bn.torch import DarknetBatchNorm1d, DarknetBatchNorm2d  # noqa: E402
+
+
+def _np(t):
+    return t.detach().numpy().reshape(-1).copy()
+
+
+def _pair(cls, c, dialect):
+    torch.manual_seed(0)
+    a, b = cls(c, dialect=dialect), cls(c, dialect=dialect)
+    with torch.no_grad():
+        for m in (a, b):
+            m.weight.copy_(torch.linspace(0.5, 1.5, c))
+            m.bias.copy_(torch.linspace(-0.3, 0.3, c))
+            m.running_var.fill_(1.0)
+    return a, b
+
+
+@pytest.fixture
+def fresh_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cls,shape", [(DarknetBatchNorm2d, (4, 6, 5, 7)),
+                                       (DarknetBatchNorm1d, (8, 10))],
+                         ids=["2d", "1d"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+def test_compile_fullgraph_matches_eager(fresh_compiler, cls, shape, dialect):
+    eager, compiled = _pair(cls, shape[1], dialect)
+    t0 = time.perf_counter()
+    fn = torch.compile(compiled, fullgraph=True)
+    rng = np.random.default_rng(1)
+    checks = []
+    for step, mode in enumerate(("train", "train", "eval")):
+        x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        g = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        for m in (eager, compiled):
+            m.train(mode == "train")
+            m.weight.grad = m.bias.grad = None
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = eager(xe), fn(xc)
+        ye.backward(g)
+        yc.backward(g)
+        if step == 0:
+            print(f"{cls.__name__} {dialect}: first compiled step (compile + run) "
+                  f"{time.perf_counter() - t0:.1f} s")
+        checks += [(f"{step} {mode} output", _np(yc), _np(ye)),
+                   (f"{step} {mode} x.grad", _np(xc.grad), _np(xe.grad)),
+                   (f"{step} {mode} weight.grad", _np(compiled.weight.grad),
+                    _np(eager.weight.grad)),
+                   (f"{step} {mode} bias.grad", _np(compiled.bias.grad), _np(eager.bias.grad)),
+                   (f"{step} running_mean", _np(compiled.running_mean), _np(eager.running_mean)),
+                   (f"{step} running_var", _np(compiled.running_var), _np(eager.running_var))]
+    assert int(compiled.num_batches_tracked) == int(eager.num_batches_tracked) == 2
+    assert_bits(checks, context=f"{cls.__name__} {dialect}")
+
+
+def test_compile_in_a_model(fresh_compiler):
+    """conv -> Darknet BN -> ReLU, compiled whole (fullgraph): the BN's output and
+    running statistics are eager's."""
+    torch.manual_seed(0)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                   DarknetBatchNorm2d(8, dialect="alexeyab"), torch.nn.ReLU())
+    eager, compiled = model(), model()
+    fn = torch.compile(compiled, fullgraph=True)
+    x = torch.randn(2, 3, 9, 9)
+    ye, yc = eager(x), fn(x)
+    assert_bits([("output", _np(yc), _np(ye)),
+                 ("running_var", _np(compiled[1].running_var), _np(eager[1].running_var))])
+
+
+def test_compile_dynamic_batch(fresh_compiler):
+    """Batch sizes that change between calls (dynamo recompiles with symbolic shapes;
+    the fake implementations take them): still eager's bits."""
+    eager, compiled = _pair(DarknetBatchNorm2d, 6, "pjreddie")
+    fn = torch.compile(compiled, fullgraph=True)
+    checks = []
+    for n in (2, 3, 5):
+        x = torch.randn(n, 6, 4, 3)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = eager(xe), fn(xc)
+        ye.sum().backward()
+        yc.sum().backward()
+        checks += [(f"N={n} output", _np(yc), _np(ye)), (f"N={n} x.grad", _np(xc.grad),
+                                                          _np(xe.grad)),
+                   (f"N={n} running_var", _np(compiled.running_var), _np(eager.running_var))]
+    assert_bits(checks)
