@@ -14,7 +14,7 @@ import numpy as np
 SHAPES = ((16, 64, 28, 28), (4, 128, 104, 104), (4, 32, 416, 416), (256, 1024, 1, 1))
 
 #: Darknet's own C (-Ofast), train step on (4, 128, 104, 104), measured once on this
-#: machine (issue text); quoted, not re-measured here.
+#: machine by others; quoted, not re-measured here.
 DARKNET_C_MS = {(4, 128, 104, 104): 45.0}
 
 

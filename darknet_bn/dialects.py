@@ -2,9 +2,10 @@
 
 pjreddie/darknet (commit f6afaabc) and AlexeyAB/darknet (commit 59596d78) share
 the routines of ``blas.c`` except for the epsilon placement in ``normalize_cpu``
-and ``normalize_delta_cpu``, and their ``batchnorm_layer.c`` differ in the rolling-average momentum, when ``x`` is saved, whether the BN
-backward computes ``bias_updates``, which statistics an inference-mode backward
-uses, and whether a standalone ``[batchnorm]`` layer has an ``update`` on CPU.
+and ``normalize_delta_cpu``, and their ``batchnorm_layer.c`` differ in the
+rolling-average momentum, when ``x`` is saved, whether the BN backward computes
+``bias_updates``, which statistics an inference-mode backward uses, and whether
+a standalone ``[batchnorm]`` layer has an ``update`` on CPU.
 
 The kernels take the dialect as the small integer ``Dialect.code`` and find the
 epsilon placement through ``normalize_denominator`` / ``normalize_delta_denominator``

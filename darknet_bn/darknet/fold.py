@@ -133,12 +133,9 @@ def denormalize_convolutional_layer(weights, biases, scales, rolling_mean, rolli
     are then updated in float; ``scales``, ``rolling_mean``,
     ``rolling_variance`` are reset to 1, 0, 1 as the C does.
     """
-    r = "denormalize_convolutional_layer"
-    n, filter_size = check_dim(r, "n", n), check_dim(r, "filter_size", filter_size)
-    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, n, filter_size,
-                   write_bn=True, size_name="filter_size")
-    _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, n,
-                       filter_size, DENORMALIZE_CONV_EPS)
+    _denormalize("denormalize_convolutional_layer", weights, biases, scales, rolling_mean,
+                 rolling_variance, ("n", n), ("filter_size", filter_size),
+                 DENORMALIZE_CONV_EPS)
 
 
 def denormalize_connected_layer(weights, biases, scales, rolling_mean, rolling_variance,
@@ -148,12 +145,19 @@ def denormalize_connected_layer(weights, biases, scales, rolling_mean, rolling_v
     As ``denormalize_convolutional_layer`` with ``.000001`` and ``inputs``
     weights per output (``weights`` is ``outputs x inputs``, row-major).
     """
-    r = "denormalize_connected_layer"
-    outputs, inputs = check_dim(r, "outputs", outputs), check_dim(r, "inputs", inputs)
-    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, outputs, inputs,
-                   write_bn=True, size_name="inputs")
-    _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, outputs,
-                       inputs, DENORMALIZE_CONNECTED_EPS)
+    _denormalize("denormalize_connected_layer", weights, biases, scales, rolling_mean,
+                 rolling_variance, ("outputs", outputs), ("inputs", inputs),
+                 DENORMALIZE_CONNECTED_EPS)
+
+
+def _denormalize(routine, weights, biases, scales, rolling_mean, rolling_variance, count, size,
+                 eps):
+    """Validate, then ``_denormalize_layer``; ``count``/``size`` are (name, value) pairs."""
+    n, size_value = check_dim(routine, *count), check_dim(routine, *size)
+    _layer_buffers(routine, weights, biases, scales, rolling_mean, rolling_variance, n,
+                   size_value, write_bn=True, size_name=size[0])
+    _denormalize_layer(weights, biases, scales, rolling_mean, rolling_variance, n, size_value,
+                       eps)
 
 
 # --------------------------------------------------------------------------
