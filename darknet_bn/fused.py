@@ -201,29 +201,36 @@ def _variance_one(src, m, batch, filters, spatial, f):
 
 @helper(inline="always")
 def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
-                          batch, filters, spatial, f, dialect):
-    """One channel of normalize_cpu -> copy_cpu(x_norm) -> scale_bias -> add_bias."""
+                          batch, filters, spatial, f, dialect, save_x):
+    """One channel of [copy_cpu(x) when ``save_x``] -> normalize_cpu -> copy_cpu(x_norm)
+    -> scale_bias -> add_bias."""
     m = mean[f]
     denom = normalize_denominator(variance[f], dialect)
     s = scales[f]
     b = biases[f]
     for j in range(batch):
         sv = _plane(src, filters, spatial, j, f)
-        xv = _plane(x, filters, spatial, j, f)
         nv = _plane(x_norm, filters, spatial, j, f)
         ov = _plane(output, filters, spatial, j, f)
-        for k in range(spatial):
-            v = sv[k]
-            xv[k] = v                                         # copy_cpu(output -> x)
-            xn = normalize(v, m, denom)                       # normalize_cpu
-            nv[k] = xn                                        # copy_cpu(output -> x_norm)
-            ov[k] = xn * s + b              # scale_bias, add_bias: float*float, float+float
+        if save_x:
+            xv = _plane(x, filters, spatial, j, f)
+            for k in range(spatial):
+                v = sv[k]
+                xv[k] = v                                     # copy_cpu(output -> x)
+                xn = normalize(v, m, denom)                   # normalize_cpu
+                nv[k] = xn                                    # copy_cpu(output -> x_norm)
+                ov[k] = xn * s + b          # scale_bias, add_bias: float*float, float+float
+        else:
+            for k in range(spatial):
+                xn = normalize(sv[k], m, denom)
+                nv[k] = xn
+                ov[k] = xn * s + b
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, INT, INT, INT, FLT, FLT, INT,
-            INT))
+            INT, INT))
 def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
-                   scales, biases, batch, filters, spatial, keep, new, dialect, group):
+                   scales, biases, batch, filters, spatial, keep, new, dialect, group, save_x):
     """forward_batchnorm_layer with net.train = 1, every channel in one kernel.
 
     Replaces, per channel: copy_cpu(input -> output), copy_cpu(output -> x),
@@ -234,6 +241,8 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
     reads mostly from cache.  ``output`` is only written by the last pass.
     ``group`` (8 or 16, see ``groups``) channels per parallel item: their
     statistics run as vec8 lanes; leftover channels (filters % 8) one by one.
+    ``save_x`` = 0 skips Darknet's copy to ``x`` (for callers that keep the input
+    themselves, such as ``darknet_bn.torch``); the other buffers' bits are the same.
     """
     mean_scale = mean_cpu_scale(batch, spatial)
     var_scale = variance_cpu_scale(batch, spatial)
@@ -258,7 +267,7 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
             rolling_mean[c] = rolling(rolling_mean[c], keep, new, mean[c])
             rolling_variance[c] = rolling(rolling_variance[c], keep, new, variance[c])
             _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
-                                  batch, filters, spatial, c, dialect)
+                                  batch, filters, spatial, c, dialect, save_x)
 
 
 # --------------------------------------------------------------------------
@@ -503,10 +512,10 @@ ROW_BLOCK = 256                            # channels per prange item
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, FLT, FLT,
-            INT))
+            INT, INT))
 def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
                         rolling_variance, scales, biases, denom, batch, filters, keep, new,
-                        dialect):
+                        dialect, save_x):
     """``_forward_train`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
     mean_scale = mean_cpu_scale(batch, 1)
     var_scale = variance_cpu_scale(batch, 1)
@@ -541,15 +550,21 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
         for j in range(batch):
             lo = j * filters + f0
             sv = src[lo:lo + nf]
-            xv = x[lo:lo + nf]
             nv = x_norm[lo:lo + nf]
             ov = output[lo:lo + nf]
-            for i in range(nf):
-                v = sv[i]
-                xv[i] = v                                      # copy_cpu(output -> x)
-                xn = normalize(v, mv[i], dn[i])                # normalize_cpu
-                nv[i] = xn                                     # copy_cpu(output -> x_norm)
-                ov[i] = xn * sc[i] + bi[i]                     # scale_bias, add_bias
+            if save_x:
+                xv = x[lo:lo + nf]
+                for i in range(nf):
+                    v = sv[i]
+                    xv[i] = v                                  # copy_cpu(output -> x)
+                    xn = normalize(v, mv[i], dn[i])            # normalize_cpu
+                    nv[i] = xn                                 # copy_cpu(output -> x_norm)
+                    ov[i] = xn * sc[i] + bi[i]                 # scale_bias, add_bias
+            else:
+                for i in range(nf):
+                    xn = normalize(sv[i], mv[i], dn[i])
+                    nv[i] = xn
+                    ov[i] = xn * sc[i] + bi[i]
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, INT, INT))
@@ -686,7 +701,7 @@ def forward_fused(l, input, train):
         if train:
             _forward_train_rows(src, l.output, l.x, l.x_norm, l.mean, l.variance,
                                 l.rolling_mean, l.rolling_variance, l.scales, l.biases, acc64,
-                                l.batch, l.out_c, d.rolling_keep, d.rolling_new, d.code)
+                                l.batch, l.out_c, d.rolling_keep, d.rolling_new, d.code, 1)
         else:
             _forward_infer_rows(src, l.output, l.x, l.rolling_mean, l.rolling_variance,
                                 l.scales, l.biases, acc64, l.batch, l.out_c, d.code,
@@ -694,7 +709,7 @@ def forward_fused(l, input, train):
     elif train:
         _forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
                        l.rolling_variance, l.scales, l.biases, l.batch, l.out_c, sp,
-                       d.rolling_keep, d.rolling_new, d.code, groups(l.out_c)[0])
+                       d.rolling_keep, d.rolling_new, d.code, groups(l.out_c)[0], 1)
     else:
         _forward_infer(src, l.output, l.x, l.rolling_mean, l.rolling_variance, l.scales,
                        l.biases, l.batch, l.out_c, sp, d.code, int(d.copy_x_in_inference))

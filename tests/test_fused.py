@@ -327,3 +327,37 @@ def test_normalize_delta_divides_exactly_on_hard_quotients():
         grads[k] = l.backward(delta, train=False).reshape(c, 2)[:, 0].copy()
     assert bits_equal(grads["blas"], exact)
     assert bits_equal(grads["fused"], exact)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("shape", [(2, 40, 9, 9), (3, 35, 5, 5), (4, 19, 2, 3), (9, 600, 1, 1)])
+def test_train_forward_without_x_copy_keeps_every_other_bit(shape, dialect):
+    """save_x = 0 (darknet_bn.torch, which keeps the input itself) skips only the
+    copy to ``x``: output, x_norm, statistics and rolling statistics are the bits of
+    the save_x = 1 call, and ``x`` is not written."""
+    seed = 20261201
+    rng = np.random.default_rng(seed)
+    batch, c, h, w = shape
+    d = batchnorm_layer.get_dialect(dialect)
+    n, sp = batch * c * h * w, h * w
+    src = rng.standard_normal(n).astype(np.float32) * 3 + 1
+    scales, biases = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    runs = []
+    for save_x in (1, 0):
+        out = {k: np.full(n, np.nan, np.float32) for k in ("output", "x", "x_norm")}
+        out.update({k: np.full(c, 0.5, np.float32) for k in
+                    ("mean", "variance", "rolling_mean", "rolling_variance")})
+        args = (src, out["output"], out["x"], out["x_norm"], out["mean"], out["variance"],
+                out["rolling_mean"], out["rolling_variance"], scales, biases)
+        if sp == 1:
+            fused._forward_train_rows(*args, np.empty(c, np.float64), batch, c,
+                                      d.rolling_keep, d.rolling_new, d.code, save_x)
+        else:
+            fused._forward_train(*args, batch, c, sp, d.rolling_keep, d.rolling_new, d.code,
+                                 fused.groups(c)[0], save_x)
+        runs.append(out)
+    with_x, without_x = runs
+    assert bits_equal(with_x["x"], src), f"seed {seed}"
+    assert np.isnan(without_x["x"]).all(), f"x written with save_x = 0 (seed {seed})"
+    for k in ("output", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance"):
+        assert bits_equal(with_x[k], without_x[k]), f"{k} differs (seed {seed})"
