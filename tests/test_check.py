@@ -530,3 +530,23 @@ def test_an_unknown_mistake_names_the_blocks_that_differ():
     assert _flagged(report) == [7]
     assert report.layers[3].diagnosis.startswith("not a known converter mistake")
     assert "differs from darknet_bn's exact export in weight)" in report.layers[3].diagnosis
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_darknet_bn_torch_modules_are_checked(fork):
+    """A model holding darknet_bn.torch modules (from_darknet: the file's values) passes
+    for its own fork and is flagged for the other one."""
+    from darknet_bn.torch import from_darknet
+    cfg, path = _files(fork)
+    mods = torch.nn.Sequential()
+    for i, m in from_darknet(cfg, path, dialect=fork).items():
+        mods.add_module(f"bn{i}", m)
+    report = check_model(mods, cfg, path, dialect=fork)
+    assert report.ok and [r.index for r in report.layers] == BN_LAYERS
+    other = "pjreddie" if fork == "alexeyab" else "alexeyab"
+    wrong = torch.nn.Sequential()
+    for name, m in mods.named_children():
+        twin = type(m)(m.num_features, dialect=other)
+        twin.load_state_dict(m.state_dict())
+        wrong.add_module(name, twin.eval())
+    assert not check_model(wrong, cfg, path, dialect=fork).ok

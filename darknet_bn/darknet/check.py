@@ -245,9 +245,21 @@ def _torch_module_units(module):
     import torch
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.modules.conv import _ConvNd
+    darknet_torch = sys.modules.get("darknet_bn.torch")   # imported if the model holds one
+    darknet_bn_modules = () if darknet_torch is None else (darknet_torch._DarknetBatchNorm,)
     units = []
     for name, m in module.named_modules():
-        if isinstance(m, _BatchNorm):
+        if isinstance(m, darknet_bn_modules):
+            # darknet_bn's own module: its fork's normalize_cpu, described for the
+            # diagnosis by the exact eps form (pjreddie: eps 0, var = (sqrt(v) + eps)^2).
+            placement, e = EXACT_FORM[m.dialect.name]
+            v = _float(m.running_var.detach().numpy())
+            if placement == "outside":
+                with np.errstate(all="ignore"):
+                    v, e = (np.sqrt(v.astype(np.float64)) + e) ** 2, 0.0
+            units.append(Unit("bn", name, *(_float(t.detach().numpy()) for t in
+                                            (m.weight, m.bias, m.running_mean)), v, e, m))
+        elif isinstance(m, _BatchNorm):
             if m.running_mean is None or m.running_var is None:
                 raise CheckError(f"module {name!r}: a BatchNorm without running statistics "
                                  "(track_running_stats=False) normalizes with batch "
@@ -483,6 +495,8 @@ def model_output(pair, probe):
         c, p = z.shape
         shape = {"BatchNorm1d": (1, c, p), "BatchNorm3d": (1, c, 1, 1, p)}.get(
             type(bn.module).__name__, (1, c, 1, p))
+        if type(bn.module).__name__ == "DarknetBatchNorm1d":     # (N, C): probes as rows
+            z, shape = np.ascontiguousarray(z.T), (p, c)
         was = bn.module.training
         bn.module.eval()
         try:
@@ -492,7 +506,7 @@ def model_output(pair, probe):
                 y = bn.module(x).detach().cpu().numpy()
         finally:
             bn.module.train(was)
-        return y.reshape(c, p)
+        return y.T.reshape(c, p) if shape == (p, c) else y.reshape(c, p)
     alpha, beta = _bn_affine(bn)
     with np.errstate(all="ignore"):
         y = alpha[:, None] * z.astype(np.float64) + beta[:, None]
