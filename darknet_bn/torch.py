@@ -209,8 +209,8 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     (new tensors: an op with an autograd formula must not mutate its inputs; the
     module copies them into its buffers).  Darknet's ``x`` is the input itself
     (the kernel skips that copy); ``x_norm`` goes to the module's cache ``cache``
-    (0: none) when it is free, else to scratch.  ``ticket`` (one int64) tells the backward whether the cache
-    still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
+    (0: none) when it is free, else to scratch.  ``ticket`` (one int64) tells the
+    backward whether the cache still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
     _check_op("batchnorm_train", x, vectors=(("weight", weight), ("bias", bias),
                                              ("running_mean", running_mean),
                                              ("running_var", running_var)), train=True)
