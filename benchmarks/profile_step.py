@@ -125,7 +125,7 @@ def _pass_kernels():
                        batch, filters, spatial, dialect):
         for f in prange(filters):
             F._normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
-                                    batch, filters, spatial, f, dialect)
+                                    batch, filters, spatial, f, dialect, 1)
 
     @njit(**opts)
     def backward_sums_pass(dsrc, x_norm, x, mean, scales, bias_updates, out,
