@@ -70,12 +70,13 @@ DIALECTS = {
     ),
 }
 
-# The table by Dialect.code, as tuples the kernels read (compile-time constants).
-_BY_CODE = sorted(DIALECTS.values(), key=lambda d: d.code)
-assert [d.code for d in _BY_CODE] == list(range(len(_BY_CODE)))
-_NORMALIZE_EPS = tuple(d.normalize_eps for d in _BY_CODE)
-_NORMALIZE_IN_SQRT = tuple(d.normalize_eps_in_sqrt for d in _BY_CODE)
-_NORMALIZE_DELTA_IN_SQRT = tuple(d.normalize_delta_eps_in_sqrt for d in _BY_CODE)
+#: The dialects indexed by ``Dialect.code`` (the small int the kernels take).
+BY_CODE = tuple(sorted(DIALECTS.values(), key=lambda d: d.code))
+assert [d.code for d in BY_CODE] == list(range(len(BY_CODE)))
+# The table by code, as tuples the kernels read (compile-time constants).
+_NORMALIZE_EPS = tuple(d.normalize_eps for d in BY_CODE)
+_NORMALIZE_IN_SQRT = tuple(d.normalize_eps_in_sqrt for d in BY_CODE)
+_NORMALIZE_DELTA_IN_SQRT = tuple(d.normalize_delta_eps_in_sqrt for d in BY_CODE)
 
 
 @helper(inline="always")

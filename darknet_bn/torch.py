@@ -45,10 +45,9 @@ function, ``grad * weight / denom`` with the fork's float64 denominator.
 
 Memory.  The kernels run on the tensors' own memory (no copy) when the input is
 contiguous; a non-contiguous or ``channels_last`` input is copied to a contiguous
-NCHW tensor first, and the output is contiguous NCHW.  The training forward also
-writes Darknet's ``x`` (a copy of the input, which the backward here reads from the
-saved input instead) into one write-only scratch buffer per thread, grown to the
-largest input seen and reused.  Darknet's ``x_norm`` goes to a buffer the module
+NCHW tensor first, and the output is contiguous NCHW.  Darknet's ``x``
+(a copy of the input) is not written: the saved input serves as ``x``, and the
+kernel skips that copy.  Darknet's ``x_norm`` goes to a buffer the module
 keeps while training (``keep_x_norm=True``, the default; freed by ``eval()``), or,
 with ``keep_x_norm=False``, to per-thread scratch, and the backward recomputes it.
 Nothing else larger than a channel vector is allocated besides the output and the
@@ -63,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .dialects import DIALECTS, get_dialect
+from .dialects import BY_CODE, get_dialect
 from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_rows,
                     _forward_train, _forward_train_rows, groups)
 
@@ -73,7 +72,6 @@ __all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "fro
 #: ``bias_grad`` choices: the fork's own (``"darknet"``) or ``backward_bias`` always.
 BIAS_GRADS = ("darknet", "sum")
 
-_BY_CODE = {d.code: d for d in DIALECTS.values()}
 _F32 = torch.float32
 
 
@@ -119,12 +117,14 @@ def _check_op(op, x, like_x=(), vectors=(), train=False):
                          f"{tuple(x.shape)}")
 
 
-def _dialect(op, code):
-    try:
-        return _BY_CODE[code]
-    except KeyError:
-        raise ValueError(f"darknet_bn::{op}: dialect must be one of "
-                         f"{ {d.name: d.code for d in DIALECTS.values()} }, got {code!r}") from None
+def _prepare(op, x, dialect, **checks):
+    """Every op's prologue: ``_check_op`` (``checks``), then ``(Dialect, (batch,
+    filters, spatial))`` for the dialect code the op was given."""
+    _check_op(op, x, **checks)
+    if isinstance(dialect, numbers.Integral) and 0 <= dialect < len(BY_CODE):
+        return BY_CODE[dialect], _dims(x)
+    raise ValueError(f"darknet_bn::{op}: dialect must be one of "
+                     f"{ {d.name: d.code for d in BY_CODE} }, got {dialect!r}")
 
 
 class _TorchThreads:
@@ -211,11 +211,10 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     (the kernel skips that copy); ``x_norm`` goes to the module's cache ``cache``
     (0: none) when it is free, else to scratch.  ``ticket`` (one int64) tells the
     backward whether the cache still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
-    _check_op("batchnorm_train", x, vectors=(("weight", weight), ("bias", bias),
-                                             ("running_mean", running_mean),
-                                             ("running_var", running_var)), train=True)
-    d = _dialect("batchnorm_train", dialect)
-    batch, filters, spatial = _dims(x)
+    d, (batch, filters, spatial) = _prepare(
+        "batchnorm_train", x, dialect, train=True,
+        vectors=(("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                 ("running_var", running_var)))
     n = x.numel()
     y = _empty_like(x)
     mean = torch.empty(filters, dtype=_F32)
@@ -294,10 +293,10 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
     ``x`` is the forward's input, ``mean``/``variance`` its batch statistics;
     ``x_norm`` comes from the module's cache if it still holds the forward's
     (``ticket``), else it is recomputed."""
-    _check_op("batchnorm_train_backward", x, like_x=(("grad_output", grad_output),),
-              vectors=(("mean", mean), ("variance", variance), ("weight", weight)), train=True)
-    d = _dialect("batchnorm_train_backward", dialect)
-    batch, filters, spatial = _dims(x)
+    d, (batch, filters, spatial) = _prepare(
+        "batchnorm_train_backward", x, dialect, train=True,
+        like_x=(("grad_output", grad_output),),
+        vectors=(("mean", mean), ("variance", variance), ("weight", weight)))
     n = x.numel()
     gx = _empty_like(x)
     gw = torch.zeros(filters, dtype=_F32)
@@ -364,10 +363,9 @@ batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
 def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
                     running_var: Tensor, dialect: int) -> Tensor:
     """forward_batchnorm_layer, train = 0: normalize with the rolling statistics."""
-    _check_op("batchnorm_infer", x, vectors=(("weight", weight), ("bias", bias),
-                                             ("running_mean", running_mean),
-                                             ("running_var", running_var)))
-    d = _dialect("batchnorm_infer", dialect)
+    d, _ = _prepare("batchnorm_infer", x, dialect,
+                    vectors=(("weight", weight), ("bias", bias),
+                             ("running_mean", running_mean), ("running_var", running_var)))
     y = _empty_like(x)
     _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d.code)
     return y
@@ -389,10 +387,12 @@ def batchnorm_infer_backward(grad_output: Tensor, x: Tensor, weight: Tensor,
     ``weight grad = sum(grad*x_hat)``, ``bias grad = sum(grad)``.  An opaque op, so a
     compiled graph gives eager's bits."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    if dialect == DIALECTS["pjreddie"].code:          # sqrt(var) + .000001f
-        denom = running_var.double().sqrt() + float(np.float32(0.000001))
-    else:                                             # sqrt(var + .00001f)
-        denom = (running_var + float(np.float32(0.00001))).double().sqrt()
+    d = BY_CODE[dialect]
+    eps = float(d.normalize_eps)                      # the fork's normalize_cpu epsilon
+    if d.normalize_eps_in_sqrt:                       # sqrt(var + eps): float32 sum
+        denom = (running_var + eps).double().sqrt()
+    else:                                             # sqrt(var) + eps, in double
+        denom = running_var.double().sqrt() + eps
     denom = denom.view(shape)
     dims = [0] + list(range(2, x.dim()))
     gx = (grad_output.double() * (weight.double().view(shape) / denom)).float()
