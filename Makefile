@@ -1,26 +1,30 @@
 # darknet_bn: every target sets up the virtual environment it needs, and no more.
-#   make demo        the package alone (numba, numpy)
-#   make test        + test extras: pytest, hypothesis, matplotlib, torch, onnx
-#   make test-slow   the tests marked slow (CI runs both)
-#   make bench       + pytest-benchmark, torch, matplotlib
-# torch==2.13.0 is the machine's local CPU wheel (setup.cfg pins it).
+#   make demo         the package alone (numba, numpy)
+#   make test         + test extras: pytest, hypothesis, matplotlib, torch, onnx, onnxruntime,
+#                       onnxscript, onnxslim, build
+#   make test-slow    the tests marked slow (CI runs both)
+#   make bench        + pytest-benchmark, torch, matplotlib; writes out/ only
+#   make bench-chart  make bench, then copies its chart to docs/img/bench.png (tracked)
+#   make dist         sdist and wheel in dist/
+# Installs go through constraints.txt: this machine's CPU wheel of torch.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+PIP     = $(BIN)/python -m pip install -c constraints.txt
 
 DEMO_EXTRAS  =
 TEST_EXTRAS  = test,plot,torch,onnx
 BENCH_EXTRAS = bench,plot,torch
 
-.PHONY: demo test test-slow bench profile clean
+.PHONY: demo test test-slow bench bench-chart profile dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
 # One stamp per set of extras; a later target adds its extras to the same venv.
-$(VENV)/.installed-%: setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".$(if $(filter-out core,$*),[$(subst -,$(comma),$*)])"
+$(VENV)/.installed-%: setup.cfg pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".$(if $(filter-out core,$*),[$(subst -,$(comma),$*)])"
 	touch $@
 
 comma := ,
@@ -35,16 +39,24 @@ test: $(call stamp,$(TEST_EXTRAS))
 test-slow: $(call stamp,$(TEST_EXTRAS))
 	$(BIN)/python -m pytest -m slow
 
-# Benchmarks (not tests): side-by-side timings and ratios; chart in docs/img, raw JSON in out/.
+# Benchmarks (not tests): side-by-side timings and ratios; raw JSON and chart in out/.
 BENCH_ARGS ?=
 bench: $(call stamp,$(BENCH_EXTRAS))
 	mkdir -p out
-	$(BIN)/python benchmarks/bench.py --json out/bench.json --png docs/img/bench.png $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py --json out/bench.json --png out/bench.png $(BENCH_ARGS)
+
+# The chart docs/benchmarks.md shows: a deliberate update of a tracked file.
+bench-chart: bench
+	cp out/bench.png docs/img/bench.png
 
 # Per-routine time breakdown of a train step (blas routines, fused kernels, fused passes).
 PROFILE_ARGS ?=
 profile: $(call stamp,$(BENCH_EXTRAS))
 	$(BIN)/python benchmarks/profile_step.py $(PROFILE_ARGS)
+
+dist: $(call stamp,$(TEST_EXTRAS))
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks out

@@ -25,7 +25,7 @@ from .darknet import (CfgError, WeightsFormatError, check_model, fold_batchnorm,
 from .dialects import DIALECTS, Dialect, get_dialect
 from .utils import sum_array
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BatchNormLayer", "DIALECTS", "Dialect", "get_dialect", "warmup",

@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 from . import reference as ref
+from ._progress import Progress
 from ._validate import (MIN_VALUES_PER_CHANNEL, check_dim, check_two_values_per_channel,
                         short_repr)
 from .batchnorm_layer import BatchNormLayer
@@ -140,6 +141,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=_seed, default=0,
                    help="random seed, 0..2**63-1 (default: 0)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line on stderr (shown only on a terminal)")
 
 
 # --------------------------------------------------------------------------
@@ -294,10 +297,15 @@ def measure_inference(dialect, batch, h, w, c, rng):
             "dgamma_err": _rel(-l.scale_updates.astype(np.float64), dgamma)}
 
 
-def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0):
+def _no_progress(row):
+    pass
+
+
+def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0,
+          progress=_no_progress):
     """Training-mode rows for every dialect, regime and size (same inputs per dialect).
 
-    ``channels(m, c)`` channels per size.
+    ``channels(m, c)`` channels per size; ``progress(row)`` is called after each row.
     """
     dialects, regimes, sizes = _check_sweep("sweep", dialects, regimes, sizes, c, seed)
     rows = []
@@ -308,15 +316,22 @@ def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANN
             for dialect in dialects:                      # same data for both forks
                 rows.append(measure(dialect, regime, batch, h, w, cs,
                                     _rng(seed, ri, batch, h, w)))
+                progress(rows[-1])
     return rows
 
 
-def sweep_inference(dialects=tuple(DIALECTS), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0):
-    """Inference-mode rows (``measure_inference``) for every dialect and size."""
+def sweep_inference(dialects=tuple(DIALECTS), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0,
+                    progress=_no_progress):
+    """Inference-mode rows (``measure_inference``) for every dialect and size;
+    ``progress(row)`` is called after each row."""
     dialects, _, sizes = _check_sweep("sweep_inference", dialects, (), sizes, c, seed)
-    return [measure_inference(dialect, batch, h, w, channels(batch * h * w, c),
-                              _rng(seed, 99, batch, h, w))
-            for batch, h, w in sizes for dialect in dialects]
+    rows = []
+    for batch, h, w in sizes:
+        for dialect in dialects:
+            rows.append(measure_inference(dialect, batch, h, w, channels(batch * h * w, c),
+                                          _rng(seed, 99, batch, h, w)))
+            progress(rows[-1])
+    return rows
 
 
 # --------------------------------------------------------------------------
@@ -509,9 +524,13 @@ def run(args):
     dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
+    total = len(dialects) * (len(REGIMES) * len(sizes) + len(inf_sizes))
     t0 = time.perf_counter()
-    rows = sweep(dialects, sizes=sizes, seed=args.seed)
-    inf_rows = sweep_inference(dialects, sizes=inf_sizes, seed=args.seed)
+    with Progress("darknet-bn compare", total, quiet=args.quiet) as progress:
+        def step(row):
+            progress.step(f"{row['dialect']} {row.get('regime', 'inference')} m = {row['m']}")
+        rows = sweep(dialects, sizes=sizes, seed=args.seed, progress=step)
+        inf_rows = sweep_inference(dialects, sizes=inf_sizes, seed=args.seed, progress=step)
     elapsed = time.perf_counter() - t0
     written = ["compare.csv", "compare_inference.csv", "compare.md"]
     skipped = None

@@ -6,12 +6,14 @@ forward and backward with the values recorded from Darknet's C, bit for bit.
 Finally it replays all recorded cases and prints one line per case.  The exit
 status is 1 if any buffer differs from Darknet in any bit.
 """
+import sys
 import time
 
 import numpy as np
 
+from ._progress import Progress
 from .batchnorm_layer import DEFAULT_KERNEL, PATHS
-from .golden import data_dir, layer_cases, replay_layer_case, ulp_diff
+from .golden import FixturesNotFound, layer_cases, layer_dir, replay_layer_case, ulp_diff
 
 HELP = "replay Darknet's recorded layer cases on both dialects and compare bits"
 
@@ -22,7 +24,8 @@ SHOWCASE = {"pjreddie": "case12_pjreddie_batchnorm_8x16x6x6_offset",
 def add_arguments(p):
     p.add_argument("--kernel", default=None, choices=sorted(PATHS),
                    help=f"execution path of BatchNormLayer (default: {DEFAULT_KERNEL})")
-    p.add_argument("--quiet", action="store_true", help="only the summary table")
+    p.add_argument("--quiet", action="store_true",
+                   help="only the summary table (and no progress line on stderr)")
 
 
 def _summarize(checks):
@@ -48,10 +51,19 @@ def _show_case(case, checks):
 
 
 def run(args):
-    print(f"golden fixtures: {data_dir()}")
+    try:
+        root = layer_dir()
+    except FixturesNotFound as e:
+        print(f"darknet-bn demo: {e}", file=sys.stderr)
+        return 2
+    print(f"Darknet's recorded layer cases: {root}")
     cases = layer_cases()
     t0 = time.perf_counter()
-    results = [(case, replay_layer_case(case, kernel=args.kernel)) for case in cases]
+    results = []
+    with Progress("darknet-bn demo", len(cases), quiet=args.quiet) as progress:
+        for case in cases:
+            results.append((case, replay_layer_case(case, kernel=args.kernel)))
+            progress.step(case.name)
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         for case, checks in results:

@@ -1,9 +1,14 @@
-"""Darknet's recorded outputs (``data/golden``) and bitwise comparison.
+"""Darknet's recorded outputs and bitwise comparison.
 
-The fixtures are outputs of Darknet's own C (see ``data/golden/README.md``).  This
-module loads them, replays a layer case through ``BatchNormLayer``, and compares
-float32 results *bitwise*: -0.0 and +0.0 differ, and a NaN must have the same
-payload.  Differences are reported in units in the last place (ulp).
+The fixtures are outputs of Darknet's own C (see ``data/golden/README.md``).  The
+layer cases ship inside the package (``darknet_bn/data/layer``: ``darknet-bn demo``
+replays them); the single-routine cases and the Darknet files (``routines/``,
+``cfg/``, ``fold/``) stay in a checkout's ``data/golden``.  ``$DARKNET_BN_DATA``
+points both at another directory holding ``layer/`` and ``routines/``.
+
+This module loads them, replays a layer case through ``BatchNormLayer``, and
+compares float32 results *bitwise*: -0.0 and +0.0 differ, and a NaN must have the
+same payload.  Differences are reported in units in the last place (ulp).
 """
 import json
 import os
@@ -15,16 +20,41 @@ import numpy as np
 from .batchnorm_layer import FIELDS, BatchNormLayer
 
 ENV_VAR = "DARKNET_BN_DATA"
+#: The recorded layer cases, installed with the package.
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+#: routines/, cfg/ and fold/: in a checkout only (the tests read them).
+CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data" / "golden"
+
+
+class FixturesNotFound(FileNotFoundError):
+    """A fixture directory is missing; the message says where to get it."""
+
+
+def _override():
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else None
+
+
+def layer_dir():
+    """``$DARKNET_BN_DATA/layer`` or the package's ``darknet_bn/data/layer``."""
+    root = _override()
+    where = root / "layer" if root else PACKAGE_DATA / "layer"
+    if not (where / "manifest.json").is_file():
+        fix = (f"unset {ENV_VAR} or point it at a directory holding layer/" if root else
+               f"reinstall darknet_bn (its wheel ships them) or set {ENV_VAR} to a "
+               "directory holding layer/")
+        raise FixturesNotFound(f"Darknet's recorded layer cases not found in {where}; {fix}")
+    return where
 
 
 def data_dir():
-    """``$DARKNET_BN_DATA`` or the checkout's ``data/golden``."""
-    env = os.environ.get(ENV_VAR)
-    root = Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "golden"
-    if not (root / "layer" / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"golden fixtures not found in {root}; run from a darknet_bn checkout or set "
-            f"{ENV_VAR} to a directory holding layer/ and routines/")
+    """``$DARKNET_BN_DATA`` or the checkout's ``data/golden`` (routines/, cfg/, fold/)."""
+    root = _override() or CHECKOUT_DATA
+    if not (root / "routines" / "manifest.json").is_file():
+        raise FixturesNotFound(
+            f"golden fixtures not found in {root}; routines/, cfg/ and fold/ come with a "
+            f"darknet_bn checkout (data/golden): run from one or set {ENV_VAR} to a "
+            "directory holding routines/")
     return root
 
 
@@ -80,13 +110,20 @@ class LayerCase:
         return Path(self.file).stem
 
     def arrays(self, root=None):
-        with np.load(Path(root or data_dir()) / "layer" / self.file) as z:
+        """The case's arrays; ``root`` is a directory holding ``layer/`` (default:
+        ``layer_dir()``)."""
+        with np.load(_layer_root(root) / self.file) as z:
             return {k: z[k] for k in z.files}
 
 
+def _layer_root(root):
+    return Path(root) / "layer" if root else layer_dir()
+
+
 def layer_cases(root=None):
-    root = Path(root or data_dir())
-    manifest = json.loads((root / "layer" / "manifest.json").read_text())
+    """The recorded layer cases (``layer/manifest.json`` under ``root``, default
+    ``layer_dir()``)."""
+    manifest = json.loads((_layer_root(root) / "manifest.json").read_text())
     return [LayerCase(**{**c, "steps": tuple(c["steps"])}) for c in manifest["cases"]]
 
 

@@ -1,7 +1,7 @@
 """darknet_bn.batchnorm_layer: backward_scale_cpu and BatchNormLayer.
 
 The layer is checked, on every execution path in ``PATHS``, against
-- Darknet's recorded four-step sequences (data/golden/layer): every buffer after
+- Darknet's recorded four-step sequences (darknet_bn/data/layer): every buffer after
   every forward and backward, bit for bit;
 - the naive transcription of both forks' batchnorm_layer.c (tests/naive.py) on
   random shapes and input regimes, including update steps.
