@@ -117,5 +117,6 @@ def test_progress_in_a_real_terminal(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, seen[-2000:]
     text = seen.decode()
-    assert "darknet-bn compare: 0/" in text and "darknet-bn compare: 8/8 " in text  # 4 regimes x 2 forks
+    # m = 2: one size, 4 regimes x 2 forks, no inference sizes
+    assert "darknet-bn compare: 0/8 " in text and "darknet-bn compare: 8/8 " in text
     assert "measurements in" in out.read_text()
