@@ -48,7 +48,12 @@ def test_layer_fixtures_are_package_data_and_have_one_copy():
         rel = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel
     assert not (ROOT / "data" / "golden" / "layer").exists()
-    assert golden.layer_dir() == layer or os.environ.get(golden.ENV_VAR)
+
+
+def test_the_tests_read_the_package_copy(monkeypatch):
+    monkeypatch.delenv(golden.ENV_VAR, raising=False)
+    assert golden.layer_dir() == golden.PACKAGE_DATA / "layer"
+    assert golden.layer_dir().is_relative_to(Path(darknet_bn.__file__).parent)
 
 
 def test_demo_without_fixtures_is_one_line_naming_the_fix(tmp_path, monkeypatch, capsys):
