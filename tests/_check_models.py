@@ -179,16 +179,20 @@ def export(model, size, *, dynamo=False, fold=True, half=False):
     """``torch.onnx.export`` of ``model`` on a ``size`` x ``size`` input as an
     ``onnx.ModelProto``: ``dynamo=False`` with ``fold`` (constant folding, which
     folds batchnorm into the convs) or not; ``dynamo=True``: the default exporter."""
+    import warnings
+
     import onnx
     model = model.eval()
     x = torch.zeros(1, model.specs[0].c, size, size)
     if half:
         model, x = model.half(), x.half()
-    if dynamo:
-        program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
-        return program.model_proto
-    f = io.BytesIO()
-    torch.onnx.export(model, (x,), f, dynamo=False, do_constant_folding=fold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # the exporters' notes on Slice folding
+        if dynamo:
+            program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+            return program.model_proto
+        f = io.BytesIO()
+        torch.onnx.export(model, (x,), f, dynamo=False, do_constant_folding=fold)
     return onnx.load_from_string(f.getvalue())
 
 
