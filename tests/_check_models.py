@@ -111,7 +111,7 @@ class CfgNet(nn.Module):
             elif s == "maxpool":
                 total = spec.size - 1
                 x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2),
-                          value=-1e30)
+                          value=-6e4)
                 x = F.max_pool2d(x, spec.size, spec.stride)
             elif s == "upsample":
                 x = F.interpolate(x, scale_factor=spec.stride, mode="nearest")
@@ -185,7 +185,8 @@ def export(model, size, *, dynamo=False, fold=True, half=False):
     model = model.eval()
     x = torch.zeros(1, model.specs[0].c, size, size)
     if half:
-        model, x = model.half(), x.half()
+        import copy
+        model, x = copy.deepcopy(model).half(), x.half()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # the exporters' notes on Slice folding
         if dynamo:

@@ -416,8 +416,9 @@ def _biased_ratio(params, w, model_A, form):
 
 
 def hypothesis_responses(record, probe, dialect, form, model_eps, model_A):
-    """``[(mistakes, diagnosis, A, B)]``: the response each mistake (or a structural
-    mistake with an eps mistake) would give."""
+    """``[(mistakes, rank, diagnosis, A, B)]``: the response each mistake (or a
+    structural mistake with an eps mistake) would give; ``rank``: its row in
+    ``HYPOTHESES`` (an eps mistake alone is row 0)."""
     params = record_params(record)
     w = probe.w.astype(np.float64)
     out = []
@@ -426,7 +427,7 @@ def hypothesis_responses(record, probe, dialect, form, model_eps, model_A):
         ratio = _biased_ratio(params, w, model_A, eps_form)
         if ratio is not None:
             fit.update(biased=ratio, n_biased=1 / (1 - ratio))
-        for h in HYPOTHESES:
+        for rank, h in enumerate(HYPOTHESES):
             if form not in h.forms:
                 continue
             if h.eps == "exact" and eps_text:
@@ -447,13 +448,14 @@ def hypothesis_responses(record, probe, dialect, form, model_eps, model_A):
             if eps_text and h.eps != "inside":
                 parts.append(eps_text)
             if parts:
-                out.append((len(parts), "; ".join(parts), A, B))
+                out.append((len(parts), rank, "; ".join(parts), A, B))
     return out
 
 
 def diagnose(pair, record, probe, dialect, scale, model_A, model_B, limit):
     """The simplest known mistake that explains the model's response within
-    ``limit`` (fewest mistakes first, then the smallest error), with its fix; or
+    ``limit`` (fewest mistakes first, then the earliest row of ``HYPOTHESES``: at a
+    coarse precision several may fit; then the smallest error), with its fix; or
     which stored blocks differ from darknet_bn's exact export."""
     form = "batchnorm" if pair.bn is not None else "folded"
     model_eps = pair.bn.eps if pair.bn is not None and not pair.bn.affine_form else None
@@ -461,16 +463,16 @@ def diagnose(pair, record, probe, dialect, scale, model_A, model_B, limit):
     with np.errstate(all="ignore"):
         y_model = model_A[:, None] * t + model_B[:, None]
     best = None
-    for count, text, A, B in hypothesis_responses(record, probe, dialect, form, model_eps,
-                                                  model_A):
+    for count, rank, text, A, B in hypothesis_responses(record, probe, dialect, form,
+                                                        model_eps, model_A):
         with np.errstate(all="ignore"):
             y = A[:, None] * t + B[:, None]
         err = float(np.max(relative_error(y_model, y, scale)))
-        if err <= limit and (best is None or (count, err) < best[:2]):
-            best = (count, err, text)
+        if err <= limit and (best is None or (count, rank, err) < best[:3]):
+            best = (count, rank, err, text)
     if best is None:
         return unexplained(pair, record, dialect, limit)
-    return f"{best[2]}; fix: {fix_text(dialect, form)}"
+    return f"{best[3]}; fix: {fix_text(dialect, form)}"
 
 
 def unexplained(pair, record, dialect, limit):
@@ -498,36 +500,37 @@ def unexplained(pair, record, dialect, limit):
 
 
 def storage_note(pair, precision):
-    """For float16 storage: the stored values that overflowed or became subnormal
-    (or zero), which the rounding model does not cover; "" when none."""
+    """For float16 storage: stored values that overflowed, and variances (or affine
+    multipliers) that became subnormal or zero, which the rounding model does not
+    cover (a subnormal weight, bias or mean loses at most ``2**-25`` absolutely,
+    inside the tolerance); "" when none."""
     if precision != "float16":
         return ""
-    notes = []
-    arrays = []
+    notes, arrays, relative = [], [], set()
     if pair.conv is not None:
         arrays.append(("conv weights", pair.conv.weight))
-    if pair.bn is not None:
-        bn = pair.bn
-        if bn.affine_form:
-            arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
-        else:
-            var = bn.stored.get("running_var", bn.var)
-            arrays += [("scale", bn.weight), ("bias", bn.bias), ("running_mean", bn.mean),
-                       ("running_var", var)]
-            if bn.eps == 0:
-                zero = np.flatnonzero(np.asarray(var, np.float64) == 0)
-                if zero.size:
-                    notes.append(f"running_var is 0 in float16 at channels "
-                                 f"{zero[:8].tolist()} with eps 0: pjreddie's eps-0 remap "
-                                 "(sqrt(var) + 1e-6)^2 underflows float16; store running_var "
-                                 "in float32 or use a nonzero eps")
+    bn = pair.bn
+    if bn is not None and bn.affine_form:
+        arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
+        relative.add("multiplier")
+    elif bn is not None:
+        var = np.asarray(bn.stored.get("running_var", bn.var), np.float64)
+        arrays += [("scale", bn.weight), ("bias", bn.bias), ("running_mean", bn.mean),
+                   ("running_var", var)]
+        relative.add("running_var")
+        zero = np.flatnonzero(var == 0)
+        if bn.eps == 0 and zero.size:
+            notes.append(f"running_var is 0 in float16 at channels {zero[:8].tolist()} with "
+                         "eps 0: pjreddie's eps-0 remap (sqrt(var) + 1e-6)^2 underflows "
+                         "float16; store running_var in float32 or use a nonzero eps")
     for name, a in arrays:
         a = np.asarray(a, np.float64)
         over = np.flatnonzero(np.isinf(a) | (np.abs(a) > FLOAT16_MAX))
-        sub = np.flatnonzero((a != 0) & (np.abs(a) < FLOAT16_TINY))
         if over.size:
             notes.append(f"{name} overflow float16 (beyond 65504) at {over[:8].tolist()}")
-        if sub.size:
-            notes.append(f"{name} subnormal in float16 (below 2**-14, fewer significant "
-                         f"bits) at {sub[:8].tolist()}")
+        if name in relative:
+            sub = np.flatnonzero((a != 0) & (np.abs(a) < FLOAT16_TINY))
+            if sub.size:
+                notes.append(f"{name} subnormal in float16 (below 2**-14, fewer significant "
+                             f"bits) at channels {sub[:8].tolist()}")
     return "; ".join(notes)
