@@ -42,7 +42,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ...dialects import DIALECTS, FOLDING
-from ..fold import fold_record
+from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
 from .units import UNIT_ROUNDOFF
 
@@ -153,9 +153,11 @@ def describe_reference(section, dialect):
 def reference_output(record, probe, dialect):
     """Darknet's float32 output for the probes, bit for bit."""
     if record.section == "convolutional" and FOLDING[dialect].inference_folds_conv:
-        weights, biases = fold_record(record, dialect=dialect)
-        c = record.channels
-        folded_w = weights.reshape(c, -1)[np.arange(c), probe.idx]
+        # the fold of the probe weights alone: each weight is folded on its own
+        # (weights[f*size + i] *= precomputed[f]), so these are the folded file's bits
+        folded_w, biases = fold_batchnorm(np.ascontiguousarray(probe.w), record.biases,
+                                          record.scales, record.rolling_mean,
+                                          record.rolling_variance, dialect=dialect)
         with np.errstate(all="ignore"):
             y = (folded_w[:, None] * probe.t).astype(np.float32) + biases[:, None]
         return y.astype(np.float32)
