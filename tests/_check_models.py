@@ -48,6 +48,21 @@ def synthesize_weights(cfg, fork, path, seed):
     return net
 
 
+def cfg_text(side, *sections):
+    """A cfg: ``[net]`` of ``side`` x ``side`` x 3, then ``sections`` as ``(name, {key:
+    value})`` pairs."""
+    parts = [f"[net]\nwidth={side}\nheight={side}\nchannels=3\n"]
+    for name, options in sections:
+        parts.append(f"[{name}]\n" + "".join(f"{k}={v}\n" for k, v in options.items()))
+    return "\n".join(parts)
+
+
+def conv(filters, size, batch_normalize=1):
+    """A ``[convolutional]`` section for ``cfg_text`` (stride 1, pad=1, leaky)."""
+    return ("convolutional", dict(batch_normalize=batch_normalize, filters=filters, size=size,
+                                  stride=1, pad=1, activation="leaky"))
+
+
 def blocks_of(net, path):
     """``{layer index: {block: float32 array}}`` read from the file by the cfg's offsets."""
     header = 20
@@ -269,9 +284,10 @@ def batchnorm_as_mul_add(proto, *, sub_div=False):
         s, b, m, v = (consts[t].astype(F32) for t in n.input[1:5])
         x, y, p = n.input[0], n.output[0], n.name or n.output[0]
         if sub_div:
-            nodes += [helper.make_node("Sub", [x, const(p + "_mean", m)], [p + "_c"], name=p + "_sub"),
-                      helper.make_node("Sqrt", [const(p + "_vareps", v + F32(eps))], [p + "_sd"],
-                                       name=p + "_sqrt"),
+            nodes += [helper.make_node("Sub", [x, const(p + "_mean", m)], [p + "_c"],
+                                       name=p + "_sub"),
+                      helper.make_node("Sqrt", [const(p + "_vareps", v + F32(eps))],
+                                       [p + "_sd"], name=p + "_sqrt"),
                       helper.make_node("Div", [p + "_c", p + "_sd"], [p + "_n"], name=p + "_div"),
                       helper.make_node("Mul", [p + "_n", const(p + "_scale", s)], [p + "_s"],
                                        name=p + "_mul"),

@@ -398,7 +398,8 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     net = parse_cfg(yolo)
     write_weights(net, yolo_w, DarknetWeights(None, "pjreddie", WeightsHeader(), net, [
         _unit_record(s) for s in net.bn_layers]), fill=0.5)
-    assert main(["check", str(yolo), str(yolo_w), str(other), "--eps", "1e-5", "--dialect", "pjreddie"]) == 2
+    assert main(["check", str(yolo), str(yolo_w), str(other), "--eps", "1e-5",
+                 "--dialect", "pjreddie"]) == 2
     err = capsys.readouterr().err
     assert "cannot pair" in err and "first mismatch: layer 0" in err, err
 

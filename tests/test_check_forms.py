@@ -222,50 +222,10 @@ def test_a_darknet_style_subclass_is_read_before_the_generic_branch(tmp_path):
     assert case.check(model).ok
 
 
-AMBIGUOUS_CFG = """[net]
-width=16
-height=16
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[route]
-layers=-2
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[shortcut]
-from=-3
-activation=linear
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-stride=1
-pad=1
-activation=leaky
-"""
+AMBIGUOUS_CFG = models.cfg_text(16, models.conv(8, 3), models.conv(8, 1),
+                                ("route", {"layers": -2}), models.conv(8, 1),
+                                ("shortcut", {"from": -3, "activation": "linear"}),
+                                models.conv(4, 1))
 
 
 @pytest.mark.parametrize("fork", ["alexeyab", "pjreddie"])

@@ -165,53 +165,10 @@ def test_bias_on_a_pjreddie_batchnorm_section(tmp_path):
                     out, "layer 1 [batchnorm]", "stores no biases")
 
 
-LOCAL_CFG = """[net]
-width=8
-height=8
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[local]
-filters=2
-size=3
-stride=1
-pad=1
-activation=leaky
-"""
-
-SHORTCUT_CFG = """[net]
-width=8
-height=8
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[shortcut]
-from=-2
-weights_type=per_feature
-activation=linear
-"""
+LOCAL_CFG = models.cfg_text(8, models.conv(4, 3), ("local", dict(filters=2, size=3, stride=1,
+                                                                   pad=1, activation="leaky")))
+SHORTCUT_CFG = models.cfg_text(8, models.conv(4, 3), models.conv(4, 1), (
+    "shortcut", {"from": -2, "weights_type": "per_feature", "activation": "linear"}))
 
 
 @pytest.mark.parametrize("text,fork,words", [

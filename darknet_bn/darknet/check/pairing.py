@@ -130,7 +130,8 @@ def pair_model(net, model_units, *, strict=False, choose=None):
     if strict and (result.missing or result.extra):
         what = []
         if result.missing:
-            what.append("no counterpart for " + ", ".join(_describe(s) for s in result.missing[:3]))
+            what.append("no counterpart for " +
+                        ", ".join(_describe(s) for s in result.missing[:3]))
         if result.extra:
             what.append("model units not in the cfg: " + ", ".join(
                 f"{u.kind} {u.name!r}" for u, _ in result.extra[:3]))
