@@ -233,9 +233,9 @@ def reorder(proto, seed):
     return new
 
 
-def to_float16_initializers(proto):
-    """Every float initializer stored as float16 and cast back to float32 by a Cast node
-    (the graph computes in float32 on float16-stored parameters)."""
+def to_float16_initializers(proto, precision="float16"):
+    """Every float initializer stored as float16 (or bfloat16) and cast back to float32
+    by a Cast node (the graph computes in float32 on reduced-precision parameters)."""
     import onnx
     from onnx import helper, numpy_helper
     new = onnx.ModelProto()
@@ -243,12 +243,16 @@ def to_float16_initializers(proto):
     inits, casts = [], []
     for t in new.graph.initializer:
         a = numpy_helper.to_array(t)
-        if a.dtype == np.float32:
+        if a.dtype == np.float32 and precision == "bfloat16":
+            inits.append(helper.make_tensor(t.name + "_f16", onnx.TensorProto.BFLOAT16,
+                                            a.shape, a.reshape(-1).tolist()))
+        elif a.dtype == np.float32:
             inits.append(numpy_helper.from_array(a.astype(np.float16), t.name + "_f16"))
-            casts.append(helper.make_node("Cast", [t.name + "_f16"], [t.name],
-                                          to=onnx.TensorProto.FLOAT, name="cast_" + t.name))
         else:
             inits.append(t)
+            continue
+        casts.append(helper.make_node("Cast", [t.name + "_f16"], [t.name],
+                                      to=onnx.TensorProto.FLOAT, name="cast_" + t.name))
     del new.graph.initializer[:]
     new.graph.initializer.extend(inits)
     nodes = list(new.graph.node)

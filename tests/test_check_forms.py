@@ -122,9 +122,10 @@ def test_nodes_in_a_random_topological_order(case, seed):
     assert_verdict(case, case.check(models.reorder(case.export(fold=False), seed)))
 
 
-def test_float16_initializers_behind_casts(case):
-    report = case.check(models.to_float16_initializers(case.export(fold=False)))
-    assert {r.precision for r in report.layers} == {"float16"}
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_reduced_precision_initializers_behind_casts(case, precision):
+    report = case.check(models.to_float16_initializers(case.export(fold=False), precision))
+    assert {r.precision for r in report.layers} == {precision}
     assert_verdict(case, report)
 
 
