@@ -170,7 +170,7 @@ def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
     weighted ``[shortcut]``) before anything is written.
     """
     r = "save_darknet_weights"
-    d = get_dialect(dialect, r).name
+    fork = get_dialect(dialect, r).name
     cfg = check_cfg_arg(r, cfg, "cfg")
     out = check_path(r, "out", out, "out.weights")
     if header_from is not None:
@@ -181,8 +181,8 @@ def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
                              "save_darknet_weights refuses to overwrite an input: pass "
                              "another out")
     units = _units(r, model)
-    header = _header(r, d, seen, header_from)
-    net = network_from(cfg, d, r)
+    header = _header(r, fork, seen, header_from)
+    net = network_from(cfg, fork, r)
     _refuse_unsupported(r, net)
     return _write(r, net, units, header, out)
 
@@ -203,7 +203,6 @@ def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=No
                              inputs=()):
     """``save_darknet_weights`` of a loaded state_dict (``to-weights``); ``inputs``: more
     files ``out`` must not be."""
-    r = "to-weights"
     for path in inputs:
         if _same_file(out, path):
             raise ValueError(f"out {os.fspath(out)!r} is an input file; to-weights refuses "
@@ -224,14 +223,14 @@ def load_darknet_weights(model, cfg, weights, *, dialect):
     ``read_weights`` raises for the file, before any tensor is modified."""
     import torch
     r = "load_darknet_weights"
-    d = get_dialect(dialect, r).name
+    fork = get_dialect(dialect, r).name
     cfg = check_cfg_arg(r, cfg, "cfg")
     path = check_path(r, "weights", weights, "yolov4.weights")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{r}: model must be a torch.nn.Module, got {type_name(model)}")
-    net = network_from(cfg, d, r)
+    net = network_from(cfg, fork, r)
     _refuse_unsupported(r, net)
-    darknet = read_weights(net, path, dialect=d)           # checks the header and size
+    darknet = read_weights(net, path, dialect=fork)           # checks the header and size
     raw = np.fromfile(os.fspath(path), dtype=_F32, offset=darknet.header.nbytes)
     units = read_module(model, type(model).__name__)
     pairs = _pairs(r, net, units)

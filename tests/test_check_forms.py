@@ -296,7 +296,7 @@ def _graph(nodes, inits, inputs=("x",)):
 
 
 def _bad_files(tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
     w = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.float32), "w")
     files = {}
     files["conv without weights"] = (_graph([helper.make_node("Conv", ["x"], ["y"],

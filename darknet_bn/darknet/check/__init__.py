@@ -45,8 +45,8 @@ def check_layer(pair, record, dialect):
         if note:
             notes.append(note)
         if max_err > limit:
-            A, B = model_response(pair, probe)
-            notes.append(diagnose(pair, record, probe, dialect, scale, A, B, limit))
+            slope, offset = model_response(pair, probe)
+            notes.append(diagnose(pair, record, probe, dialect, scale, slope, offset, limit))
         if w_err > limit:
             notes.append(f"weights differ from Darknet's filter (largest error {w_err:.3g} "
                          f"of the filter's largest term, channel {w_worst})" +
@@ -118,7 +118,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     naming a wrong-typed argument, before any file is read.
     """
     r = "check_model"
-    d = get_dialect(dialect, r).name
+    fork = get_dialect(dialect, r).name
     cfg = check_cfg_arg(r, cfg, "cfg")
     wpath = check_path(r, "weights", weights, "yolov4.weights")
     eps = _check_eps(r, eps)
@@ -128,8 +128,8 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
         raise TypeError(f"{r}: converted must be an .onnx or .pt/.pth path, a "
                         f"torch.nn.Module, a state_dict or an onnx.ModelProto, got "
                         f"{type_name(converted)}")
-    net = network_from(cfg, d, r)
-    darknet = read_weights(net, wpath, dialect=d, layer_weights=True)
+    net = network_from(cfg, fork, r)
+    darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
     model = read_converted(converted, eps, r)
     if model.stores_eps and eps is not None:
         raise ValueError(f"{r}: eps={eps} given, but {model.source} stores its own eps per "
@@ -139,20 +139,20 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
                          "is built with (eps=..., --eps; PyTorch's default is 1e-5)")
     records = {rec.index: rec for rec in darknet.layers}
     pairing = pair_model(net, model, strict=strict,
-                         choose=None if strict else _chooser(records, d))
-    rows = [check_layer(p, records[p.spec.index], d) for p in pairing.pairs
+                         choose=None if strict else _chooser(records, fork))
+    rows = [check_layer(p, records[p.spec.index], fork) for p in pairing.pairs
             if p.spec.index in records]
     for spec in pairing.missing:
         if spec.index in records:
             rows.append(LayerCheck(spec.index, spec.section, spec.bn_channels, "missing", "",
-                                   describe_reference(spec.section, d), False, math.inf, 0,
+                                   describe_reference(spec.section, fork), False, math.inf, 0,
                                    0, "not found in the model: no unit of its kind and shape "
                                    "where the graph or the order puts it", "float32",
                                    TOLERANCE))
     rows.sort(key=lambda row: row.index)
     extra = [ExtraUnit(u.name, u.kind, u.channels, reaches) for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
-    return CheckReport(ok, d, model.source, TOLERANCE, rows, extra)
+    return CheckReport(ok, fork, model.source, TOLERANCE, rows, extra)
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -199,12 +199,12 @@ def model_response(pair, probe):
 def model_output(pair, probe):
     """The model's output for the probes, in double (a custom torch batchnorm is run
     as a float32 CPU copy)."""
-    A, B = model_response(pair, probe)
+    slope, offset = model_response(pair, probe)
     bn = pair.bn
     t = probe.t.astype(np.float64)
     if bn is None or not bn.run_module:
         with np.errstate(all="ignore"):
-            return A[:, None] * t + B[:, None]
+            return slope[:, None] * t + offset[:, None]
     return _run_module(bn.module, conv_response(pair, probe), t)
 
 
@@ -212,9 +212,9 @@ def _run_module(module, conv_response, t):
     import copy
 
     import torch
-    A, B = conv_response
+    slope, offset = conv_response
     with np.errstate(all="ignore"):
-        z = (A[:, None] * t + B[:, None]).astype(np.float32)
+        z = (slope[:, None] * t + offset[:, None]).astype(np.float32)
     channels, probes = z.shape
     twin = copy.deepcopy(module).to("cpu", torch.float32).eval()
     if isinstance(twin, torch.nn.BatchNorm1d):

@@ -258,19 +258,19 @@ class _Chain:
         self.additive_only, self.position = True, None
 
     def extend(self, node, const, const_first):
-        c = const.value.astype(np.float64)
+        value = const.value.astype(np.float64)
         op = node.op_type
         if op == "Mul":
-            self.alpha, self.beta = self.alpha * c, self.beta * c
+            self.alpha, self.beta = self.alpha * value, self.beta * value
         elif op == "Add":
-            self.beta = self.beta + c
+            self.beta = self.beta + value
         elif op == "Sub":
-            if const_first:                          # c - x
-                self.alpha, self.beta = -self.alpha, c - self.beta
+            if const_first:                          # value - x
+                self.alpha, self.beta = -self.alpha, value - self.beta
             else:
-                self.beta = self.beta - c
-        else:                                        # Div(x, c)
-            self.alpha, self.beta = self.alpha / c, self.beta / c
+                self.beta = self.beta - value
+        else:                                        # Div(x, value)
+            self.alpha, self.beta = self.alpha / value, self.beta / value
         if op in ("Mul", "Div") or (op == "Sub" and const_first):
             self.additive_only = False
         self.names.append(node.name or node.output[0])
@@ -305,12 +305,12 @@ def read_onnx(model, where):
     def const_input(node, i, what):
         if i >= len(node.input) or not node.input[i]:
             return None
-        c = consts.get(node.input[i])
-        if c is None:
+        found = consts.get(node.input[i])
+        if found is None:
             raise CheckError(f"{where}: {node.op_type} node {node.name!r}: {what} "
                              f"({node.input[i]!r}) is not an initializer or a constant; check "
                              "needs the parameters stored in the graph")
-        return c
+        return found
 
     def dyn_sources(node):
         found = set()
@@ -401,8 +401,9 @@ def read_onnx(model, where):
                 raise CheckError(f"{where}: BatchNormalization node {name!r}: scale, bias, "
                                  f"mean and variance have {[p.value.size for p in params]} "
                                  "values; they must be one per channel")
-            s, b, m, v = (as_float64(p.value, name).reshape(-1) for p in params)
-            add_unit(node, Unit("bn", name, s, b, m, v, float(_attrs(node).get("epsilon", 1e-5)),
+            scale, bias, mean, var = (as_float64(p.value, name).reshape(-1) for p in params)
+            add_unit(node, Unit("bn", name, scale, bias, mean, var,
+                                float(_attrs(node).get("epsilon", 1e-5)),
                                 precision=narrowest(*(p.precision for p in params)),
                                 form="BatchNormalization"), node.input[0])
         elif op in _AFFINE_OPS and len(node.input) == 2 and \
@@ -440,19 +441,19 @@ def read_onnx(model, where):
             for out in node.output:
                 if out:
                     sources[out] = dyn_sources(node)
-    return _finish_chains(units, chains, sources, where)
+    return _finish_chains(units, chains, where)
 
 
-def _finish_chains(units, chains, sources, where):
+def _finish_chains(units, chains, where):
     """Chains become biases or affine batchnorms; sources resolve to units."""
     final = list(dict.fromkeys(chains.values()))
     resolved = {}
     for chain in final:
         owner = chain.owner
-        n = owner.channels if owner is not None else max(np.size(chain.alpha),
-                                                          np.size(chain.beta))
-        alpha = np.broadcast_to(np.asarray(chain.alpha, np.float64), (n,)).copy()
-        beta = np.broadcast_to(np.asarray(chain.beta, np.float64), (n,)).copy()
+        channels = owner.channels if owner is not None else max(np.size(chain.alpha),
+                                                                 np.size(chain.beta))
+        alpha = np.broadcast_to(np.asarray(chain.alpha, np.float64), (channels,)).copy()
+        beta = np.broadcast_to(np.asarray(chain.beta, np.float64), (channels,)).copy()
         if owner is not None and chain.additive_only and np.all(alpha == 1.0):
             owner.bias = beta if owner.bias is None else owner.bias + beta
             owner.precision = narrowest(owner.precision, chain.precision)
@@ -464,14 +465,9 @@ def _finish_chains(units, chains, sources, where):
                     order=chain.position)
         resolved[chain] = unit
         units.append(unit)
+
     def resolve(source_set):
-        out = set()
-        for s in source_set:
-            if isinstance(s, _Chain):
-                out.add(resolved[s])
-            else:
-                out.add(s)
-        return frozenset(out)
+        return frozenset(resolved[s] if isinstance(s, _Chain) else s for s in source_set)
 
     for chain in final:
         unit = resolved[chain]
@@ -482,14 +478,13 @@ def _finish_chains(units, chains, sources, where):
     units.sort(key=lambda u: u.order)
     for i, unit in enumerate(units):
         unit.order = i
-    consumers = {u: [] for u in units}
-    for u in units:
-        for s in u.sources:
-            if s is not MODEL_INPUT and s in consumers:
-                consumers[s].append(u)
-    # a conv whose bias-Add chain became its bias feeds what the chain fed
-    for u in units:
-        u.sources = frozenset(s for s in u.sources if s is not u)
+    for unit in units:              # a conv whose bias chain became its bias is not its own
+        unit.sources = frozenset(s for s in unit.sources if s is not unit)
+    consumers = {unit: [] for unit in units}
+    for unit in units:
+        for source in unit.sources:
+            if source is not MODEL_INPUT and source in consumers:
+                consumers[source].append(unit)
     return ModelUnits(units, True, where, True, consumers)
 
 
@@ -526,15 +521,16 @@ def read_state_dict(state, eps, where):
     for prefix, g in groups.items():
         precision = narrowest(*(p for _, p in g.values()))
         if "running_mean" in g and "running_var" in g:
-            c = g["running_mean"][0].shape[0]
+            channels = g["running_mean"][0].shape[0]
             arrays = {k: g[k][0] if k in g else default for k, default in
-                      (("weight", np.ones(c, np.float32)), ("bias", np.zeros(c, np.float32)),
+                      (("weight", np.ones(channels, np.float32)),
+                       ("bias", np.zeros(channels, np.float32)),
                        ("running_mean", None), ("running_var", None))}
-            if any(np.size(a) != c for a in arrays.values()):
+            if any(np.size(a) != channels for a in arrays.values()):
                 raise CheckError(f"{where}: {prefix!r}: batchnorm tensors of sizes "
                                  f"{[np.size(a) for a in arrays.values()]}, not one per channel")
-            s, b, m, v = (as_float64(a, prefix).reshape(-1) for a in arrays.values())
-            units.append(Unit("bn", prefix, s, b, m, v, eps, precision=precision,
+            scale, bias, mean, var = (as_float64(a, prefix).reshape(-1) for a in arrays.values())
+            units.append(Unit("bn", prefix, scale, bias, mean, var, eps, precision=precision,
                               form="state_dict batchnorm", stored=arrays))
         elif "weight" in g and g["weight"][0].ndim in (2, 4):
             w = g["weight"][0]
@@ -580,26 +576,26 @@ def read_module(module, where):
             dialect = get_dialect(m.dialect)
             arrays = {k: _numpy(getattr(m, k))[0] for k in
                       ("weight", "bias", "running_mean", "running_var")}
-            s, b, mean, var = (as_float64(a, name) for a in arrays.values())
+            scale, bias, mean, var = (as_float64(a, name) for a in arrays.values())
             eps = float(dialect.normalize_eps)
             if not dialect.normalize_eps_in_sqrt:   # (sqrt(v) + eps): eps 0 on the remap
                 with np.errstate(all="ignore"):
                     var, eps = (np.sqrt(var) + eps) ** 2, 0.0
-            units.append(Unit("bn", name, s, b, mean, var, eps, module=m,
+            units.append(Unit("bn", name, scale, bias, mean, var, eps, module=m,
                               form=f"{type(m).__name__}({dialect.name})", stored=arrays))
         elif isinstance(m, _BatchNorm):
             if m.running_mean is None or m.running_var is None:
                 raise CheckError(f"module {name!r}: a BatchNorm without running statistics "
                                  "(track_running_stats=False) normalizes with batch "
                                  "statistics; Darknet's inference uses rolling ones")
-            c = m.num_features
+            channels = m.num_features
             read = {k: _numpy(getattr(m, k)) if getattr(m, k) is not None else
-                    (np.full(c, 1.0 if k == "weight" else 0.0, np.float32), "float32")
+                    (np.full(channels, 1.0 if k == "weight" else 0.0, np.float32), "float32")
                     for k in ("weight", "bias", "running_mean", "running_var")}
             arrays = {k: a for k, (a, _) in read.items()}
-            s, b, mean, var = (as_float64(a, name) for a in arrays.values())
+            scale, bias, mean, var = (as_float64(a, name) for a in arrays.values())
             custom = type(m).forward not in standard_forwards
-            units.append(Unit("bn", name, s, b, mean, var, float(m.eps), module=m,
+            units.append(Unit("bn", name, scale, bias, mean, var, float(m.eps), module=m,
                               run_module=custom, form=type(m).__name__, stored=arrays,
                               precision=narrowest(*(p for _, p in read.values()))))
         elif isinstance(m, (_ConvNd, torch.nn.Linear)):
