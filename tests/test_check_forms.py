@@ -358,3 +358,22 @@ def test_dialect_is_required_on_the_command_line(case, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["check", str(case.cfg), str(case.weights), "m.onnx"])
     assert exc.value.code == 2 and "--dialect" in capsys.readouterr().err
+
+
+def test_float16_underflow_of_the_pjreddie_remap_is_named(tmp_path):
+    """A variance of 1e-9: pjreddie's exact export stores (sqrt(var) + 1e-6)^2 ~ 1.1e-9
+    with eps 0, which float16 cannot hold (it becomes 0): the row names the underflow."""
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text(models.cfg_text(8, models.conv(4, 3)))
+    weights = tmp_path / "one.weights"
+    net = models.synthesize_weights(cfg, "pjreddie", weights, 9)
+    raw = np.fromfile(weights, np.uint8)
+    offset = 20 + 4 * net.layers[0].offsets["rolling_variance"] + 4 * 2    # channel 2
+    raw[offset:offset + 4] = np.frombuffer(np.float32(1e-9).tobytes(), np.uint8)
+    raw.tofile(weights)
+    model, _ = models.build(cfg, weights, "pjreddie", remap_eps=1e-6)
+    assert check_model(model, cfg, weights, dialect="pjreddie").ok
+    report = check_model(model.half(), cfg, weights, dialect="pjreddie")
+    row = report.layers[0]
+    assert not row.ok and row.precision == "float16" and row.worst_channel == 2
+    assert "running_var is 0 in float16 at channels [2] with eps 0" in row.diagnosis
