@@ -84,7 +84,7 @@ def _units(routine, model):
 
 def _pairs(routine, net, units):
     try:
-        pairing = pair_model(net, units, strict=True)
+        pairing = pair_model(net, units, strict=True, complete=True)
     except CheckError as e:
         raise ValueError(f"{routine}: {e}") from None
     return {p.spec.index: p for p in pairing.pairs}

@@ -21,13 +21,14 @@ counterpart is *missing* and passes its sources on; a unit no layer takes is
 when every unit has one; then the order and the shapes decide, by an alignment
 of the cfg layers with the units that pairs the most (dynamic programming over
 (layer, unit) positions, iterative).  An extra unit between paired ones counts
-as in the data path.
+as in the data path.  In a sequence the order settles every choice.
 
 **Choices.** Where more than one unit fits a layer (same-shaped layers in
 parallel branches), ``strict=True`` raises ``PairingError`` naming the layer and
 the candidates; otherwise ``choose(spec, options)`` (``check`` judges each option
 by its values) picks one, and the pair records the choice.  With
-``strict=True`` a missing layer or an extra unit is an error too.
+``complete=True`` (the ``.weights`` export) a missing layer or an extra unit is an
+error too.
 """
 from dataclasses import dataclass, field
 
@@ -38,8 +39,8 @@ WEIGHTED_SECTIONS = ("convolutional", "connected", "batchnorm")
 
 
 class PairingError(CheckError):
-    """The model's units cannot be paired with the cfg's layers (or, strict, not
-    unambiguously and completely)."""
+    """The model's units cannot be paired with the cfg's layers (``strict``: not
+    without a choice; ``complete``: not every layer and unit)."""
 
 
 @dataclass(eq=False)
@@ -116,10 +117,11 @@ def _weighted(net):
     return [s for s in net.layers if s.section in WEIGHTED_SECTIONS]
 
 
-def pair_model(net, model_units, *, strict=False, choose=None):
+def pair_model(net, model_units, *, strict=False, complete=False, choose=None):
     """Pair ``net``'s weighted layers with ``model_units`` (a ``readers.ModelUnits``):
-    a ``Pairing``.  ``PairingError`` when nothing can be paired, or (``strict``)
-    when a layer is missing, a unit is extra or a layer has several candidates."""
+    a ``Pairing``.  ``PairingError`` when nothing can be paired, (``strict``) when a
+    layer has several candidates, or (``complete``) when a layer is missing or a unit
+    is extra."""
     units = model_units.units
     if model_units.graph:
         result = _pair_graph(net, units, model_units.consumers, strict, choose)
@@ -127,7 +129,7 @@ def pair_model(net, model_units, *, strict=False, choose=None):
         result = _pair_sequence(net, units)
     if not result.pairs:
         raise PairingError(_nothing_paired(net, units))
-    if strict and (result.missing or result.extra):
+    if complete and (result.missing or result.extra):
         what = []
         if result.missing:
             what.append("no counterpart for " +
@@ -135,7 +137,7 @@ def pair_model(net, model_units, *, strict=False, choose=None):
         if result.extra:
             what.append("model units not in the cfg: " + ", ".join(
                 f"{u.kind} {u.name!r}" for u, _ in result.extra[:3]))
-        raise PairingError("cannot pair the model with the cfg completely (strict): " +
+        raise PairingError("cannot pair the model with the cfg completely: " +
                            "; ".join(what) + ". Is it the same network and cfg?")
     return result
 
