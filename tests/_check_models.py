@@ -244,8 +244,9 @@ def to_float16_initializers(proto, precision="float16"):
     for t in new.graph.initializer:
         a = numpy_helper.to_array(t)
         if a.dtype == np.float32 and precision == "bfloat16":
-            inits.append(helper.make_tensor(t.name + "_f16", onnx.TensorProto.BFLOAT16,
-                                            a.shape, a.reshape(-1).tolist()))
+            import ml_dtypes                          # onnx's own bfloat16 dependency
+            inits.append(numpy_helper.from_array(a.astype(ml_dtypes.bfloat16),
+                                                 t.name + "_f16"))
         elif a.dtype == np.float32:
             inits.append(numpy_helper.from_array(a.astype(np.float16), t.name + "_f16"))
         else:
