@@ -312,6 +312,46 @@ def batchnorm_as_mul_add(proto, *, sub_div=False):
     return new
 
 
+def conv_parameters_behind_ops(proto):
+    """Every Conv's weight stored as (in, out, kh, kw) behind a ``Transpose`` and an
+    ``Identity``, and its bias (if any) as a separate ``Add`` of a (1, C, 1, 1)
+    constant, the constant first on every other conv."""
+    import onnx
+    from onnx import helper, numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    consts = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    inits, nodes = list(new.graph.initializer), []
+    for k, n in enumerate(new.graph.node):
+        if n.op_type != "Conv" or n.input[1] not in consts:
+            nodes.append(n)
+            continue
+        name = n.name or n.output[0]
+        w = consts[n.input[1]]
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(1, 0, 2, 3)),
+                                             name + "_wt"))
+        nodes += [helper.make_node("Transpose", [name + "_wt"], [name + "_wt2"],
+                                   perm=[1, 0, 2, 3], name=name + "_transpose"),
+                  helper.make_node("Identity", [name + "_wt2"], [name + "_w"],
+                                   name=name + "_identity")]
+        conv = helper.make_node("Conv", [n.input[0], name + "_w"], [n.output[0]], name=name)
+        conv.attribute.extend(n.attribute)
+        if len(n.input) > 2 and n.input[2]:
+            conv.output[0] = name + "_nobias"
+            inits.append(numpy_helper.from_array(consts[n.input[2]].reshape(1, -1, 1, 1),
+                                                 name + "_b"))
+            operands = [name + "_nobias", name + "_b"]
+            nodes += [conv, helper.make_node("Add", operands[::-1] if k % 2 else operands,
+                                             [n.output[0]], name=name + "_add")]
+        else:
+            nodes.append(conv)
+    del new.graph.node[:]
+    new.graph.node.extend(nodes)
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(inits)
+    return new
+
+
 def with_extra_conv(proto, channels):
     """One more 1x1 Conv on the first graph output (post-processing), as a new output."""
     import onnx

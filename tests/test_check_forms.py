@@ -142,6 +142,13 @@ def test_batchnorm_as_elementwise_ops(case, sub_div):
     assert_verdict(case, report)
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "batchnorm-nodes"])
+def test_conv_weights_behind_transpose_and_bias_as_a_separate_add(case, fold):
+    report = case.check(models.conv_parameters_behind_ops(case.export(fold=fold)))
+    assert {r.form for r in report.layers} == {"folded" if fold else "batchnorm"}
+    assert_verdict(case, report)
+
+
 def test_extra_post_processing_conv_is_listed(case, tmp_path):
     head = case.net.layers[-2].out_c                   # the last head conv's channels
     proto = models.with_extra_conv(case.export(), head)
