@@ -281,7 +281,7 @@ def test_state_dict_without_eps_and_wrong_eps(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# ONNX graphs built with onnx.helper
+# ONNX graphs exported by torch.onnx from PyTorch models of the cfg's graph
 # --------------------------------------------------------------------------
 def build_onnx(fork, path, *, fold=False, eps=None, swap_at=()):
     """bn-zoo as torch.onnx exports it (dynamo=False) from a PyTorch model of the cfg's
