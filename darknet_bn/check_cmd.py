@@ -1,21 +1,24 @@
 """Check a converted model (ONNX, torch state_dict) against Darknet's inference, per layer.
 
-Pairs the cfg's batchnorm-carrying layers (in cfg order) with the model's
-BatchNormalization nodes / BatchNorm modules, or with its convolutions where
-the batchnorm was folded in, runs both on probe inputs that exercise every
-channel, and prints one row per layer: the largest error relative to the size
-of the terms (tolerance: 8 float32 unit roundoffs), the largest distance in
-float32 ulps, and for a failing layer the most likely converter mistake (eps
-value or placement, swapped blocks, variance stored as a std or biased, raw
-weights where folded ones were expected or the reverse, the other fork) with
-its fix.  The reference is what the fork computes at inference: AlexeyAB the
-folded conv (fuse_conv_batchnorm) for [convolutional] and normalize_cpu for
+Pairs the cfg's layers with the model's (ONNX: by the data-flow graph from the
+model input; state_dicts: by names carrying cfg indices, order and shapes),
+runs the batchnorm-carrying ones on probe inputs that exercise every channel,
+compares every conv weight, and prints one row per layer: the largest error
+relative to the size of the terms (tolerance: 8 unit roundoffs of the precision
+the model stores: float32, float16 or bfloat16), the largest distance in ulps,
+and for a failing layer the most likely converter mistake (eps value or
+placement, swapped blocks, variance stored as a std or biased, raw weights
+where folded ones were expected or the reverse, the other fork, a transposed or
+flipped kernel) with its fix.  A cfg layer missing from the model is a failing
+row; a model unit not in the cfg is listed (failing when its output feeds a
+paired layer).  The reference is what the fork computes at inference: AlexeyAB
+the folded conv (fuse_conv_batchnorm) for [convolutional] and normalize_cpu for
 [batchnorm] and [connected]; pjreddie (x - mean)/(sqrt(var) + .000001f)
 everywhere.  Details: docs/converters.md.
 
 Exit status: 0 when every layer is within the tolerance, 1 when some layer is
-not, 2 for an unreadable file or a model that cannot be paired with the cfg (one
-line on stderr).
+not, 2 for an unreadable file or a model none of whose layers pair with the cfg
+(one line on stderr).
 """
 import sys
 
@@ -29,21 +32,29 @@ def add_arguments(p):
     p.add_argument("weights", help="matching .weights file")
     p.add_argument("converted", help="the converted model: .onnx, or a torch state_dict "
                                      "(.pt/.pth)")
-    p.add_argument("--dialect", default="pjreddie", choices=("pjreddie", "alexeyab"),
-                   help="the Darknet fork whose inference is the reference (default: "
-                        "pjreddie)")
+    p.add_argument("--dialect", required=True, choices=("pjreddie", "alexeyab"),
+                   help="the Darknet fork whose inference is the reference")
     p.add_argument("--eps", type=float, default=None,
                    help="the eps the state_dict's model is built with (a state_dict stores "
                         "none; PyTorch's default is 1e-5); not for ONNX, which stores it")
+    p.add_argument("--strict", action="store_true",
+                   help="no value-based choice between same-shaped candidate layers: an "
+                        "ambiguous pairing is an error naming the candidates")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON instead of a table (same exit status)")
 
 
 def run(args):
     try:
         report = check_model(args.converted, args.cfg, args.weights, dialect=args.dialect,
-                             eps=args.eps)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"darknet-bn check: {e}", file=sys.stderr)
+                             eps=args.eps, strict=args.strict)
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
+        print(f"darknet-bn check: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
         return 2
-    print(f"{report.source} against {args.cfg} + {args.weights} ({report.dialect})")
-    print("\n".join(report.format_table()))
+    if args.json:
+        print(report.to_json(indent=1))
+    else:
+        print(f"{report.source} against {args.cfg} + {args.weights} ({report.dialect})")
+        print("\n".join(report.format_table()))
     return 0 if report.ok else 1

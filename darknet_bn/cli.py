@@ -17,6 +17,7 @@ COMMANDS = {
     "compare": "darknet_bn.compare",
     "fold": "darknet_bn.fold_cmd",
     "check": "darknet_bn.check_cmd",
+    "to-weights": "darknet_bn.to_weights_cmd",
 }
 
 #: Optional packages -> the extra of darknet_bn that installs them.

@@ -681,3 +681,4 @@ def from_darknet(cfg, weights, *, dialect):
     d = get_dialect(dialect, "from_darknet")
     w = read_weights(cfg, weights, dialect=d.name)
     return {rec.index: module_from_record(rec, dialect=d.name) for rec in w.layers}
+from .torch_weights import load_darknet_weights, save_darknet_weights  # noqa: E402,F401

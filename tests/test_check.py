@@ -143,7 +143,7 @@ def test_exact_torch_export_passes(fork, bn_only):
     if fork == "alexeyab":
         assert all(("fuse_conv_batchnorm" in refs[i]) == (i in CONV_BN) for i in BN_LAYERS)
     else:
-        assert all("sqrt(var)+.000001f" in refs[i] for i in BN_LAYERS)
+        assert all("(sqrt(var) + 1e-06)" in refs[i] for i in BN_LAYERS)
 
 
 MISTAKES = [
@@ -281,59 +281,36 @@ def test_state_dict_without_eps_and_wrong_eps(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# ONNX graphs built with onnx.helper
+# ONNX graphs exported by torch.onnx from PyTorch models of the cfg's graph
 # --------------------------------------------------------------------------
 def build_onnx(fork, path, *, fold=False, eps=None, swap_at=()):
-    """bn-zoo as ONNX nodes: Conv/Gemm with Darknet's weights, BatchNormalization where
-    Darknet has batchnorm (or the conv folded the AlexeyAB way), in cfg order."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    """bn-zoo as torch.onnx exports it (dynamo=False) from a PyTorch model of the cfg's
+    graph: BatchNormalization nodes with darknet_bn's exact export, or (``fold``) folded
+    into the convs by the exporter from the raw values with eps 1e-5 (AlexeyAB's form);
+    ``eps``: raw values with that eps; ``swap_at``: mean and variance swapped there."""
+    pytest.importorskip("onnx")
+    import onnx
+    from _check_models import CfgNet, export
     net, records, layers = _darknet(fork)
-    nodes, inits = [], []
-    x = "input"
-
-    def init(name, arr):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, F32), name))
-        return name
-
-    for spec in net.layers:
-        if spec.section not in ("convolutional", "connected", "batchnorm"):
-            continue
-        i, rec = spec.index, records.get(spec.index)
-        if spec.section != "batchnorm":
-            w, b = layers[i]
-            folded = fold and rec is not None and spec.section == "convolutional"
-            if folded:
-                w, b = fold_batchnorm(w, b, rec.scales, rec.rolling_mean,
-                                      rec.rolling_variance, dialect="alexeyab")
-            inputs = [x, init(f"w{i}", w.reshape(spec.outputs, -1) if spec.section ==
-                              "connected" else w.reshape(spec.filters, spec.c // spec.groups,
-                                                         spec.size, spec.size))]
-            if rec is None or folded:
-                inputs.append(init(f"b{i}", b))
-            if spec.section == "connected":
-                nodes.append(helper.make_node("Gemm", inputs, [f"y{i}"], name=f"fc{i}",
-                                              transB=1))
-            else:
-                nodes.append(helper.make_node("Conv", inputs, [f"y{i}"], name=f"conv{i}",
-                                              group=spec.groups))
-            x = f"y{i}"
-            if folded:
-                continue
-        if rec is not None:
-            s, b, m, v, e = _bn_params(rec, fork, "swap_mean_var" if i in swap_at else None)
-            if eps is not None:
-                s, b, m, v, e = _bn_params(rec, fork, "other_fork")[:4] + (eps,)
-            nodes.append(helper.make_node(
-                "BatchNormalization", [x, init(f"s{i}", s), init(f"bb{i}", b),
-                                       init(f"m{i}", m), init(f"v{i}", v)],
-                [f"n{i}"], name=f"bn{i}", epsilon=float(e)))
-            x = f"n{i}"
-    graph = helper.make_graph(nodes, "bn-zoo",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, None)],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
-                              inits)
-    onnx.save(helper.make_model(graph), path)
+    model = CfgNet(net)
+    with torch.no_grad():
+        for spec in net.layers:
+            i, rec = spec.index, records.get(spec.index)
+            conv, bn = model.modules_of(i)
+            if conv is not None:
+                w, b = layers[i]
+                conv.weight.copy_(torch.from_numpy(w.reshape(conv.weight.shape)))
+                if conv.bias is not None:
+                    conv.bias.copy_(torch.from_numpy(b))
+            if bn is not None:
+                mistake = ("swap_mean_var" if i in swap_at else
+                           "other_fork" if (eps is not None or fold) else None)
+                s, b, m, v, e = _bn_params(rec, fork, mistake)
+                for t, value in ((bn.weight, s), (bn.bias, b), (bn.running_mean, m),
+                                 (bn.running_var, v)):
+                    t.copy_(torch.from_numpy(np.asarray(value, F32)))
+                bn.eps = eps if eps is not None else e
+    onnx.save(export(model, 32, fold=fold), path)
     return path
 
 
@@ -343,7 +320,9 @@ def test_onnx_exact_unfolded_passes(fork, tmp_path):
     model = build_onnx(fork, tmp_path / "m.onnx")
     report = check_model(model, cfg, path, dialect=fork)
     assert report.ok and [r.index for r in report.layers] == BN_LAYERS
-    assert [r.model_name for r in report.layers][:2] == ["conv0 + bn0", "bn1"]
+    names = [r.model_name for r in report.layers]
+    assert "conv_0" in names[0] and "batch_norm_0" in names[0] and "batch_norm_1" in names[1]
+    assert [r.form for r in report.layers] == ["batchnorm"] * 6
 
 
 def test_onnx_folded_alexeyab_passes_and_the_other_fork_does_not(tmp_path):
@@ -372,6 +351,7 @@ def test_onnx_swapped_mean_and_variance(tmp_path):
     report = check_model(model, cfg, path, dialect="alexeyab")
     assert _flagged(report) == [7]
     assert "swap: rolling_mean and rolling_variance" in report.layers[3].diagnosis
+    assert "batch_norm_7" in report.layers[3].model_name
 
 
 def test_a_real_eps_mistake_exceeds_the_tolerance_and_rounding_does_not():
@@ -408,7 +388,7 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
          "stores its own eps"),
     ]
     for extra, words in cases:
-        assert main(["check", str(cfg), str(path), *extra]) == 2
+        assert main(["check", str(cfg), str(path), *extra, "--dialect", "pjreddie"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("darknet-bn check: ") and words in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
@@ -418,7 +398,8 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     net = parse_cfg(yolo)
     write_weights(net, yolo_w, DarknetWeights(None, "pjreddie", WeightsHeader(), net, [
         _unit_record(s) for s in net.bn_layers]), fill=0.5)
-    assert main(["check", str(yolo), str(yolo_w), str(other), "--eps", "1e-5"]) == 2
+    assert main(["check", str(yolo), str(yolo_w), str(other), "--eps", "1e-5",
+                 "--dialect", "pjreddie"]) == 2
     err = capsys.readouterr().err
     assert "cannot pair" in err and "first mismatch: layer 0" in err, err
 
@@ -489,16 +470,22 @@ def test_yolov4_tiny(tmp_path):
                for r in report.layers)
 
 
-def test_pairing_failure_is_fast_on_a_deep_network(tmp_path):
-    """One unit missing at the end of yolov4-tiny: every conv could be read as folded
-    or unfolded, and the failure is still found without trying all 2**19 readings."""
+def test_a_missing_last_layer_is_a_failing_row_found_fast(tmp_path):
+    """The last batchnorm layer of yolov4-tiny missing from the model (its conv and
+    batchnorm): every conv could be read as folded or unfolded; the alignment is found
+    without trying all 2**19 readings, and the layer is a failing row."""
     import time
     cfg, path, mods = _synthesized_yolov4_tiny(tmp_path)
-    del mods[-1]
+    last = max(int(name[2:]) for name, _ in mods.named_children() if name.startswith("bn"))
+    delattr(mods, f"conv{last}")
+    delattr(mods, f"bn{last}")
     start = time.perf_counter()
-    with pytest.raises(CheckError, match=r"cannot pair"):
-        check_model(mods, cfg, path, dialect="alexeyab")
+    report = check_model(mods, cfg, path, dialect="alexeyab")
     assert time.perf_counter() - start < 30
+    missing = [r for r in report.layers if r.form == "missing"]
+    assert not report.ok and [r.index for r in missing] == [last]
+    assert "not found in the model" in missing[0].diagnosis
+    assert all(r.ok for r in report.layers if r.form != "missing")
 
 
 def test_in_memory_state_dict_and_onnx_model(tmp_path):

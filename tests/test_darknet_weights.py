@@ -530,7 +530,8 @@ BAD_ARGUMENTS = {
                         "out_path": _PATHS + [""]},
     "check_model": {"converted": [None, 5, 1.5, [_CFG]], "cfg": _PATHS,
                     "weights": _PATHS + [""], "dialect": _DIALECTS,
-                    "eps": ["1e-5", True, -1.0, float("nan"), [0.0]]},
+                    "eps": ["1e-5", True, -1.0, float("nan"), [0.0]],
+                    "strict": [1, "yes", None]},
 }
 
 #: Wrong-typed contents: (function, parameter, value, the name the message must give).

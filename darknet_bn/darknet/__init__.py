@@ -6,7 +6,9 @@ batchnorm read/write for both forks, ``BatchNormLayer`` construction and PyTorch
 - ``export``: ``batchnorm_state_dict``, ``to_torch_batchnorm``
 - ``fold``: ``fold_batchnorm``, ``fold_weights`` and Darknet's ``fuse_conv_batchnorm``,
   ``denormalize_convolutional_layer``, ``denormalize_connected_layer``, ``denormalize_net``
-- ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference)
+- ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference);
+  ``check.pairing``: ``pair_model``, the cfg-to-model pairing shared with
+  ``darknet_bn.torch.save_darknet_weights``
 """
 from .check import CheckError, CheckReport, LayerCheck, check_model
 from .export import TORCH_EPS, batchnorm_state_dict, export_state_dicts, to_torch_batchnorm

@@ -157,7 +157,7 @@ def _show(value, n=80):
     return short_repr(repr(value) if isinstance(value, str) else value, n)
 
 
-def _type_name(value):
+def type_name(value):
     return f"{type(value).__name__} {_show(value)}"
 
 
@@ -170,24 +170,24 @@ def check_record(routine, record, name="record"):
     """
     if not isinstance(record, BatchNormRecord):
         raise TypeError(f"{routine}: {name} must be a BatchNormRecord (an element of "
-                        f"read_weights(...).layers), got {_type_name(record)}; pass e.g. "
+                        f"read_weights(...).layers), got {type_name(record)}; pass e.g. "
                         "read_weights(cfg, weights).layer(0)")
     for field_name in ("index", "channels"):
         value = getattr(record, field_name)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{routine}: {name}.{field_name} must be an int, got "
-                            f"{_type_name(value)}")
+                            f"{type_name(value)}")
     if record.channels < 1:
         raise ValueError(f"{routine}: {name}.channels must be >= 1, got {record.channels}")
     if not isinstance(record.section, str):
         raise TypeError(f"{routine}: {name}.section must be the cfg section name (a str), "
-                        f"got {_type_name(record.section)}")
+                        f"got {type_name(record.section)}")
     if not isinstance(record.dialect, str):
         raise TypeError(f"{routine}: {name}.dialect must be a dialect name (a str), got "
-                        f"{_type_name(record.dialect)}")
+                        f"{type_name(record.dialect)}")
     if record.spec is not None and not isinstance(record.spec, LayerSpec):
         raise TypeError(f"{routine}: {name}.spec must be the layer's LayerSpec (from "
-                        f"parse_cfg) or None, got {_type_name(record.spec)}")
+                        f"parse_cfg) or None, got {type_name(record.spec)}")
     for block in (*BN_BLOCKS, "weights"):
         arr = getattr(record, block)
         if arr is None and block in ("biases", "weights"):
@@ -205,11 +205,11 @@ def check_weights(routine, weights, name="weights"):
     """A ``DarknetWeights`` (what ``read_weights`` returns) with valid records."""
     if not isinstance(weights, DarknetWeights):
         raise TypeError(f"{routine}: {name} must be a DarknetWeights (what read_weights "
-                        f"returns), got {_type_name(weights)}; pass read_weights(cfg, "
+                        f"returns), got {type_name(weights)}; pass read_weights(cfg, "
                         "weights_file)")
     if not isinstance(weights.layers, (list, tuple)):
         raise TypeError(f"{routine}: {name}.layers must be a list of BatchNormRecord, got "
-                        f"{_type_name(weights.layers)}")
+                        f"{type_name(weights.layers)}")
     for i, rec in enumerate(weights.layers):
         check_record(routine, rec, f"{name}.layers[{i}]")
     return weights
@@ -228,13 +228,13 @@ def _check_layer_args(routine, batch, kernel, dialect=None, h=None, w=None):
                          "(or None for the default)")
 
 
-def _check_cfg_arg(routine, cfg, name="cfg_path"):
+def check_cfg_arg(routine, cfg, name="cfg_path"):
     """``cfg_path``: a ``Network`` or a path (checked, not parsed yet)."""
     if isinstance(cfg, Network):
         return cfg
     if not isinstance(cfg, (str, bytes, os.PathLike)):
         raise TypeError(f"{routine}: {name} must be a .cfg path (str or os.PathLike) or a "
-                        f"Network from parse_cfg, got {_type_name(cfg)}; pass e.g. "
+                        f"Network from parse_cfg, got {type_name(cfg)}; pass e.g. "
                         f"{name}='yolov4.cfg'")
     return check_path(routine, name, cfg, "yolov4.cfg")
 
@@ -242,7 +242,7 @@ def _check_cfg_arg(routine, cfg, name="cfg_path"):
 # --------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------
-def _network(cfg, dialect, routine):
+def network_from(cfg, dialect, routine):
     if isinstance(cfg, Network):
         if dialect is not None and cfg.dialect != get_dialect(dialect, routine).name:
             raise ValueError(f"{routine}: the Network was parsed with dialect {cfg.dialect!r} "
@@ -252,7 +252,8 @@ def _network(cfg, dialect, routine):
     return parse_cfg(cfg, dialect=dialect or "pjreddie")
 
 
-def _open_weights(path, what):
+
+def open_weights(path, what):
     """``(file, size)`` of a ``.weights`` file to read; OSError naming ``what``."""
     try:
         f = open(path, "rb")
@@ -265,6 +266,7 @@ def _open_weights(path, what):
     return f, st.st_size
 
 
+
 def read_header(path, f):
     """``load_weights``' header read, checked: the version must be one Darknet writes.
 
@@ -273,7 +275,7 @@ def read_header(path, f):
     """
     path = check_path("read_header", "path", path, "yolov4.weights")
     if isinstance(f, io.TextIOBase) or not callable(getattr(f, "read", None)):
-        raise TypeError(f"read_header: f must be a binary file object, got {_type_name(f)}; "
+        raise TypeError(f"read_header: f must be a binary file object, got {type_name(f)}; "
                         "pass open(path, 'rb')")
     raw = f.read(12)
     if len(raw) < 12:
@@ -354,15 +356,15 @@ def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
     path nor a ``Network``, or a ``weights_path`` that is not a path (``str`` or
     ``os.PathLike``).
     """
-    cfg = _check_cfg_arg("read_weights", cfg_path)
+    cfg = check_cfg_arg("read_weights", cfg_path)
     path = check_path("read_weights", "weights_path", weights_path, "yolov4.weights")
     if dialect is not None:
         get_dialect(dialect, "read_weights")
     if not isinstance(layer_weights, (bool, np.bool_)):
         raise TypeError(f"read_weights: layer_weights must be True or False, got "
-                        f"{_type_name(layer_weights)}")
-    net = _network(cfg, dialect, "read_weights")
-    f, size = _open_weights(path, ".weights file")
+                        f"{type_name(layer_weights)}")
+    net = network_from(cfg, dialect, "read_weights")
+    f, size = open_weights(path, ".weights file")
     with f:
         header = read_header(path, f)
         _check_size(path, net, header, size)
@@ -486,7 +488,7 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
     directory given as output...) or the base file.
     """
     routine = "write_weights"
-    cfg = _check_cfg_arg(routine, cfg_path)
+    cfg = check_cfg_arg(routine, cfg_path)
     out = check_path(routine, "weights_path", weights_path, "out.weights")
     check_weights(routine, weights)
     if dialect is not None:
@@ -494,14 +496,14 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
     header = weights.header
     if not isinstance(header, WeightsHeader):
         raise TypeError(f"write_weights({out}): weights.header must be a WeightsHeader, got "
-                        f"{_type_name(header)}")
+                        f"{type_name(header)}")
     header.validate(f"write_weights({out})")
     if base is not None:
         base = check_path(routine, "base", base, "yolov4.weights")
     if fill is not None:
         if isinstance(fill, (bool, np.bool_)) or not isinstance(fill, numbers.Real):
             raise TypeError(f"write_weights: fill must be a real number (the float32 written "
-                            f"for every non-batchnorm float) or None, got {_type_name(fill)}; "
+                            f"for every non-batchnorm float) or None, got {type_name(fill)}; "
                             "pass e.g. fill=0.0")
         try:
             value = float(fill)
@@ -529,14 +531,14 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
         dialect = weights.dialect
         if not isinstance(dialect, str):
             raise TypeError(f"write_weights: weights.dialect must be a dialect name (a str), "
-                            f"got {_type_name(dialect)}; pass dialect= explicitly")
-    net = _network(cfg, dialect, routine)
+                            f"got {type_name(dialect)}; pass dialect= explicitly")
+    net = network_from(cfg, dialect, routine)
     by_index = _check_records(out, net, weights.layers)
     src = None
     try:
         if base is not None:
             base = os.fspath(base)
-            src, base_size = _open_weights(base, "base .weights file")
+            src, base_size = open_weights(base, "base .weights file")
             base_header = read_header(base, src)
             _check_size(base, net, base_header, base_size)
         with atomic_output(routine, out) as dst:
@@ -609,3 +611,8 @@ def make_batchnorm_layers(weights, *, batch=1, kernel=None):
     _check_layer_args("make_batchnorm_layers", batch, kernel)
     return {rec.index: make_batchnorm_layer_from_record(rec, batch=batch, kernel=kernel)
             for rec in weights.layers}
+
+
+# The former private names (darknet.fold imports them).
+_type_name, _check_cfg_arg, _network, _open_weights = (type_name, check_cfg_arg, network_from,
+                                                       open_weights)

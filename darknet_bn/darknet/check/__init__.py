@@ -1,0 +1,160 @@
+"""Check a converted model (ONNX, PyTorch) against Darknet's inference, layer by layer.
+
+``check_model(converted, cfg, weights, *, dialect, eps=None, strict=False)``
+reads the model (``readers``), pairs its units with the cfg's layers
+(``pairing``: by the data-flow graph for ONNX, by names, order and shapes for
+state_dicts and modules), judges each batchnorm-carrying layer against the
+fork's inference in the precision the model stores (``judging``) and returns a
+``CheckReport`` (``report``): one row per cfg layer with batchnorm, a failing
+row for a layer missing from the model, and the model's units that are not in
+the cfg.  docs/converters.md describes the forms read and the rules.
+"""
+import math
+
+import numpy as np
+
+from ...dialects import get_dialect
+from ..parser import check_path
+from ..weights import check_cfg_arg, network_from, read_weights, type_name
+from .judging import (TOLERANCE, describe_reference, diagnose, error_scale, make_probe,
+                      model_output, model_response, reference_output, relative_error,
+                      storage_note, tolerance, ulp_distance, weight_error)
+from .pairing import Pair, Pairing, PairingError, cfg_sources, pair_model
+from .readers import ModelUnits, read_model
+from .report import CheckReport, ExtraUnit, LayerCheck
+from .units import CheckError, Unit, narrowest
+
+
+def check_layer(pair, record, dialect):
+    """``LayerCheck`` of one pair: the probes, every weight, and a diagnosis if it fails."""
+    precision = narrowest(*(u.precision for u in pair.units))
+    limit = tolerance(precision)
+    probe = make_probe(record)
+    reference = reference_output(record, probe, dialect)
+    y = model_output(pair, probe)
+    scale = error_scale(record, probe, dialect)
+    err = relative_error(y, reference, scale)
+    ulp = ulp_distance(y, reference, precision)
+    max_err = float(np.max(err)) if err.size else 0.0
+    worst = int(np.unravel_index(int(np.argmax(err)), err.shape)[0]) if err.size else 0
+    w_err, w_worst, layout = weight_error(pair, record, probe)
+    ok = max_err <= limit and w_err <= limit
+    notes = []
+    if not ok:
+        note = storage_note(pair, precision)
+        if note:
+            notes.append(note)
+        if max_err > limit:
+            slope, offset = model_response(pair, probe)
+            notes.append(diagnose(pair, record, probe, dialect, scale, slope, offset, limit))
+        if w_err > limit:
+            notes.append(f"weights differ from Darknet's filter (largest error {w_err:.3g} "
+                         f"of the filter's largest term, channel {w_worst})" +
+                         (f": the kernel is {layout}" if layout else
+                          ": check the weight layout (out, in, kh, kw)"))
+    form = "batchnorm" if pair.bn is not None else "folded"
+    return LayerCheck(record.index, record.section, record.channels, form, pair.names,
+                      describe_reference(record.section, dialect), ok,
+                      max(max_err, 0.0), int(np.max(ulp)) if ulp.size else 0, worst,
+                      "; ".join(notes), precision, limit, w_err, pair.choice)
+
+
+def _chooser(records, dialect):
+    """For ambiguous pairs: the option whose values fit Darknet's best."""
+    def choose(spec, options):
+        record = records.get(spec.index)
+        if record is None:
+            return 0
+        scores = []
+        for option in options:
+            row = check_layer(option, record, dialect)
+            scores.append(max(row.max_rel_error, row.max_weight_error))
+        return int(np.argmin(scores))
+    return choose
+
+
+def _check_eps(routine, eps):
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{routine}: eps must be a real number (the eps the state_dict's "
+                        f"model was built with) or None, got {type_name(eps)}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{routine}: eps must be finite and >= 0, got {eps}")
+    return eps
+
+
+def read_converted(converted, eps=None, routine="check_model"):
+    """``read_model`` with every unexpected failure of a malformed model as a
+    ``CheckError`` naming the model."""
+    try:
+        return read_model(converted, eps, routine)
+    except (CheckError, TypeError, OSError):
+        raise
+    except Exception as e:                 # a malformed graph or tensor deep in a reader
+        where = converted if isinstance(converted, (str, bytes)) else type(converted).__name__
+        raise CheckError(f"{where}: cannot read the model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
+    """Compare a converted model with Darknet's inference, layer by layer: a ``CheckReport``.
+
+    ``converted``: an ONNX file or ``onnx.ModelProto`` (``BatchNormalization``
+    nodes, batchnorm folded into ``Conv``/``Gemm``/``MatMul``, or written as
+    ``Mul``/``Add``/``Sub``/``Div`` of constants; float32, float16 or bfloat16;
+    needs the ``onnx`` package), a torch state_dict file (``.pt``/``.pth``,
+    loaded with ``weights_only=True``; it stores no eps: pass ``eps``) or dict,
+    or a live ``torch.nn.Module`` (on any device, in any precision: read on the
+    CPU).  ``cfg``, ``weights``: the Darknet files (``cfg`` may be a
+    ``Network``).  ``dialect``: the fork whose inference is the reference.
+    ``eps``: only for a state_dict.  ``strict``: no value-based choice between
+    same-shaped candidates; an ambiguity is a ``PairingError`` naming them.
+
+    Raises ``CheckError`` (a ``ValueError``; ``PairingError`` for the pairing) for
+    an unreadable model or one none of whose layers pair with the cfg's; what
+    ``read_weights`` raises for the Darknet files; ``TypeError``/``ValueError``
+    naming a wrong-typed argument, before any file is read.
+    """
+    r = "check_model"
+    fork = get_dialect(dialect, r).name
+    cfg = check_cfg_arg(r, cfg, "cfg")
+    wpath = check_path(r, "weights", weights, "yolov4.weights")
+    eps = _check_eps(r, eps)
+    if not isinstance(strict, bool):
+        raise TypeError(f"{r}: strict must be True or False, got {type_name(strict)}")
+    if converted is None or isinstance(converted, (int, float, list, tuple)):
+        raise TypeError(f"{r}: converted must be an .onnx or .pt/.pth path, a "
+                        f"torch.nn.Module, a state_dict or an onnx.ModelProto, got "
+                        f"{type_name(converted)}")
+    net = network_from(cfg, fork, r)
+    darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
+    model = read_converted(converted, eps, r)
+    if model.stores_eps and eps is not None:
+        raise ValueError(f"{r}: eps={eps} given, but {model.source} stores its own eps per "
+                         "batchnorm; pass eps only for a state_dict")
+    if not model.stores_eps and eps is None and any(u.kind == "bn" for u in model.units):
+        raise CheckError(f"{model.source}: a state_dict stores no eps; pass the eps its model "
+                         "is built with (eps=..., --eps; PyTorch's default is 1e-5)")
+    records = {rec.index: rec for rec in darknet.layers}
+    pairing = pair_model(net, model, strict=strict,
+                         choose=None if strict else _chooser(records, fork))
+    rows = [check_layer(p, records[p.spec.index], fork) for p in pairing.pairs
+            if p.spec.index in records]
+    for spec in pairing.missing:
+        if spec.index in records:
+            rows.append(LayerCheck(spec.index, spec.section, spec.bn_channels, "missing", "",
+                                   describe_reference(spec.section, fork), False, math.inf, 0,
+                                   0, "not found in the model: no unit of its kind and shape "
+                                   "where the graph or the order puts it", "float32",
+                                   TOLERANCE))
+    rows.sort(key=lambda row: row.index)
+    extra = [ExtraUnit(u.name, u.kind, u.channels, reaches) for u, reaches in pairing.extra]
+    ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
+    return CheckReport(ok, fork, model.source, TOLERANCE, rows, extra)
+
+
+__all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",
+           "CheckError", "PairingError", "TOLERANCE", "pair_model", "cfg_sources", "Pair",
+           "Pairing", "ModelUnits", "Unit", "read_model"]

@@ -1,0 +1,538 @@
+"""Judging one paired layer against the fork's inference, and naming the mistake.
+
+**Reference** (what the fork computes at inference, bit for bit): the folded
+conv (``fuse_conv_batchnorm``) where the fork's inference folds
+(``dialects.FOLDING``), else ``normalize_cpu`` then ``scale_bias``/``add_bias``.
+
+**Probes.** For every output channel the probe input is one pixel of value
+``t`` at the position of the filter's largest weight ``w``, zeros elsewhere: a
+conv computes ``w*t`` plus its bias exactly (every other product is an exact
+zero).  ``t`` makes ``z = w*t`` cover ``mean + k*sqrt(var)`` for ``k`` in
+``PROBE_SIGMAS``, plus ``t = 0``.  A ``[batchnorm]`` layer gets ``z = t``.
+
+**Every weight.** The probes exercise one weight per filter; the others are
+compared directly: the model's filter must be Darknet's filter times the
+per-channel factor the probes judged (1 unfolded, the batchnorm scale folded),
+each weight within the tolerance relative to the filter's largest term.
+
+**Error.** ``|y_model - y_ref| / (|a*z| + |a*mean| + |b|)`` with ``a = scale/D``
+(``D`` the fork's denominator): the error relative to the terms the output is
+computed from, which is what rounding bounds.
+
+**Tolerance** ``8 u`` with ``u`` the unit roundoff of the precision the model
+stores its parameters in (float32 ``2**-24``, float16 ``2**-11``, bfloat16
+``2**-8``).  Rounding model: each stored parameter (weight, scale, bias, mean,
+variance) is rounded once to that precision (relative ``u``, the variance
+entering through a square root at ``u/2``), the folding and pjreddie's variance
+remap once more before the store, and the model's own arithmetic a few times
+(PyTorch's eval kernel about 4 on ``x*alpha`` and ``mean*alpha``): two correct
+computations differ by at most about ``5u`` times the terms; ``8u`` leaves
+margin.  Stored float16 values that overflow (above 65504) or fall into the
+subnormal range (below ``2**-14``) lose that bound; they are named.
+
+**Diagnosis** of a failing layer: the model's per-channel response ``A*t + B``
+is compared with what each entry of ``HYPOTHESES`` (a known converter mistake)
+gives, each with every eps value and placement converters use (``KNOWN_EPS``);
+the simplest match within the tolerance is reported with its fix.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ...dialects import DIALECTS, FOLDING
+from ..fold import fold_batchnorm
+from ..weights import make_batchnorm_layer_from_record
+from .units import UNIT_ROUNDOFF
+
+#: Probe conv outputs, in standard deviations around the rolling mean.
+PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
+
+#: The tolerance, in unit roundoffs of the judged precision (module docstring).
+ROUNDOFFS = 8
+#: The float32 tolerance.
+TOLERANCE = ROUNDOFFS * UNIT_ROUNDOFF["float32"]
+
+#: eps values converters are known to use (docs/converters.md).
+KNOWN_EPS = (1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+
+#: float16's largest finite value and smallest normal one.
+FLOAT16_MAX, FLOAT16_TINY = 65504.0, 2.0 ** -14
+
+
+def tolerance(precision):
+    """The tolerance for a model storing its parameters in ``precision``."""
+    return ROUNDOFFS * UNIT_ROUNDOFF[precision]
+
+
+class EpsForm(NamedTuple):
+    """Where a denominator adds its eps: ``inside`` sqrt(var + eps) or outside."""
+    inside: bool
+    eps: float
+
+    def text(self):
+        return (f"sqrt(var + {self.eps:.3g})" if self.inside
+                else f"(sqrt(var) + {self.eps:.3g})")
+
+    def denominator(self, var):
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(var + self.eps) if self.inside else np.sqrt(var) + self.eps
+
+    def same(self, other):
+        return self.inside == other.inside and math.isclose(self.eps, other.eps,
+                                                            rel_tol=1e-6, abs_tol=0.0)
+
+
+#: The fork's normalize_cpu denominator (x - mean) / D(var), in double.
+EXACT_FORM = {name: EpsForm(d.normalize_eps_in_sqrt, float(d.normalize_eps))
+              for name, d in DIALECTS.items()}
+
+
+class BatchNormParams(NamedTuple):
+    """Darknet's blocks of one layer in double: ``y = scale*(x - mean)/D(var) + bias``."""
+    scale: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+
+
+def record_params(record):
+    bias = (record.biases.astype(np.float64) if record.biases is not None
+            else np.zeros(record.channels))
+    return BatchNormParams(record.scales.astype(np.float64), bias,
+                           record.rolling_mean.astype(np.float64),
+                           record.rolling_variance.astype(np.float64))
+
+
+# --------------------------------------------------------------------------
+# probes, reference, model response
+# --------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """Per channel: the probe pixel's position ``idx`` in the filter, Darknet's
+    weight ``w`` there, the probe values ``t`` and Darknet's conv output ``z``."""
+    idx: np.ndarray            #: (C,)
+    w: np.ndarray              #: (C,) float32 (1 for a [batchnorm])
+    t: np.ndarray              #: (C, P) float32
+    z: np.ndarray              #: (C, P) float32
+
+
+def make_probe(record):
+    channels = record.channels
+    if record.weights is not None:
+        filters = record.weights.reshape(channels, -1)
+        with np.errstate(invalid="ignore"):
+            idx = np.argmax(np.where(np.isfinite(filters), np.abs(filters), -1.0), axis=1)
+        w = filters[np.arange(channels), idx]
+    else:
+        idx, w = np.zeros(channels, np.int64), np.ones(channels, np.float32)
+    mean = record.rolling_mean.astype(np.float64)
+    var = record.rolling_variance.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        sd = np.where(np.isfinite(var) & (var > 0), np.sqrt(np.abs(var)), 1.0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    sigmas = np.array(PROBE_SIGMAS)
+    target = mean[:, None] + sigmas[None, :] * sd[:, None]
+    wd = w.astype(np.float64)[:, None]
+    usable = np.isfinite(wd) & (wd != 0)
+    with np.errstate(all="ignore"):
+        t = np.where(usable, target / np.where(usable, wd, 1.0), sigmas[None, :])
+        t = np.concatenate([np.zeros((channels, 1)), t], axis=1).astype(np.float32)
+        z = (w[:, None] * t).astype(np.float32)          # the conv's float32 product
+    return Probe(idx, w.astype(np.float32), t, z)
+
+
+def describe_reference(section, dialect):
+    if section == "convolutional" and FOLDING[dialect].inference_folds_conv:
+        return "folded conv (fuse_conv_batchnorm)"
+    form = EXACT_FORM[dialect]
+    return f"normalize_cpu (x-mean)/{form.text()}"
+
+
+def reference_output(record, probe, dialect):
+    """Darknet's float32 output for the probes, bit for bit."""
+    if record.section == "convolutional" and FOLDING[dialect].inference_folds_conv:
+        # the fold of the probe weights alone: each weight is folded on its own
+        # (weights[f*size + i] *= precomputed[f]), so these are the folded file's bits
+        folded_w, biases = fold_batchnorm(np.ascontiguousarray(probe.w), record.biases,
+                                          record.scales, record.rolling_mean,
+                                          record.rolling_variance, dialect=dialect)
+        with np.errstate(all="ignore"):
+            y = (folded_w[:, None] * probe.t).astype(np.float32) + biases[:, None]
+        return y.astype(np.float32)
+    c, p = probe.z.shape
+    layer = make_batchnorm_layer_from_record(record, batch=1, h=1, w=p, dialect=dialect)
+    y = np.array(layer.forward(np.ascontiguousarray(probe.z.reshape(1, c, 1, p)), train=False))
+    return y.reshape(c, p).astype(np.float32)
+
+
+def unit_affine(bn):
+    """``(alpha, beta)`` in double of a model batchnorm unit: ``y = alpha*x + beta``."""
+    if bn.affine_form:
+        return bn.alpha, bn.beta
+    with np.errstate(all="ignore"):
+        alpha = bn.weight / np.sqrt(bn.var + bn.eps)
+        return alpha, bn.bias - alpha * bn.mean
+
+
+def conv_response(pair, probe):
+    """``(w, bias)`` in double: the model's conv computes ``w*t + bias`` for the probes
+    (Darknet's own product ``z`` where the model has no conv)."""
+    channels = probe.w.shape[0]
+    if pair.conv is None:
+        return probe.w.astype(np.float64), np.zeros(channels)
+    w = pair.conv.weight[np.arange(channels), probe.idx]
+    return w, (np.zeros(channels) if pair.conv.bias is None else pair.conv.bias)
+
+
+def model_response(pair, probe):
+    """``(A, B)`` in double: the model computes ``A*t + B`` for probe pixel ``t``."""
+    w, conv_bias = conv_response(pair, probe)
+    if pair.bn is None:
+        return w, conv_bias
+    alpha, beta = unit_affine(pair.bn)
+    with np.errstate(all="ignore"):
+        return alpha * w, alpha * conv_bias + beta
+
+
+def model_output(pair, probe):
+    """The model's output for the probes, in double (a custom torch batchnorm is run
+    as a float32 CPU copy)."""
+    slope, offset = model_response(pair, probe)
+    bn = pair.bn
+    t = probe.t.astype(np.float64)
+    if bn is None or not bn.run_module:
+        with np.errstate(all="ignore"):
+            return slope[:, None] * t + offset[:, None]
+    return _run_module(bn.module, conv_response(pair, probe), t)
+
+
+def _run_module(module, conv_response, t):
+    import copy
+
+    import torch
+    slope, offset = conv_response
+    with np.errstate(all="ignore"):
+        z = (slope[:, None] * t + offset[:, None]).astype(np.float32)
+    channels, probes = z.shape
+    twin = copy.deepcopy(module).to("cpu", torch.float32).eval()
+    if isinstance(twin, torch.nn.BatchNorm1d):
+        shape = (1, channels, probes)
+    elif isinstance(twin, torch.nn.BatchNorm3d):
+        shape = (1, channels, 1, 1, probes)
+    else:
+        shape = (1, channels, 1, probes)
+    with torch.no_grad():
+        y = twin(torch.from_numpy(np.ascontiguousarray(z.reshape(shape))))
+    return y.detach().cpu().double().numpy().reshape(channels, probes)
+
+
+def error_scale(record, probe, dialect):
+    """``|a*z| + |a*mean| + |b|`` per probe (the error's denominator)."""
+    p = record_params(record)
+    with np.errstate(all="ignore"):
+        a = p.scale / EXACT_FORM[dialect].denominator(p.var)
+        return np.abs(a[:, None] * probe.z) + np.abs(a * p.mean)[:, None] + np.abs(p.bias)[:, None]
+
+
+def relative_error(y, ref, scale):
+    """Elementwise ``|y - ref| / scale``; 0 where both are NaN or the same infinity."""
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    with np.errstate(all="ignore"):
+        err = np.abs(y - ref) / scale
+        same = (y == ref) | (np.isnan(y) & np.isnan(ref))
+        err = np.where(same, 0.0, err)
+        err = np.where(np.isnan(err), np.inf, err)
+    return err
+
+
+def _ordered_bits(x, precision):
+    if precision == "float16":
+        bits = np.asarray(x, np.float16).view(np.int16).astype(np.int64)
+        sign = 0x7FFF
+    else:
+        bits = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
+        sign = 0x7FFFFFFF
+        if precision == "bfloat16":               # the top 16 bits (truncated)
+            bits, sign = bits >> 16, 0x7FFF
+    return np.where(bits < 0, -(bits & sign), bits)
+
+
+def ulp_distance(a, b, precision="float32"):
+    """Elementwise distance in ulps of ``precision`` (0 where both are NaN)."""
+    with np.errstate(all="ignore"):
+        d = np.abs(_ordered_bits(a, precision) - _ordered_bits(b, precision))
+    both_nan = np.isnan(np.asarray(a, np.float64)) & np.isnan(np.asarray(b, np.float64))
+    return np.where(both_nan, 0, d)
+
+
+def weight_error(pair, record, probe):
+    """``(error, channel, layout)``: the largest error of any weight against
+    Darknet's filter times the factor the probes judged, relative to the filter's
+    largest term; ``layout`` names a transposed or flipped kernel that fits."""
+    if pair.conv is None or record.weights is None:
+        return 0.0, 0, ""
+    channels = record.channels
+    darknet = record.weights.reshape(channels, -1).astype(np.float64)
+    model = pair.conv.weight
+    errors = _proportional_error(model, darknet, probe.idx)
+    worst = int(np.argmax(errors)) if errors.size else 0
+    err = float(errors[worst]) if errors.size else 0.0
+    layout = ""
+    shape = pair.conv.kernel_shape
+    if err > 0 and shape is not None and shape[2] == shape[3] and shape[2] > 1:
+        kernel = darknet.reshape(shape)
+        for name, other in (("transposed (rows and columns swapped)",
+                             np.swapaxes(kernel, 2, 3)),
+                            ("flipped (rotated 180 degrees)", kernel[:, :, ::-1, ::-1])):
+            other = other.reshape(channels, -1)
+            if np.max(_proportional_error(model, other, probe.idx)) < err / 1e3:
+                layout = name
+                break
+    return err, worst, layout
+
+
+def _proportional_error(model, darknet, idx):
+    rows = np.arange(darknet.shape[0])
+    with np.errstate(all="ignore"):
+        factor = model[rows, idx] / darknet[rows, idx]
+        largest = np.max(np.abs(darknet), axis=1)
+        diff = np.abs(model - factor[:, None] * darknet)
+        err = np.max(diff, axis=1) / (np.abs(factor) * largest)
+    zero = largest == 0
+    err = np.where(zero, np.where(np.max(np.abs(model), axis=1) == 0, 0.0, np.inf), err)
+    return np.where(np.isnan(err), np.inf, err)
+
+
+# --------------------------------------------------------------------------
+# diagnosis: the known converter mistakes, one table
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hypothesis:
+    """A converter mistake: ``transform`` turns Darknet's blocks into what the
+    converter stored (None where it does not apply to a layer); ``weights_scaled``:
+    the conv weights hold the batchnorm scale too; ``eps``: ``"any"`` (combined with
+    every known eps form), ``"exact"`` (the fork's own), ``"inside"`` (inside
+    forms with a nonzero eps, replacing their text)."""
+    name: str
+    diagnosis: str
+    transform: Callable
+    forms: tuple = ("batchnorm", "folded")
+    weights_scaled: bool = False
+    eps: str = "any"
+
+
+def _biased(params, fit):
+    ratio = fit.get("biased")
+    return None if ratio is None else params._replace(var=ratio * params.var)
+
+
+def _remapped(params, fit):
+    return params._replace(var=(np.sqrt(np.abs(params.var)) + fit["remap_eps"]) ** 2)
+
+
+HYPOTHESES = (
+    Hypothesis("exact", "", lambda p, fit: p),
+    Hypothesis("swapped_mean_variance", "swap: rolling_mean and rolling_variance are swapped",
+               lambda p, fit: p._replace(mean=p.var, var=p.mean)),
+    Hypothesis("swapped_scale_bias", "swap: scales and biases are swapped",
+               lambda p, fit: p._replace(scale=p.bias, bias=p.scale)),
+    Hypothesis("std_as_variance", "variance stored as a standard deviation (sqrt(var))",
+               lambda p, fit: p._replace(var=np.sqrt(np.abs(p.var)))),
+    Hypothesis("biased_variance", "variance biased: it is {biased:.6g} x Darknet's (divided "
+               "by N instead of N-1, N ~ {n_biased:.0f}); Darknet stores the unbiased rolling "
+               "variance: store it unchanged", _biased),
+    Hypothesis("folded_twice", "folded weights where raw ones were expected: the conv "
+               "weights already include the batchnorm scale, which the batchnorm applies "
+               "again; export Darknet's raw conv weights (or drop the batchnorm)",
+               lambda p, fit: p, forms=("batchnorm",), weights_scaled=True),
+    Hypothesis("eps_counted_twice", "eps counted twice: running_var is already (sqrt(var) + "
+               "{remap_eps:g})^2 and eps {eps:g} is added again: use eps 0 with that "
+               "running_var", _remapped, eps="inside"),
+    Hypothesis("raw_weights", "raw weights where folded ones were expected: the conv has "
+               "Darknet's weights and biases unchanged, the batchnorm was dropped instead "
+               "of folded", None, forms=("folded",), eps="exact"),
+)
+
+
+def _eps_values(model_eps):
+    """KNOWN_EPS and the model's own eps, without near-duplicates (1e-5 and .00001f)."""
+    out = []
+    for e in sorted(set(KNOWN_EPS) | ({model_eps} if model_eps is not None else set())):
+        if not any(math.isclose(e, x, rel_tol=1e-6, abs_tol=0.0) for x in out):
+            out.append(e)
+    return out
+
+
+def _eps_forms(dialect, model_eps):
+    """``[(EpsForm, text)]``: the fork's exact form (text "") and every eps value and
+    placement converters use instead."""
+    exact = EXACT_FORM[dialect]
+    out = [(exact, "")]
+    for inside in (True, False):
+        for e in _eps_values(model_eps):
+            form = EpsForm(inside, e)
+            if form.same(exact) or (not inside and e == 0):
+                continue
+            text = (f"eps: computes (x-mean)/{form.text()}, {dialect} computes "
+                    f"(x-mean)/{exact.text()}")
+            for other, other_form in EXACT_FORM.items():
+                if other != dialect and form.same(other_form):
+                    text += (f" (that is {other}'s normalization: wrong fork? "
+                             f"--dialect {other})")
+            out.append((form, text))
+    return out
+
+
+def fix_text(dialect, form):
+    """How to export layer ``form`` ("batchnorm" or "folded") right for ``dialect``."""
+    exact = EXACT_FORM[dialect]
+    if form == "folded":
+        if FOLDING[dialect].inference_folds_conv:
+            return (f"fold with darknet_bn.darknet.fold_batchnorm(..., dialect='{dialect}') "
+                    f"(= darknet-bn fold --dialect {dialect})")
+        return (f"{dialect} does not fold at inference: keep a BatchNormalization with "
+                f"darknet_bn.darknet.batchnorm_state_dict (eps 0, running_var = "
+                f"(sqrt(var) + {exact.eps:.3g})^2), or fold with scale/{exact.text()}")
+    if exact.inside:
+        return ("export with darknet_bn.darknet.to_torch_batchnorm / batchnorm_state_dict "
+                f"(Darknet's blocks as stored, eps {exact.eps:.3g})")
+    return ("export with darknet_bn.darknet.to_torch_batchnorm / batchnorm_state_dict "
+            f"(eps 0, running_var = (sqrt(var) + {exact.eps:.3g})^2)")
+
+
+def _biased_ratio(params, w, model_A, form):
+    """The constant c with var' = c*var if the model's response fits one, else None."""
+    with np.errstate(all="ignore"):
+        d = params.scale * w / model_A
+        var_model = d * d - form.eps if form.inside else (d - form.eps) ** 2
+        c = var_model / params.var
+    good = np.isfinite(c) & (np.abs(params.var) > 1e-3)
+    if not good.any():
+        return None
+    median = float(np.median(c[good]))
+    if not (0.5 <= median < 1.0 - 1e-4) or np.max(np.abs(c[good] - median)) > 1e-3 * median:
+        return None
+    return median
+
+
+def hypothesis_responses(record, probe, dialect, form, model_eps, model_A):
+    """``[(mistakes, rank, diagnosis, A, B)]``: the response each mistake (or a
+    structural mistake with an eps mistake) would give; ``rank``: its row in
+    ``HYPOTHESES`` (an eps mistake alone is row 0)."""
+    params = record_params(record)
+    w = probe.w.astype(np.float64)
+    out = []
+    for eps_form, eps_text in _eps_forms(dialect, model_eps):
+        fit = {"remap_eps": float(DIALECTS["pjreddie"].normalize_eps), "eps": eps_form.eps}
+        ratio = _biased_ratio(params, w, model_A, eps_form)
+        if ratio is not None:
+            fit.update(biased=ratio, n_biased=1 / (1 - ratio))
+        for rank, h in enumerate(HYPOTHESES):
+            if form not in h.forms:
+                continue
+            if h.eps == "exact" and eps_text:
+                continue
+            if h.eps == "inside" and not (eps_form.inside and eps_form.eps > 0):
+                continue
+            if h.transform is None:                    # raw weights: no batchnorm at all
+                A, B = w, params.bias
+            else:
+                changed = h.transform(params, fit)
+                if changed is None:
+                    continue
+                with np.errstate(all="ignore"):
+                    a = changed.scale / eps_form.denominator(changed.var)
+                    A = a * w * (a if h.weights_scaled else 1.0)
+                    B = changed.bias - a * changed.mean
+            parts = [h.diagnosis.format(**fit)] if h.diagnosis else []
+            if eps_text and h.eps != "inside":
+                parts.append(eps_text)
+            if parts:
+                out.append((len(parts), rank, "; ".join(parts), A, B))
+    return out
+
+
+def diagnose(pair, record, probe, dialect, scale, model_A, model_B, limit):
+    """The simplest known mistake that explains the model's response within
+    ``limit`` (fewest mistakes first, then the earliest row of ``HYPOTHESES``: at a
+    coarse precision several may fit; then the smallest error), with its fix; or
+    which stored blocks differ from darknet_bn's exact export."""
+    form = "batchnorm" if pair.bn is not None else "folded"
+    model_eps = pair.bn.eps if pair.bn is not None and not pair.bn.affine_form else None
+    t = probe.t.astype(np.float64)
+    with np.errstate(all="ignore"):
+        y_model = model_A[:, None] * t + model_B[:, None]
+    best = None
+    for count, rank, text, A, B in hypothesis_responses(record, probe, dialect, form,
+                                                        model_eps, model_A):
+        with np.errstate(all="ignore"):
+            y = A[:, None] * t + B[:, None]
+        err = float(np.max(relative_error(y_model, y, scale)))
+        if err <= limit and (best is None or (count, rank, err) < best[:3]):
+            best = (count, rank, err, text)
+    if best is None:
+        return unexplained(pair, record, dialect, limit)
+    return f"{best[3]}; fix: {fix_text(dialect, form)}"
+
+
+def unexplained(pair, record, dialect, limit):
+    """Which stored blocks differ from darknet_bn's exact export (``batchnorm_state_dict``)."""
+    from ..export import batchnorm_state_dict
+    parts = []
+    bn = pair.bn
+    if bn is not None and not bn.affine_form:
+        exact, _ = batchnorm_state_dict(record, dialect=dialect)
+        theirs = {"weight": bn.weight, "bias": bn.bias, "running_mean": bn.mean,
+                  "running_var": bn.var}
+        if bn.stored.get("running_var") is not None:
+            theirs["running_var"] = np.asarray(bn.stored["running_var"], np.float64)
+        for key, x in theirs.items():
+            x, y = np.asarray(x, np.float64), np.asarray(exact[key], np.float64)
+            with np.errstate(all="ignore"):
+                d = np.abs(x - y) / np.maximum(np.abs(y), 1e-30)
+            d = np.where(np.isnan(x) & np.isnan(y), 0.0, np.where(np.isnan(d), np.inf, d))
+            if np.max(d) > limit:
+                parts.append(key)
+    what = (f" (differs from darknet_bn's exact export in {', '.join(parts)})"
+            if parts else "")
+    return ("not a known converter mistake: the parameters do not match Darknet's" + what +
+            "; check the pairing and the values layer by layer")
+
+
+def storage_note(pair, precision):
+    """For float16 storage: stored values that overflowed, and variances (or affine
+    multipliers) that became subnormal or zero, which the rounding model does not
+    cover (a subnormal weight, bias or mean loses at most ``2**-25`` absolutely,
+    inside the tolerance); "" when none."""
+    if precision != "float16":
+        return ""
+    notes, arrays, relative = [], [], set()
+    if pair.conv is not None:
+        arrays.append(("conv weights", pair.conv.weight))
+    bn = pair.bn
+    if bn is not None and bn.affine_form:
+        arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
+        relative.add("multiplier")
+    elif bn is not None:
+        var = np.asarray(bn.stored.get("running_var", bn.var), np.float64)
+        arrays += [("scale", bn.weight), ("bias", bn.bias), ("running_mean", bn.mean),
+                   ("running_var", var)]
+        relative.add("running_var")
+        zero = np.flatnonzero(var == 0)
+        if bn.eps == 0 and zero.size:
+            notes.append(f"running_var is 0 in float16 at channels {zero[:8].tolist()} with "
+                         "eps 0: pjreddie's eps-0 remap (sqrt(var) + 1e-6)^2 underflows "
+                         "float16; store running_var in float32 or use a nonzero eps")
+    for name, a in arrays:
+        a = np.asarray(a, np.float64)
+        over = np.flatnonzero(np.isinf(a) | (np.abs(a) > FLOAT16_MAX))
+        if over.size:
+            notes.append(f"{name} overflow float16 (beyond 65504) at {over[:8].tolist()}")
+        if name in relative:
+            sub = np.flatnonzero((a != 0) & (np.abs(a) < FLOAT16_TINY))
+            if sub.size:
+                notes.append(f"{name} subnormal in float16 (below 2**-14, fewer significant "
+                             f"bits) at channels {sub[:8].tolist()}")
+    return "; ".join(notes)

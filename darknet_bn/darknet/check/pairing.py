@@ -1,0 +1,321 @@
+"""Pairing a converted model's units with the cfg's layers (shared by ``check`` and the
+PyTorch export to ``.weights``).
+
+The cfg's ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers are
+paired with the model's conv/dense and batchnorm units (``readers``):
+
+**Graph (ONNX).** Every cfg layer's inputs are followed back through routes,
+shortcuts, pools, upsamples and heads to the nearest weighted layers (or the
+model input): ``cfg_sources``.  Every model unit knows the same of the graph
+(``Unit.sources``).  Layers are paired in cfg order, starting from the model
+input: a cfg layer takes the unpaired unit of its kind and shape whose sources
+are the units paired with the layer's own sources.  A layer with batchnorm also
+takes the batchnorm unit fed by that conv alone, unless the conv carries a bias
+and the next cfg layer is a ``[batchnorm]`` reading it (then the conv is the
+folded form and the batchnorm is that layer's).  A cfg layer with no
+counterpart is *missing* and passes its sources on; a unit no layer takes is
+*extra*, *in the data path* when its output reaches a paired unit.
+
+**Sequence (state_dicts, live modules).** No graph: names carrying cfg indices
+(``module_list.N``, ``models.N``, ``conv_N``...) must match the layer's index
+when every unit has one; then the order and the shapes decide, by an alignment
+of the cfg layers with the units that pairs the most (dynamic programming over
+(layer, unit) positions, iterative).  An extra unit between paired ones counts
+as in the data path.  In a sequence the order settles every choice.
+
+**Choices.** Where more than one unit fits a layer (same-shaped layers in
+parallel branches), ``strict=True`` raises ``PairingError`` naming the layer and
+the candidates; otherwise ``choose(spec, options)`` (``check`` judges each option
+by its values) picks one, and the pair records the choice.  With
+``complete=True`` (the ``.weights`` export) a missing layer or an extra unit is an
+error too.
+"""
+from dataclasses import dataclass, field
+
+from .units import MODEL_INPUT, CheckError
+
+#: cfg sections whose parameters a model unit holds.
+WEIGHTED_SECTIONS = ("convolutional", "connected", "batchnorm")
+
+
+class PairingError(CheckError):
+    """The model's units cannot be paired with the cfg's layers (``strict``: not
+    without a choice; ``complete``: not every layer and unit)."""
+
+
+@dataclass(eq=False)
+class Pair:
+    """One cfg layer and its counterpart: ``conv`` (None for a ``[batchnorm]`` or a
+    model without convs) and ``bn`` (None where the batchnorm is folded or absent)."""
+    spec: object
+    conv: object = None
+    bn: object = None
+    choice: str = ""           #: how an ambiguity was settled (empty: no choice)
+
+    @property
+    def units(self):
+        return [u for u in (self.conv, self.bn) if u is not None]
+
+    @property
+    def names(self):
+        return " + ".join(u.name for u in self.units)
+
+
+@dataclass
+class Pairing:
+    """``pair_model``'s result: ``pairs`` in cfg order, the cfg layers with no
+    counterpart (``missing``) and the units no layer took (``extra``: ``(unit,
+    in_data_path)``)."""
+    pairs: list
+    missing: list = field(default_factory=list)
+    extra: list = field(default_factory=list)
+
+
+def cfg_sources(net):
+    """``{layer index: frozenset}``: the nearest weighted layers (or ``MODEL_INPUT``)
+    whose outputs reach each cfg layer's input."""
+    sources = {}
+    for spec in net.layers:
+        if spec.section == "route":
+            inputs = tuple(spec.input_layers)
+        elif spec.section == "shortcut":
+            inputs = (spec.index - 1, *spec.input_layers)
+        else:
+            inputs = (spec.index - 1,)
+        found = set()
+        for j in inputs:
+            if j < 0:
+                found.add(MODEL_INPUT)
+            elif net.layers[j].section in WEIGHTED_SECTIONS:
+                found.add(j)
+            else:
+                found |= sources[j]
+        sources[spec.index] = frozenset(found)
+    return sources
+
+
+def fits(spec, unit):
+    """Whether ``unit`` has the kind and shape of ``spec``'s conv/dense or batchnorm."""
+    if unit.kind == "bn":
+        return bool(spec.bn_channels) and unit.channels == spec.bn_channels
+    if spec.section == "convolutional":
+        return (unit.kind == "conv" and unit.channels == spec.out_c
+                and unit.weight.size == spec.nweights
+                and (unit.kernel_shape is None
+                     or tuple(unit.kernel_shape[2:]) == (spec.size, spec.size)))
+    if spec.section == "connected":
+        return (unit.kind == "dense" and unit.channels == spec.outputs
+                and unit.weight.size == spec.outputs * spec.inputs)
+    return False
+
+
+def _describe(spec):
+    return f"layer {spec.index} [{spec.section}] (cfg line {spec.line}, {spec.out_c} channels)"
+
+
+def _weighted(net):
+    return [s for s in net.layers if s.section in WEIGHTED_SECTIONS]
+
+
+def pair_model(net, model_units, *, strict=False, complete=False, choose=None):
+    """Pair ``net``'s weighted layers with ``model_units`` (a ``readers.ModelUnits``):
+    a ``Pairing``.  ``PairingError`` when nothing can be paired, (``strict``) when a
+    layer has several candidates, or (``complete``) when a layer is missing or a unit
+    is extra."""
+    units = model_units.units
+    if model_units.graph:
+        result = _pair_graph(net, units, model_units.consumers, strict, choose)
+    else:
+        result = _pair_sequence(net, units)
+    if not result.pairs:
+        raise PairingError(_nothing_paired(net, units))
+    if complete and (result.missing or result.extra):
+        what = []
+        if result.missing:
+            what.append("no counterpart for " +
+                        ", ".join(_describe(s) for s in result.missing[:3]))
+        if result.extra:
+            what.append("model units not in the cfg: " + ", ".join(
+                f"{u.kind} {u.name!r}" for u, _ in result.extra[:3]))
+        raise PairingError("cannot pair the model with the cfg completely: " +
+                           "; ".join(what) + ". Is it the same network and cfg?")
+    return result
+
+
+def _nothing_paired(net, units):
+    specs = _weighted(net)
+    first = specs[0] if specs else None
+    head = units[0] if units else None
+    got = (f"{head.kind} {head.name!r} with {head.channels} channels" if head is not None
+           else "nothing (the model has no conv/dense/batchnorm units)")
+    n_bn = sum(u.kind == "bn" for u in units)
+    where = f"{_describe(first)} against the model's {got}" if first else "the cfg has none"
+    return (f"cannot pair the model's {len(units) - n_bn} conv/dense and {n_bn} batchnorm "
+            f"units with the cfg's {len(specs)} conv/connected/batchnorm layers "
+            f"({len(net.bn_layers)} with batchnorm); first mismatch: {where}. Is it the "
+            "same network and cfg?")
+
+
+# --------------------------------------------------------------------------
+# graph
+# --------------------------------------------------------------------------
+def _pair_graph(net, units, consumers, strict, choose):
+    specs = _weighted(net)
+    sources = cfg_sources(net)
+    output_of = {}                   # cfg index -> the unit whose output is the layer's
+    used, pairs, missing = set(), [], []
+    next_spec = {a.index: b for a, b in zip(specs, specs[1:])}
+
+    def wanted(spec):
+        found, stack = set(), list(sources[spec.index])
+        while stack:
+            s = stack.pop()
+            if s == MODEL_INPUT:
+                found.add(s)
+            elif s in output_of:
+                found.add(output_of[s])
+            else:                                       # a missing layer: look through it
+                stack.extend(sources[s])
+        return frozenset(found)
+
+    def relaxed_sources(unit):
+        found, stack, seen = set(), list(unit.sources), set()
+        while stack:
+            s = stack.pop()
+            if s in seen:
+                continue
+            seen.add(s)
+            if s == MODEL_INPUT or s in used:
+                found.add(s)
+            else:                                       # an unpaired unit: look through it
+                stack.extend(s.sources)
+        return frozenset(found)
+
+    def with_bn(spec, conv):
+        if not spec.bn_channels:
+            return Pair(spec, conv, None)
+        bns = [u for u in consumers.get(conv, ()) if u.kind == "bn" and u not in used
+               and fits(spec, u) and u.sources == frozenset([conv])]
+        if not bns:
+            return Pair(spec, conv, None)
+        bn = bns[0]
+        follower = next_spec.get(spec.index)
+        if (conv.bias is not None and follower is not None
+                and follower.section == "batchnorm"
+                and sources[follower.index] == frozenset([spec.index])
+                and not any(u.kind == "bn" and fits(follower, u)
+                            for u in consumers.get(bn, ()))):
+            return Pair(spec, conv, None)               # folded conv, then the [batchnorm]
+        return Pair(spec, conv, bn)
+
+    for spec in specs:
+        want = wanted(spec)
+        kind_ok = [u for u in units if u not in used and fits(spec, u) and
+                   (u.kind == "bn") == (spec.section == "batchnorm")]
+        cands = [u for u in kind_ok if u.sources == want]
+        if not cands:
+            cands = [u for u in kind_ok if relaxed_sources(u) == want]
+        if not cands:
+            missing.append(spec)
+            continue
+        options = [with_bn(spec, u) if u.kind != "bn" else Pair(spec, None, u) for u in cands]
+        pick = 0
+        if len(options) > 1:
+            names = ", ".join(repr(p.names) for p in options)
+            if strict or choose is None:
+                raise PairingError(f"{_describe(spec)} is ambiguous: the model's {names} fit "
+                                   "it equally by the graph and the shapes; pair it by hand "
+                                   "or rename the modules with the cfg indices")
+            pick = choose(spec, options)
+            options[pick].choice = f"chosen by values among {names}"
+        pair = options[pick]
+        used.update(pair.units)
+        output_of[spec.index] = pair.units[-1]
+        pairs.append(pair)
+
+    extra = []
+    for unit in units:
+        if unit in used:
+            continue
+        reaches, stack, seen = False, list(consumers.get(unit, ())), set()
+        while stack and not reaches:
+            u = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            reaches = u in used
+            stack.extend(consumers.get(u, ()))
+        extra.append((unit, reaches))
+    return Pairing(pairs, missing, extra)
+
+
+# --------------------------------------------------------------------------
+# sequence
+# --------------------------------------------------------------------------
+def _pair_sequence(net, units):
+    has_convs = any(u.kind != "bn" for u in units)
+    specs = _weighted(net)
+    if not has_convs:
+        specs = [s for s in specs if s.bn_channels]
+    by_name = bool(units) and all(u.cfg_index is not None for u in units)
+    n_specs, n_units = len(specs), len(units)
+    infinity = n_specs + n_units + 1
+    cost = [[infinity] * (n_units + 1) for _ in range(n_specs + 1)]
+    step = [[None] * (n_units + 1) for _ in range(n_specs + 1)]
+    cost[0][0] = 0
+
+    def named(spec, unit):
+        return not by_name or unit.cfg_index == spec.index
+
+    def matches(i, j):
+        """``[(units taken, Pair)]`` for spec ``i`` starting at unit ``j``."""
+        spec, out = specs[i], []
+        if j >= n_units or not named(spec, units[j]):
+            return out
+        unit = units[j]
+        if spec.section == "batchnorm" or not has_convs:
+            if unit.kind == "bn" and fits(spec, unit):
+                out.append((1, Pair(spec, None, unit)))
+            return out
+        if unit.kind == "bn" or not fits(spec, unit):
+            return out
+        if spec.bn_channels:
+            nxt = units[j + 1] if j + 1 < n_units else None
+            if nxt is not None and nxt.kind == "bn" and fits(spec, nxt) and named(spec, nxt):
+                out.append((2, Pair(spec, unit, nxt)))
+        out.append((1, Pair(spec, unit, None)))
+        return out
+
+    for i in range(n_specs + 1):
+        for j in range(n_units + 1):
+            here = cost[i][j]
+            if here >= infinity:
+                continue
+            moves = []
+            if i < n_specs:
+                moves += [(i + 1, j + taken, 0, pair) for taken, pair in matches(i, j)]
+                moves.append((i + 1, j, 1, ("missing", specs[i])))
+            if j < n_units:
+                moves.append((i, j + 1, 1, ("extra", units[j])))
+            for ni, nj, extra_cost, what in moves:
+                if here + extra_cost < cost[ni][nj]:
+                    cost[ni][nj] = here + extra_cost
+                    step[ni][nj] = (i, j, what)
+    pairs, missing, extra_units = [], [], []
+    i, j = n_specs, n_units
+    while (i, j) != (0, 0):
+        pi, pj, what = step[i][j]
+        if isinstance(what, Pair):
+            pairs.append(what)
+        elif what[0] == "missing":
+            missing.append(what[1])
+        else:
+            extra_units.append(what[1])
+        i, j = pi, pj
+    pairs.reverse()
+    missing.reverse()
+    extra_units.reverse()
+    paired_orders = [u.order for p in pairs for u in p.units]
+    first, last = (min(paired_orders), max(paired_orders)) if paired_orders else (0, -1)
+    extra = [(u, first < u.order < last) for u in extra_units]
+    return Pairing(pairs, missing, extra)

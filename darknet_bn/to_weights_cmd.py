@@ -1,0 +1,53 @@
+"""Write the Darknet .weights file of a PyTorch state_dict for a cfg.
+
+STATE_DICT is loaded with torch.load(weights_only=True) on the CPU; its
+conv/linear and batchnorm tensors are paired with the cfg's [convolutional],
+[connected] and [batchnorm] layers strictly (names carrying cfg indices such as
+module_list.N, then order and shapes; every layer paired, nothing left over)
+and written in Darknet's block order, as they are (running_var is Darknet's
+rolling_variance).  The header is the fork's (version 0.2, revision 0 for
+pjreddie, 5 for AlexeyAB) with --seen N (default 0), or copied from
+--header-from W (version, revision and seen).  OUT goes through a temporary
+file and must not be an input.  Python: darknet_bn.torch.save_darknet_weights.
+
+Exit status: 0 when written; 2 for an unreadable or unpairable input, a layer
+the model cannot supply (nonzero conv bias beside batchnorm, bias on a pjreddie
+[batchnorm], [local], weighted [shortcut]) or an OUT that is an input (one line
+on stderr, nothing written).
+"""
+import sys
+
+HELP = "write a PyTorch state_dict as the Darknet .weights file of a cfg"
+
+
+def add_arguments(p):
+    p.add_argument("cfg", help="Darknet .cfg file")
+    p.add_argument("state_dict", help="torch state_dict file (.pt/.pth)")
+    p.add_argument("out", help=".weights file to write (not an input)")
+    p.add_argument("--dialect", required=True, choices=("pjreddie", "alexeyab"),
+                   help="the Darknet fork whose layout and header to write")
+    header = p.add_mutually_exclusive_group()
+    header.add_argument("--seen", type=int, default=0,
+                        help="images trained on, stored in the header (default 0)")
+    header.add_argument("--header-from", metavar="W", default=None,
+                        help="copy version, revision and seen from this .weights file")
+
+
+def run(args):
+    try:
+        from .darknet.check.readers import load_torch_file
+        from .torch_weights import write_state_dict_weights
+        state = load_torch_file(args.state_dict)
+        out = write_state_dict_weights(state, args.cfg, args.out, dialect=args.dialect,
+                                       seen=args.seen, header_from=args.header_from,
+                                       inputs=(args.cfg, args.state_dict))
+    except ImportError as e:
+        print(f"darknet-bn to-weights: needs PyTorch: pip install 'darknet_bn[torch]' ({e})",
+              file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"darknet-bn to-weights: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    print(f"{out}: written for {args.cfg} ({args.dialect})")
+    return 0

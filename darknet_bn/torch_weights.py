@@ -1,0 +1,276 @@
+"""PyTorch models to Darknet ``.weights`` and back: ``save_darknet_weights``,
+``load_darknet_weights`` (re-exported by ``darknet_bn.torch``).
+
+The model's conv/linear and batchnorm modules (torch's ``_BatchNorm`` modules,
+``SyncBatchNorm`` included, or darknet_bn's own) are paired with the cfg's
+``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers by the strict
+pairing of ``darknet_bn.darknet.check.pairing`` (names carrying cfg indices
+such as ``module_list.N``, then order and shapes; every layer paired, no
+module left over, no choice made on values).  Each layer's blocks go in
+Darknet's order (``parse_cfg``'s ``LayerSpec.blocks``), as the model holds them:
+
+- ``[convolutional]``/``[connected]`` with ``batch_normalize=1``: biases = the
+  batchnorm's ``bias``, scales = its ``weight``, rolling_mean/rolling_variance =
+  ``running_mean``/``running_var`` (Darknet's ``rolling_variance`` as stored,
+  whatever the module's ``eps``), weights = the conv/linear ``weight``; the
+  conv's own bias must be absent or zero (the file has no slot for it);
+- without batchnorm: biases = the conv/linear ``bias`` (zeros if it has none),
+  weights;
+- ``[batchnorm]``: scales, rolling_mean, rolling_variance, and (AlexeyAB)
+  biases first; pjreddie stores no biases, so the module's bias must be zero.
+
+``[local]`` layers and weighted ``[shortcut]`` layers have no PyTorch
+counterpart here: a ``ValueError`` naming the layer, as for a model that does
+not pair.  Nothing is written unless every layer can be: the output goes
+through a temporary file, renamed at the end.
+
+The header is the fork's ``save_weights`` header: version 0.2, revision 0
+(pjreddie) or 5 (AlexeyAB), ``seen`` as 64 bits; or, with
+``header_from=PATH``, version, revision and ``seen`` copied from that
+``.weights`` file (a file older than 0.2 keeps its 32-bit ``seen``).
+"""
+import os
+
+import numpy as np
+
+from .darknet.check.pairing import pair_model
+from .darknet.check.readers import read_module, read_state_dict
+from .darknet.check.units import CheckError
+from .darknet.parser import check_path
+from .darknet.weights import (WeightsHeader, atomic_output, check_cfg_arg, network_from,
+                              open_weights, read_header, read_weights, type_name)
+from .dialects import FOLDING, get_dialect
+
+__all__ = ["save_darknet_weights", "load_darknet_weights"]
+
+_F32 = np.dtype("<f4")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _refuse_unsupported(routine, net):
+    """``ValueError`` naming the first layer whose weights no PyTorch module supplies."""
+    for spec in net.layers:
+        if spec.section in ("convolutional", "connected", "batchnorm") or not spec.blocks:
+            continue
+        if spec.section == "local":
+            why = ("a [local] layer (unshared weights per position) has no PyTorch "
+                   "counterpart here")
+        elif spec.section == "shortcut":
+            why = ("a weighted [shortcut] (weights_type=...) has no PyTorch counterpart "
+                   "here")
+        else:
+            why = f"a [{spec.section}] layer's weights have no PyTorch counterpart here"
+        raise ValueError(f"{routine}: layer {spec.index} [{spec.section}] (cfg line "
+                         f"{spec.line}): {why}; the .weights file cannot be written from "
+                         "the model")
+
+
+def _units(routine, model):
+    """``ModelUnits`` of a live module or a state_dict."""
+    import torch
+    if isinstance(model, torch.nn.Module):
+        return read_module(model, type(model).__name__)
+    if isinstance(model, dict):
+        return read_state_dict(model, None, "state_dict")
+    raise TypeError(f"{routine}: model must be a torch.nn.Module or a state_dict (a dict of "
+                    f"tensors), got {type_name(model)}")
+
+
+def _pairs(routine, net, units):
+    try:
+        pairing = pair_model(net, units, strict=True, complete=True)
+    except CheckError as e:
+        raise ValueError(f"{routine}: {e}") from None
+    return {p.spec.index: p for p in pairing.pairs}
+
+
+def _layer_blocks(routine, spec, pair):
+    """``{block name: float32 array}`` of one paired layer, as the model holds them."""
+    where = f"{routine}: layer {spec.index} [{spec.section}] (cfg line {spec.line})"
+    conv, bn = pair.conv, pair.bn
+    blocks = {}
+    if spec.section in ("convolutional", "connected"):
+        weight = np.asarray(conv.stored["weight"], _F32).reshape(-1)
+        conv_bias = conv.stored.get("bias")
+        if spec.bn_channels:
+            if bn is None:
+                raise ValueError(f"{where} has batch_normalize=1 but the model's "
+                                 f"{conv.name!r} has no batchnorm after it (folded?); the "
+                                 ".weights file stores the batchnorm blocks")
+            if conv_bias is not None and np.any(np.asarray(conv_bias) != 0):
+                raise ValueError(f"{where}: {conv.name!r} has a nonzero bias beside its "
+                                 f"batchnorm {bn.name!r}; Darknet's layer has no slot for "
+                                 "it (its biases block is the batchnorm's bias): fold it "
+                                 "into the batchnorm's bias or running_mean first")
+            blocks.update(biases=bn.stored["bias"], scales=bn.stored["weight"],
+                          rolling_mean=bn.stored["running_mean"],
+                          rolling_variance=bn.stored["running_var"])
+        else:
+            blocks["biases"] = (np.zeros(spec.out_c, _F32) if conv_bias is None
+                                else conv_bias)
+        blocks["weights"] = weight
+    else:                                                    # [batchnorm]
+        names = {name for name, _ in spec.blocks}
+        bias = np.asarray(bn.stored["bias"], _F32)
+        if "biases" not in names and np.any(bias != 0):
+            raise ValueError(f"{where}: {bn.name!r} has a nonzero bias, and a pjreddie "
+                             "[batchnorm] section stores no biases (the file has no slot "
+                             "for it); use dialect='alexeyab' or zero the bias")
+        blocks.update(biases=bias, scales=bn.stored["weight"],
+                      rolling_mean=bn.stored["running_mean"],
+                      rolling_variance=bn.stored["running_var"])
+    out = {}
+    for name, count in spec.blocks:
+        value = np.asarray(blocks[name], _F32).reshape(-1)
+        if value.size != count:
+            raise ValueError(f"{where}: the model's {name} has {value.size} values, the cfg "
+                             f"{count}")
+        out[name] = value
+    return out
+
+
+def _header(routine, dialect, seen, header_from):
+    if header_from is None:
+        if isinstance(seen, bool) or not isinstance(seen, (int, np.integer)):
+            raise TypeError(f"{routine}: seen must be an int (images trained on), got "
+                            f"{type_name(seen)}")
+        header = WeightsHeader(0, 2, FOLDING[dialect].save_weights_revision, int(seen))
+    else:
+        if seen != 0:
+            raise ValueError(f"{routine}: pass seen= or header_from=, not both (header_from "
+                             "copies seen)")
+        f, _ = open_weights(os.fspath(header_from), "header_from .weights file")
+        with f:
+            header = read_header(header_from, f)
+    header.validate(routine)
+    return header
+
+
+def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
+    """Write the ``.weights`` file Darknet reads for ``cfg`` from ``model``.
+
+    ``model``: a ``torch.nn.Module`` whose conv/linear and batchnorm modules pair
+    with the cfg's layers (module docstring), or its state_dict.  ``cfg``: a
+    ``.cfg`` path or a ``Network``.  ``out``: the file to write (through a
+    temporary file; never ``cfg`` or ``header_from``).  ``dialect``: the fork
+    whose layout and header to write.  ``seen``: the header's image count;
+    ``header_from``: a ``.weights`` file whose version, revision and ``seen`` to
+    copy instead.  Returns ``out``.
+
+    ``.weights`` -> ``load_darknet_weights`` -> ``save_darknet_weights(...,
+    header_from=the input)`` reproduces the input byte for byte.  ``TypeError``/
+    ``ValueError`` naming the argument or the layer (unpairable model, nonzero
+    conv bias beside batchnorm, bias on a pjreddie ``[batchnorm]``, ``[local]``,
+    weighted ``[shortcut]``) before anything is written.
+    """
+    r = "save_darknet_weights"
+    fork = get_dialect(dialect, r).name
+    cfg = check_cfg_arg(r, cfg, "cfg")
+    out = check_path(r, "out", out, "out.weights")
+    if header_from is not None:
+        header_from = check_path(r, "header_from", header_from, "yolov4.weights")
+    for name, path in (("cfg", cfg), ("header_from", header_from)):
+        if isinstance(path, (str, bytes, os.PathLike)) and _same_file(out, path):
+            raise ValueError(f"{r}: out {os.fspath(out)!r} is the {name} file; "
+                             "save_darknet_weights refuses to overwrite an input: pass "
+                             "another out")
+    units = _units(r, model)
+    header = _header(r, fork, seen, header_from)
+    net = network_from(cfg, fork, r)
+    _refuse_unsupported(r, net)
+    return _write(r, net, units, header, out)
+
+
+def _write(routine, net, units, header, out):
+    pairs = _pairs(routine, net, units)
+    layers = [(spec, _layer_blocks(routine, spec, pairs[spec.index]))
+              for spec in net.layers if spec.index in pairs]
+    with atomic_output(routine, out) as dst:
+        dst.write(header.to_bytes())
+        for _, blocks in layers:
+            for value in blocks.values():
+                dst.write(value.tobytes())
+    return out
+
+
+def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=None,
+                             inputs=()):
+    """``save_darknet_weights`` of a loaded state_dict (``to-weights``); ``inputs``: more
+    files ``out`` must not be."""
+    for path in inputs:
+        if _same_file(out, path):
+            raise ValueError(f"out {os.fspath(out)!r} is an input file; to-weights refuses "
+                             "to overwrite an input: pass another OUT")
+    if not isinstance(state, dict):
+        raise ValueError(f"not a state_dict (a dict of tensors) but {type(state).__name__}")
+    return save_darknet_weights(state, cfg, out, dialect=dialect, seen=seen,
+                                header_from=header_from)
+
+
+def load_darknet_weights(model, cfg, weights, *, dialect):
+    """Fill ``model`` (a ``torch.nn.Module`` pairing with ``cfg``) from a ``.weights``
+    file: the inverse of ``save_darknet_weights``.  Conv/linear weights and biases,
+    batchnorm ``weight``/``bias``/``running_mean``/``running_var`` are copied in
+    place (on the modules' devices and dtypes); a conv's own bias beside a
+    batchnorm is zeroed; a pjreddie ``[batchnorm]``'s bias (not in the file) is
+    set to zero.  Returns ``model``.  Errors as ``save_darknet_weights``, and what
+    ``read_weights`` raises for the file, before any tensor is modified."""
+    import torch
+    r = "load_darknet_weights"
+    fork = get_dialect(dialect, r).name
+    cfg = check_cfg_arg(r, cfg, "cfg")
+    path = check_path(r, "weights", weights, "yolov4.weights")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{r}: model must be a torch.nn.Module, got {type_name(model)}")
+    net = network_from(cfg, fork, r)
+    _refuse_unsupported(r, net)
+    darknet = read_weights(net, path, dialect=fork)           # checks the header and size
+    raw = np.fromfile(os.fspath(path), dtype=_F32, offset=darknet.header.nbytes)
+    units = read_module(model, type(model).__name__)
+    pairs = _pairs(r, net, units)
+    copies = []
+    for spec in net.layers:
+        pair = pairs.get(spec.index)
+        if pair is None:
+            continue
+        where = f"{r}: layer {spec.index} [{spec.section}]"
+        block = {name: raw[spec.offsets[name]:spec.offsets[name] + count]
+                 for name, count in spec.blocks}
+        conv, bn = pair.conv, pair.bn
+        if conv is not None:
+            copies.append((conv.module.weight, block["weights"]))
+            if spec.bn_channels:
+                if bn is None:
+                    raise ValueError(f"{where}: the model's {conv.name!r} has no batchnorm "
+                                     "after it (folded?); the file stores batchnorm blocks")
+                if conv.module.bias is not None:
+                    copies.append((conv.module.bias, np.zeros(spec.out_c, _F32)))
+            elif conv.module.bias is not None:
+                copies.append((conv.module.bias, block["biases"]))
+            elif np.any(block["biases"] != 0):
+                raise ValueError(f"{where}: {conv.name!r} has no bias, and the file's "
+                                 "biases are not zero; build it with bias=True")
+        if bn is not None:
+            m = bn.module
+            bias = block.get("biases", np.zeros(spec.bn_channels, _F32))
+            for tensor, values, name in ((m.weight, block["scales"], "weight"),
+                                         (m.bias, bias, "bias")):
+                if tensor is None:
+                    if np.any(values != (1 if name == "weight" else 0)):
+                        raise ValueError(f"{where}: {bn.name!r} has no {name} (affine=False) "
+                                         "but the file's values are not the default")
+                    continue
+                copies.append((tensor, values))
+            copies += [(m.running_mean, block["rolling_mean"]),
+                       (m.running_var, block["rolling_variance"])]
+    with torch.no_grad():
+        for tensor, values in copies:
+            tensor.copy_(torch.from_numpy(np.array(values, _F32)).reshape(tensor.shape))
+    return model
+

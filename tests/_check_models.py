@@ -1,0 +1,372 @@
+"""PyTorch models built from a Darknet cfg the way PyTorch YOLO implementations build
+them (not darknet_bn's own layout), synthesized ``.weights`` files, and ONNX forms of
+the models as deployment tools leave them.  Shared by the check and .weights tests.
+
+Two layouts: ``module_list.N.conv_N`` / ``batch_norm_N`` / ``leaky_N`` and
+``models.N.conv1`` / ``bn1`` / ``leaky1``.  The forward follows the cfg's graph
+(route, shortcut, upsample, maxpool, yolo heads as outputs).  A ``[route]`` with
+``groups`` takes the last group (the cfgs used here ask for group_id=groups-1).
+"""
+import io
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darknet_bn.darknet import parse_cfg
+from darknet_bn.dialects import FOLDING
+
+F32 = np.float32
+
+
+def synthesize_weights(cfg, fork, path, seed):
+    """A ``.weights`` file for ``cfg`` with random blocks (every float random) and the
+    fork's header with ``seen`` 0.  Variances are log-uniform in [1e-4, 4]."""
+    net = parse_cfg(cfg, dialect=fork)
+    rng = np.random.default_rng(seed)
+    print(f"synthesize_weights({cfg}, {fork}): seed {seed}")
+    header = np.array([0, 2, FOLDING[fork].save_weights_revision], "<i4").tobytes() + \
+        np.array([0], "<u8").tobytes()
+    chunks = [header]
+    for spec in net.layers:
+        for name, count in spec.blocks:
+            if name == "rolling_variance":
+                values = 10 ** rng.uniform(-4, np.log10(4), count)
+            elif name == "scales":
+                values = rng.normal(1, 0.2, count)
+            elif name == "rolling_mean":
+                values = rng.normal(0, 1, count)
+            elif name == "biases":
+                values = rng.normal(0, 0.5, count)
+            else:
+                values = rng.normal(0, 0.1, count)
+            chunks.append(values.astype("<f4").tobytes())
+    with open(path, "wb") as f:
+        f.write(b"".join(chunks))
+    return net
+
+
+def cfg_text(side, *sections):
+    """A cfg: ``[net]`` of ``side`` x ``side`` x 3, then ``sections`` as ``(name, {key:
+    value})`` pairs."""
+    parts = [f"[net]\nwidth={side}\nheight={side}\nchannels=3\n"]
+    for name, options in sections:
+        parts.append(f"[{name}]\n" + "".join(f"{k}={v}\n" for k, v in options.items()))
+    return "\n".join(parts)
+
+
+def conv(filters, size, batch_normalize=1):
+    """A ``[convolutional]`` section for ``cfg_text`` (stride 1, pad=1, leaky)."""
+    return ("convolutional", dict(batch_normalize=batch_normalize, filters=filters, size=size,
+                                  stride=1, pad=1, activation="leaky"))
+
+
+def blocks_of(net, path):
+    """``{layer index: {block: float32 array}}`` read from the file by the cfg's offsets."""
+    header = 20
+    raw = np.fromfile(path, dtype="<f4", offset=header)
+    out = {}
+    for spec in net.layers:
+        if spec.blocks:
+            out[spec.index] = {name: raw[spec.offsets[name]:][:count].copy()
+                               for name, count in spec.blocks}
+    return out
+
+
+class _Act(nn.Module):
+    def forward(self, x):
+        return F.leaky_relu(x, 0.1)
+
+
+class CfgNet(nn.Module):
+    """A cfg's network as PyTorch YOLO implementations write it (``style``
+    ``"module_list"`` or ``"models"``), with ``nn.BatchNorm2d``/``1d``."""
+
+    def __init__(self, net, style="module_list", eps=1e-5):
+        super().__init__()
+        self.specs = net.layers
+        self.style = style
+        blocks = nn.ModuleList()
+        for spec in net.layers:
+            block = nn.Sequential()
+            i = spec.index
+            conv_name, bn_name, act_name = ((f"conv_{i}", f"batch_norm_{i}", f"leaky_{i}")
+                                            if style == "module_list" else
+                                            ("conv1", "bn1", "leaky1"))
+            if spec.section == "convolutional":
+                same = spec.size // 2
+                pad = same if (spec.h + 2 * same - spec.size) // spec.stride + 1 == spec.out_h \
+                    else 0
+                block.add_module(conv_name, nn.Conv2d(spec.c, spec.filters, spec.size,
+                                                      spec.stride, pad, groups=spec.groups,
+                                                      bias=not spec.bn_channels))
+                if spec.bn_channels:
+                    block.add_module(bn_name, nn.BatchNorm2d(spec.filters, eps=eps))
+                    block.add_module(act_name, _Act())
+            elif spec.section == "connected":
+                block.add_module("flatten", nn.Flatten())
+                block.add_module(conv_name, nn.Linear(spec.inputs, spec.outputs,
+                                                      bias=not spec.bn_channels))
+                if spec.bn_channels:
+                    block.add_module(bn_name, nn.BatchNorm1d(spec.outputs, eps=eps))
+            elif spec.section == "batchnorm":
+                block.add_module(bn_name, nn.BatchNorm2d(spec.c, eps=eps))
+            blocks.append(block)
+        setattr(self, style, blocks)
+
+    def forward(self, x):
+        outputs, heads = [], []
+        blocks = getattr(self, self.style)
+        for spec, block in zip(self.specs, blocks):
+            s = spec.section
+            if s in ("convolutional", "connected", "batchnorm"):
+                x = block(x)
+            elif s == "maxpool":
+                total = spec.size - 1
+                x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2),
+                          value=-6e4)
+                x = F.max_pool2d(x, spec.size, spec.stride)
+            elif s == "upsample":
+                x = F.interpolate(x, scale_factor=spec.stride, mode="nearest")
+            elif s == "route":
+                parts = [outputs[j] for j in spec.input_layers]
+                x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+                if spec.groups > 1:
+                    x = torch.chunk(x, spec.groups, 1)[-1]
+            elif s == "shortcut":
+                x = x + outputs[spec.input_layers[0]]
+            elif s in ("yolo", "region", "detection"):
+                heads.append(x)
+            elif s == "avgpool":
+                x = x.mean((2, 3), keepdim=True)
+            outputs.append(x)
+        return tuple(heads) if heads else x
+
+    def modules_of(self, index):
+        """``(conv or linear, batchnorm)`` of cfg layer ``index`` (None where absent)."""
+        conv = bn = None
+        for m in getattr(self, self.style)[index]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                conv = m
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bn = m
+        return conv, bn
+
+
+def fill(model, net, blocks, *, remap_eps=None):
+    """Darknet's blocks into ``model`` as they are; ``remap_eps``: the exact pjreddie
+    export (running_var = (sqrt(var) + remap_eps)^2, the module's eps set to 0)."""
+    with torch.no_grad():
+        for spec in net.layers:
+            if spec.section not in ("convolutional", "connected", "batchnorm"):
+                continue
+            b = blocks[spec.index]
+            conv, bn = model.modules_of(spec.index)
+            if conv is not None:
+                conv.weight.copy_(torch.from_numpy(b["weights"].reshape(conv.weight.shape)))
+                if conv.bias is not None:
+                    conv.bias.copy_(torch.from_numpy(b["biases"]))
+            if bn is not None:
+                var = b["rolling_variance"]
+                if remap_eps is not None:
+                    var = ((np.sqrt(var.astype(np.float64)) + float(F32(remap_eps))) ** 2
+                           ).astype(F32)
+                    bn.eps = 0.0
+                bn.weight.copy_(torch.from_numpy(b["scales"]))
+                bn.bias.copy_(torch.from_numpy(b.get("biases", np.zeros_like(b["scales"]))))
+                bn.running_mean.copy_(torch.from_numpy(b["rolling_mean"]))
+                bn.running_var.copy_(torch.from_numpy(var))
+    return model.eval()
+
+
+def build(cfg, path, fork, *, style="module_list", eps=1e-5, remap_eps=None):
+    net = parse_cfg(cfg, dialect=fork)
+    model = CfgNet(net, style, eps)
+    return fill(model, net, blocks_of(net, path), remap_eps=remap_eps), net
+
+
+# --------------------------------------------------------------------------
+# ONNX forms
+# --------------------------------------------------------------------------
+def export(model, size, *, dynamo=False, fold=True, half=False):
+    """``torch.onnx.export`` of ``model`` on a ``size`` x ``size`` input as an
+    ``onnx.ModelProto``: ``dynamo=False`` with ``fold`` (constant folding, which
+    folds batchnorm into the convs) or not; ``dynamo=True``: the default exporter."""
+    import warnings
+
+    import onnx
+    model = model.eval()
+    x = torch.zeros(1, model.specs[0].c, size, size)
+    if half:
+        import copy
+        model, x = copy.deepcopy(model).half(), x.half()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")             # the exporters' notes on Slice folding
+        if dynamo:
+            program = torch.onnx.export(model, (x,), dynamo=True, verbose=False)
+            return program.model_proto
+        f = io.BytesIO()
+        torch.onnx.export(model, (x,), f, dynamo=False, do_constant_folding=fold)
+    return onnx.load_from_string(f.getvalue())
+
+
+def reorder(proto, seed):
+    """The same graph with its nodes in a random topological order."""
+    import onnx
+    rng = random.Random(seed)
+    print(f"reorder: seed {seed}")
+    nodes = list(proto.graph.node)
+    produced = {o: i for i, n in enumerate(nodes) for o in n.output}
+    deps = [{produced[t] for t in n.input if t in produced} for n in nodes]
+    done, order = set(), []
+    while len(order) < len(nodes):
+        ready = [i for i in range(len(nodes)) if i not in done and deps[i] <= done]
+        pick = rng.choice(ready)
+        done.add(pick)
+        order.append(pick)
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    del new.graph.node[:]
+    new.graph.node.extend(nodes[i] for i in order)
+    return new
+
+
+def to_float16_initializers(proto, precision="float16"):
+    """Every float initializer stored as float16 (or bfloat16) and cast back to float32
+    by a Cast node (the graph computes in float32 on reduced-precision parameters)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    inits, casts = [], []
+    for t in new.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32 and precision == "bfloat16":
+            import ml_dtypes                          # onnx's own bfloat16 dependency
+            inits.append(numpy_helper.from_array(a.astype(ml_dtypes.bfloat16),
+                                                 t.name + "_f16"))
+        elif a.dtype == np.float32:
+            inits.append(numpy_helper.from_array(a.astype(np.float16), t.name + "_f16"))
+        else:
+            inits.append(t)
+            continue
+        casts.append(helper.make_node("Cast", [t.name + "_f16"], [t.name],
+                                      to=onnx.TensorProto.FLOAT, name="cast_" + t.name))
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(inits)
+    nodes = list(new.graph.node)
+    del new.graph.node[:]
+    new.graph.node.extend(casts + nodes)
+    return new
+
+
+def batchnorm_as_mul_add(proto, *, sub_div=False):
+    """Every BatchNormalization node rewritten with constants: ``Mul`` by
+    scale/sqrt(var + eps) then ``Add`` of bias - mean*that (float32), or with
+    ``sub_div``: ``Sub`` mean, ``Div`` by ``Sqrt`` of a (var + eps) constant, ``Mul``
+    scale, ``Add`` bias (the Sqrt left as a node)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    consts = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    for n in new.graph.node:                       # Identity of an initializer
+        if n.op_type == "Identity" and n.input[0] in consts:
+            consts[n.output[0]] = consts[n.input[0]]
+    nodes, inits = [], list(new.graph.initializer)
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, F32).reshape(1, -1, 1, 1), name))
+        return name
+
+    for n in new.graph.node:
+        if n.op_type != "BatchNormalization":
+            nodes.append(n)
+            continue
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        s, b, m, v = (consts[t].astype(F32) for t in n.input[1:5])
+        x, y, p = n.input[0], n.output[0], n.name or n.output[0]
+        if sub_div:
+            nodes += [helper.make_node("Sub", [x, const(p + "_mean", m)], [p + "_c"],
+                                       name=p + "_sub"),
+                      helper.make_node("Sqrt", [const(p + "_vareps", v + F32(eps))],
+                                       [p + "_sd"], name=p + "_sqrt"),
+                      helper.make_node("Div", [p + "_c", p + "_sd"], [p + "_n"], name=p + "_div"),
+                      helper.make_node("Mul", [p + "_n", const(p + "_scale", s)], [p + "_s"],
+                                       name=p + "_mul"),
+                      helper.make_node("Add", [const(p + "_bias", b), p + "_s"], [y],
+                                       name=p + "_add")]
+        else:
+            alpha = s / np.sqrt(v + F32(eps))
+            beta = b - m * alpha
+            nodes += [helper.make_node("Mul", [x, const(p + "_alpha", alpha)], [p + "_m"],
+                                       name=p + "_mul"),
+                      helper.make_node("Add", [p + "_m", const(p + "_beta", beta)], [y],
+                                       name=p + "_add")]
+    del new.graph.node[:]
+    new.graph.node.extend(nodes)
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(inits)
+    return new
+
+
+def conv_parameters_behind_ops(proto):
+    """Every Conv's weight stored as (in, out, kh, kw) behind a ``Transpose`` and an
+    ``Identity``, and its bias (if any) as a separate ``Add`` of a (1, C, 1, 1)
+    constant, the constant first on every other conv."""
+    import onnx
+    from onnx import helper, numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    consts = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    inits, nodes = list(new.graph.initializer), []
+    for k, n in enumerate(new.graph.node):
+        if n.op_type != "Conv" or n.input[1] not in consts:
+            nodes.append(n)
+            continue
+        name = n.name or n.output[0]
+        w = consts[n.input[1]]
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.transpose(1, 0, 2, 3)),
+                                             name + "_wt"))
+        nodes += [helper.make_node("Transpose", [name + "_wt"], [name + "_wt2"],
+                                   perm=[1, 0, 2, 3], name=name + "_transpose"),
+                  helper.make_node("Identity", [name + "_wt2"], [name + "_w"],
+                                   name=name + "_identity")]
+        conv = helper.make_node("Conv", [n.input[0], name + "_w"], [n.output[0]], name=name)
+        conv.attribute.extend(n.attribute)
+        if len(n.input) > 2 and n.input[2]:
+            conv.output[0] = name + "_nobias"
+            inits.append(numpy_helper.from_array(consts[n.input[2]].reshape(1, -1, 1, 1),
+                                                 name + "_b"))
+            operands = [name + "_nobias", name + "_b"]
+            nodes += [conv, helper.make_node("Add", operands[::-1] if k % 2 else operands,
+                                             [n.output[0]], name=name + "_add")]
+        else:
+            nodes.append(conv)
+    del new.graph.node[:]
+    new.graph.node.extend(nodes)
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(inits)
+    return new
+
+
+def with_extra_conv(proto, channels):
+    """One more 1x1 Conv on the first graph output (post-processing), as a new output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    out = new.graph.output[0].name
+    w = np.full((channels, channels, 1, 1), 0.5, F32)
+    new.graph.initializer.append(numpy_helper.from_array(w, "post_w"))
+    new.graph.node.append(helper.make_node("Conv", [out, "post_w"], ["post_y"], name="post_conv"))
+    new.graph.output.append(helper.make_tensor_value_info("post_y", TensorProto.FLOAT, None))
+    return new
+
+
+def slim(proto):
+    """The graph as onnxslim optimizes it."""
+    import onnxslim
+    return onnxslim.slim(proto)
