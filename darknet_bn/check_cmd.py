@@ -20,8 +20,7 @@ Exit status: 0 when every layer is within the tolerance, 1 when some layer is
 not, 2 for an unreadable file or a model none of whose layers pair with the cfg
 (one line on stderr).
 """
-import sys
-
+from ._cmd import add_dialect_argument, fail
 from .darknet.check import check_model
 
 HELP = "compare a converted model (ONNX, torch state_dict) with Darknet's BN inference"
@@ -32,8 +31,7 @@ def add_arguments(p):
     p.add_argument("weights", help="matching .weights file")
     p.add_argument("converted", help="the converted model: .onnx, or a torch state_dict "
                                      "(.pt/.pth)")
-    p.add_argument("--dialect", required=True, choices=("pjreddie", "alexeyab"),
-                   help="the Darknet fork whose inference is the reference")
+    add_dialect_argument(p, "the Darknet fork whose inference is the reference")
     p.add_argument("--eps", type=float, default=None,
                    help="the eps the state_dict's model is built with (a state_dict stores "
                         "none; PyTorch's default is 1e-5); not for ONNX, which stores it")
@@ -49,9 +47,7 @@ def run(args):
         report = check_model(args.converted, args.cfg, args.weights, dialect=args.dialect,
                              eps=args.eps, strict=args.strict)
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
-        print(f"darknet-bn check: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
-        return 2
+        return fail("check", e)
     if args.json:
         print(report.to_json(indent=1))
     else:

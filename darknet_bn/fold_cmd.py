@@ -12,27 +12,23 @@ The output is byte-identical to Darknet's.  OUT must not be an input file.
 Exit status: 0 when written; 2 for an unreadable or invalid file, or an OUT that
 would overwrite an input (one line on stderr, nothing written).
 """
-import sys
-
+from ._cmd import add_writer_arguments, fail
 from .darknet.fold import fold_weights
 
 HELP = "fold batchnorm into the conv/connected weights as Darknet does (bit for bit)"
 
 
 def add_arguments(p):
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("weights", help="matching .weights file (read only)")
-    p.add_argument("out", help="folded .weights file to write (not an input)")
-    p.add_argument("--dialect", required=True, choices=("pjreddie", "alexeyab"),
-                   help="the Darknet fork whose folding to reproduce")
+    add_writer_arguments(p, "weights", "matching .weights file (read only)",
+                         "folded .weights file to write",
+                         "the Darknet fork whose folding to reproduce")
 
 
 def run(args):
     try:
         res = fold_weights(args.cfg, args.weights, args.out, dialect=args.dialect)
     except (ValueError, TypeError, OSError) as e:
-        print(f"darknet-bn fold: {e}", file=sys.stderr)
-        return 2
+        return fail("fold", e)
     print(f"{res.path}: {len(res.folded)} layers folded ({args.dialect}): "
           f"{', '.join(map(str, res.folded)) or 'none'}")
     return 0

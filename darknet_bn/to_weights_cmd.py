@@ -15,17 +15,15 @@ the model cannot supply (nonzero conv bias beside batchnorm, bias on a pjreddie
 [batchnorm], [local], weighted [shortcut]) or an OUT that is an input (one line
 on stderr, nothing written).
 """
-import sys
+from ._cmd import add_writer_arguments, fail
 
 HELP = "write a PyTorch state_dict as the Darknet .weights file of a cfg"
 
 
 def add_arguments(p):
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("state_dict", help="torch state_dict file (.pt/.pth)")
-    p.add_argument("out", help=".weights file to write (not an input)")
-    p.add_argument("--dialect", required=True, choices=("pjreddie", "alexeyab"),
-                   help="the Darknet fork whose layout and header to write")
+    add_writer_arguments(p, "state_dict", "torch state_dict file (.pt/.pth)",
+                         ".weights file to write",
+                         "the Darknet fork whose layout and header to write")
     header = p.add_mutually_exclusive_group()
     header.add_argument("--seen", type=int, default=0,
                         help="images trained on, stored in the header (default 0)")
@@ -41,13 +39,7 @@ def run(args):
         out = write_state_dict_weights(state, args.cfg, args.out, dialect=args.dialect,
                                        seen=args.seen, header_from=args.header_from,
                                        inputs=(args.cfg, args.state_dict))
-    except ImportError as e:
-        print(f"darknet-bn to-weights: needs PyTorch: pip install 'darknet_bn[torch]' ({e})",
-              file=sys.stderr)
-        return 2
     except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"darknet-bn to-weights: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
-        return 2
+        return fail("to-weights", e)
     print(f"{out}: written for {args.cfg} ({args.dialect})")
     return 0
