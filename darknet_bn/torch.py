@@ -659,12 +659,17 @@ class _DarknetBatchNorm:
         return input.contiguous()
 
     def forward(self, input):
-        if (isinstance(input, Tensor) and input.dtype in _AUTOCAST_DTYPES
-                and torch.is_autocast_enabled("cpu")):
-            input = input.float()                 # Darknet's float32 on the upcast input
-        if torch.onnx.is_in_onnx_export():
-            return self._onnx_form(input)
-        x = self._check(input)
+        if isinstance(input, torch.fx.Proxy):
+            # torch.fx symbolic tracing (FX fusers, quantization): the ops are recorded
+            # as calls; they check their arguments when the traced module runs.
+            x = input
+        else:
+            if (isinstance(input, Tensor) and input.dtype in _AUTOCAST_DTYPES
+                    and torch.is_autocast_enabled("cpu")):
+                input = input.float()             # Darknet's float32 on the upcast input
+            if torch.onnx.is_in_onnx_export():
+                return self._onnx_form(input)
+            x = self._check(input)
         code = self.dialect.code
         if not self.training:
             return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
