@@ -81,8 +81,9 @@ _F32 = torch.float32
 # tensors <-> the kernels' flat float32 buffers
 # --------------------------------------------------------------------------
 def _buf(t):
-    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory)."""
-    return t.detach().view(-1).numpy()
+    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory);
+    ``detach`` (a new tensor object, about a microsecond) only where autograd needs it."""
+    return (t.detach() if t.requires_grad else t).numpy().reshape(-1)
 
 
 def _dims(x):
@@ -230,12 +231,13 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     """forward_batchnorm_layer, train = 1: ``(output, mean, variance, rolling_mean,
     rolling_variance, ticket)``.  The rolling update is ``scal_cpu(1 - momentum)`` then
     ``axpy_cpu(momentum)`` with float32 factors (``rolling_factors``); ``momentum``
-    None: ``1/(num_batches_tracked + 1)``, the cumulative average.  ``rolling_*`` are the updated rolling statistics
-    (new tensors: an op with an autograd formula must not mutate its inputs; the
-    module copies them into its buffers).  Darknet's ``x`` is the input itself
-    (the kernel skips that copy); ``x_norm`` goes to the module's cache ``cache``
-    (0: none) when it is free, else to scratch.  ``ticket`` (one int64) tells the
-    backward whether the cache still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
+    None: ``1/(num_batches_tracked + 1)``, the cumulative average.  ``rolling_*`` are
+    the updated rolling statistics (new tensors: an op with an autograd formula must
+    not mutate its inputs; the module copies them into its buffers).  Darknet's ``x``
+    is the input itself (the kernel skips that copy); ``x_norm`` goes to the module's
+    cache ``cache`` (0: none) when it is free, else to scratch.  ``ticket`` (one
+    int64) tells the backward whether the cache still holds this call's ``x_norm``.
+    ``bias_grad`` is for the backward."""
     d, (batch, filters, spatial) = _prepare(
         "batchnorm_train", x, dialect, train=True,
         vectors=(("weight", weight), ("bias", bias), ("running_mean", running_mean),
@@ -505,6 +507,20 @@ class _ForkMomentum:
 
 FORK_MOMENTUM = _ForkMomentum()
 
+#: The tensor types the quick check of ``_check`` accepts (others get every check).
+_PLAIN = (Tensor, nn.Parameter)
+
+
+def _eager():
+    """True when a call is not being recorded: no torch.compile/torch.export (dynamo),
+    jit.trace (nor the TorchScript ONNX exporter), dispatch or function mode (FX's
+    make_fx, fake tensors, profilers' modes).  Only then may the eval forward skip
+    the custom op: a recorder would see no op and keep its output as a constant."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled())
+
+
 #: Input dtypes that CPU autocast hands the modules; they are upcast to float32.
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -618,7 +634,24 @@ class _DarknetBatchNorm:
 
     def _check(self, input):
         """Validate the input and the module's own tensors; returns the contiguous input.
-        Raises before anything is modified."""
+        Raises before anything is modified.  The usual case (plain float32 CPU tensors
+        of the right shapes) is recognized in a few attribute reads; anything else
+        goes through ``_check_each``, which names what is wrong."""
+        c = self.num_features
+        if (type(input) is Tensor and input.dtype is _F32 and input.is_cpu
+                and input.layout is torch.strided and input.dim() in self._NDIMS
+                and input.shape[1] == c and input.numel() > (c if self.training else 0)):
+            params, buffers = self._parameters, self._buffers
+            for t in (params["weight"], params["bias"], buffers["running_mean"],
+                      buffers["running_var"]):
+                if (type(t) not in _PLAIN or t.dtype is not _F32 or not t.is_cpu
+                        or t.shape != (c,) or not t.is_contiguous()):
+                    break
+            else:
+                return input if input.is_contiguous() else input.contiguous()
+        return self._check_each(input)
+
+    def _check_each(self, input):
         r = f"{type(self).__name__}.forward"
         if not isinstance(input, Tensor):
             raise TypeError(f"{r}: input must be a torch.Tensor {self._LAYOUT}, got "
@@ -659,6 +692,11 @@ class _DarknetBatchNorm:
         return input.contiguous()
 
     def forward(self, input):
+        if (not self.training and type(input) is Tensor and input.dtype is _F32 and _eager()
+                and not (torch.is_grad_enabled() and (input.requires_grad
+                                                      or self.weight.requires_grad
+                                                      or self.bias.requires_grad))):
+            return self._infer_now(self._check(input))
         if isinstance(input, torch.fx.Proxy):
             # torch.fx symbolic tracing (FX fusers, quantization): the ops are recorded
             # as calls; they check their arguments when the traced module runs.
@@ -682,6 +720,16 @@ class _DarknetBatchNorm:
             self.running_mean.copy_(rolling_mean)
             self.running_var.copy_(rolling_variance)
             self.num_batches_tracked.add_(1)
+        return y
+
+    def _infer_now(self, x):
+        """The eval forward where nothing records or differentiates it: the op's
+        implementation called directly (``batchnorm_infer`` without the dispatcher
+        and its repeated checks; same kernel, same bits)."""
+        params, buffers = self._parameters, self._buffers
+        y = _empty_like(x)
+        _infer(x, _buf(y), _buf(buffers["running_mean"]), _buf(buffers["running_var"]),
+               _buf(params["weight"]), _buf(params["bias"]), self.dialect.code)
         return y
 
     def _onnx_form(self, input):

@@ -148,3 +148,46 @@ def test_jit_trace_and_torch_export_record_the_ops(dialect):
     want = model(x2)
     assert_bits([("jit.trace", _np(traced(x2)), _np(want)),
                  ("torch.export", _np(exported.module()(x2)), _np(want))], context=dialect)
+
+
+def _frozen(dialect):
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                DarknetBatchNorm2d(4, dialect=dialect)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2)
+    return model.requires_grad_(False)
+
+
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+def test_eval_fast_path_is_not_recorded_as_a_constant(dialect, monkeypatch):
+    """Under no_grad with nothing requiring grad, an eager eval call skips the custom
+    op (counted through the op's prologue). jit.trace, torch.export and make_fx of
+    the same call still record the op: run on a new input, they give the module's
+    bits for that input, not the traced input's."""
+    import darknet_bn.torch as dt
+    from torch.fx.experimental.proxy_tensor import make_fx
+    calls = []
+    real = dt._prepare
+    monkeypatch.setattr(dt, "_prepare", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    model = _frozen(dialect)
+    x, x2 = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want, want2 = model(x), model(x2)
+        assert calls == []                                   # the fast path ran
+        with torch.enable_grad():
+            model[1].weight.requires_grad_(True)
+            assert_bits([("op path", _np(model(x)), _np(want))], context=dialect)
+            model[1].weight.requires_grad_(False)
+        assert calls == ["batchnorm_infer"]
+        traced = torch.jit.trace(model, (x,))
+        exported = torch.export.export(model, (x,))
+        graphed = make_fx(model)(x)
+        recorded = [("jit.trace", traced), ("torch.export", exported.module()),
+                    ("make_fx", graphed)]
+        assert "darknet_bn::batchnorm_infer" in str(traced.inlined_graph)
+        assert "darknet_bn.batchnorm_infer" in str(exported.graph)
+        assert "darknet_bn.batchnorm_infer" in graphed.code
+        assert not torch.equal(want, want2)
+        assert_bits([(name, _np(f(x2)), _np(want2)) for name, f in recorded],
+                    context=dialect)
