@@ -3,15 +3,23 @@
 Needs the ``torch`` extra (``pip install darknet_bn[torch]``); ``import darknet_bn``
 alone never imports torch.  Public names:
 
-- ``DarknetBatchNorm2d(num_features, *, dialect="pjreddie", bias_grad="darknet")``:
-  inputs ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a
-  standalone ``[batchnorm]`` section.
-- ``DarknetBatchNorm1d(...)``: inputs ``(N, C)``, the BN stage of a ``[connected]``
-  layer (Darknet's h = w = 1).
+- ``DarknetBatchNorm2d(num_features, eps=None, momentum=<the fork's>, *,
+  dialect="pjreddie", bias_grad="darknet", keep_x_norm=True)``: an ``nn.BatchNorm2d``
+  on ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a standalone
+  ``[batchnorm]`` section.
+- ``DarknetBatchNorm1d(...)``: an ``nn.BatchNorm1d`` on ``(N, C)``, the BN stage of a
+  ``[connected]`` layer (Darknet's h = w = 1), or ``(N, C, L)`` (spatial = L).
 - ``convert_batchnorm(module, *, dialect)``: every ``nn.BatchNorm2d``/``BatchNorm1d``
-  of a model replaced by the Darknet module (like ``SyncBatchNorm.convert_sync_batchnorm``).
+  (subclasses included) and ``nn.SyncBatchNorm`` of a model replaced by the Darknet
+  module (like ``SyncBatchNorm.convert_sync_batchnorm``).
 - ``from_darknet(cfg, weights, *, dialect)``: ``{cfg layer index: module}`` holding a
   ``.weights`` file's batchnorm parameters, in eval mode.
+
+``momentum`` is the rolling factor of Darknet's update (``scal_cpu(1 - momentum)``,
+``axpy_cpu(momentum)``, float32), or None for the cumulative average; ``eps`` is the
+fork's and read-only.  Under CPU autocast the input is upcast to float32 and the
+output is float32.  ``torch.onnx.export`` records the eval function as ONNX's
+``BatchNormalization`` (``_onnx_form``).
 
 The modules keep ``nn.BatchNorm2d``'s state_dict names: ``weight`` (Darknet's
 ``scales``), ``bias`` (``biases``), ``running_mean``/``running_var``
@@ -22,7 +30,10 @@ Training mode runs Darknet's ``forward_batchnorm_layer`` with ``net.train = 1``
 placement, the rolling update ``scal(keep)``/``axpy(new)`` in float32) and, through
 autograd, Darknet's ``backward_batchnorm_layer`` fed with ``delta = grad_output``.
 Eval mode runs the forward with ``net.train = 0`` (rolling statistics).  The
-arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory.
+arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory,
+through the custom ops ``darknet_bn::*`` (so torch.compile, torch.export,
+jit.trace and FX record them); an eval call that nothing records or
+differentiates calls the inference op's implementation directly (``_eager``).
 
 Signs.  Darknet's ``delta`` is the negative gradient and its updates add it.  The
 backward is linear in ``delta`` and treats both signs alike, so feeding it the
