@@ -159,6 +159,17 @@ def _frozen(dialect):
     return model.requires_grad_(False)
 
 
+def test_compile_eval_under_no_grad(fresh_compiler):
+    """The eager eval fast path is not what dynamo traces: a fullgraph compile under
+    no_grad holds the op and gives eager's bits on inputs it was not compiled with."""
+    model = _frozen("alexeyab")
+    fn = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        fn(torch.randn(2, 3, 8, 8))
+        x = torch.randn(2, 3, 8, 8)
+        assert_bits([("output", _np(fn(x)), _np(model(x)))])
+
+
 @pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
 def test_eval_fast_path_is_not_recorded_as_a_constant(dialect, monkeypatch):
     """Under no_grad with nothing requiring grad, an eager eval call skips the custom
