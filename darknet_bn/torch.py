@@ -501,11 +501,16 @@ def _describe(t):
     return f"dtype {t.dtype}, device {t.device}, shape {tuple(t.shape)}"
 
 
+def _eps_literal(d):
+    """The fork's normalize_cpu epsilon as C writes it (``0.000001f``)."""
+    return f"{np.format_float_positional(d.normalize_eps)}f"
+
+
 def _formulas():
     """Each fork's normalize_cpu, for messages."""
-    return "; ".join(f"{d.name} (x - mean)/" + (f"sqrt(var + {d.normalize_eps})"
+    return "; ".join(f"{d.name} (x - mean)/" + (f"sqrt(var + {_eps_literal(d)})"
                                                  if d.normalize_eps_in_sqrt else
-                                                 f"(sqrt(var) + {d.normalize_eps})")
+                                                 f"(sqrt(var) + {_eps_literal(d)})")
                      for d in BY_CODE)
 
 
@@ -603,7 +608,7 @@ class _DarknetBatchNorm:
                 and np.float32(value) == d.normalize_eps):
             return
         raise ValueError(f"{type(self).__name__}: eps is fixed by the fork's formulas "
-                         f"({_formulas()}): {d.name}'s eps is {float(d.normalize_eps)!r}, "
+                         f"({_formulas()}): {d.name}'s eps is {_eps_literal(d)}, "
                          f"got {value!r}; to use another eps, use torch.nn.BatchNorm2d/1d")
 
     @property
