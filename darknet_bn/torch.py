@@ -3,15 +3,23 @@
 Needs the ``torch`` extra (``pip install darknet_bn[torch]``); ``import darknet_bn``
 alone never imports torch.  Public names:
 
-- ``DarknetBatchNorm2d(num_features, *, dialect="pjreddie", bias_grad="darknet")``:
-  inputs ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a
-  standalone ``[batchnorm]`` section.
-- ``DarknetBatchNorm1d(...)``: inputs ``(N, C)``, the BN stage of a ``[connected]``
-  layer (Darknet's h = w = 1).
+- ``DarknetBatchNorm2d(num_features, eps=None, momentum=<the fork's>, *,
+  dialect="pjreddie", bias_grad="darknet", keep_x_norm=True)``: an ``nn.BatchNorm2d``
+  on ``(N, C, H, W)``, the BN stage of a ``[convolutional]`` layer or a standalone
+  ``[batchnorm]`` section.
+- ``DarknetBatchNorm1d(...)``: an ``nn.BatchNorm1d`` on ``(N, C)``, the BN stage of a
+  ``[connected]`` layer (Darknet's h = w = 1), or ``(N, C, L)`` (spatial = L).
 - ``convert_batchnorm(module, *, dialect)``: every ``nn.BatchNorm2d``/``BatchNorm1d``
-  of a model replaced by the Darknet module (like ``SyncBatchNorm.convert_sync_batchnorm``).
+  (subclasses included) and ``nn.SyncBatchNorm`` of a model replaced by the Darknet
+  module (like ``SyncBatchNorm.convert_sync_batchnorm``).
 - ``from_darknet(cfg, weights, *, dialect)``: ``{cfg layer index: module}`` holding a
   ``.weights`` file's batchnorm parameters, in eval mode.
+
+``momentum`` is the rolling factor of Darknet's update (``scal_cpu(1 - momentum)``,
+``axpy_cpu(momentum)``, float32), or None for the cumulative average; ``eps`` is the
+fork's and read-only.  Under CPU autocast the input is upcast to float32 and the
+output is float32.  ``torch.onnx.export`` records the eval function as ONNX's
+``BatchNormalization`` (``_onnx_form``).
 
 The modules keep ``nn.BatchNorm2d``'s state_dict names: ``weight`` (Darknet's
 ``scales``), ``bias`` (``biases``), ``running_mean``/``running_var``
@@ -22,7 +30,10 @@ Training mode runs Darknet's ``forward_batchnorm_layer`` with ``net.train = 1``
 placement, the rolling update ``scal(keep)``/``axpy(new)`` in float32) and, through
 autograd, Darknet's ``backward_batchnorm_layer`` fed with ``delta = grad_output``.
 Eval mode runs the forward with ``net.train = 0`` (rolling statistics).  The
-arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory.
+arithmetic is ``darknet_bn.fused``'s kernels, called on the tensors' memory,
+through the custom ops ``darknet_bn::*`` (so torch.compile, torch.export,
+jit.trace and FX record them); an eval call that nothing records or
+differentiates calls the inference op's implementation directly (``_eager``).
 
 Signs.  Darknet's ``delta`` is the negative gradient and its updates add it.  The
 backward is linear in ``delta`` and treats both signs alike, so feeding it the
@@ -56,7 +67,9 @@ gradients.
 import itertools
 import numbers
 import threading
+import warnings
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
@@ -79,8 +92,9 @@ _F32 = torch.float32
 # tensors <-> the kernels' flat float32 buffers
 # --------------------------------------------------------------------------
 def _buf(t):
-    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory)."""
-    return t.detach().view(-1).numpy()
+    """The flat float32 numpy view of a contiguous CPU tensor (shares its memory);
+    ``detach`` (a new tensor object, about a microsecond) only where autograd needs it."""
+    return (t.detach() if t.requires_grad else t).numpy().reshape(-1)
 
 
 def _dims(x):
@@ -125,6 +139,26 @@ def _prepare(op, x, dialect, **checks):
         return BY_CODE[dialect], _dims(x)
     raise ValueError(f"darknet_bn::{op}: dialect must be one of "
                      f"{ {d.name: d.code for d in BY_CODE} }, got {dialect!r}")
+
+
+def rolling_factors(routine, momentum, num_batches_tracked):
+    """``(keep, new)``, the float32 factors of the rolling update ``scal_cpu(keep)`` then
+    ``axpy_cpu(new)``: ``new = (float)momentum``, ``keep = (float)(1 - momentum)`` (the
+    fork's defaults give Darknet's ``.99f``/``.01f`` and ``.9f``/``.1f``).  ``momentum``
+    None: the cumulative average ``1/(num_batches_tracked + 1)``, the count including
+    this call (``nn.BatchNorm2d``'s ``momentum=None``)."""
+    if momentum is None:
+        if (not isinstance(num_batches_tracked, Tensor) or num_batches_tracked.numel() != 1
+                or num_batches_tracked.dtype.is_floating_point):
+            raise TypeError(f"darknet_bn::{routine}: num_batches_tracked must be an integer "
+                            f"tensor of one element, got {num_batches_tracked!r}")
+        factor = 1.0 / float(int(num_batches_tracked) + 1)
+    else:
+        factor = float(momentum)
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"darknet_bn::{routine}: momentum must be in [0, 1] or None, got "
+                         f"{momentum!r}")
+    return np.float32(1.0 - factor), np.float32(factor)
 
 
 class _TorchThreads:
@@ -202,19 +236,24 @@ def _new_cache(owner):
 # --------------------------------------------------------------------------
 @torch.library.custom_op("darknet_bn::batchnorm_train", mutates_args=(), device_types="cpu")
 def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
-                    running_var: Tensor, dialect: int, bias_grad: bool, cache: int
+                    running_var: Tensor, num_batches_tracked: Tensor,
+                    momentum: Optional[float], dialect: int, bias_grad: bool, cache: int
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """forward_batchnorm_layer, train = 1: ``(output, mean, variance, rolling_mean,
-    rolling_variance, ticket)``.  ``rolling_*`` are the updated rolling statistics
-    (new tensors: an op with an autograd formula must not mutate its inputs; the
-    module copies them into its buffers).  Darknet's ``x`` is the input itself
-    (the kernel skips that copy); ``x_norm`` goes to the module's cache ``cache``
-    (0: none) when it is free, else to scratch.  ``ticket`` (one int64) tells the
-    backward whether the cache still holds this call's ``x_norm``.  ``bias_grad`` is for the backward."""
+    rolling_variance, ticket)``.  The rolling update is ``scal_cpu(1 - momentum)`` then
+    ``axpy_cpu(momentum)`` with float32 factors (``rolling_factors``); ``momentum``
+    None: ``1/(num_batches_tracked + 1)``, the cumulative average.  ``rolling_*`` are
+    the updated rolling statistics (new tensors: an op with an autograd formula must
+    not mutate its inputs; the module copies them into its buffers).  Darknet's ``x``
+    is the input itself (the kernel skips that copy); ``x_norm`` goes to the module's
+    cache ``cache`` (0: none) when it is free, else to scratch.  ``ticket`` (one
+    int64) tells the backward whether the cache still holds this call's ``x_norm``.
+    ``bias_grad`` is for the backward."""
     d, (batch, filters, spatial) = _prepare(
         "batchnorm_train", x, dialect, train=True,
         vectors=(("weight", weight), ("bias", bias), ("running_mean", running_mean),
                  ("running_var", running_var)))
+    keep, new = rolling_factors("batchnorm_train", momentum, num_batches_tracked)
     n = x.numel()
     y = _empty_like(x)
     mean = torch.empty(filters, dtype=_F32)
@@ -231,10 +270,10 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
         with _TorchThreads():
             if spatial == 1:
                 _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
-                                    d.rolling_keep, d.rolling_new, d.code, 0)
+                                    keep, new, d.code, 0)
             else:
-                _forward_train(*args, batch, filters, spatial, d.rolling_keep, d.rolling_new,
-                               d.code, groups(filters)[0], 0)
+                _forward_train(*args, batch, filters, spatial, keep, new, d.code,
+                               groups(filters)[0], 0)
 
     entry = _caches.get(cache) if cache else None
     if entry is not None and entry.lock.acquire(blocking=False):
@@ -252,8 +291,22 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
             torch.tensor([ticket], dtype=torch.int64))
 
 
+def _refuse_training_export(what):
+    """ONNX has no form of Darknet's training forward (its rolling update, its backward)."""
+    if torch.onnx.is_in_onnx_export():
+        raise RuntimeError(
+            f"{what}: ONNX export of training mode is not supported (Darknet's training "
+            "forward, rolling update and backward have no ONNX form); call model.eval() "
+            "before torch.onnx.export (the torchscript exporter's default training="
+            "TrainingMode.EVAL does)")
+
+
 @batchnorm_train.register_fake
-def _(x, weight, bias, running_mean, running_var, dialect, bias_grad, cache):
+def _(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum, dialect,
+      bias_grad, cache):
+    # Fake kernels run as Python also under torch.export's strict (dynamo) capture,
+    # which reads torch.onnx.is_in_onnx_export() as False in the traced code.
+    _refuse_training_export("darknet_bn::batchnorm_train")
     c = x.shape[1]
     return (x.new_empty(x.shape), x.new_empty(c), x.new_empty(c), x.new_empty(c),
             x.new_empty(c), x.new_empty(1, dtype=torch.int64))
@@ -340,7 +393,7 @@ def _(grad_output, x, mean, variance, weight, dialect, bias_grad, cache, ticket)
 
 
 def _train_setup(ctx, inputs, output):
-    x, weight, _bias, _rm, _rv, dialect, bias_grad, cache = inputs
+    x, weight, _bias, _rm, _rv, _nbt, _momentum, dialect, bias_grad, cache = inputs
     _y, mean, variance, rolling_mean, rolling_variance, ticket = output
     ctx.mark_non_differentiable(mean, variance, rolling_mean, rolling_variance, ticket)
     ctx.save_for_backward(x, mean, variance, weight, ticket)
@@ -349,11 +402,11 @@ def _train_setup(ctx, inputs, output):
 
 def _train_backward(ctx, grad_y, *_grad_statistics):
     if grad_y is None:
-        return (None,) * 8
+        return (None,) * 10
     x, mean, variance, weight, ticket = ctx.saved_tensors
     gx, gw, gb = batchnorm_train_backward(grad_y.contiguous(), x, mean, variance, weight,
                                           ctx.dialect, ctx.bias_grad, ctx.cache, ticket)
-    return gx, gw, gb, None, None, None, None, None
+    return gx, gw, gb, None, None, None, None, None, None, None
 
 
 batchnorm_train.register_autograd(_train_backward, setup_context=_train_setup)
@@ -421,6 +474,26 @@ def _infer_backward(ctx, grad_y):
 batchnorm_infer.register_autograd(_infer_backward, setup_context=_infer_setup)
 
 
+
+def _no_second_order(op):
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"darknet_bn::{op}: second-order gradients through DarknetBatchNorm2d/1d are "
+            "not implemented (Darknet has no derivative of its batchnorm backward); a "
+            "gradient penalty or Hessian product needs torch.nn.BatchNorm2d/1d")
+    return backward
+
+
+def _nothing_saved(ctx, inputs, output):
+    pass
+
+
+# The backward ops' own backward: a clear error instead of torch's "no autograd formula".
+batchnorm_train_backward.register_autograd(_no_second_order("batchnorm_train_backward"),
+                                           setup_context=_nothing_saved)
+batchnorm_infer_backward.register_autograd(_no_second_order("batchnorm_infer_backward"),
+                                           setup_context=_nothing_saved)
+
 # --------------------------------------------------------------------------
 # the modules
 # --------------------------------------------------------------------------
@@ -428,15 +501,57 @@ def _describe(t):
     return f"dtype {t.dtype}, device {t.device}, shape {tuple(t.shape)}"
 
 
-class _DarknetBatchNorm(nn.Module):
-    """Shared by the 2d and 1d modules; ``_NDIM`` and ``_LAYOUT`` set the input shape."""
+def _eps_literal(d):
+    """The fork's normalize_cpu epsilon as C writes it (``0.000001f``)."""
+    return f"{np.format_float_positional(d.normalize_eps)}f"
 
-    _NDIM = 4
+
+def _formulas():
+    """Each fork's normalize_cpu, for messages."""
+    return "; ".join(f"{d.name} (x - mean)/" + (f"sqrt(var + {_eps_literal(d)})"
+                                                 if d.normalize_eps_in_sqrt else
+                                                 f"(sqrt(var) + {_eps_literal(d)})")
+                     for d in BY_CODE)
+
+
+class _ForkMomentum:
+    """The default ``momentum``: the fork's rolling factor (pjreddie .01, AlexeyAB .1)."""
+
+    def __repr__(self):
+        return "<the fork's rolling factor>"
+
+
+FORK_MOMENTUM = _ForkMomentum()
+
+#: The tensor types the quick check of ``_check`` accepts (others get every check).
+_PLAIN = (Tensor, nn.Parameter)
+
+
+def _eager():
+    """True when a call is not being recorded: no torch.compile/torch.export (dynamo),
+    jit.trace (nor the TorchScript ONNX exporter), dispatch or function mode (FX's
+    make_fx, fake tensors, profilers' modes).  Only then may the eval forward skip
+    the custom op: a recorder would see no op and keep its output as a constant."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled())
+
+
+#: Input dtypes that CPU autocast hands the modules; they are upcast to float32.
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class _DarknetBatchNorm:
+    """What DarknetBatchNorm2d and DarknetBatchNorm1d share (placed before
+    ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in their bases); ``_NDIMS`` and ``_LAYOUT``
+    set the input shapes."""
+
+    _NDIMS = (4,)
     _LAYOUT = "(N, C, H, W)"
 
-    def __init__(self, num_features, *, dialect="pjreddie", bias_grad="darknet",
-                 keep_x_norm=True):
-        super().__init__()
+    def __init__(self, num_features, eps=None, momentum=FORK_MOMENTUM, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 dialect="pjreddie", bias_grad="darknet", keep_x_norm=True):
         r = type(self).__name__
         if (isinstance(num_features, (bool, np.bool_))
                 or not isinstance(num_features, numbers.Integral)):
@@ -444,28 +559,80 @@ class _DarknetBatchNorm(nn.Module):
                             f"{type(num_features).__name__} {num_features!r}")
         if num_features < 1:
             raise ValueError(f"{r}: num_features must be >= 1, got {num_features}")
-        self.dialect = get_dialect(dialect, r)        # a Dialect; its name in repr/state
+        d = get_dialect(dialect, r)
+        for name, value in (("affine", affine), ("track_running_stats", track_running_stats),
+                            ("bias", bias)):
+            if value is not True:
+                raise ValueError(f"{r}: {name}={value!r}; Darknet's batchnorm always has "
+                                 "scales, biases and rolling statistics: leave "
+                                 f"{name}=True")
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"{r}: device={device!r}; darknet_bn runs on the CPU: leave "
+                             "device=None (or 'cpu')")
+        if dtype is not None and dtype != _F32:
+            raise ValueError(f"{r}: dtype={dtype!r}; Darknet's arithmetic is float32: leave "
+                             "dtype=None (or torch.float32)")
         if bias_grad not in BIAS_GRADS:
             raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}; "
                              "'darknet' = the fork's own backward, 'sum' = backward_bias "
                              "for both forks")
-        self.bias_grad = bias_grad
         if not isinstance(keep_x_norm, (bool, np.bool_)):
             raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+        # Set before _NormBase.__init__, which assigns eps and momentum (properties below).
+        self.__dict__["dialect"] = d                  # a Dialect; its name in repr/state
+        if eps is not None:
+            self._check_eps(eps)
+        if momentum is FORK_MOMENTUM:
+            # The shortest decimal of the fork's float32 factor: C's literal (.01, .1).
+            momentum = float(str(d.rolling_new))
+        super().__init__(int(num_features), float(d.normalize_eps), momentum, True, True,
+                         device=None, dtype=_F32)
+        self.bias_grad = bias_grad
         self.keep_x_norm = bool(keep_x_norm)
         self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
-        self.num_features = int(num_features)
-        c = self.num_features
-        # make_batchnorm_layer: scales = 1, biases and rolling statistics = 0 (calloc).
-        self.weight = nn.Parameter(torch.ones(c, dtype=_F32))
-        self.bias = nn.Parameter(torch.zeros(c, dtype=_F32))
-        self.register_buffer("running_mean", torch.zeros(c, dtype=_F32))
-        self.register_buffer("running_var", torch.zeros(c, dtype=_F32))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    # ---- eps: the fork's, read-only; momentum: checked when set
+    @property
+    def eps(self):
+        """normalize_cpu's epsilon of the fork (float32 ``.000001f`` for pjreddie, outside
+        the square root; ``.00001f`` for AlexeyAB, inside).  Read-only."""
+        return float(self.dialect.normalize_eps)
+
+    @eps.setter
+    def eps(self, value):
+        self._check_eps(value)
+
+    def _check_eps(self, value):
+        d = self.dialect
+        if (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+                and np.float32(value) == d.normalize_eps):
+            return
+        raise ValueError(f"{type(self).__name__}: eps is fixed by the fork's formulas "
+                         f"({_formulas()}): {d.name}'s eps is {_eps_literal(d)}, "
+                         f"got {value!r}; to use another eps, use torch.nn.BatchNorm2d/1d")
+
+    @property
+    def momentum(self):
+        """The rolling factor: ``scal_cpu(1 - momentum)`` then ``axpy_cpu(momentum)`` on
+        the rolling statistics, both factors rounded to float32 as C passes them.
+        Defaults to the fork's (pjreddie .01, AlexeyAB .1); None: the cumulative average
+        ``1/num_batches_tracked`` (as ``nn.BatchNorm2d``)."""
+        return self.__dict__["_momentum"]
+
+    @momentum.setter
+    def momentum(self, value):
+        if value is not None:
+            if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+                    or not 0.0 <= float(value) <= 1.0):
+                raise ValueError(f"{type(self).__name__}: momentum must be a float in "
+                                 f"[0, 1] or None (cumulative average), got {value!r}")
+            value = float(value)
+        self.__dict__["_momentum"] = value
 
     def extra_repr(self):
-        return (f"{self.num_features}, dialect={self.dialect.name!r}, "
-                f"bias_grad={self.bias_grad!r}, keep_x_norm={self.keep_x_norm}")
+        return (f"{self.num_features}, dialect={self.dialect.name!r}, eps={self.eps}, "
+                f"momentum={self.momentum}, bias_grad={self.bias_grad!r}, "
+                f"keep_x_norm={self.keep_x_norm}")
 
     def train(self, mode=True):
         """As ``nn.Module.train``; leaving training mode frees the ``x_norm`` buffer."""
@@ -474,7 +641,8 @@ class _DarknetBatchNorm(nn.Module):
         return super().train(mode)
 
     def reset_running_stats(self):
-        """Darknet's initial rolling statistics (zeros) and a zero counter."""
+        """Darknet's initial rolling statistics: mean 0 and variance 0 (as ``calloc``
+        leaves them; ``nn.BatchNorm2d`` sets the variance to 1), and a zero counter."""
         with torch.no_grad():
             self.running_mean.zero_()
             self.running_var.zero_()
@@ -482,7 +650,24 @@ class _DarknetBatchNorm(nn.Module):
 
     def _check(self, input):
         """Validate the input and the module's own tensors; returns the contiguous input.
-        Raises before anything is modified."""
+        Raises before anything is modified.  The usual case (plain float32 CPU tensors
+        of the right shapes) is recognized in a few attribute reads; anything else
+        goes through ``_check_each``, which names what is wrong."""
+        c = self.num_features
+        if (type(input) is Tensor and input.dtype is _F32 and input.is_cpu
+                and input.layout is torch.strided and input.dim() in self._NDIMS
+                and input.shape[1] == c and input.numel() > (c if self.training else 0)):
+            params, buffers = self._parameters, self._buffers
+            for t in (params["weight"], params["bias"], buffers["running_mean"],
+                      buffers["running_var"]):
+                if (type(t) not in _PLAIN or t.dtype is not _F32 or not t.is_cpu
+                        or t.shape != (c,) or not t.is_contiguous()):
+                    break
+            else:
+                return input if input.is_contiguous() else input.contiguous()
+        return self._check_each(input)
+
+    def _check_each(self, input):
         r = f"{type(self).__name__}.forward"
         if not isinstance(input, Tensor):
             raise TypeError(f"{r}: input must be a torch.Tensor {self._LAYOUT}, got "
@@ -496,11 +681,9 @@ class _DarknetBatchNorm(nn.Module):
         if input.device.type != "cpu" or input.is_meta:
             raise ValueError(f"{r}: input is on device {input.device}; darknet_bn runs on the "
                              "CPU: pass input.cpu() (and keep the module on the CPU)")
-        if input.dim() != self._NDIM:
+        if input.dim() not in self._NDIMS:
             raise ValueError(f"{r}: input must be {self._LAYOUT}, got shape "
-                             f"{tuple(input.shape)}"
-                             + ("; for (N, C, L) use DarknetBatchNorm2d on "
-                                "input.unsqueeze(-1)" if self._NDIM == 2 else ""))
+                             f"{tuple(input.shape)}")
         if input.shape[1] != self.num_features:
             raise ValueError(f"{r}: input has {input.shape[1]} channels (dim 1), the module "
                              f"{self.num_features}; pass (N, {self.num_features}, ...) or "
@@ -525,19 +708,61 @@ class _DarknetBatchNorm(nn.Module):
         return input.contiguous()
 
     def forward(self, input):
-        x = self._check(input)
+        if (not self.training and type(input) is Tensor and input.dtype is _F32 and _eager()
+                and not (torch.is_grad_enabled() and (input.requires_grad
+                                                      or self.weight.requires_grad
+                                                      or self.bias.requires_grad))):
+            return self._infer_now(self._check(input))
+        if isinstance(input, torch.fx.Proxy):
+            # torch.fx symbolic tracing (FX fusers, quantization): the ops are recorded
+            # as calls; they check their arguments when the traced module runs.
+            x = input
+        else:
+            if (isinstance(input, Tensor) and input.dtype in _AUTOCAST_DTYPES
+                    and torch.is_autocast_enabled("cpu")):
+                input = input.float()             # Darknet's float32 on the upcast input
+            if torch.onnx.is_in_onnx_export():
+                return self._onnx_form(input)
+            x = self._check(input)
         code = self.dialect.code
         if not self.training:
             return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
                                    self.running_var, code)
         y, _, _, rolling_mean, rolling_variance, _ = batchnorm_train(
-            x, self.weight, self.bias, self.running_mean, self.running_var, code,
-            self.bias_grad == "sum", self._x_norm_cache)
+            x, self.weight, self.bias, self.running_mean, self.running_var,
+            self.num_batches_tracked, self.momentum, code, self.bias_grad == "sum",
+            self._x_norm_cache)
         with torch.no_grad():
             self.running_mean.copy_(rolling_mean)
             self.running_var.copy_(rolling_variance)
             self.num_batches_tracked.add_(1)
         return y
+
+    def _infer_now(self, x):
+        """The eval forward where nothing records or differentiates it: the op's
+        implementation called directly (``batchnorm_infer`` without the dispatcher
+        and its repeated checks; same kernel, same bits)."""
+        params, buffers = self._parameters, self._buffers
+        y = _empty_like(x)
+        _infer(x, _buf(y), _buf(buffers["running_mean"]), _buf(buffers["running_var"]),
+               _buf(params["weight"]), _buf(params["bias"]), self.dialect.code)
+        return y
+
+    def _onnx_form(self, input):
+        """What ``torch.onnx.export`` records: the eval function as ONNX's
+        ``BatchNormalization`` (``batchnorm_state_dict``'s form: AlexeyAB eps .00001f;
+        pjreddie eps 0 and the variance ``(sqrt(v) + .000001f)**2`` in float64, rounded
+        once to float32, computed on the buffers so that the exporter folds it)."""
+        if self.training:
+            _refuse_training_export(type(self).__name__)
+        var = self.running_var
+        if self.dialect.normalize_eps_in_sqrt:
+            eps = float(self.dialect.normalize_eps)
+        else:                                     # sqrt(v) + eps as sqrt(v' + 0)
+            root = var.double().sqrt() + float(self.dialect.normalize_eps)
+            var, eps = (root * root).float(), 0.0
+        return torch.nn.functional.batch_norm(input, self.running_mean, var, self.weight,
+                                              self.bias, False, 0.0, eps)
 
     # The dialect travels as its name in pickles (torch.save of the whole module, and
     # copy.deepcopy); a copy gets its own x_norm cache.
@@ -554,28 +779,35 @@ class _DarknetBatchNorm(nn.Module):
         self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
 
 
-class DarknetBatchNorm2d(_DarknetBatchNorm):
+class DarknetBatchNorm2d(_DarknetBatchNorm, nn.BatchNorm2d):
     """Darknet's batchnorm on ``(N, C, H, W)``: a ``[convolutional]`` layer's BN stage or
-    a ``[batchnorm]`` section.  ``dialect``: ``"pjreddie"`` or ``"alexeyab"``;
-    ``bias_grad``: ``"darknet"`` (the fork's backward) or ``"sum"``; ``keep_x_norm``:
-    keep Darknet's ``x_norm`` between forward and backward (faster) or recompute it
-    (``nn.BatchNorm2d``'s memory).  See the module doc."""
+    a ``[batchnorm]`` section; an ``nn.BatchNorm2d``.  ``dialect``: ``"pjreddie"`` or
+    ``"alexeyab"``; ``momentum``: the rolling factor (the fork's by default, None for
+    the cumulative average); ``eps``: the fork's, read-only; ``bias_grad``:
+    ``"darknet"`` (the fork's backward) or ``"sum"``; ``keep_x_norm``: keep Darknet's
+    ``x_norm`` between forward and backward (faster) or recompute it
+    (``nn.BatchNorm2d``'s memory).  ``affine``, ``track_running_stats``, ``device`` and
+    ``dtype`` only take their defaults (True, True, CPU, float32).  See the module doc."""
 
-    _NDIM = 4
+    _NDIMS = (4,)
     _LAYOUT = "(N, C, H, W)"
 
 
-class DarknetBatchNorm1d(_DarknetBatchNorm):
-    """Darknet's batchnorm on ``(N, C)``: a ``[connected]`` layer's BN stage (h = w = 1)."""
+class DarknetBatchNorm1d(_DarknetBatchNorm, nn.BatchNorm1d):
+    """Darknet's batchnorm on ``(N, C)`` (a ``[connected]`` layer's BN stage, h = w = 1)
+    or ``(N, C, L)`` (spatial = L); an ``nn.BatchNorm1d``.  Arguments as
+    DarknetBatchNorm2d."""
 
-    _NDIM = 2
-    _LAYOUT = "(N, C)"
+    _NDIMS = (2, 3)
+    _LAYOUT = "(N, C) or (N, C, L)"
 
 
 # --------------------------------------------------------------------------
 # convert_batchnorm, from_darknet
 # --------------------------------------------------------------------------
-_TORCH_BN = ((nn.BatchNorm2d, DarknetBatchNorm2d), (nn.BatchNorm1d, DarknetBatchNorm1d))
+# nn.SyncBatchNorm takes any rank: converted for conv nets, the usual case.
+_TORCH_BN = ((nn.BatchNorm2d, DarknetBatchNorm2d), (nn.SyncBatchNorm, DarknetBatchNorm2d),
+             (nn.BatchNorm1d, DarknetBatchNorm1d))
 
 
 def _target(module):
@@ -595,21 +827,29 @@ def _check_convertible(path, module):
                          "it with affine=True, track_running_stats=True")
     for name in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(module, name)
+        if t is None:
+            raise ValueError(f"{r}: {where} has no {name}; Darknet's batchnorm always has "
+                             "scales, biases and rolling statistics")
         if t.dtype != _F32 or t.device.type != "cpu" or t.is_meta or not t.is_contiguous():
             raise TypeError(f"{r}: {where}.{name} has {_describe(t)}; Darknet's batchnorm "
                             "runs in float32 on the CPU: call model.float().cpu() first")
 
 
 def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True):
-    """Replace every ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in ``module`` (recursively, the
-    module itself included) by ``DarknetBatchNorm2d``/``DarknetBatchNorm1d``; returns the
-    converted module, like ``nn.SyncBatchNorm.convert_sync_batchnorm``.
+    """Replace every ``nn.BatchNorm2d``/``nn.BatchNorm1d`` (subclasses included) and
+    ``nn.SyncBatchNorm`` in ``module`` (recursively, the module itself included) by
+    ``DarknetBatchNorm2d``/``DarknetBatchNorm1d``; returns the converted module, like
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``.  ``SyncBatchNorm`` has no fixed rank:
+    it becomes ``DarknetBatchNorm2d`` (conv nets).  Any other batchnorm (``_BatchNorm``:
+    ``BatchNorm3d``, uninitialized lazy modules) is left in place and named in one
+    ``UserWarning``.
 
     The new modules take over the old ones' ``weight`` and ``bias`` Parameter objects
     (so an optimizer built before still holds them, ``requires_grad`` included),
     their ``running_mean``, ``running_var``, ``num_batches_tracked`` tensors and their
-    train/eval mode.  The old ``eps`` and ``momentum`` are dropped: the dialect fixes
-    both (eps placement, rolling factor .01 for pjreddie, .1 for AlexeyAB).  Every
+    train/eval mode.  The old ``eps`` and ``momentum`` are not carried over: the
+    new modules have the fork's (eps placement and value; rolling factor .01 for
+    pjreddie, .1 for AlexeyAB), since Darknet's arithmetic is the point.  Every
     batchnorm is checked before anything is replaced: ``ValueError`` for
     ``affine=False`` or ``track_running_stats=False``, ``TypeError`` for tensors that
     are not float32 on the CPU; ``TypeError`` if ``module`` is not an ``nn.Module``.
@@ -623,10 +863,18 @@ def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True)
         raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
     if not isinstance(keep_x_norm, (bool, np.bool_)):
         raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+    left = []
     for path, m in module.named_modules():
         if _target(m) is not None:
             _check_convertible(path, m)
-    return _convert(module, dialect, bias_grad, keep_x_norm)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            left.append(f"{path or '<top>'!r} ({type(m).__name__})")
+    out = _convert(module, dialect, bias_grad, keep_x_norm)
+    if left:
+        warnings.warn(f"{r}: left in place (no Darknet counterpart; only BatchNorm1d/2d, "
+                      f"their subclasses and SyncBatchNorm are converted): {', '.join(left)}",
+                      UserWarning, stacklevel=2)
+    return out
 
 
 def _convert(module, dialect, bias_grad, keep_x_norm):

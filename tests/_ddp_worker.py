@@ -37,9 +37,15 @@ def shard(step, rank):
     return x[rank * SHARD:(rank + 1) * SHARD], grad[rank * SHARD:(rank + 1) * SHARD]
 
 
+def grads(model):
+    """``(name, parameter)`` of every parameter whose gradient DDP averages."""
+    return [(f"conv{i} weight.grad", model[i].weight) for i in (0, 3)] + \
+        [(f"bn{i} {p}.grad", getattr(model[i], p)) for i in (1, 4) for p in ("weight", "bias")]
+
+
 def run(model, forward, rank):
-    """STEPS passes; returns {name: tensor} of what the test compares (the conv
-    gradients of each pass, zeroed after it)."""
+    """STEPS passes; returns {name: tensor} of what the test compares (the conv and
+    batchnorm gradients of each pass, zeroed after it)."""
     outputs = {}
     hooks = [model[i].register_forward_hook(
         lambda mod, args, out, i=i: outputs.setdefault(i, []).append(out.detach().clone()))
@@ -48,8 +54,8 @@ def run(model, forward, rank):
     for step in range(STEPS):
         x, grad = shard(step, rank)
         forward(x).backward(grad)
-        for i in (0, 3):
-            result[f"conv{i} weight.grad{step}"] = model[i].weight.grad.clone()
+        for name, p in grads(model):
+            result[f"{name}{step}"] = p.grad.clone()
         model.zero_grad()
     for h in hooks:
         h.remove()

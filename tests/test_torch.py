@@ -1,8 +1,9 @@
 """darknet_bn.torch: the PyTorch modules against BatchNormLayer and Darknet's fixtures.
 
 Every comparison is bitwise (``_compare.assert_bits``).  The reference is
-``BatchNormLayer`` (itself checked against Darknet's C in test_batchnorm_layer.py)
-fed with ``delta = grad_output``, with fresh (zero) ``scale_updates`` and
+``BatchNormLayer(kernel="blas")`` (Darknet's blas.c routines one by one, checked
+against Darknet's C in test_batchnorm_layer.py; not the fused kernels the module
+calls) fed with ``delta = grad_output``, with fresh (zero) ``scale_updates`` and
 ``bias_updates`` before each backward: the module's gradients are one call's
 updates, accumulated from zero.
 """
@@ -21,7 +22,7 @@ from darknet_bn import BatchNormLayer  # noqa: E402
 from darknet_bn.darknet import make_batchnorm_layer_from_record, read_weights  # noqa: E402
 from darknet_bn.golden import data_dir, layer_cases  # noqa: E402
 from darknet_bn.torch import (DarknetBatchNorm1d, DarknetBatchNorm2d,  # noqa: E402
-                              convert_batchnorm, from_darknet)
+                              _DarknetBatchNorm, convert_batchnorm, from_darknet)
 
 FORKS = ("pjreddie", "alexeyab")
 
@@ -42,8 +43,9 @@ def _module(shape, dialect, params, bias_grad="darknet", keep_x_norm=True):
 
 def _layer(shape, dialect, params):
     n, c = shape[:2]
-    h, w = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-    layer = BatchNormLayer(n, w, h, c, dialect=dialect, layer_type="convolutional")
+    h, w = (tuple(shape[2:]) + (1, 1))[:2]           # (N, C, L): spatial = L
+    layer = BatchNormLayer(n, w, h, c, dialect=dialect, layer_type="convolutional",
+                           kernel="blas")
     for name, v in params.items():
         getattr(layer, name)[:] = v
     return layer
@@ -101,7 +103,7 @@ def _check_train_steps(shape, dialect, regime, seed, steps=2, bias_grad="darknet
 # ---------------------------------------------------------------- random shapes
 SHAPES_2D = [(2, 3, 1, 1), (4, 19, 5, 7), (3, 8, 13, 13), (2, 40, 3, 9), (1, 17, 4, 4),
              (5, 33, 2, 1)]
-SHAPES_1D = [(2, 3), (8, 33), (16, 300), (5, 1)]
+SHAPES_1D = [(2, 3), (8, 33), (16, 300), (5, 1), (3, 7, 5), (2, 4, 1)]   # (N, C[, L])
 
 
 @pytest.mark.parametrize("keep_x_norm", [True, False], ids=["kept", "recomputed"])
@@ -358,8 +360,8 @@ def test_bad_input_cuda():
 def test_bad_input_1d():
     m = DarknetBatchNorm1d(3)
     before = _state(m)
-    with pytest.raises(ValueError, match=r"\(N, C\)"):
-        m(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, C, L\)"):
+        m(torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="batch\\*h\\*w = 1"):
         m(torch.randn(1, 3))
     assert _unchanged(m, before)
@@ -423,8 +425,8 @@ def test_convert_batchnorm_nested():
         assert int(mod.num_batches_tracked) == 3 and mod.training == training
         assert mod.dialect.name == "alexeyab"
     assert not new["0.inner.1"].weight.requires_grad
-    assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
-                   for mod in out.modules())
+    assert all(isinstance(mod, _DarknetBatchNorm) for mod in out.modules()
+               if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm))
     top = convert_batchnorm(torch.nn.BatchNorm2d(3), dialect="pjreddie", bias_grad="sum",
                             keep_x_norm=False)
     assert type(top) is DarknetBatchNorm2d
@@ -490,7 +492,14 @@ def test_from_darknet_errors():
 
 def test_torch_thread_count_is_kept():
     """Numba's OpenMP layer shares libgomp with torch; a kernel call must not change
-    ``torch.get_num_threads()`` (it would change other ops' threads, and their bits)."""
+    ``torch.get_num_threads()`` (it would change other ops' threads, and their bits).
+    Only the OpenMP layer with more than one Numba thread can change it."""
+    import numba
+    DarknetBatchNorm2d(4)(torch.randn(2, 4, 3, 3))           # a parallel kernel has run
+    layer, n = numba.threading_layer(), numba.get_num_threads()
+    if layer != "omp" or n < 2:
+        pytest.skip(f"Numba's threading layer is {layer!r} with {n} thread(s): a kernel "
+                    "cannot change torch's OpenMP thread count here")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -509,9 +518,11 @@ def test_ops_check_their_arguments():
     """The custom ops are reachable as torch.ops.darknet_bn.*: mismatched sizes are
     refused before a kernel touches memory."""
     ops = torch.ops.darknet_bn
-    x, v = torch.randn(2, 3, 4, 4), torch.ones(3)
+    x, v, nbt = torch.randn(2, 3, 4, 4), torch.ones(3), torch.tensor(0)
     with pytest.raises(ValueError, match="weight"):
-        ops.batchnorm_train(x, torch.ones(5), v, v.clone(), v.clone(), 0, False, 0)
+        ops.batchnorm_train(x, torch.ones(5), v, v.clone(), v.clone(), nbt, 0.1, 0, False, 0)
+    with pytest.raises(ValueError, match="momentum"):
+        ops.batchnorm_train(x, v, v, v.clone(), v.clone(), nbt, 1.5, 0, False, 0)
     with pytest.raises(ValueError, match="grad_output"):
         ops.batchnorm_train_backward(torch.randn(2, 3, 4, 5), x, v, v, v, 0, False, 0,
                                      torch.zeros(1, dtype=torch.int64))
@@ -520,7 +531,8 @@ def test_ops_check_their_arguments():
     with pytest.raises(ValueError, match="dialect"):
         ops.batchnorm_infer(x, v, v, v, v, 7)
     with pytest.raises(ValueError, match="batch\\*h\\*w >= 2"):
-        ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), 0, False, 0)
+        ops.batchnorm_train(torch.randn(1, 3, 1, 1), v, v, v.clone(), v.clone(), nbt, None, 0,
+                            False, 0)
 
 
 @pytest.mark.parametrize("dialect", FORKS)

@@ -106,3 +106,99 @@ def test_compile_dynamic_batch(fresh_compiler):
                                                           _np(xe.grad)),
                    (f"N={n} running_var", _np(compiled.running_var), _np(eager.running_var))]
     assert_bits(checks)
+
+
+def test_compile_momentum_none_and_autocast(fresh_compiler):
+    """fullgraph with momentum=None (the factor read from num_batches_tracked inside
+    the op) and under CPU autocast (bfloat16 conv, float32 batchnorm): eager's bits."""
+    def model():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                DarknetBatchNorm2d(8, dialect="pjreddie", momentum=None))
+        return m
+    eager, compiled = model(), model()
+    fn = torch.compile(compiled, fullgraph=True)
+    checks = []
+    for step in range(3):
+        x = torch.randn(2, 3, 6, 6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ye, yc = eager(x), fn(x)
+        assert ye.dtype == yc.dtype == torch.float32
+        checks += [(f"{step} output", _np(yc), _np(ye)),
+                   (f"{step} running_mean", _np(compiled[1].running_mean),
+                    _np(eager[1].running_mean))]
+    assert int(compiled[1].num_batches_tracked) == 3
+    assert_bits(checks)
+
+
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+def test_jit_trace_and_torch_export_record_the_ops(dialect):
+    """torch.jit.trace and torch.export record the custom ops, not constants: the
+    traced/exported eval module run on a new input gives the module's bits for it."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                DarknetBatchNorm2d(4, dialect=dialect)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2)
+    x, x2 = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    traced = torch.jit.trace(model, (x,))
+    assert "darknet_bn::batchnorm_infer" in str(traced.inlined_graph)
+    exported = torch.export.export(model, (x,))
+    assert "darknet_bn.batchnorm_infer" in str(exported.graph)
+    want = model(x2)
+    assert_bits([("jit.trace", _np(traced(x2)), _np(want)),
+                 ("torch.export", _np(exported.module()(x2)), _np(want))], context=dialect)
+
+
+def _frozen(dialect):
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                DarknetBatchNorm2d(4, dialect=dialect)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2)
+    return model.requires_grad_(False)
+
+
+def test_compile_eval_under_no_grad(fresh_compiler):
+    """The eager eval fast path is not what dynamo traces: a fullgraph compile under
+    no_grad holds the op and gives eager's bits on inputs it was not compiled with."""
+    model = _frozen("alexeyab")
+    fn = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        fn(torch.randn(2, 3, 8, 8))
+        x = torch.randn(2, 3, 8, 8)
+        assert_bits([("output", _np(fn(x)), _np(model(x)))])
+
+
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+def test_eval_fast_path_is_not_recorded_as_a_constant(dialect, monkeypatch):
+    """Under no_grad with nothing requiring grad, an eager eval call skips the custom
+    op (counted through the op's prologue). jit.trace, torch.export and make_fx of
+    the same call still record the op: run on a new input, they give the module's
+    bits for that input, not the traced input's."""
+    import darknet_bn.torch as dt
+    from torch.fx.experimental.proxy_tensor import make_fx
+    calls = []
+    real = dt._prepare
+    monkeypatch.setattr(dt, "_prepare", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    model = _frozen(dialect)
+    x, x2 = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want, want2 = model(x), model(x2)
+        assert calls == []                                   # the fast path ran
+        with torch.enable_grad():
+            model[1].weight.requires_grad_(True)
+            assert_bits([("op path", _np(model(x)), _np(want))], context=dialect)
+            model[1].weight.requires_grad_(False)
+        assert calls == ["batchnorm_infer"]
+        traced = torch.jit.trace(model, (x,))
+        exported = torch.export.export(model, (x,))
+        graphed = make_fx(model)(x)
+        recorded = [("jit.trace", traced), ("torch.export", exported.module()),
+                    ("make_fx", graphed)]
+        assert "darknet_bn::batchnorm_infer" in str(traced.inlined_graph)
+        assert "darknet_bn.batchnorm_infer" in str(exported.graph)
+        assert "darknet_bn.batchnorm_infer" in graphed.code
+        assert not torch.equal(want, want2)
+        assert_bits([(name, _np(f(x2)), _np(want2)) for name, f in recorded],
+                    context=dialect)
