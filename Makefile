@@ -35,11 +35,11 @@ test: $(call stamp,$(TEST_EXTRAS))
 test-slow: $(call stamp,$(TEST_EXTRAS))
 	$(BIN)/python -m pytest -m slow
 
-# Benchmarks (not tests): side-by-side timings and ratios; chart in docs/img, raw JSON in out/.
+# Benchmarks (not tests): side-by-side timings, ratios and the target table; raw JSON in out/.
 BENCH_ARGS ?=
 bench: $(call stamp,$(BENCH_EXTRAS))
 	mkdir -p out
-	$(BIN)/python benchmarks/bench.py --json out/bench.json --png docs/img/bench.png $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py --json out/bench.json $(BENCH_ARGS)
 
 # Per-routine time breakdown of a train step (blas routines, fused kernels, fused passes).
 PROFILE_ARGS ?=
