@@ -34,7 +34,10 @@ after the groups use the scalar one-channel and channel-pair helpers.
 ``groups`` picks smaller groups when there are too few channels to give every
 thread one.  The input copy to ``x`` is done in the vectorized normalize pass,
 not in the statistics pass.  Elementwise passes are vectorized by LLVM; their
-cost is the float64 arithmetic C prescribes (conversions and division).
+cost is the float64 arithmetic C prescribes (conversions and division).  When
+``spatial*batch`` is a power of two, normalize_delta_cpu's ``/(spatial*batch)``
+is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
+the same rounding of the same real number, so the same bits.
 
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
