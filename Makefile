@@ -39,7 +39,7 @@ test: $(call stamp,$(TEST_EXTRAS))
 test-slow: $(call stamp,$(TEST_EXTRAS))
 	$(BIN)/python -m pytest -m slow
 
-# Benchmarks (not tests): side-by-side timings and ratios; raw JSON and chart in out/.
+# Benchmarks (not tests): side-by-side timings, ratios and the target table; JSON and chart in out/.
 BENCH_ARGS ?=
 bench: $(call stamp,$(BENCH_EXTRAS))
 	mkdir -p out

@@ -17,6 +17,10 @@ module: darknet_bn.torch.DarknetBatchNorm2d (train: module(x).backward(delta) th
         autograd; infer: eval() under no_grad), next to nn: torch.nn.BatchNorm2d run
         the same way (eps 1e-5, momentum .01/.1), same torch thread count.
 
+After the default sweep (no ``--shape``), the target table (``targets.py``): each
+target row with its ratio, its target and whether it is met, and the load
+average; ``--targets-only`` runs just that table, ``--no-targets`` skips it.
+
 The machine is shared: rerun when it is quiet, and read ratios rather than
 absolute times (they are measured in the same run).  This is a benchmark, not
 a test: nothing is asserted.
@@ -33,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape,  # noqa: E402
                      shape_str, threads, timed)
 import cs231n  # noqa: E402
+import targets  # noqa: E402
 
 IMPLS = ("fused", "blas", "torch", "numpy", "memcpy", "module", "nn")
 
@@ -268,6 +273,10 @@ def main(argv=None):
                    help="threads for numba (and torch); default: numba's default")
     p.add_argument("--json", help="write all timings (seconds) to this file")
     p.add_argument("--png", help="write a chart (matplotlib) to this file")
+    p.add_argument("--targets-only", action="store_true",
+                   help="only the target table (targets.py), no sweep")
+    p.add_argument("--no-targets", action="store_true", help="the sweep without the target "
+                   "table")
     a = p.parse_args(argv)
     import darknet_bn
     darknet_bn.warmup()
@@ -275,9 +284,11 @@ def main(argv=None):
         import numba
         numba.set_num_threads(a.threads)
     nthreads = threads()
+    load_before = targets.load()
+    print(f"threads {nthreads}; {load_before}", flush=True)
     impls = a.impl or list(IMPLS)
     results = {}
-    for shape in a.shape or SHAPES:
+    for shape in ([] if a.targets_only else a.shape or SHAPES):
         for dialect in a.dialect or ("pjreddie", "alexeyab"):
             for mode in a.mode or ("train", "infer"):
                 results[(dialect, mode, shape)] = measure(shape, dialect, mode, impls,
@@ -285,15 +296,22 @@ def main(argv=None):
                 t = results[(dialect, mode, shape)]
                 print(f"  {dialect:8} {mode:5} {shape_str(shape):>14}: " + "  ".join(
                     f"{k} {min(v) * 1e3:.2f}" for k, v in t.items()), flush=True)
-    print()
-    print(report(results, nthreads))
-    if a.json:
+    if results:
+        print()
+        print(report(results, nthreads))
+    if a.targets_only or not (a.no_targets or a.shape):
+        rows = targets.measure(targets.GROUPS, nthreads)
+        print(targets.report(rows, nthreads, load_before, targets.load()))
+        if a.json:
+            Path(a.json).with_name(Path(a.json).stem + "-targets.json").write_text(
+                json.dumps(rows, indent=1))
+    if a.json and results:
         dump = [{"dialect": d, "mode": m, "shape": list(s), "threads": nthreads,
                  "min_s": {k: min(v) for k, v in t.items()},
                  "median_s": {k: statistics.median(v) for k, v in t.items()},
                  "times_s": t} for (d, m, s), t in results.items()]
         Path(a.json).write_text(json.dumps(dump, indent=1))
-    if a.png:
+    if a.png and results:
         chart(results, a.png)
 
 

@@ -12,7 +12,12 @@ train=1 then backward, like ``make bench``):
 3. fused passes: each pass of the plane kernels run alone over all channels,
    built here from ``darknet_bn.fused``'s own helpers, in ns per element, next
    to a memcpy of the tensor.  The pass with the largest share is the next
-   thing to optimize.
+   thing to optimize.  For h = w = 1 (the row kernels) instead: the step against
+   one exact division pass (``_forward_infer_rows`` without the x copy: read,
+   C's double division, scale, bias, write), PyTorch's train step and a memcpy.
+4. per-call fixed cost of the layer (microseconds): argument checks, the path
+   function (buffer lookups, workspace), Numba dispatch + thread launch (the
+   kernel call on a 1-image, 8-channel layer), and the kernel's work.
 
 Times are medians over ``--repeat`` steps (the machine is shared; rerun when it
 is quiet).  This is a profile, not a test.
@@ -189,6 +194,125 @@ def _fused_passes(layer, x, delta, repeat):
     return out, _median_time(lambda: np.copyto(dst, x), repeat)
 
 
+def _us(fn, rounds=7, budget=0.01):
+    """Best over ``rounds`` of the mean time of back-to-back calls (as many as fit in
+    about ``budget`` seconds), in us."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    calls = max(5, min(20000, int(budget / max(time.perf_counter() - t0, 1e-7))))
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best * 1e6
+
+
+def _kernel_call(layer, x, delta, train, backward):
+    """The fused path's kernel call with its arguments built once (what the path
+    function passes), as a no-argument callable."""
+    from darknet_bn import fused
+    s, calls = layer._s, []
+    names = FUSED_KERNELS + ("_forward_infer", "_forward_infer_rows")
+    originals = {n: getattr(fused, n) for n in names}
+
+    def capture(name):
+        def grab(*args):
+            calls.append((originals[name], args))
+        return grab
+    try:
+        for n in names:
+            setattr(fused, n, capture(n))
+        if backward:
+            fused.backward_fused(s, delta, train, s.mean, s.variance, s.net_delta)
+        else:
+            fused.forward_fused(s, x, train)
+    finally:
+        for n, fn in originals.items():
+            setattr(fused, n, fn)
+    kernel, args = calls[0]
+    return lambda: kernel(*args)
+
+
+def _call_costs(layer, x, delta, train, backward):
+    """(whole call, path function, kernel call alone) in us for one layer."""
+    from darknet_bn import fused
+    layer.forward(x, train=True)
+    s = layer._s
+    if backward:
+        full = _us(lambda: layer.backward(delta, train=train))
+        path = _us(lambda: fused.backward_fused(s, delta, train, s.mean, s.variance,
+                                                s.net_delta))
+    else:
+        full = _us(lambda: layer.forward(x, train=train))
+        path = _us(lambda: fused.forward_fused(s, x, train))
+    return full, path, _us(_kernel_call(layer, x, delta, train, backward))
+
+
+def fixed_cost(shape, dialect, repeat):
+    """Per-call cost of ``forward``/``backward`` in us.  The fixed part is measured on a
+    (1, 8, 2, 1) layer, where the kernel has almost nothing to do: argument checks
+    (whole call - path function), path function (path - kernel call: buffer lookups,
+    workspace, group choice), dispatch + launch (the kernel call: Numba's argument
+    unboxing, the parallel region's start and join); then the whole call and the
+    kernel's work at ``shape``."""
+    tiny = make_layer((1, 8, 2, 1), dialect, "fused")
+    big = make_layer(shape, dialect, "fused")
+    lines = [f"### per-call cost of the layer, {dialect} (us; best of 7 rounds)", "",
+             "| call | checks | path function | dispatch + launch | fixed total (1x8x2x1) | "
+             f"whole call {shape_str(shape)} | kernel work {shape_str(shape)} |",
+             "|---|---|---|---|---|---|---|"]
+    for name, train, backward in (("forward train=1", True, False),
+                                  ("forward train=0", False, False),
+                                  ("backward train=1", True, True)):
+        full, path, kernel = _call_costs(*tiny, train, backward)
+        bfull, _, bkernel = _call_costs(*big, train, backward)
+        lines.append(f"| {name} | {full - path:.1f} | {path - kernel:.1f} | {kernel:.1f} | "
+                     f"{full:.1f} | {bfull:.1f} | {bkernel - kernel:.1f} |")
+    lines.append("")
+    lines.append("Allocation: none per call (the buffers are the layer's own, the h = w = 1 "
+                 "workspace is made once per layer; the plane kernels' 8-float lane "
+                 "buffer per channel group is part of 'dispatch + launch').")
+    return "\n".join(lines) + "\n"
+
+
+def _rows_floors(shape, layer, x, repeat, step):
+    """h = w = 1: the step against one exact division pass, torch's step and memcpy."""
+    from darknet_bn import fused
+    s, d = layer._s, layer.dialect
+    acc64 = fused._workspace(s)[1]
+    out = np.empty_like(x)
+    division = _median_time(lambda: fused._forward_infer_rows(
+        x, out, out, s.rolling_mean, s.rolling_variance, s.scales, s.biases, acc64, s.batch,
+        s.out_c, d.code, 0), repeat)
+    dst = np.empty_like(x)
+    memcpy = _median_time(lambda: np.copyto(dst, x), repeat)
+    rows = [("fused train step (forward + backward)", step),
+            ("one exact division pass (read, (double)(x-m)/denom, scale, bias, write)",
+             division), ("memcpy of the tensor", memcpy)]
+    try:
+        import bench
+        torch_step = bench._torch(shape, layer.dialect.name,
+                                  threads()).get("train")
+    except ImportError:
+        torch_step = None
+    if torch_step is not None:
+        rows.append(("PyTorch train step (F.batch_norm + autograd backward)",
+                     _median_time(torch_step, repeat)))
+    n = x.size
+    lines = ["### spatial == 1: the step against its floors", "",
+             "| what | ms | ns/element | x division pass |", "|---|---|---|---|"]
+    for name, t in rows:
+        lines.append(f"| {name} | {t * 1e3:.3f} | {t * 1e9 / n:.2f} | {t / division:.2f} |")
+    lines.append("")
+    lines.append("A Darknet train step makes two exact double divisions per element "
+                 "(normalize_cpu and normalize_delta_cpu's first term); each pass of one "
+                 "costs about the 'one exact division pass' row.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", type=parse_shape, default=(4, 128, 104, 104), help="N,C,H,W")
@@ -219,8 +343,10 @@ def main(argv=None):
     if a.shape[2] * a.shape[3] == 1:
         print("spatial == 1: the fused path runs its row kernels (_forward_train_rows, "
               "_backward_rows);\nthe per-pass table covers the plane kernels, so it is "
-              "skipped here.")
-        print(f"\nfused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "
+              "replaced by the floors below.\n")
+        print(_rows_floors(a.shape, layer, x, a.repeat, step_fused))
+        print(fixed_cost(a.shape, a.dialect, a.repeat))
+        print(f"fused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "
               f"({step_blas / step_fused:.1f}x)")
         return
     passes, memcpy = _fused_passes(layer, x, delta, a.repeat)
@@ -233,7 +359,9 @@ def main(argv=None):
               f"{t / memcpy:.1f} |")
     print(f"| memcpy of the tensor (roofline: 1 read + 1 write) | {memcpy * 1e3:.3f} | | "
           f"{memcpy * 1e9 / n:.2f} | 1.0 |")
-    print(f"\nfused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "
+    print()
+    print(fixed_cost(a.shape, a.dialect, a.repeat))
+    print(f"fused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "
           f"({step_blas / step_fused:.1f}x)")
 
 

@@ -86,16 +86,45 @@ def normalize_delta_terms(mean_delta, variance_delta, n):
     return np.float64(variance_delta) * 2.0, np.float64(mean_delta / np.float32(n))
 
 
+#: How normalize_delta_cpu's ``/(spatial*batch)`` is computed (see ``normalize_delta_by``).
+DIVIDE, BY_RECIPROCAL = 0, 1
+
+
 @helper(inline="always")
-def normalize_delta(d, v, m, denom, vd2, n_d, term_mean):
-    """normalize_delta_cpu's element, ``n_d = (double)(spatial*batch)``::
+def exact_reciprocal(n):
+    """``1./n`` as a double when it is exact, i.e. ``n`` (>= 1) is a power of two; else 0.0."""
+    if n & (n - 1) == 0:
+        return 1.0 / np.float64(n)
+    return 0.0
+
+
+@helper(inline="always")
+def normalize_delta_by(d, v, m, denom, vd2, count, term_mean, how):
+    """normalize_delta_cpu's element, ``how`` a constant::
 
         delta[index] = delta[index] * 1./denom
                      + variance_delta[f] * 2. * (x[index] - mean[f]) / (spatial * batch)
                      + mean_delta[f]/(spatial*batch);
 
-    summed left to right in double, rounded once on store."""
-    return np.float32(np.float64(d) * 1.0 / denom + vd2 * np.float64(v - m) / n_d + term_mean)
+    summed left to right in double, rounded once on store.  ``how == DIVIDE``:
+    ``count = (double)(spatial*batch)`` and C's division.  ``how == BY_RECIPROCAL``:
+    ``count = exact_reciprocal(spatial*batch)`` (nonzero: the count is a power of two)
+    and a multiplication, which gives the same double for every operand: both
+    operations round the same real number ``p * 2**-k`` once (docs/benchmarks.md,
+    "Dividing by a power-of-two count")."""
+    t = vd2 * np.float64(v - m)
+    if how == BY_RECIPROCAL:
+        t = t * count
+    else:
+        t = t / count
+    return np.float32(np.float64(d) * 1.0 / denom + t + term_mean)
+
+
+@helper(inline="always")
+def normalize_delta(d, v, m, denom, vd2, n_d, term_mean):
+    """normalize_delta_cpu's element with C's division, ``n_d = (double)(spatial*batch)``
+    (``normalize_delta_by`` with ``DIVIDE``)."""
+    return normalize_delta_by(d, v, m, denom, vd2, n_d, term_mean, DIVIDE)
 
 
 @helper(inline="always")

@@ -34,7 +34,10 @@ after the groups use the scalar one-channel and channel-pair helpers.
 ``groups`` picks smaller groups when there are too few channels to give every
 thread one.  The input copy to ``x`` is done in the vectorized normalize pass,
 not in the statistics pass.  Elementwise passes are vectorized by LLVM; their
-cost is the float64 arithmetic C prescribes (conversions and division).
+cost is the float64 arithmetic C prescribes (conversions and division).  When
+``spatial*batch`` is a power of two, normalize_delta_cpu's ``/(spatial*batch)``
+is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
+the same rounding of the same real number, so the same bits.
 
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
@@ -45,9 +48,10 @@ from numba import prange
 
 from ._jit import BUF, FLT, INT, helper, kernel, sig
 from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose, vvar_step
-from .c_arith import (mean_cpu_scale, mean_delta_factor, normalize, normalize_delta,
-                      normalize_delta_terms, rolling, times_double, variance_cpu_scale,
-                      variance_delta_factor, variance_step)
+from .c_arith import (BY_RECIPROCAL, DIVIDE, exact_reciprocal, mean_cpu_scale,
+                      mean_delta_factor, normalize, normalize_delta_by, normalize_delta_terms,
+                      rolling, times_double, variance_cpu_scale, variance_delta_factor,
+                      variance_step)
 from .dialects import normalize_delta_denominator, normalize_denominator
 
 BUF64 = "float64[::1]"                    # float64 scratch (per-channel denominators)
@@ -431,11 +435,24 @@ def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_up
     variance_delta[f] = vd
     # normalize_delta_cpu: reads the scaled delta, recomputed as dsrc*scales (bit-equal)
     n = spatial * batch
-    n_d = np.float64(n)
     m = mean[f]
     s = scales[f]
     denom = normalize_delta_denominator(var, dialect)
     vd2, term_mean = normalize_delta_terms(md, vd, n)
+    inv_n = exact_reciprocal(n)
+    if inv_n != 0.0:                            # a power-of-two count: same bits, no division
+        _normalize_delta_planes(dsrc, delta, net_delta, x, batch, filters, spatial, f, m, s,
+                                denom, vd2, inv_n, term_mean, write_net_delta, BY_RECIPROCAL)
+    else:
+        _normalize_delta_planes(dsrc, delta, net_delta, x, batch, filters, spatial, f, m, s,
+                                denom, vd2, np.float64(n), term_mean, write_net_delta, DIVIDE)
+
+
+@helper(inline="always")
+def _normalize_delta_planes(dsrc, delta, net_delta, x, batch, filters, spatial, f, m, s,
+                            denom, vd2, count, term_mean, write_net_delta, how):
+    """normalize_delta_cpu over channel f's planes (+ the net.delta copy); ``count``
+    and ``how`` as in ``c_arith.normalize_delta_by``."""
     for j in range(batch):
         dv = _plane(dsrc, filters, spatial, j, f)
         xv = _plane(x, filters, spatial, j, f)
@@ -443,12 +460,13 @@ def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_up
         if write_net_delta:
             nv = _plane(net_delta, filters, spatial, j, f)
             for k in range(spatial):
-                r = normalize_delta(dv[k] * s, xv[k], m, denom, vd2, n_d, term_mean)
+                r = normalize_delta_by(dv[k] * s, xv[k], m, denom, vd2, count, term_mean, how)
                 ov[k] = r
                 nv[k] = r                               # copy_cpu(l.delta -> net.delta)
         else:
             for k in range(spatial):
-                ov[k] = normalize_delta(dv[k] * s, xv[k], m, denom, vd2, n_d, term_mean)
+                ov[k] = normalize_delta_by(dv[k] * s, xv[k], m, denom, vd2, count, term_mean,
+                                           how)
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF,
@@ -606,6 +624,7 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
     bias and scale sums), ``acc64`` float64 (3*filters: normalize_delta_cpu's
     denominator, variance_delta*2., mean_delta/(spatial*batch))."""
     n_d = np.float64(batch)                            # (double)(spatial*batch)
+    inv_n = exact_reciprocal(batch)
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
@@ -646,21 +665,35 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
             vd[i] = times_double(vd[i], variance_delta_factor(var))
             dn[i] = normalize_delta_denominator(var, dialect)
             vd2[i], tm[i] = normalize_delta_terms(md[i], vd[i], batch)
-        for j in range(batch):
-            lo = j * filters + f0
-            dv = dsrc[lo:lo + nf]
-            xv = x[lo:lo + nf]
-            ov = delta[lo:lo + nf]
-            if write_net_delta:
-                gv = net_delta[lo:lo + nf]
-                for i in range(nf):
-                    r = normalize_delta(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], n_d, tm[i])
-                    ov[i] = r
-                    gv[i] = r
-            else:
-                for i in range(nf):
-                    ov[i] = normalize_delta(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], n_d,
-                                            tm[i])
+        if inv_n != 0.0:                       # a power-of-two batch: same bits, no division
+            _normalize_delta_rows(dsrc, delta, net_delta, x, mv, sc, dn, vd2, tm, batch,
+                                  filters, f0, nf, inv_n, write_net_delta, BY_RECIPROCAL)
+        else:
+            _normalize_delta_rows(dsrc, delta, net_delta, x, mv, sc, dn, vd2, tm, batch,
+                                  filters, f0, nf, n_d, write_net_delta, DIVIDE)
+
+
+@helper(inline="always")
+def _normalize_delta_rows(dsrc, delta, net_delta, x, mv, sc, dn, vd2, tm, batch, filters,
+                          f0, nf, count, write_net_delta, how):
+    """normalize_delta_cpu (+ the net.delta copy) for channels f0..f0+nf-1 of every row;
+    ``mv``, ``sc``, ``dn``, ``vd2``, ``tm``: the block's per-channel values."""
+    for j in range(batch):
+        lo = j * filters + f0
+        dv = dsrc[lo:lo + nf]
+        xv = x[lo:lo + nf]
+        ov = delta[lo:lo + nf]
+        if write_net_delta:
+            gv = net_delta[lo:lo + nf]
+            for i in range(nf):
+                r = normalize_delta_by(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], count, tm[i],
+                                       how)
+                ov[i] = r
+                gv[i] = r
+        else:
+            for i in range(nf):
+                ov[i] = normalize_delta_by(dv[i] * sc[i], xv[i], mv[i], dn[i], vd2[i], count,
+                                           tm[i], how)
 
 
 def _workspace(l):

@@ -1,0 +1,252 @@
+"""The performance targets of ``make bench``: every row timed side by side, with its
+target and whether it is met.
+
+Rows (each pair runs in one process, interleaved, same thread count for Numba
+and torch):
+
+- module eval: ``DarknetBatchNorm2d(c, dialect=...)`` in ``eval()`` under
+  ``torch.no_grad()`` against ``nn.BatchNorm2d`` run the same way.
+- model: the layer structure of ``data/golden/cfg/alexeyab/yolov4-tiny.cfg``
+  (``cfg_model``: ``nn.Conv2d`` + ``nn.BatchNorm2d`` + leaky, routes, maxpools,
+  upsample) against the same model after ``darknet_bn.torch.convert_batchnorm``;
+  eval (batch 1, no_grad) and a train step (batch 4, forward + backward).
+- layer infer: ``BatchNormLayer.forward(x, train=False)`` against the exact
+  reference kernel (``exact_reference.exact_infer``: one pass, no checks), the two
+  outputs compared bitwise on every run.
+- FC train: ``BatchNormLayer`` forward(train=True) + backward(train=True) against
+  ``F.batch_norm(training=True)`` + autograd backward, h = w = 1.  "alone": a fresh
+  process that runs only these rows; "inside the run": this process, after whatever ran
+  before (the full ``make bench`` sweep).
+
+Statistics.  Every pair runs ``rounds`` rounds, the order alternating; in each
+round each side runs ``inner`` calls and keeps its fastest.  ``min`` rows compare
+the minima over all rounds; ``median`` rows (model and FC: they sit near the
+noise) the median over rounds of the per-round ratio.  Both are printed.  The
+load average (``os.getloadavg``) is printed with the table: on a shared host,
+rerun when it is high.  Nothing is asserted: this is a benchmark.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import make_layer, shape_str, threads  # noqa: E402
+
+CFG = HERE.parent / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
+DIALECTS = ("pjreddie", "alexeyab")
+GROUPS = ("module", "model", "layer", "fc")
+
+#: (group, what, shape, target ratio, statistic)
+MODULE_ROWS = (((1, 256, 13, 13), 2.0), ((8, 128, 52, 52), 1.5))
+LAYER_ROWS = (((16, 64, 28, 28), 1.05), ((4, 128, 104, 104), 1.05))
+FC_ROWS = (((256, 1024, 1, 1), 1.0), ((64, 4096, 1, 1), 1.0))
+MODEL_TARGET = 1.03
+
+
+def load():
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def pair(a, b, rounds, inner):
+    """Per-round minima ``(ta, tb)`` of ``inner`` calls each, order alternating."""
+    for fn in (a, b):                   # warm-up: compilation, page faults, caches
+        fn()
+        fn()
+    ta, tb = [], []
+    for r in range(rounds):
+        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
+        for fn, out in order:
+            best = float("inf")
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            out.append(best)
+    return ta, tb
+
+
+def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
+    ratio_min = min(ta) / min(tb)
+    ratio_med = statistics.median(x / y for x, y in zip(ta, tb))
+    ratio = ratio_min if stat == "min" else ratio_med
+    return {"group": group, "what": what, "shape": list(shape), "dialect": dialect,
+            "a_ms": min(ta) * 1e3, "b_ms": min(tb) * 1e3, "ratio_min": ratio_min,
+            "ratio_median": ratio_med, "stat": stat, "ratio": ratio, "target": target,
+            "met": ratio <= target, "rounds": len(ta), "note": note}
+
+
+# --------------------------------------------------------------------------
+def module_rows(nthreads, rounds=15, inner=20):
+    import bench
+    out = []
+    for shape, target in MODULE_ROWS:
+        for dialect in DIALECTS:
+            a = bench._torch_module(shape, dialect, nthreads, True)
+            b = bench._torch_module(shape, dialect, nthreads, False)
+            if not a or not b:
+                return out
+            ta, tb = pair(a["infer"], b["infer"], rounds, inner)
+            out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
+                           dialect, ta, tb, target, "min"))
+    return out
+
+
+def model_rows(nthreads, rounds=5):
+    try:
+        import torch
+        from darknet_bn.torch import convert_batchnorm
+    except ImportError:
+        return []
+    import cfg_model
+    torch.set_num_threads(nthreads)
+    dialect = "alexeyab"
+    nn_model, (c, h, w) = cfg_model.build(CFG, dialect)
+    dk_model = convert_batchnorm(copy.deepcopy(nn_model), dialect=dialect)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    x1 = torch.rand(1, c, h, w, generator=gen)
+
+    def evaluate(model):
+        def run():
+            model.eval()
+            with torch.no_grad():
+                model(x1)
+        return run
+    ta, tb = pair(evaluate(dk_model), evaluate(nn_model), rounds, 1)
+    out.append(row("model", "yolov4-tiny-shaped model with the module / with "
+                   "nn.BatchNorm2d, eval", (1, c, h, w), dialect, ta, tb, MODEL_TARGET,
+                   "median"))
+    x4 = torch.rand(4, c, h, w, generator=gen)
+    with torch.no_grad():
+        grads = [torch.randn(t.shape, generator=gen) for t in nn_model.eval()(x4)]
+
+    def step(model):
+        params = list(model.parameters())
+
+        def run():
+            model.train()
+            for p in params:
+                p.grad = None
+            torch.autograd.backward(model(x4), grads)
+        return run
+    ta, tb = pair(step(dk_model), step(nn_model), rounds, 1)
+    out.append(row("model", "same models, train step (forward + backward)", (4, c, h, w),
+                   dialect, ta, tb, MODEL_TARGET, "median"))
+    return out
+
+
+def layer_rows(nthreads, rounds=15, inner=20):
+    from exact_reference import bits_match, reference_for
+    out = []
+    for shape, target in LAYER_ROWS:
+        for dialect in DIALECTS:
+            layer, x, _ = make_layer(shape, dialect, "fused")
+            same = bits_match(layer, x)
+            run_ref = reference_for(layer, x)[0]
+
+            def run_layer():
+                layer.forward(x, train=False)
+            ta, tb = pair(run_layer, run_ref, rounds, inner)
+            out.append(row("layer", "BatchNormLayer inference / exact reference kernel",
+                           shape, dialect, ta, tb, target, "min",
+                           note="bits identical" if same else "BITS DIFFER"))
+    return out
+
+
+def fc_rows(nthreads, where, rounds=9, inner=10):
+    import bench
+    out = []
+    for shape, target in FC_ROWS:
+        for dialect in DIALECTS:
+            fns = bench.build(shape, dialect, nthreads, ("fused", "torch"))
+            if "train" not in fns["torch"]:
+                return out
+            ta, tb = pair(fns["fused"]["train"], fns["torch"]["train"], rounds, inner)
+            out.append(row("fc", f"BatchNormLayer train step / torch ({where})", shape,
+                           dialect, ta, tb, target, "median"))
+    return out
+
+
+def fc_alone(nthreads):
+    """The FC rows measured in a fresh process that runs nothing else."""
+    cmd = [sys.executable, str(HERE / "targets.py"), "--group", "fc", "--threads",
+           str(nthreads), "--where", "alone", "--dump"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        print(res.stderr, file=sys.stderr)
+        return []
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def measure(groups, nthreads, fc_where="inside the run"):
+    rows = []
+    for g in groups:
+        if g == "module":
+            rows += module_rows(nthreads)
+        elif g == "model":
+            rows += model_rows(nthreads)
+        elif g == "layer":
+            rows += layer_rows(nthreads)
+        elif g == "fc":
+            if fc_where == "inside the run":
+                rows += fc_alone(nthreads)
+            rows += fc_rows(nthreads, fc_where)
+    return rows
+
+
+def report(rows, nthreads, load_before, load_after):
+    lines = ["### Targets", "",
+             f"threads: {nthreads} (numba and torch); {load_before} before, {load_after} "
+             "after; min = ratio of minima, median = median over alternating rounds of "
+             "the per-round ratio", "",
+             "| row | shape | fork | ms | ms (reference side) | ratio | statistic | "
+             "target | met |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(
+            f"| {r['what']}{note} | {shape_str(r['shape'])} | {r['dialect']} | "
+            f"{r['a_ms']:.3f} | {r['b_ms']:.3f} | {r['ratio']:.2f}x (min {r['ratio_min']:.2f}x,"
+            f" median {r['ratio_median']:.2f}x) | {r['stat']} of {r['rounds']} | "
+            f"<= {r['target']:.2f}x | {'met' if r['met'] else 'NOT MET'} |")
+    met = sum(r["met"] for r in rows)
+    lines += ["", f"{met} of {len(rows)} target rows met"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--group", action="append", choices=GROUPS, help="repeatable; default all")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--where", default="inside the run", help=argparse.SUPPRESS)
+    p.add_argument("--dump", action="store_true", help="print the rows as JSON (one line)")
+    p.add_argument("--json", help="write the rows to this file")
+    a = p.parse_args(argv)
+    import darknet_bn
+    darknet_bn.warmup()
+    if a.threads:
+        import numba
+        numba.set_num_threads(a.threads)
+    nthreads = threads()
+    before = load()
+    rows = measure(a.group or GROUPS, nthreads, a.where)
+    if a.dump:
+        print(json.dumps(rows))
+        return rows
+    print(report(rows, nthreads, before, load()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The pieces of ``make bench``'s target table (a smoke test: no time is asserted).
+
+The exact reference kernel must write the layer's inference bits (the bench
+compares them on every run; here on small odd shapes, both forks, including
+NaN/Inf/+-0 inputs, a zero and a negative rolling variance); the
+yolov4-tiny-shaped model must have Darknet's shapes; the table must say, per
+row, its target and whether it is met.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import targets  # noqa: E402
+from _common import make_layer  # noqa: E402
+from exact_reference import bits_match  # noqa: E402
+
+SEED = 20261205
+
+
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 7), (3, 17, 4, 4), (4, 9, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_exact_reference_writes_the_layers_bits(shape, dialect):
+    layer, x, _ = make_layer(shape, dialect, "fused", seed=SEED)
+    x = x.copy()
+    x[:3] = [np.nan, np.inf, -0.0]
+    layer.rolling_variance[0] = 0.0
+    layer.rolling_variance[1] = -0.25
+    assert bits_match(layer, x), f"seed {SEED}"
+
+
+def test_bit_check_detects_a_changed_output(monkeypatch):
+    """A reference one float32 ulp off in one channel's bias is reported as different."""
+    import exact_reference
+    layer, x, _ = make_layer((2, 5, 3, 7), "alexeyab", "fused", seed=SEED)
+    honest = exact_reference.reference_for
+
+    def nudged(layer, x):
+        saved = layer.biases[2]
+        layer.biases[2] = np.nextafter(saved, np.float32(np.inf))
+        try:
+            return honest(layer, x)
+        finally:
+            layer.biases[2] = saved
+    assert exact_reference.bits_match(layer, x)
+    monkeypatch.setattr(exact_reference, "reference_for", nudged)
+    assert not exact_reference.bits_match(layer, x)
+
+
+def test_cfg_model_has_darknets_shapes():
+    torch = pytest.importorskip("torch")
+    import cfg_model
+    model, (c, h, w) = cfg_model.build(targets.CFG, "alexeyab")
+    assert (c, h, w) == (3, 416, 416)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 19
+    with torch.no_grad():
+        heads = model.eval()(torch.zeros(1, c, h, w), check=True)
+    assert [tuple(t.shape) for t in heads] == [(1, 255, 13, 13), (1, 255, 26, 26)]
+
+
+def test_report_states_target_and_verdict():
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+
+    def b():
+        calls["b"] += 1
+    ta, tb = targets.pair(a, b, rounds=5, inner=2)
+    assert len(ta) == len(tb) == 5 and calls == {"a": 12, "b": 12}
+    rows = [targets.row("fc", "x / y", (2, 3, 1, 1), "pjreddie", [2.0] * 5, [1.0] * 5, 1.0,
+                        "median"),
+            targets.row("layer", "u / v", (2, 3, 4, 4), "alexeyab", [1.0] * 5, [1.0] * 5, 1.05,
+                        "min")]
+    text = targets.report(rows, 2, "load average 0.00 0.00 0.00", "load average 0 0 0")
+    assert "| 2.00x (min 2.00x, median 2.00x) | median of 5 | <= 1.00x | NOT MET |" in text
+    assert "| 1.00x (min 1.00x, median 1.00x) | min of 5 | <= 1.05x | met |" in text
+    assert "1 of 2 target rows met" in text and "load average" in text
