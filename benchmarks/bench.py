@@ -303,6 +303,7 @@ def main(argv=None):
         rows = targets.measure(targets.GROUPS, nthreads)
         print(targets.report(rows, nthreads, load_before, targets.load()))
         if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).with_name(Path(a.json).stem + "-targets.json").write_text(
                 json.dumps(rows, indent=1))
     if a.json and results:
