@@ -245,9 +245,9 @@ def _layout(sizes):
     1024) would all begin at the same page offset, and a kernel that stores to one
     (``mean_delta[i]``) and then loads the same index of another (``x[j*c + i]``) hits
     4K aliasing (the load waits for the unrelated store) and competes for the same
-    L1 sets: the FC-like train step (256,1024,1,1) took 0.7 - 0.9 ms instead of
-    0.25 (docs/benchmarks.md, "Buffer placement").  The cost is at most 4 KiB of
-    padding per buffer.
+    L1 sets: the FC-like train steps (256,1024,1,1) and (64,4096,1,1) took 1.06 -
+    1.28x as long packed (docs/benchmarks.md, "Buffer placement").  The cost is at
+    most 4 KiB of padding per buffer.
     """
     starts, pos = [], 0
     for i, size in enumerate(sizes):
