@@ -39,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import make_layer, shape_str, threads  # noqa: E402
+from _common import make_data, make_layer, shape_str, threads  # noqa: E402
 
 CFG = HERE.parent / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
 DIALECTS = ("pjreddie", "alexeyab")
@@ -95,9 +95,32 @@ def module_rows(nthreads, rounds=15, inner=20):
             if not a or not b:
                 return out
             ta, tb = pair(a["infer"], b["infer"], rounds, inner)
+            floors = module_floors(shape, dialect, rounds, inner)
             out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
-                           dialect, ta, tb, target, "min"))
+                           dialect, ta, tb, target, "min",
+                           note=f"floors: exact reference kernel {floors[0]:.3f} ms = "
+                           f"{floors[0] / (min(tb) * 1e3):.2f}x nn's call; copy of the tensor "
+                           f"{floors[1]:.3f} ms"))
     return out
+
+
+def module_floors(shape, dialect, rounds, inner):
+    """What the module's eval call cannot go below, in ms (minima): the exact reference
+    kernel alone (``exact_infer`` into a preallocated output, no ``x`` copy: the
+    module's kernel call without the module) and a copy of the same bytes with torch's
+    threads (``Tensor.clone``: one read, one write, the bandwidth floor)."""
+    import torch
+    from exact_reference import exact_infer
+    from darknet_bn import get_dialect
+    x, _, scales, biases, rmean, rvar = make_data(shape)
+    n, c, h, w = shape
+    src = x.reshape(-1)
+    out = np.empty_like(src)
+    args = (src, out, out, rmean, rvar, scales, biases, n, c, h * w,
+            get_dialect(dialect).code, 0)
+    xt = torch.from_numpy(x)
+    ta, tb = pair(lambda: exact_infer(*args), xt.clone, rounds, inner)
+    return min(ta) * 1e3, min(tb) * 1e3
 
 
 def model_rows(nthreads, rounds=5):

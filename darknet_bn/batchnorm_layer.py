@@ -210,31 +210,51 @@ class _Struct:
         # when the caller does not pass one, so backward allocates nothing.
         names = FIELDS + (("net_delta",) if layer_type == "batchnorm" else ())
         sizes = [c if name in CHANNEL_FIELDS else batch * self.outputs for name in names]
-        raw = np.zeros(_block_size(sizes) + _ALIGN, dtype=np.float32)
+        starts, total = _layout(sizes)
+        raw = np.zeros(total + _ALIGN, dtype=np.float32)
         skip = (-raw.__array_interface__["data"][0]) % (4 * _ALIGN) // 4   # 64-byte aligned
-        self.block = raw[skip:skip + _block_size(sizes)]
-        start, spans = 0, []
-        for name, size in zip(names, sizes):
+        self.block = raw[skip:skip + total]
+        spans = []
+        for name, size, start in zip(names, sizes, starts):
             view = self.block[start:start + size]
             setattr(self, name, view)
             address = view.__array_interface__["data"][0]
             spans.append((address, address + view.nbytes, name))
-            start += _padded(size)
         self.net_delta = getattr(self, "net_delta", None)
         self.scales[:] = 1
         self.spans = sorted(spans)
         self.starts = [s[0] for s in self.spans]
 
 
-_ALIGN = 16                 # floats: every buffer starts on a 64-byte boundary
+_ALIGN = 16                 # floats: the block starts on a 64-byte boundary
+_PAGE = 1024                # floats: 4 KiB, the address period of L1 sets and 4K aliasing
+_STAGGER = 64               # floats: 256 bytes between the page offsets of successive buffers
 
 
 def _padded(size):
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _block_size(sizes):
-    return sum(map(_padded, sizes))
+def _layout(sizes):
+    """``(starts, total)``: where each buffer begins in the block, and the block's size.
+
+    Buffer ``i`` begins at the first position after buffer ``i - 1`` whose offset in
+    a 4 KiB page is ``i * 256`` bytes (mod 4 KiB), so no two of the 15 buffers share
+    a page offset (each start is 256-byte aligned).  Packed end to end, buffers whose
+    sizes are multiples of 4 KiB (e.g. ``c = 1024``, or ``batch*c*h*w`` a multiple of
+    1024) would all begin at the same page offset, and a kernel that stores to one
+    (``mean_delta[i]``) and then loads the same index of another (``x[j*c + i]``) hits
+    4K aliasing (the load waits for the unrelated store) and competes for the same
+    L1 sets: the FC-like train steps (256,1024,1,1) and (64,4096,1,1) took 1.06 -
+    1.28x as long packed (docs/benchmarks.md, "Buffer placement").  The cost is at
+    most 4 KiB of padding per buffer.
+    """
+    starts, pos = [], 0
+    for i, size in enumerate(sizes):
+        pos += (i * _STAGGER - pos) % _PAGE
+        starts.append(pos)
+        pos += size
+    return starts, _padded(pos)
 
 
 class _Fixed:
@@ -323,7 +343,7 @@ class BatchNormLayer:
             raise ValueError(f"{r}: unknown layer_type {layer_type!r}; use one of {LAYER_TYPES}")
         kernel = _check_kernel(r, DEFAULT_KERNEL if kernel is None else kernel)
         n = batch * c * h * w
-        floats = _block_size([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))
+        floats = _layout([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))[1]
         if (floats + _ALIGN) * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
             raise ValueError(f"{r}: batch*c*h*w = {batch}*{c}*{h}*{w} = "
                              f"{n} floats per buffer cannot be allocated; use smaller "

@@ -192,3 +192,23 @@ def test_training_with_one_value_per_channel_is_rejected_without_side_effects():
     with pytest.raises(ValueError, match="one value per channel"):
         l.forward(np.ones(3, np.float32), train=True)
     assert_bits([(k, getattr(l, k), v) for k, v in before.items()])
+
+
+@pytest.mark.parametrize("dims", [(256, 1, 1, 1024), (64, 1, 1, 4096), (2, 13, 13, 3),
+                                  (1, 1, 1, 1)])
+def test_buffers_start_at_distinct_page_offsets(dims):
+    """Every buffer is 64-byte aligned, the buffers are disjoint, and no two begin at the
+    same offset in a 4 KiB page, even when every size is a multiple of 4 KiB (c = 1024:
+    packed end to end they would all share one offset, see ``batchnorm_layer._layout``)."""
+    batch, w, h, c = dims
+    layer = BatchNormLayer(batch, w, h, c, layer_type="batchnorm")
+    names = FIELDS + ("net_delta",)
+    views = [getattr(layer._s, name) for name in names]
+    starts = [v.__array_interface__["data"][0] for v in views]
+    assert all(a % 64 == 0 for a in starts)
+    assert len({a % 4096 for a in starts}) == len(names)
+    spans = sorted((a, a + v.nbytes) for a, v in zip(starts, views))
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
+    for name, v in zip(names, views):
+        size = c if name in batchnorm_layer.CHANNEL_FIELDS else batch * c * h * w
+        assert v.shape == (size,), name
