@@ -723,7 +723,14 @@ class _DarknetBatchNorm:
                 input = input.float()             # Darknet's float32 on the upcast input
             if torch.onnx.is_in_onnx_export():
                 return self._onnx_form(input)
-            x = self._check(input)
+            if torch.jit.is_tracing():
+                # The checks read sizes, which jit.trace turns into constants with a
+                # TracerWarning each; they only validate, the recorded op computes.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    x = self._check(input)
+            else:
+                x = self._check(input)
         code = self.dialect.code
         if not self.training:
             return batchnorm_infer(x, self.weight, self.bias, self.running_mean,
