@@ -5,6 +5,7 @@ BatchNormLayer computes from the same batchnorm inputs (captured with forward
 pre-hooks and replayed, bitwise), and must differ from nn.BatchNorm2d's.
 """
 import copy
+import filecmp
 import importlib.util
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from _compare import assert_bits  # noqa: E402
 from darknet_bn import BatchNormLayer  # noqa: E402
 from darknet_bn.torch import DarknetBatchNorm2d, convert_batchnorm  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_darknet_bn.py"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DATA = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("train_darknet_bn", EXAMPLE)
+def _example(name="train_darknet_bn"):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -67,3 +69,21 @@ def test_example_runs(capsys):
     _example().main(["--dialect", "alexeyab", "--steps", "1"])
     out = capsys.readouterr().out
     assert "running_var" in out and "Darknet alexeyab" in out
+
+
+# examples/darknet_round_trip.py: .cfg/.weights -> PyTorch -> one step -> .weights -> check
+@pytest.mark.parametrize("fork", ["alexeyab", "pjreddie"])
+def test_round_trip_example(fork, tmp_path, capfd):
+    pytest.importorskip("onnxscript")          # torch.onnx.export's default exporter
+    status = _example("darknet_round_trip").main(["--dialect", fork, "--out", str(tmp_path)])
+    out = capfd.readouterr().out
+    assert "untouched.weights: byte-identical" in out
+    assert filecmp.cmp(DATA / fork / "bn-zoo.weights", tmp_path / "untouched.weights",
+                       shallow=False)
+    # the step changed the weights, and the header was copied from the input
+    tuned = (tmp_path / "tuned.weights").read_bytes()
+    original = (DATA / fork / "bn-zoo.weights").read_bytes()
+    assert len(tuned) == len(original) and tuned != original
+    assert tuned[:20] == original[:20]          # version 0.2: three int32 and a 64-bit seen
+    assert "6 of 6 layers within the tolerance" in out, out
+    assert status == 0
