@@ -370,3 +370,11 @@ def slim(proto):
     """The graph as onnxslim optimizes it."""
     import onnxslim
     return onnxslim.slim(proto)
+
+
+def simplify(proto):
+    """The graph as onnxsim (onnx-simplifier) simplifies it."""
+    import onnxsim
+    simplified, valid = onnxsim.simplify(proto)
+    assert valid, "onnxsim could not validate its simplified graph"
+    return simplified

@@ -117,6 +117,11 @@ def test_onnxslim(case):
     assert_verdict(case, case.check(models.slim(case.export(fold=False))))
 
 
+def test_onnxsim(case):
+    pytest.importorskip("onnxsim")
+    assert_verdict(case, case.check(models.simplify(case.export(fold=False))))
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_nodes_in_a_random_topological_order(case, seed):
     assert_verdict(case, case.check(models.reorder(case.export(fold=False), seed)))
