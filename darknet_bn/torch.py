@@ -78,9 +78,10 @@ from torch import Tensor, nn
 from .dialects import BY_CODE, get_dialect
 from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_rows,
                     _forward_train, _forward_train_rows, groups)
+from .torch_weights import load_darknet_weights, save_darknet_weights
 
 __all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "from_darknet",
-           "module_from_record", "BIAS_GRADS"]
+           "module_from_record", "save_darknet_weights", "load_darknet_weights", "BIAS_GRADS"]
 
 #: ``bias_grad`` choices: the fork's own (``"darknet"``) or ``backward_bias`` always.
 BIAS_GRADS = ("darknet", "sum")
@@ -472,7 +473,6 @@ def _infer_backward(ctx, grad_y):
 
 
 batchnorm_infer.register_autograd(_infer_backward, setup_context=_infer_setup)
-
 
 
 def _no_second_order(op):
@@ -936,4 +936,3 @@ def from_darknet(cfg, weights, *, dialect):
     d = get_dialect(dialect, "from_darknet")
     w = read_weights(cfg, weights, dialect=d.name)
     return {rec.index: module_from_record(rec, dialect=d.name) for rec in w.layers}
-from .torch_weights import load_darknet_weights, save_darknet_weights  # noqa: E402,F401

@@ -37,8 +37,8 @@ from .darknet.check.pairing import pair_model
 from .darknet.check.readers import read_module, read_state_dict
 from .darknet.check.units import CheckError
 from .darknet.parser import check_path
-from .darknet.weights import (WeightsHeader, atomic_output, check_cfg_arg, network_from,
-                              open_weights, read_header, read_weights, type_name)
+from .darknet.weights import (WeightsHeader, atomic_output, check_cfg_arg, check_size,
+                              network_from, open_weights, read_header, type_name)
 from .dialects import FOLDING, get_dialect
 
 __all__ = ["save_darknet_weights", "load_darknet_weights"]
@@ -220,7 +220,7 @@ def load_darknet_weights(model, cfg, weights, *, dialect):
     place (on the modules' devices and dtypes); a conv's own bias beside a
     batchnorm is zeroed; a pjreddie ``[batchnorm]``'s bias (not in the file) is
     set to zero.  Returns ``model``.  Errors as ``save_darknet_weights``, and what
-    ``read_weights`` raises for the file, before any tensor is modified."""
+    reading the file raises (header, size), before any tensor is modified."""
     import torch
     r = "load_darknet_weights"
     fork = get_dialect(dialect, r).name
@@ -230,8 +230,10 @@ def load_darknet_weights(model, cfg, weights, *, dialect):
         raise TypeError(f"{r}: model must be a torch.nn.Module, got {type_name(model)}")
     net = network_from(cfg, fork, r)
     _refuse_unsupported(r, net)
-    darknet = read_weights(net, path, dialect=fork)           # checks the header and size
-    raw = np.fromfile(os.fspath(path), dtype=_F32, offset=darknet.header.nbytes)
+    f, size = open_weights(os.fspath(path), ".weights file")
+    with f:
+        check_size(path, net, read_header(path, f), size)
+        raw = np.fromfile(f, dtype=_F32)                      # every block, read once
     units = read_module(model, type(model).__name__)
     pairs = _pairs(r, net, units)
     copies = []

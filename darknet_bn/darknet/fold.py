@@ -37,8 +37,8 @@ from .._jit import BUF, INT, kernel, sig
 from .._validate import check_buffer, check_dim, check_no_overlap
 from ..dialects import FOLDING, get_dialect
 from .parser import UnsupportedCfgError, check_path, read_cfg
-from .weights import (_CHUNK, WeightsHeader, _check_cfg_arg, _network, _open_weights,
-                      _type_name, atomic_output, read_header, read_weights)
+from .weights import (_CHUNK, WeightsHeader, atomic_output, check_cfg_arg, network_from,
+                      open_weights, read_header, read_weights, type_name)
 
 #: The double literals of the folding code (not the float ``.00001f`` of normalize_cpu).
 FUSE_EPS = np.float64(.00001)                 # fuse_conv_batchnorm: sqrt((double)var + .00001)
@@ -184,7 +184,7 @@ def fold_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, *, d
     folding = _folding(r, dialect)
     if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
         raise ValueError(f"{r}: layer_type must be one of {LAYER_TYPES}, got "
-                         f"{_type_name(layer_type)}")
+                         f"{type_name(layer_type)}")
     if layer_type == "connected" and not folding.folds_connected:
         raise ValueError(f"{r}: dialect {folding.name!r} does not fold [connected] layers "
                          "(fuse_conv_batchnorm folds only [convolutional]; its inference "
@@ -291,7 +291,7 @@ def fold_weights(cfg_path, weights_path, out_path, *, dialect):
 
 
 def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
-    cfg = _check_cfg_arg(r, cfg_path)
+    cfg = check_cfg_arg(r, cfg_path)
     src_path = check_path(r, "weights_path", weights_path, "yolov4.weights")
     out = check_path(r, "out_path", out_path, "yolov4-folded.weights")
     folding = _folding(r, dialect)
@@ -299,13 +299,13 @@ def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
         if os.path.exists(out) and _same_file(out, path):
             raise ValueError(f"{r}: out_path {os.fspath(out)!r} is the input {name}; "
                              "fold refuses to overwrite its input: pass another out_path")
-    net = _network(cfg, folding.name, r)
+    net = network_from(cfg, folding.name, r)
     _check_foldable(net, r)
     w = read_weights(net, src_path, dialect=folding.name, layer_weights=True)
     records = {rec.index: rec for rec in w.layers}
     header = WeightsHeader(0, 2, folding.save_weights_revision, w.header.seen)
     folded = []
-    f, _ = _open_weights(src_path, ".weights file")
+    f, _ = open_weights(src_path, ".weights file")
     with f, atomic_output(r, out) as dst:
         in_header = read_header(src_path, f)
         dst.write(header.to_bytes())

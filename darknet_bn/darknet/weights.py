@@ -252,7 +252,6 @@ def network_from(cfg, dialect, routine):
     return parse_cfg(cfg, dialect=dialect or "pjreddie")
 
 
-
 def open_weights(path, what):
     """``(file, size)`` of a ``.weights`` file to read; OSError naming ``what``."""
     try:
@@ -264,7 +263,6 @@ def open_weights(path, what):
         f.close()
         raise WeightsFormatError(path, None, f"the {what} is not a regular file")
     return f, st.st_size
-
 
 
 def read_header(path, f):
@@ -305,7 +303,7 @@ def _locate(net, float_pos):
     return None
 
 
-def _check_size(path, net, header, size):
+def check_size(path, net, header, size):
     """Exact size check; the error says where a short file ends or how much is extra."""
     expected = header.nbytes + 4 * net.float_count
     if size == expected:
@@ -367,7 +365,7 @@ def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
     f, size = open_weights(path, ".weights file")
     with f:
         header = read_header(path, f)
-        _check_size(path, net, header, size)
+        check_size(path, net, header, size)
         records = []
         for spec in net.bn_layers:
             arrays = {}
@@ -540,7 +538,7 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
             base = os.fspath(base)
             src, base_size = open_weights(base, "base .weights file")
             base_header = read_header(base, src)
-            _check_size(base, net, base_header, base_size)
+            check_size(base, net, base_header, base_size)
         with atomic_output(routine, out) as dst:
             dst.write(header.to_bytes())
             filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
@@ -611,8 +609,3 @@ def make_batchnorm_layers(weights, *, batch=1, kernel=None):
     _check_layer_args("make_batchnorm_layers", batch, kernel)
     return {rec.index: make_batchnorm_layer_from_record(rec, batch=batch, kernel=kernel)
             for rec in weights.layers}
-
-
-# The former private names (darknet.fold imports them).
-_type_name, _check_cfg_arg, _network, _open_weights = (type_name, check_cfg_arg, network_from,
-                                                       open_weights)
