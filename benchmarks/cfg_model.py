@@ -1,76 +1,124 @@
-"""A PyTorch model with the layer structure of a Darknet ``.cfg``, for ``targets.py``.
+"""A PyTorch model with the layer structure of a Darknet ``.cfg``: ``targets.py`` times
+it, and the check and ``.weights`` tests pair and convert it.
 
-``build(cfg, dialect)`` parses the cfg with ``darknet_bn.parse_cfg`` and builds its
-``[convolutional]`` (``nn.Conv2d``, then ``nn.BatchNorm2d`` and ``LeakyReLU(0.1)``
-when ``batch_normalize=1``; linear otherwise), ``[route]`` (concatenation of the
-listed layers' outputs; with ``groups`` > 1 the last channel group, as
-yolov4-tiny's ``group_id=1``), ``[maxpool]``, ``[upsample]`` (nearest) and
-``[yolo]`` (the head's input is a model output; no loss) sections, with the
-shapes Darknet infers (checked on a dry run).  Activations other than leaky and
-linear are not modelled: every batch-normalized convolution uses leaky, as in
-the yolov4-tiny cfg.  Weights are PyTorch's default initialisation (seeded), not
-a ``.weights`` file: the model exists to be timed.
+``CfgNet(net, style)`` builds a parsed cfg's network the way PyTorch YOLO
+implementations write it (``style`` ``"module_list"``: ``module_list.N.conv_N`` /
+``batch_norm_N``; ``"models"``: ``models.N.conv1`` / ``bn1``), with ``nn.Conv2d``,
+``nn.Linear``, ``nn.BatchNorm2d``/``1d`` and leaky activations: ``[convolutional]``,
+``[connected]``, ``[batchnorm]``, ``[route]`` (with ``groups`` > 1 the last channel
+group, as yolov4-tiny's ``group_id=1``), ``[shortcut]``, ``[maxpool]`` (Darknet's
+padding), ``[upsample]`` (nearest), ``[avgpool]`` and the ``[yolo]`` heads (their
+inputs are the model's outputs; no loss).  Activations other than leaky and linear
+are not modelled: every batch-normalized layer uses leaky, as in the cfgs used.
+
+``build(cfg, dialect)`` is the timed model: PyTorch's default initialisation
+(seeded), not a ``.weights`` file, with the shapes checked against Darknet's on a
+dry run.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import darknet_bn
+from darknet_bn.dialects import get_dialect
 
-SECTIONS = ("convolutional", "route", "maxpool", "upsample", "yolo")
+
+class _Act(nn.Module):
+    def forward(self, x):
+        return F.leaky_relu(x, 0.1)
 
 
-class CfgModel(nn.Module):
-    def __init__(self, net, momentum):
+class CfgNet(nn.Module):
+    """A cfg's network as PyTorch YOLO implementations write it (``style``
+    ``"module_list"`` or ``"models"``), with ``nn.BatchNorm2d``/``1d``."""
+
+    def __init__(self, net, style="module_list", eps=1e-5):
         super().__init__()
         self.specs = net.layers
-        mods = []
+        self.style = style
+        blocks = nn.ModuleList()
         for spec in net.layers:
-            if spec.section not in SECTIONS:
-                raise ValueError(f"cfg_model: [{spec.section}] (layer {spec.index}) is not "
-                                 f"modelled; sections: {SECTIONS}")
+            block = nn.Sequential()
+            i = spec.index
+            conv_name, bn_name, act_name = ((f"conv_{i}", f"batch_norm_{i}", f"leaky_{i}")
+                                            if style == "module_list" else
+                                            ("conv1", "bn1", "leaky1"))
             if spec.section == "convolutional":
-                bn = bool(spec.batch_normalize)
-                parts = [nn.Conv2d(spec.c, spec.filters, spec.size, spec.stride,
-                                   padding=spec.size // 2, groups=spec.groups, bias=not bn)]
-                if bn:
-                    parts += [nn.BatchNorm2d(spec.filters, eps=1e-5, momentum=momentum),
-                              nn.LeakyReLU(0.1)]
-                mods.append(nn.Sequential(*parts))
-            elif spec.section == "maxpool":
-                mods.append(nn.MaxPool2d(spec.size, spec.stride))
-            elif spec.section == "upsample":
-                mods.append(nn.Upsample(scale_factor=spec.stride, mode="nearest"))
-            else:
-                mods.append(nn.Identity())
-        self.layers = nn.ModuleList(mods)
+                same = spec.size // 2
+                pad = same if (spec.h + 2 * same - spec.size) // spec.stride + 1 == spec.out_h \
+                    else 0
+                block.add_module(conv_name, nn.Conv2d(spec.c, spec.filters, spec.size,
+                                                      spec.stride, pad, groups=spec.groups,
+                                                      bias=not spec.bn_channels))
+                if spec.bn_channels:
+                    block.add_module(bn_name, nn.BatchNorm2d(spec.filters, eps=eps))
+                    block.add_module(act_name, _Act())
+            elif spec.section == "connected":
+                block.add_module("flatten", nn.Flatten())
+                block.add_module(conv_name, nn.Linear(spec.inputs, spec.outputs,
+                                                      bias=not spec.bn_channels))
+                if spec.bn_channels:
+                    block.add_module(bn_name, nn.BatchNorm1d(spec.outputs, eps=eps))
+            elif spec.section == "batchnorm":
+                block.add_module(bn_name, nn.BatchNorm2d(spec.c, eps=eps))
+            blocks.append(block)
+        setattr(self, style, blocks)
 
     def forward(self, x, check=False):
-        """The ``[yolo]`` heads' inputs; ``check``: compare every layer's output shape
-        with Darknet's (ValueError on a mismatch)."""
-        outs, heads = [], []
-        for spec, mod in zip(self.specs, self.layers):
-            if spec.section == "route":
-                x = torch.cat([outs[i] for i in spec.input_layers], 1)
+        """The output (the ``[yolo]`` heads' inputs where the cfg has heads); ``check``:
+        compare every layer's output shape with Darknet's (ValueError on a mismatch)."""
+        outputs, heads = [], []
+        blocks = getattr(self, self.style)
+        for spec, block in zip(self.specs, blocks):
+            s = spec.section
+            if s in ("convolutional", "connected", "batchnorm"):
+                x = block(x)
+            elif s == "maxpool":
+                total = spec.size - 1
+                x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2),
+                          value=-6e4)
+                x = F.max_pool2d(x, spec.size, spec.stride)
+            elif s == "upsample":
+                x = F.interpolate(x, scale_factor=spec.stride, mode="nearest")
+            elif s == "route":
+                parts = [outputs[j] for j in spec.input_layers]
+                x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
                 if spec.groups > 1:
-                    x = x.chunk(spec.groups, 1)[-1]
-            elif spec.section == "yolo":
+                    x = torch.chunk(x, spec.groups, 1)[-1]
+            elif s == "shortcut":
+                x = x + outputs[spec.input_layers[0]]
+            elif s in ("yolo", "region", "detection"):
                 heads.append(x)
-            else:
-                x = mod(x)
-            if check and tuple(x.shape[1:]) != (spec.out_c, spec.out_h, spec.out_w):
+            elif s == "avgpool":
+                x = x.mean((2, 3), keepdim=True)
+            if check and tuple(x.shape[1:]) != (spec.out_c, spec.out_h, spec.out_w)[
+                    :x.dim() - 1]:
                 raise ValueError(f"cfg_model: layer {spec.index} [{spec.section}] gives "
                                  f"{tuple(x.shape[1:])}, Darknet "
                                  f"{(spec.out_c, spec.out_h, spec.out_w)}")
-            outs.append(x)
-        return heads
+            outputs.append(x)
+        return tuple(heads) if heads else x
+
+    def modules_of(self, index):
+        """``(conv or linear, batchnorm)`` of cfg layer ``index`` (None where absent)."""
+        conv = bn = None
+        for m in getattr(self, self.style)[index]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                conv = m
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                bn = m
+        return conv, bn
 
 
 def build(cfg, dialect, seed=0):
-    """The cfg's model with ``nn.BatchNorm2d`` (momentum as the fork's rolling factor);
+    """The cfg's model with ``nn.BatchNorm2d`` (momentum: the fork's rolling factor);
     shapes checked against Darknet's on a one-image dry run."""
     net = darknet_bn.parse_cfg(cfg, dialect=dialect)
     torch.manual_seed(seed)
-    model = CfgModel(net, 0.01 if dialect == "pjreddie" else 0.1)
+    model = CfgNet(net)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = float(get_dialect(dialect).rolling_new)
     with torch.no_grad():
         model.eval()(torch.zeros(1, net.c, net.h, net.w), check=True)
     return model, (net.c, net.h, net.w)

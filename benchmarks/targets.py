@@ -7,7 +7,7 @@ and torch):
 - module eval: ``DarknetBatchNorm2d(c, dialect=...)`` in ``eval()`` under
   ``torch.no_grad()`` against ``nn.BatchNorm2d`` run the same way.
 - model: the layer structure of ``data/golden/cfg/alexeyab/yolov4-tiny.cfg``
-  (``cfg_model``: ``nn.Conv2d`` + ``nn.BatchNorm2d`` + leaky, routes, maxpools,
+  (``cfg_model.CfgNet``: ``nn.Conv2d`` + ``nn.BatchNorm2d`` + leaky, routes, maxpools,
   upsample) against the same model after ``darknet_bn.torch.convert_batchnorm``;
   eval (batch 1, no_grad) and a train step (batch 4, forward + backward).
 - layer infer: ``BatchNormLayer.forward(x, train=False)`` against the exact

@@ -9,6 +9,8 @@ Two layouts: ``module_list.N.conv_N`` / ``batch_norm_N`` / ``leaky_N`` and
 """
 import io
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,9 @@ from torch import nn
 
 from darknet_bn.darknet import parse_cfg
 from darknet_bn.dialects import FOLDING
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
 
 F32 = np.float32
 
@@ -73,86 +78,6 @@ def blocks_of(net, path):
             out[spec.index] = {name: raw[spec.offsets[name]:][:count].copy()
                                for name, count in spec.blocks}
     return out
-
-
-class _Act(nn.Module):
-    def forward(self, x):
-        return F.leaky_relu(x, 0.1)
-
-
-class CfgNet(nn.Module):
-    """A cfg's network as PyTorch YOLO implementations write it (``style``
-    ``"module_list"`` or ``"models"``), with ``nn.BatchNorm2d``/``1d``."""
-
-    def __init__(self, net, style="module_list", eps=1e-5):
-        super().__init__()
-        self.specs = net.layers
-        self.style = style
-        blocks = nn.ModuleList()
-        for spec in net.layers:
-            block = nn.Sequential()
-            i = spec.index
-            conv_name, bn_name, act_name = ((f"conv_{i}", f"batch_norm_{i}", f"leaky_{i}")
-                                            if style == "module_list" else
-                                            ("conv1", "bn1", "leaky1"))
-            if spec.section == "convolutional":
-                same = spec.size // 2
-                pad = same if (spec.h + 2 * same - spec.size) // spec.stride + 1 == spec.out_h \
-                    else 0
-                block.add_module(conv_name, nn.Conv2d(spec.c, spec.filters, spec.size,
-                                                      spec.stride, pad, groups=spec.groups,
-                                                      bias=not spec.bn_channels))
-                if spec.bn_channels:
-                    block.add_module(bn_name, nn.BatchNorm2d(spec.filters, eps=eps))
-                    block.add_module(act_name, _Act())
-            elif spec.section == "connected":
-                block.add_module("flatten", nn.Flatten())
-                block.add_module(conv_name, nn.Linear(spec.inputs, spec.outputs,
-                                                      bias=not spec.bn_channels))
-                if spec.bn_channels:
-                    block.add_module(bn_name, nn.BatchNorm1d(spec.outputs, eps=eps))
-            elif spec.section == "batchnorm":
-                block.add_module(bn_name, nn.BatchNorm2d(spec.c, eps=eps))
-            blocks.append(block)
-        setattr(self, style, blocks)
-
-    def forward(self, x):
-        outputs, heads = [], []
-        blocks = getattr(self, self.style)
-        for spec, block in zip(self.specs, blocks):
-            s = spec.section
-            if s in ("convolutional", "connected", "batchnorm"):
-                x = block(x)
-            elif s == "maxpool":
-                total = spec.size - 1
-                x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2),
-                          value=-6e4)
-                x = F.max_pool2d(x, spec.size, spec.stride)
-            elif s == "upsample":
-                x = F.interpolate(x, scale_factor=spec.stride, mode="nearest")
-            elif s == "route":
-                parts = [outputs[j] for j in spec.input_layers]
-                x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-                if spec.groups > 1:
-                    x = torch.chunk(x, spec.groups, 1)[-1]
-            elif s == "shortcut":
-                x = x + outputs[spec.input_layers[0]]
-            elif s in ("yolo", "region", "detection"):
-                heads.append(x)
-            elif s == "avgpool":
-                x = x.mean((2, 3), keepdim=True)
-            outputs.append(x)
-        return tuple(heads) if heads else x
-
-    def modules_of(self, index):
-        """``(conv or linear, batchnorm)`` of cfg layer ``index`` (None where absent)."""
-        conv = bn = None
-        for m in getattr(self, self.style)[index]:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                conv = m
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                bn = m
-        return conv, bn
 
 
 def fill(model, net, blocks, *, remap_eps=None):
