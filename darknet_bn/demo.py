@@ -6,11 +6,11 @@ forward and backward with the values recorded from Darknet's C, bit for bit.
 Finally it replays all recorded cases and prints one line per case.  The exit
 status is 1 if any buffer differs from Darknet in any bit.
 """
-import sys
 import time
 
 import numpy as np
 
+from ._cmd import fail
 from ._progress import Progress
 from .batchnorm_layer import DEFAULT_KERNEL, PATHS
 from .golden import FixturesNotFound, layer_cases, layer_dir, replay_layer_case, ulp_diff
@@ -54,8 +54,7 @@ def run(args):
     try:
         root = layer_dir()
     except FixturesNotFound as e:
-        print(f"darknet-bn demo: {e}", file=sys.stderr)
-        return 2
+        return fail("demo", e)
     print(f"Darknet's recorded layer cases: {root}")
     cases = layer_cases()
     t0 = time.perf_counter()
