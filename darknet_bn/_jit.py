@@ -15,6 +15,17 @@ kernels at once, so when it is the layer Numba will use, the kernels are
 compiled with ``parallel=False``: the same loops, serially, with the same bits.
 Serial builds are cached under their own names (``<name>__serial``).
 
+Fork (docs/reliability.md): GNU OpenMP's pool does not survive ``fork()``: Numba
+terminates a direct child that launches a parallel kernel after its parent
+started the omp layer, and a grandchild, or a child whose parent used libgomp
+through torch, hangs in the pool.  So when the layer is omp, an
+``os.register_at_fork`` hook switches every registered kernel of a forked child
+to its serial build (``use_serial_builds``): the same dispatcher objects callers
+hold, their parallel machine code dropped and their compiler and cache replaced
+by the ``<name>__serial`` ones, so no call in the child (or its children) enters
+an OpenMP parallel region, with the same bits.  Nothing changes in the parent,
+nor on tbb (fork-safe) and workqueue (already serial).
+
 Cache (docs/reliability.md): Numba's locations (``NUMBA_CACHE_DIR``, the
 package's ``__pycache__``, the user cache directory), then, for this package's
 files only, a private per-user temp directory (0700, owned by the user).  If
@@ -31,6 +42,8 @@ import importlib
 import os
 import stat
 import tempfile
+import threading
+import types
 import warnings
 
 import numba
@@ -51,6 +64,10 @@ INT = "int64"
 FLT = "float32"
 
 THREADSAFE_LAYERS = ("tbb", "omp")
+#: Layers whose pool a forked child must not enter: kernels switch to serial builds there.
+FORK_UNSAFE_LAYERS = ("omp",)
+#: The qualname suffix of serial builds (their own entries in the on-disk cache).
+SERIAL_SUFFIX = "__serial"
 
 
 class CacheFallbackWarning(UserWarning):
@@ -106,6 +123,10 @@ KERNEL_OPTIONS = dict(HELPER_OPTIONS, parallel=PARALLEL)
 
 #: True once a decorator had to compile without a disk cache.
 CACHE_DISABLED = False
+
+#: True in a process whose kernels run their serial builds because it was forked from
+#: a process on a ``FORK_UNSAFE_LAYERS`` layer (inherited by its own children).
+SERIAL_AFTER_FORK = False
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -254,11 +275,83 @@ def kernel(*signatures):
         if not PARALLEL:
             # Keep serial and parallel builds apart in the on-disk cache (its
             # index is named after the qualname and does not record the flags).
-            fn.__qualname__ += "__serial"
+            fn.__qualname__ += SERIAL_SUFFIX
         dispatcher = _njit(fn, KERNEL_OPTIONS)
+        if SERIAL_AFTER_FORK:                   # a kernel defined in a switched child
+            _switch_to_serial(dispatcher)
         KERNELS.append((dispatcher, signatures))
         return dispatcher
     return wrap
+
+
+# --------------------------------------------------------------------------
+# fork: serial builds in a child of a process on a fork-unsafe layer
+# --------------------------------------------------------------------------
+def _current_layer():
+    """The layer Numba started in this process (or an ancestor), else the predicted one."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return THREADING_LAYER
+
+
+def _serial_twin(dispatcher):
+    """A new dispatcher for ``dispatcher``'s function with ``parallel=False``, named
+    ``<qualname>__serial`` (the serial builds' cache entries, shared with workqueue's)."""
+    fn = dispatcher.py_func
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    twin.__kwdefaults__ = fn.__kwdefaults__
+    twin.__module__ = fn.__module__
+    twin.__qualname__ = fn.__qualname__ + SERIAL_SUFFIX
+    return _njit(twin, {**KERNEL_OPTIONS, "parallel": False})
+
+
+def _switch_to_serial(dispatcher):
+    """Make ``dispatcher`` (the object every caller holds) run its serial build.
+
+    Its parallel machine code is dropped, so its next call compiles; the first compile
+    (``_compile_serial``) takes the compiler and cache of the ``__serial`` twin, so the
+    serial code is loaded from the cache (or compiled once and cached).  A few
+    microseconds per kernel, nothing on disk, and Numba's call path is unchanged.
+    """
+    if not dispatcher.targetoptions.get("parallel"):
+        return
+    dispatcher._reset_overloads()
+    dispatcher.targetoptions = {**dispatcher.targetoptions, "parallel": False}
+    dispatcher.compile = types.MethodType(_compile_serial, dispatcher)
+
+
+def _compile_serial(dispatcher, sig):
+    """``dispatcher.compile`` until the first compile in a switched process."""
+    with _SWITCH_LOCK:
+        if "compile" in vars(dispatcher):
+            twin = _serial_twin(dispatcher)
+            dispatcher._compiler, dispatcher._cache = twin._compiler, twin._cache
+            del dispatcher.compile                  # Numba's own compile from now on
+    return dispatcher.compile(sig)
+
+
+def use_serial_builds():
+    """Switch every registered kernel of this process, and every kernel defined later,
+    to its serial build: the same bits, no parallel region.  The at-fork hook calls it
+    in a child; idempotent."""
+    global SERIAL_AFTER_FORK
+    SERIAL_AFTER_FORK = True
+    for dispatcher, _ in KERNELS:
+        _switch_to_serial(dispatcher)
+
+
+def _after_fork_in_child():
+    global _SWITCH_LOCK
+    _SWITCH_LOCK = threading.Lock()                 # a parent's thread may have held it
+    if PARALLEL and not SERIAL_AFTER_FORK and _current_layer() in FORK_UNSAFE_LAYERS:
+        use_serial_builds()
+
+
+_SWITCH_LOCK = threading.Lock()
+if PARALLEL and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def helper(fn=None, **overrides):
@@ -276,9 +369,10 @@ def sig(*args):
 
 
 def threading_info():
-    """How the kernels run here: threading layer, parallel or serial, threads, cache."""
-    return {"threading_layer": THREADING_LAYER, "parallel": PARALLEL,
-            "tbb_preloaded": _tbb.PRELOADED,
+    """How the kernels run here: threading layer, parallel or serial (and whether serial
+    because this process was forked from one on omp), threads, cache."""
+    return {"threading_layer": THREADING_LAYER, "parallel": PARALLEL and not SERIAL_AFTER_FORK,
+            "serial_after_fork": SERIAL_AFTER_FORK, "tbb_preloaded": _tbb.PRELOADED,
             "num_threads": numba.get_num_threads(), "max_threads": config.NUMBA_NUM_THREADS,
             "cache": not CACHE_DISABLED}
 
