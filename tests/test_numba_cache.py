@@ -296,6 +296,19 @@ def test_numba_internals_used_by_jit():
     assert callable(getattr(parallel, "_check_tbb_version_compatible", None)), where
     for layer in ("tbbpool", "omppool", "workqueue"):
         assert importlib.util.find_spec(f"numba.np.ufunc.{layer}"), f"{where}: no {layer}"
+    # The switch to serial builds in a forked child (_jit._switch_to_serial) replaces a
+    # dispatcher's compiler and cache and drops its overloads; its compile must use them.
+    import inspect
+
+    from numba.core.dispatcher import Dispatcher
+    d = blas._mean_cpu
+    for name in ("_compiler", "_cache", "targetoptions", "overloads"):
+        assert hasattr(d, name), f"{where}: a dispatcher has no {name}"
+    assert callable(getattr(d, "_reset_overloads", None)), f"{where}: no _reset_overloads"
+    compile_source = inspect.getsource(Dispatcher.compile)
+    for use in ("self._cache.load_overload", "self._compiler.compile", "self.add_overload"):
+        assert use in compile_source, f"{where}: Dispatcher.compile no longer calls {use}"
+    assert "self.compile(" in inspect.getsource(Dispatcher._compile_for_args), where
 
 
 FUSED_CHILD = textwrap.dedent("""
