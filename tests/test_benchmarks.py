@@ -15,6 +15,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 
 import bench  # noqa: E402
+import fork_child  # noqa: E402
 import profile_step  # noqa: E402
 
 
@@ -28,6 +29,18 @@ def test_bench_runs_every_implementation(tmp_path, capsys):
         (d, m) for d in ("pjreddie", "alexeyab") for m in ("train", "infer")}
     for r in rows:
         assert {"fused", "blas", "numpy", "memcpy"} <= set(r["min_s"])
+
+
+def test_fork_child_prints_parent_and_child(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "fork.json"
+    assert fork_child.main(["--shape", "1,8,3,3", "--rounds", "1", "--repeat", "1",
+                            "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "forked child:" in text and "layer train step 1x8x3x3" in text
+    rows = json.loads(out.read_text())
+    assert set(rows["parent_us"]) == set(rows["child_us"]) == {
+        f"{what} 1x8x3x3" for what in ("module eval", "layer infer", "layer train step")}
 
 
 @pytest.mark.slow
