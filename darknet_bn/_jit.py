@@ -23,8 +23,10 @@ through torch, hangs in the pool.  So when the layer is omp, an
 to its serial build (``use_serial_builds``): the same dispatcher objects callers
 hold, their parallel machine code dropped and their compiler and cache replaced
 by the ``<name>__serial`` ones, so no call in the child (or its children) enters
-an OpenMP parallel region, with the same bits.  Nothing changes in the parent,
-nor on tbb (fork-safe) and workqueue (already serial).
+an OpenMP parallel region, with the same bits.  A ``multiprocessing`` child
+started with fork that imports the package for the first time does the same at
+import.  Nothing changes in the parent, nor on tbb (fork-safe) and workqueue
+(already serial).
 
 Cache (docs/reliability.md): Numba's locations (``NUMBA_CACHE_DIR``, the
 package's ``__pycache__``, the user cache directory), then, for this package's
@@ -41,6 +43,7 @@ import hashlib
 import importlib
 import os
 import stat
+import sys
 import tempfile
 import threading
 import types
@@ -317,6 +320,9 @@ def _switch_to_serial(dispatcher):
     """
     if not dispatcher.targetoptions.get("parallel"):
         return
+    # Keep the parallel builds alive, never to be called: freeing compiled code takes
+    # time (0.35 ms for one kernel compiled in the process) and copies shared pages.
+    _PARALLEL_BUILDS_KEPT.append(dict(dispatcher.overloads))
     dispatcher._reset_overloads()
     dispatcher.targetoptions = {**dispatcher.targetoptions, "parallel": False}
     dispatcher.compile = types.MethodType(_compile_serial, dispatcher)
@@ -349,9 +355,24 @@ def _after_fork_in_child():
         use_serial_builds()
 
 
+def forked_by_multiprocessing():
+    """Whether this process is a ``multiprocessing`` child started with ``fork`` (a
+    ``Pool`` or ``DataLoader`` worker, say).  Imported there for the first time, the
+    package has no hook that saw the fork, and the parent may have used GNU OpenMP."""
+    mp = sys.modules.get("multiprocessing")
+    try:
+        fork_process = mp.context.ForkProcess if mp is not None else None
+    except AttributeError:                          # no fork on this platform
+        return False
+    return fork_process is not None and isinstance(mp.current_process(), fork_process)
+
+
 _SWITCH_LOCK = threading.Lock()
+_PARALLEL_BUILDS_KEPT = []
 if PARALLEL and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    if THREADING_LAYER in FORK_UNSAFE_LAYERS and forked_by_multiprocessing():
+        use_serial_builds()                         # every kernel defined from now on
 
 
 def helper(fn=None, **overrides):
