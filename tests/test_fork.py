@@ -12,6 +12,10 @@ parallel in a child.  Spawned children start afresh and run parallel kernels.
 import ast
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -178,3 +182,55 @@ def test_the_switch_keeps_the_objects_callers_hold():
                for d, _ in _jit.KERNELS)
     assert not _jit.SERIAL_AFTER_FORK
 
+
+
+LATE_IMPORT = textwrap.dedent("""
+    import multiprocessing as mp, sys
+    import numba, numpy as np
+    sys.path[:0] = [{root!r}, {tests!r}]
+
+    @numba.njit(parallel=True)
+    def pool_user(a):                    # the parent's own OpenMP use, before any fork
+        for i in numba.prange(a.size):
+            a[i] += 1.0
+
+    def child(q):
+        from _state import training_run  # darknet_bn imported here, in the child
+        from darknet_bn import _jit
+        q.put((training_run(0, "fused", steps=8).tobytes(),
+               _jit.threading_info()["serial_after_fork"]))
+
+    if __name__ == "__main__":
+        pool_user(np.zeros(100000))
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        try:
+            got, serial = q.get(timeout=240)
+        except Exception:
+            got, serial = None, None
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+        from _state import training_run
+        from darknet_bn import _jit
+        print(p.exitcode, got == training_run(0, "fused", steps=8).tobytes(), serial,
+              numba.threading_layer(), _jit.PARALLEL)
+""")
+
+
+def test_first_import_in_a_forked_worker(tmp_path):
+    """A multiprocessing worker started with fork from a process that used OpenMP but
+    never imported darknet_bn (the hook was not there at the fork): importing it there
+    switches to the serial builds under omp, and the bits are the parent's."""
+    script = tmp_path / "late_import.py"
+    tests = Path(__file__).resolve().parent
+    script.write_text(LATE_IMPORT.format(root=str(tests.parent), tests=str(tests)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=600, cwd=tests.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    exitcode, same, serial, layer, parallel = r.stdout.split()
+    assert exitcode == "0", f"the worker died ({exitcode}):\n{r.stderr[-2000:]}"
+    assert same == "True"
+    assert serial == str(layer == "omp" and parallel == "True")
