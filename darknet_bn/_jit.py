@@ -313,7 +313,7 @@ def _serial_twin(dispatcher):
 def _switch_to_serial(dispatcher):
     """Make ``dispatcher`` (the object every caller holds) run its serial build.
 
-    Its parallel machine code is dropped, so its next call compiles; the first compile
+    Its parallel machine code is unhooked, so its next call compiles; the first compile
     (``_compile_serial``) takes the compiler and cache of the ``__serial`` twin, so the
     serial code is loaded from the cache (or compiled once and cached).  A few
     microseconds per kernel, nothing on disk, and Numba's call path is unchanged.
@@ -371,7 +371,7 @@ _SWITCH_LOCK = threading.Lock()
 _PARALLEL_BUILDS_KEPT = []
 if PARALLEL and hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-    if THREADING_LAYER in FORK_UNSAFE_LAYERS and forked_by_multiprocessing():
+    if _current_layer() in FORK_UNSAFE_LAYERS and forked_by_multiprocessing():
         use_serial_builds()                         # every kernel defined from now on
 
 
