@@ -10,6 +10,7 @@ printed: the layer, how the child's kernels run, and the time from the fork to
 the end of the child's first train step (switch + loading the serial builds).
 
     python benchmarks/fork_child.py [--shape N,C,H,W ...] [--rounds 5] [--repeat 20]
+    python benchmarks/fork_child.py --parent-only ...   # no fork: any version's per-call times
 
 Nothing here is a test: timings are printed, never asserted.
 """
@@ -93,19 +94,38 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="turns of parent and child")
     p.add_argument("--repeat", type=int, default=20, help="timings per case and turn")
     p.add_argument("--json", help="write the minima (microseconds) to this file")
+    p.add_argument("--parent-only", action="store_true",
+                   help="no child: --rounds timings of this process only")
     a = p.parse_args(argv)
     shapes = tuple(a.shape or SHAPES)
 
     import numba
-
-    from darknet_bn import _jit
     cases = make_cases(shapes)
     parent_runs = [measure(cases, a.repeat)]        # uses the kernels: layer started
+    if a.parent_only:
+        parent_runs += [measure(cases, a.repeat) for _ in range(a.rounds - 1)]
+        parent = {k: min(run[k] for run in parent_runs) for k in cases}
+        print(f"threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads")
+        print(f"{'case':34s} {'us':>11s}")
+        for k in cases:
+            print(f"{k:34s} {parent[k]:11.2f}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"layer": numba.threading_layer(), "parent_us": parent}, f, indent=1)
+        return 0
+
+    from darknet_bn import _jit
     ctx = mp.get_context("fork")
     mine, theirs = ctx.Pipe()
     proc = ctx.Process(target=child, args=(theirs, shapes, a.repeat, time.perf_counter()))
     proc.start()
-    hello = mine.recv()
+    theirs.close()                                  # a child that dies ends recv()
+    try:
+        hello = mine.recv()
+    except EOFError:
+        proc.join()
+        print(f"the forked child died (exit code {proc.exitcode})", file=sys.stderr)
+        return 1
     child_runs = []
     for r in range(a.rounds):
         mine.send(True)

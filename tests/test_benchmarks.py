@@ -41,6 +41,9 @@ def test_fork_child_prints_parent_and_child(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert set(rows["parent_us"]) == set(rows["child_us"]) == {
         f"{what} 1x8x3x3" for what in ("module eval", "layer infer", "layer train step")}
+    assert fork_child.main(["--shape", "1,8,3,3", "--rounds", "1", "--repeat", "1",
+                            "--parent-only", "--json", str(out)]) == 0
+    assert "child_us" not in json.loads(out.read_text())
 
 
 @pytest.mark.slow
