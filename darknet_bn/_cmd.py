@@ -1,18 +1,18 @@
 """What the ``darknet-bn`` sub-commands share: the fork argument and one-line errors."""
 import sys
 
-from .dialects import DIALECTS
+from ._validate import error_text
+from .dialects import names
 
 
 def add_dialect_argument(parser, help):
     """``--dialect`` (required): the fork, by name."""
-    parser.add_argument("--dialect", required=True, choices=sorted(DIALECTS), help=help)
+    parser.add_argument("--dialect", required=True, choices=names(), help=help)
 
 
 def fail(command, error):
     """Print ``darknet-bn COMMAND: <first line of error>`` on stderr; exit status 2."""
-    text = str(error)
-    print(f"darknet-bn {command}: {text.splitlines()[0] if text else type(error).__name__}",
+    print(f"darknet-bn {command}: {error_text(error, None) or type(error).__name__}",
           file=sys.stderr)
     return 2
 

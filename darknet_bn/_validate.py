@@ -14,6 +14,13 @@ import numpy as np
 INDEX_MAX = 2**63 - 1
 
 
+def error_text(error, n=200):
+    """The first line of ``error``'s message, cut to ``n`` characters ("" if empty):
+    what a one-line message quotes of an exception raised by another library."""
+    text = str(error)
+    return text.splitlines()[0][:n] if text else ""
+
+
 def short_repr(value, n=40):
     """``value`` for a one-line message: ``repr`` (a string as is) cut to ``n``
     characters; an integer too long for ``repr`` is described by its size."""

@@ -51,7 +51,7 @@ from ._progress import Progress
 from ._validate import (MIN_VALUES_PER_CHANNEL, check_dim, check_two_values_per_channel,
                         short_repr)
 from .batchnorm_layer import BatchNormLayer
-from .dialects import DIALECTS, get_dialect
+from .dialects import get_dialect, names
 
 HELP = "compare Darknet's backward with exact float64 gradients (table, CSV, plot)"
 
@@ -131,7 +131,7 @@ def _max_m(text):
 
 
 def add_arguments(p):
-    p.add_argument("--dialect", choices=sorted(DIALECTS) + ["both"], default="both",
+    p.add_argument("--dialect", choices=[*names(), "both"], default="both",
                    help="Darknet fork to measure (default: both)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"directory for compare.csv, compare.md, compare.png "
@@ -301,7 +301,7 @@ def _no_progress(row):
     pass
 
 
-def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0,
+def sweep(dialects=names(), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0,
           progress=_no_progress):
     """Training-mode rows for every dialect, regime and size (same inputs per dialect).
 
@@ -320,7 +320,7 @@ def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANN
     return rows
 
 
-def sweep_inference(dialects=tuple(DIALECTS), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0,
+def sweep_inference(dialects=names(), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0,
                     progress=_no_progress):
     """Inference-mode rows (``measure_inference``) for every dialect and size;
     ``progress(row)`` is called after each row."""
@@ -521,7 +521,7 @@ def run(args):
     except (OSError, ValueError) as e:       # ValueError: a NUL byte in the path
         return _error(f"--out {args.out!r}: cannot create the directory ({_reason(e)}); "
                       "pass a directory that exists or can be created")
-    dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
+    dialects = names() if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
     total = len(dialects) * (len(REGIMES) * len(sizes) + len(inf_sizes))

@@ -15,7 +15,9 @@ import sys
 
 import numpy as np
 
-from .darknet import parse_cfg, read_weights
+from .darknet.parser import parse_cfg
+from .darknet.weights import read_weights
+from .dialects import names
 
 HELP = "table of a Darknet cfg's batchnorm layers (with a .weights file: value statistics)"
 
@@ -23,7 +25,7 @@ HELP = "table of a Darknet cfg's batchnorm layers (with a .weights file: value s
 def add_arguments(p):
     p.add_argument("cfg", help="Darknet .cfg file")
     p.add_argument("weights", nargs="?", help="matching .weights file (optional)")
-    p.add_argument("--dialect", default="pjreddie", choices=("pjreddie", "alexeyab"),
+    p.add_argument("--dialect", default="pjreddie", choices=names(),
                    help="the Darknet fork the files are for (default: pjreddie); it decides "
                         "[batchnorm]'s layout and AlexeyAB-only options such as route groups")
 

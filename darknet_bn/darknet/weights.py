@@ -31,8 +31,8 @@ import numpy as np
 
 from .._validate import check_dim, short_repr
 from ..batchnorm_layer import PATHS, BatchNormLayer
-from ..dialects import get_dialect
-from .parser import (BN_BLOCKS, INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
+from ..dialects import BN_BLOCKS, PJREDDIE, Dialect, get_dialect, others
+from .parser import (INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
                      parse_cfg, reword_os_error)
 
 #: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
@@ -105,7 +105,8 @@ class BatchNormRecord:
 
     ``biases`` is None for a pjreddie ``[batchnorm]`` section, which does not
     store them (Darknet's layer then adds zero biases).  ``spec`` is the layer's
-    ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read.
+    ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read (a
+    ``Dialect``; a name is accepted where a record is passed in).
 
     ``weights`` is the layer's own weights block for a ``[convolutional]`` or
     ``[connected]`` layer, flat and filter-major as stored (``filters x
@@ -121,7 +122,7 @@ class BatchNormRecord:
     scales: np.ndarray
     rolling_mean: np.ndarray
     rolling_variance: np.ndarray
-    dialect: str = "pjreddie"
+    dialect: object = PJREDDIE
     spec: object = field(default=None, repr=False)
     weights: object = field(default=None, repr=False)
 
@@ -135,7 +136,7 @@ class BatchNormRecord:
 class DarknetWeights:
     """``read_weights``' result: the header and one ``BatchNormRecord`` per BN layer."""
     path: str
-    dialect: str
+    dialect: object
     header: WeightsHeader
     network: Network
     layers: list
@@ -182,9 +183,10 @@ def check_record(routine, record, name="record"):
     if not isinstance(record.section, str):
         raise TypeError(f"{routine}: {name}.section must be the cfg section name (a str), "
                         f"got {type_name(record.section)}")
-    if not isinstance(record.dialect, str):
-        raise TypeError(f"{routine}: {name}.dialect must be a dialect name (a str), got "
-                        f"{type_name(record.dialect)}")
+    if not isinstance(record.dialect, (str, Dialect)):
+        raise TypeError(f"{routine}: {name}.dialect must be a Dialect or a dialect name (a "
+                        f"str), got {type_name(record.dialect)}")
+    get_dialect(record.dialect, routine)
     if record.spec is not None and not isinstance(record.spec, LayerSpec):
         raise TypeError(f"{routine}: {name}.spec must be the layer's LayerSpec (from "
                         f"parse_cfg) or None, got {type_name(record.spec)}")
@@ -244,12 +246,12 @@ def check_cfg_arg(routine, cfg, name="cfg_path"):
 # --------------------------------------------------------------------------
 def network_from(cfg, dialect, routine):
     if isinstance(cfg, Network):
-        if dialect is not None and cfg.dialect != get_dialect(dialect, routine).name:
-            raise ValueError(f"{routine}: the Network was parsed with dialect {cfg.dialect!r} "
-                             f"but dialect={dialect!r} was passed; parse it again with that "
-                             "dialect")
+        if dialect is not None and cfg.dialect is not get_dialect(dialect, routine):
+            raise ValueError(f"{routine}: the Network was parsed with dialect "
+                             f"{cfg.dialect.name!r} but dialect={str(dialect)!r} was passed; "
+                             "parse it again with that dialect")
         return cfg
-    return parse_cfg(cfg, dialect=dialect or "pjreddie")
+    return parse_cfg(cfg, dialect=PJREDDIE if dialect is None else dialect)
 
 
 def open_weights(path, what):
@@ -319,21 +321,21 @@ def check_size(path, net, header, size):
         msg = (f"oversized: {size} bytes but the cfg implies {expected} ({header.nbytes}-byte "
                f"header + {net.float_count} floats); {size - expected} extra bytes after the "
                "last layer")
-    other = _other_dialect_size(net, header)
-    if other and other[1] == size:
-        msg += f". The size matches dialect={other[0]!r}: pass that dialect"
+    matches = [d.name for d in others(net.dialect) if _dialect_size(net, header, d) == size]
+    if matches:
+        msg += f". The size matches dialect={matches[0]!r}: pass that dialect"
     else:
         msg += ". Check that the .weights belongs to this .cfg (same filters, classes, order)"
     raise WeightsFormatError(path, min(size, expected), msg)
 
 
-def _other_dialect_size(net, header):
-    other = "alexeyab" if net.dialect == "pjreddie" else "pjreddie"
+def _dialect_size(net, header, dialect):
+    """The size of the file for ``net``'s cfg read with ``dialect``, or None."""
     try:
-        alt = parse_cfg(net.path, dialect=other)
+        alt = parse_cfg(net.path, dialect=dialect)
     except (ValueError, OSError):
         return None
-    return other, header.nbytes + 4 * alt.float_count
+    return header.nbytes + 4 * alt.float_count
 
 
 def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
@@ -411,7 +413,7 @@ def _check_records(path, net, records):
             stored = name in spec.bn_blocks or (name == "weights" and name in counts)
             if not stored:
                 if arr is not None:
-                    raise ValueError(f"{where}: dialect {net.dialect!r} stores no {name} for "
+                    raise ValueError(f"{where}: dialect {net.dialect.name!r} stores no {name} for "
                                      f"this layer; set record.{name} = None (the value would "
                                      "be lost)")
                 continue
@@ -527,9 +529,9 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                              "else")
     if dialect is None:
         dialect = weights.dialect
-        if not isinstance(dialect, str):
-            raise TypeError(f"write_weights: weights.dialect must be a dialect name (a str), "
-                            f"got {type_name(dialect)}; pass dialect= explicitly")
+        if not isinstance(dialect, (str, Dialect)):
+            raise TypeError(f"write_weights: weights.dialect must be a Dialect or a dialect "
+                            f"name (a str), got {type_name(dialect)}; pass dialect= explicitly")
     net = network_from(cfg, dialect, routine)
     by_index = _check_records(out, net, weights.layers)
     src = None
