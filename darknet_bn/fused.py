@@ -696,15 +696,6 @@ def _normalize_delta_rows(dsrc, delta, net_delta, x, mv, sc, dn, vd2, tm, batch,
                                            tm[i], how)
 
 
-def _workspace(l):
-    """Per-layer scratch for the spatial == 1 kernels, allocated on first use only."""
-    ws = l.__dict__.get("_fused_workspace")
-    if ws is None or ws[0].shape[0] != 2 * l.out_c:
-        ws = (np.zeros(2 * l.out_c, np.float32), np.zeros(3 * l.out_c, np.float64))
-        l._fused_workspace = ws
-    return ws
-
-
 def groups(filters):
     """Channels per parallel item, ``(forward statistics, backward sums)``.
 
@@ -723,44 +714,99 @@ def groups(filters):
 
 
 # --------------------------------------------------------------------------
-# The path functions registered in batchnorm_layer.PATHS["fused"]
+# The kernel API: flat buffers, a Dialect, a Workspace
 # --------------------------------------------------------------------------
-def forward_fused(l, input, train):
-    """``forward_batchnorm_layer``, fused; same contract as ``_forward_blas``."""
-    d, sp = l.dialect, l.out_h * l.out_w
-    src = l.output if input is None else input
-    if sp == 1:
-        acc64 = _workspace(l)[1]
-        if train:
-            _forward_train_rows(src, l.output, l.x, l.x_norm, l.mean, l.variance,
-                                l.rolling_mean, l.rolling_variance, l.scales, l.biases, acc64,
-                                l.batch, l.out_c, d.rolling_keep, d.rolling_new, d.code, 1)
-        else:
-            _forward_infer_rows(src, l.output, l.x, l.rolling_mean, l.rolling_variance,
-                                l.scales, l.biases, acc64, l.batch, l.out_c, d.code,
-                                int(d.copy_x_in_inference))
-    elif train:
-        _forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
-                       l.rolling_variance, l.scales, l.biases, l.batch, l.out_c, sp,
-                       d.rolling_keep, d.rolling_new, d.code, groups(l.out_c)[0], 1)
+# The three functions below are the fused path's public entry points, called by
+# ``BatchNormLayer``, ``darknet_bn.torch`` and the benchmarks.  They pick the
+# kernel layout (planes, or rows when spatial == 1) and the channel groups, and
+# take their scratch space from the caller's ``Workspace``.  They do not check
+# their arguments: every buffer must be a C-contiguous float32 numpy array of
+# the size named below, the output buffers disjoint from the inputs (except
+# where an input is the output itself, as noted), and ``dialect`` a built-in
+# ``Dialect``, and the flags (``save_x``, ``do_backward_bias``, ``write_net_delta``)
+# ints 0 or 1 (the kernels are compiled for int64 flags: a bool would compile
+# another specialization).  The callers validate first (``BatchNormLayer``, the torch ops);
+# checking on every call would cost the small shapes their speed.  A wrong
+# size reads or writes out of bounds.
+#
+#   tensors      batch*filters*spatial floats: src, output, x, x_norm, dsrc, delta, net_delta
+#   per channel  filters floats: mean, variance, rolling_*, scales, biases, *_updates, *_delta
+class Workspace:
+    """Scratch space for the kernels beyond the caller's buffers (the spatial == 1
+    kernels' per-channel accumulators and denominators).  It grows to the largest
+    channel count it has served and is reused: nothing is allocated per call once
+    grown.  One workspace serves one call at a time (one per layer, one per thread)."""
+
+    __slots__ = ("acc", "acc64")
+
+    def __init__(self):
+        self.acc = np.zeros(0, np.float32)
+        self.acc64 = np.zeros(0, np.float64)
+
+    def rows(self, filters):
+        """``(acc, acc64)``: float32 scratch of ``2*filters`` and float64 of ``3*filters``."""
+        if self.acc.shape[0] < 2 * filters:
+            self.acc = np.zeros(2 * filters, np.float32)
+            self.acc64 = np.zeros(3 * filters, np.float64)
+        return self.acc[:2 * filters], self.acc64[:3 * filters]
+
+
+@kernel(sig(BUF, BUF64, INT, INT))
+def _normalize_denominators(variance, out, filters, dialect):
+    for f in prange(filters):
+        out[f] = normalize_denominator(variance[f], dialect)
+
+
+def normalize_denominators(variance, out, dialect):
+    """normalize_cpu's per-channel denominators, in double, into ``out`` (float64,
+    ``len(variance)``): what the inference kernel divides by (the derivative of the
+    eval function needs them)."""
+    _normalize_denominators(variance, out, variance.shape[0], dialect.code)
+
+
+def forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                  scales, biases, batch, filters, spatial, keep, new, dialect, workspace,
+                  save_x):
+    """forward_batchnorm_layer with net.train = 1 (see ``_forward_train``): writes
+    ``output``, ``x`` (when ``save_x``), ``x_norm``, ``mean``, ``variance`` and the
+    rolling statistics (``scal_cpu(keep)`` then ``axpy_cpu(new)``, float32 factors).
+    ``src`` is the input, or ``output`` itself when the data is already there."""
+    if spatial == 1:
+        _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
+                            rolling_variance, scales, biases, workspace.rows(filters)[1], batch,
+                            filters, keep, new, dialect.code, save_x)
     else:
-        _forward_infer(src, l.output, l.x, l.rolling_mean, l.rolling_variance, l.scales,
-                       l.biases, l.batch, l.out_c, sp, d.code, int(d.copy_x_in_inference))
+        _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                       scales, biases, batch, filters, spatial, keep, new, dialect.code,
+                       groups(filters)[0], save_x)
 
 
-def backward_fused(l, delta, train, mean, variance, net_delta):
-    """``backward_batchnorm_layer``, fused; same contract as ``_backward_blas``."""
-    d, sp = l.dialect, l.out_h * l.out_w
-    dsrc = l.delta if delta is None else delta
-    write_net = net_delta is not None
-    if sp == 1:
-        acc, acc64 = _workspace(l)
-        _backward_rows(dsrc, l.delta, net_delta if write_net else l.delta, l.x, l.x_norm, mean,
-                       variance, l.scales, l.bias_updates, l.scale_updates, l.mean_delta,
-                       l.variance_delta, acc, acc64, l.batch, l.out_c, d.code,
-                       int(d.backward_bias_in_bn), int(write_net))
-        return
-    _backward(dsrc, l.delta, net_delta if write_net else l.delta, l.x, l.x_norm, mean,
-              variance, l.scales, l.bias_updates, l.scale_updates, l.mean_delta,
-              l.variance_delta, l.batch, l.out_c, sp, d.code, int(d.backward_bias_in_bn),
-              int(write_net), groups(l.out_c)[1])
+def forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                  filters, spatial, dialect, workspace, save_x):
+    """forward_batchnorm_layer with net.train = 0 (see ``_forward_infer``): writes
+    ``output`` and, when ``save_x``, ``x``.  ``src`` may be ``output`` itself."""
+    if spatial == 1:
+        _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
+                            workspace.rows(filters)[1], batch, filters, dialect.code, save_x)
+    else:
+        _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                       filters, spatial, dialect.code, save_x)
+
+
+def backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+             scale_updates, mean_delta, variance_delta, batch, filters, spatial, dialect,
+             workspace, do_backward_bias, write_net_delta):
+    """backward_batchnorm_layer (see ``_backward``): writes ``delta`` (and ``net_delta``
+    when ``write_net_delta``; pass ``delta`` there otherwise), ``mean_delta``,
+    ``variance_delta``, adds to ``scale_updates`` and, when ``do_backward_bias``, to
+    ``bias_updates``.  ``dsrc`` is the incoming gradient, or ``delta`` itself;
+    ``mean``/``variance`` the statistics the backward uses."""
+    if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
+        _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+                       scale_updates, mean_delta, variance_delta, acc, acc64, batch, filters,
+                       dialect.code, do_backward_bias, write_net_delta)
+    else:
+        _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+                  scale_updates, mean_delta, variance_delta, batch, filters, spatial,
+                  dialect.code, do_backward_bias, write_net_delta, groups(filters)[1])
