@@ -28,16 +28,13 @@ a test: nothing is asserted.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape,  # noqa: E402
-                     shape_str, threads, timed)
-import cs231n  # noqa: E402
-import targets  # noqa: E402
+from . import cs231n, targets
+from ._common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape, shape_str,
+                      threads, timed)
 
 IMPLS = ("fused", "blas", "torch", "numpy", "memcpy", "module", "nn")
 

@@ -25,15 +25,12 @@ is quiet).  This is a profile, not a test.
 import argparse
 import math
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_layer, parse_shape, shape_str, threads  # noqa: E402
+from ._common import make_layer, parse_shape, shape_str, threads
 
 
 # --------------------------------------------------------------------------
@@ -293,7 +290,7 @@ def _rows_floors(shape, layer, x, repeat, step):
             ("one exact division pass (read, (double)(x-m)/denom, scale, bias, write)",
              division), ("memcpy of the tensor", memcpy)]
     try:
-        import bench
+        from . import bench
         torch_step = bench._torch(shape, layer.dialect.name,
                                   threads()).get("train")
     except ImportError:

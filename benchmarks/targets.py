@@ -37,11 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import make_data, make_layer, shape_str, threads  # noqa: E402
+from ._common import make_data, make_layer, shape_str, threads
 
-CFG = HERE.parent / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
+ROOT = Path(__file__).resolve().parents[1]
+CFG = ROOT / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
 DIALECTS = ("pjreddie", "alexeyab")
 GROUPS = ("module", "model", "layer", "fc")
 
@@ -86,7 +85,7 @@ def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
 
 # --------------------------------------------------------------------------
 def module_rows(nthreads, rounds=15, inner=20):
-    import bench
+    from . import bench
     out = []
     for shape, target in MODULE_ROWS:
         for dialect in DIALECTS:
@@ -110,7 +109,7 @@ def module_floors(shape, dialect, rounds, inner):
     module's kernel call without the module) and a copy of the same bytes with torch's
     threads (``Tensor.clone``: one read, one write, the bandwidth floor)."""
     import torch
-    from exact_reference import exact_infer
+    from .exact_reference import exact_infer
     from darknet_bn import get_dialect
     x, _, scales, biases, rmean, rvar = make_data(shape)
     n, c, h, w = shape
@@ -129,7 +128,7 @@ def model_rows(nthreads, rounds=5):
         from darknet_bn.torch import convert_batchnorm
     except ImportError:
         return []
-    import cfg_model
+    from . import cfg_model
     torch.set_num_threads(nthreads)
     dialect = "alexeyab"
     nn_model, (c, h, w) = cfg_model.build(CFG, dialect)
@@ -168,7 +167,7 @@ def model_rows(nthreads, rounds=5):
 
 
 def layer_rows(nthreads, rounds=15, inner=20):
-    from exact_reference import bits_match, reference_for
+    from .exact_reference import bits_match, reference_for
     out = []
     for shape, target in LAYER_ROWS:
         for dialect in DIALECTS:
@@ -186,7 +185,7 @@ def layer_rows(nthreads, rounds=15, inner=20):
 
 
 def fc_rows(nthreads, where, rounds=9, inner=10):
-    import bench
+    from . import bench
     out = []
     for shape, target in FC_ROWS:
         for dialect in DIALECTS:
@@ -201,9 +200,9 @@ def fc_rows(nthreads, where, rounds=9, inner=10):
 
 def fc_alone(nthreads):
     """The FC rows measured in a fresh process that runs nothing else."""
-    cmd = [sys.executable, str(HERE / "targets.py"), "--group", "fc", "--threads",
+    cmd = [sys.executable, "-m", "benchmarks.targets", "--group", "fc", "--threads",
            str(nthreads), "--where", "alone", "--dump"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode:
         print(res.stderr, file=sys.stderr)
         return []
