@@ -32,134 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cs231n, targets
-from ._common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape, shape_str,
-                      threads, timed)
+from . import targets
+from ._common import (DARKNET_C_MS, IMPLS, SHAPES, implementations, load_average,
+                      paired_ratio, parse_shape, round_robin, shape_str, threads)
 
-IMPLS = ("fused", "blas", "torch", "numpy", "memcpy", "module", "nn")
-
-
-# --------------------------------------------------------------------------
-# implementations: each returns {"train": fn, "infer": fn} (a missing key = n/a)
-# --------------------------------------------------------------------------
-def _darknet(shape, dialect, kernel):
-    layer, x, delta = make_layer(shape, dialect, kernel)
-
-    def train():
-        layer.forward(x, train=True)
-        layer.backward(delta, train=True)
-
-    def infer():
-        layer.forward(x, train=False)
-    return {"train": train, "infer": infer}
-
-
-def _torch(shape, dialect, nthreads):
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return {}
-    torch.set_num_threads(nthreads)
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    xt = torch.from_numpy(x).requires_grad_()
-    dt = torch.from_numpy(delta)
-    w = torch.from_numpy(scales).requires_grad_()
-    b = torch.from_numpy(biases).requires_grad_()
-    rm, rv = torch.from_numpy(rmean.copy()), torch.from_numpy(rvar.copy())
-    momentum = 0.01 if dialect == "pjreddie" else 0.1
-
-    def train():
-        xt.grad = w.grad = b.grad = None
-        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=momentum, eps=1e-5)
-        y.backward(dt)
-
-    def infer():
-        with torch.no_grad():
-            F.batch_norm(xt, rm, rv, w, b, training=False, eps=1e-5)
-    return {"train": train, "infer": infer}
-
-
-def _numpy(shape, dialect):
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    momentum = 0.99 if dialect == "pjreddie" else 0.9
-
-    def train():
-        _, cache = cs231n.forward_train(x, scales, biases, rmean, rvar, momentum)
-        cs231n.backward(delta, cache)
-
-    def infer():
-        cs231n.forward_infer(x, scales, biases, rmean, rvar)
-    return {"train": train, "infer": infer}
-
-
-def _memcpy(shape):
-    src = make_data(shape)[0]
-    dst = np.empty_like(src)
-
-    def copy():
-        np.copyto(dst, src)
-    return {"train": copy, "infer": copy}
-
-
-def _torch_module(shape, dialect, nthreads, darknet):
-    """DarknetBatchNorm2d (``darknet``) or nn.BatchNorm2d as a module, autograd train step."""
-    try:
-        import torch
-        from darknet_bn.torch import DarknetBatchNorm2d
-    except ImportError:
-        return {}
-    torch.set_num_threads(nthreads)
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    c = shape[1]
-    if darknet:
-        m = DarknetBatchNorm2d(c, dialect=dialect)
-    else:
-        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.01 if dialect == "pjreddie" else 0.1)
-    with torch.no_grad():
-        for t, v in ((m.weight, scales), (m.bias, biases), (m.running_mean, rmean),
-                     (m.running_var, rvar)):
-            t.copy_(torch.from_numpy(v))
-    xt = torch.from_numpy(x).requires_grad_()
-    dt = torch.from_numpy(delta)
-
-    def train():
-        m.train()
-        xt.grad = m.weight.grad = m.bias.grad = None
-        m(xt).backward(dt)
-
-    def infer():
-        m.eval()
-        with torch.no_grad():
-            m(xt)
-    return {"train": train, "infer": infer}
-
-
-def build(shape, dialect, nthreads, impls):
-    makers = {"fused": lambda: _darknet(shape, dialect, "fused"),
-              "blas": lambda: _darknet(shape, dialect, "blas"),
-              "torch": lambda: _torch(shape, dialect, nthreads),
-              "numpy": lambda: _numpy(shape, dialect),
-              "memcpy": lambda: _memcpy(shape),
-              "module": lambda: _torch_module(shape, dialect, nthreads, True),
-              "nn": lambda: _torch_module(shape, dialect, nthreads, False)}
-    return {name: makers[name]() for name in impls}
-
-
-# --------------------------------------------------------------------------
 def measure(shape, dialect, mode, impls, repeat, nthreads):
     """{impl: [seconds, ...]} for one shape/dialect/mode, interleaved round-robin."""
-    fns = {name: fs[mode] for name, fs in build(shape, dialect, nthreads, impls).items()
-           if mode in fs}
-    for fn in fns.values():          # warm-up: compilation, page faults, caches
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(timed(fns[name]))
-    return times
+    fns = {name: fs[mode] for name, fs in implementations(shape, dialect, nthreads,
+                                                          impls).items() if mode in fs}
+    return round_robin(fns, repeat)
 
 
 def _fmt(v):
@@ -168,14 +49,6 @@ def _fmt(v):
 
 def _ratio(a, b):
     return "n/a" if a is None or b is None else f"{a / b:5.2f}x"
-
-
-def paired_ratio(a, b):
-    """Median over rounds of a[i]/b[i]: both ran in round i, next to each other, so a
-    slow phase of the shared machine slows both (steadier than a ratio of minima)."""
-    if not a or not b:
-        return None
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def report(results, nthreads):
@@ -281,7 +154,7 @@ def main(argv=None):
         import numba
         numba.set_num_threads(a.threads)
     nthreads = threads()
-    load_before = targets.load()
+    load_before = load_average()
     print(f"threads {nthreads}; {load_before}", flush=True)
     impls = a.impl or list(IMPLS)
     results = {}
@@ -298,7 +171,7 @@ def main(argv=None):
         print(report(results, nthreads))
     if a.targets_only or not (a.no_targets or a.shape):
         rows = targets.measure(targets.GROUPS, nthreads)
-        print(targets.report(rows, nthreads, load_before, targets.load()))
+        print(targets.report(rows, nthreads, load_before, load_average()))
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).with_name(Path(a.json).stem + "-targets.json").write_text(

@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._common import make_layer, parse_shape, shape_str, threads
+from ._common import make_layer, parse_shape, shape_str, threads, torch_functional_impl
 
 
 # --------------------------------------------------------------------------
@@ -289,12 +289,7 @@ def _rows_floors(shape, layer, x, repeat, step):
     rows = [("fused train step (forward + backward)", step),
             ("one exact division pass (read, (double)(x-m)/denom, scale, bias, write)",
              division), ("memcpy of the tensor", memcpy)]
-    try:
-        from . import bench
-        torch_step = bench._torch(shape, layer.dialect.name,
-                                  threads()).get("train")
-    except ImportError:
-        torch_step = None
+    torch_step = torch_functional_impl(shape, layer.dialect.name, threads()).get("train")
     if torch_step is not None:
         rows.append(("PyTorch train step (F.batch_norm + autograd backward)",
                      _median_time(torch_step, repeat)))

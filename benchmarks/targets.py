@@ -19,25 +19,24 @@ and torch):
   before (the full ``make bench`` sweep).
 
 Statistics.  Every pair runs ``rounds`` rounds, the order alternating; in each
-round each side runs ``inner`` calls and keeps its fastest.  ``min`` rows compare
-the minima over all rounds; ``median`` rows (model and FC: they sit near the
-noise) the median over rounds of the per-round ratio.  Both are printed.  The
-load average (``os.getloadavg``) is printed with the table: on a shared host,
-rerun when it is high.  Nothing is asserted: this is a benchmark.
+round each side runs ``inner`` calls and keeps its fastest (``_common.round_robin``,
+the sweep's timer too).  ``min`` rows compare the minima over all rounds; ``median``
+rows (model and FC: they sit near the noise) the median over rounds of the per-round
+ratio.  Both are printed.  The load average (``os.getloadavg``) is printed with the
+table: on a shared host, rerun when it is high.  Nothing is asserted: this is a
+benchmark.
 """
 import argparse
 import copy
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ._common import make_data, make_layer, shape_str, threads
+from ._common import (implementations, load_average, make_data, make_layer, paired_ratio,
+                      round_robin, shape_str, threads, torch_module_impl)
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
@@ -51,31 +50,9 @@ FC_ROWS = (((256, 1024, 1, 1), 1.0), ((64, 4096, 1, 1), 1.0))
 MODEL_TARGET = 1.03
 
 
-def load():
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
-
-
-def pair(a, b, rounds, inner):
-    """Per-round minima ``(ta, tb)`` of ``inner`` calls each, order alternating."""
-    for fn in (a, b):                   # warm-up: compilation, page faults, caches
-        fn()
-        fn()
-    ta, tb = [], []
-    for r in range(rounds):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for fn, out in order:
-            best = float("inf")
-            for _ in range(inner):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            out.append(best)
-    return ta, tb
-
-
 def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
     ratio_min = min(ta) / min(tb)
-    ratio_med = statistics.median(x / y for x, y in zip(ta, tb))
+    ratio_med = paired_ratio(ta, tb)
     ratio = ratio_min if stat == "min" else ratio_med
     return {"group": group, "what": what, "shape": list(shape), "dialect": dialect,
             "a_ms": min(ta) * 1e3, "b_ms": min(tb) * 1e3, "ratio_min": ratio_min,
@@ -85,15 +62,14 @@ def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
 
 # --------------------------------------------------------------------------
 def module_rows(nthreads, rounds=15, inner=20):
-    from . import bench
     out = []
     for shape, target in MODULE_ROWS:
         for dialect in DIALECTS:
-            a = bench._torch_module(shape, dialect, nthreads, True)
-            b = bench._torch_module(shape, dialect, nthreads, False)
+            a = torch_module_impl(shape, dialect, nthreads, True)
+            b = torch_module_impl(shape, dialect, nthreads, False)
             if not a or not b:
                 return out
-            ta, tb = pair(a["infer"], b["infer"], rounds, inner)
+            ta, tb = round_robin({"a": a["infer"], "b": b["infer"]}, rounds, inner).values()
             floors = module_floors(shape, dialect, rounds, inner)
             out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
                            dialect, ta, tb, target, "min",
@@ -118,7 +94,8 @@ def module_floors(shape, dialect, rounds, inner):
     args = (src, out, out, rmean, rvar, scales, biases, n, c, h * w,
             get_dialect(dialect).code, 0)
     xt = torch.from_numpy(x)
-    ta, tb = pair(lambda: exact_infer(*args), xt.clone, rounds, inner)
+    ta, tb = round_robin({"kernel": lambda: exact_infer(*args), "clone": xt.clone},
+                         rounds, inner).values()
     return min(ta) * 1e3, min(tb) * 1e3
 
 
@@ -143,7 +120,8 @@ def model_rows(nthreads, rounds=5):
             with torch.no_grad():
                 model(x1)
         return run
-    ta, tb = pair(evaluate(dk_model), evaluate(nn_model), rounds, 1)
+    ta, tb = round_robin({"darknet_bn": evaluate(dk_model), "nn": evaluate(nn_model)},
+                         rounds).values()
     out.append(row("model", "yolov4-tiny-shaped model with the module / with "
                    "nn.BatchNorm2d, eval", (1, c, h, w), dialect, ta, tb, MODEL_TARGET,
                    "median"))
@@ -160,7 +138,8 @@ def model_rows(nthreads, rounds=5):
                 p.grad = None
             torch.autograd.backward(model(x4), grads)
         return run
-    ta, tb = pair(step(dk_model), step(nn_model), rounds, 1)
+    ta, tb = round_robin({"darknet_bn": step(dk_model), "nn": step(nn_model)},
+                         rounds).values()
     out.append(row("model", "same models, train step (forward + backward)", (4, c, h, w),
                    dialect, ta, tb, MODEL_TARGET, "median"))
     return out
@@ -177,7 +156,8 @@ def layer_rows(nthreads, rounds=15, inner=20):
 
             def run_layer():
                 layer.forward(x, train=False)
-            ta, tb = pair(run_layer, run_ref, rounds, inner)
+            ta, tb = round_robin({"layer": run_layer, "reference": run_ref}, rounds,
+                                 inner).values()
             out.append(row("layer", "BatchNormLayer inference / exact reference kernel",
                            shape, dialect, ta, tb, target, "min",
                            note="bits identical" if same else "BITS DIFFER"))
@@ -185,14 +165,14 @@ def layer_rows(nthreads, rounds=15, inner=20):
 
 
 def fc_rows(nthreads, where, rounds=9, inner=10):
-    from . import bench
     out = []
     for shape, target in FC_ROWS:
         for dialect in DIALECTS:
-            fns = bench.build(shape, dialect, nthreads, ("fused", "torch"))
+            fns = implementations(shape, dialect, nthreads, ("fused", "torch"))
             if "train" not in fns["torch"]:
                 return out
-            ta, tb = pair(fns["fused"]["train"], fns["torch"]["train"], rounds, inner)
+            ta, tb = round_robin({name: fns[name]["train"] for name in ("fused", "torch")},
+                                 rounds, inner).values()
             out.append(row("fc", f"BatchNormLayer train step / torch ({where})", shape,
                            dialect, ta, tb, target, "median"))
     return out
@@ -259,12 +239,12 @@ def main(argv=None):
         import numba
         numba.set_num_threads(a.threads)
     nthreads = threads()
-    before = load()
+    before = load_average()
     rows = measure(a.group or GROUPS, nthreads, a.where)
     if a.dump:
         print(json.dumps(rows))
         return rows
-    print(report(rows, nthreads, before, load()))
+    print(report(rows, nthreads, before, load_average()))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return rows

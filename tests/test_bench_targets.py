@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 
 from benchmarks import exact_reference, targets  # noqa: E402
-from benchmarks._common import make_layer  # noqa: E402
+from benchmarks._common import make_layer, round_robin  # noqa: E402
 
 SEED = 20261205
 
@@ -69,7 +69,7 @@ def test_report_states_target_and_verdict():
 
     def b():
         calls["b"] += 1
-    ta, tb = targets.pair(a, b, rounds=5, inner=2)
+    ta, tb = round_robin({"a": a, "b": b}, rounds=5, inner=2).values()
     assert len(ta) == len(tb) == 5 and calls == {"a": 12, "b": 12}
     rows = [targets.row("fc", "x / y", (2, 3, 1, 1), "pjreddie", [2.0] * 5, [1.0] * 5, 1.0,
                         "median"),
