@@ -14,7 +14,12 @@ import time
 
 import numpy as np
 
+from darknet_bn import DIALECTS, BatchNormLayer, get_dialect
+
 from . import cs231n
+
+#: The forks, by name in the registry's order: the --dialect choices and the default sweep.
+DIALECT_NAMES = tuple(DIALECTS)
 
 #: The benchmark shapes: small conv, YOLO-like conv, large plane, FC-like.
 SHAPES = ((16, 64, 28, 28), (4, 128, 104, 104), (4, 32, 416, 416), (256, 1024, 1, 1))
@@ -52,7 +57,6 @@ def make_data(shape, seed=0):
 
 def make_layer(shape, dialect, kernel, layer_type="batchnorm", seed=0):
     """A BatchNormLayer with the seeded parameters; returns (layer, x_flat, delta_flat)."""
-    from darknet_bn import BatchNormLayer
     n, c, h, w = shape
     x, delta, scales, biases, rmean, rvar = make_data(shape, seed)
     layer = BatchNormLayer(n, w, h, c, dialect=dialect, layer_type=layer_type, kernel=kernel)
@@ -126,7 +130,8 @@ def darknet_impl(shape, dialect, kernel):
 
 
 def torch_functional_impl(shape, dialect, nthreads):
-    """``F.batch_norm`` (+ autograd backward to x, weight, bias); {} without torch."""
+    """``F.batch_norm`` (+ autograd backward to x, weight, bias), momentum the fork's
+    rolling factor; {} without torch."""
     try:
         import torch
         import torch.nn.functional as F
@@ -139,7 +144,7 @@ def torch_functional_impl(shape, dialect, nthreads):
     w = torch.from_numpy(scales).requires_grad_()
     b = torch.from_numpy(biases).requires_grad_()
     rm, rv = torch.from_numpy(rmean.copy()), torch.from_numpy(rvar.copy())
-    momentum = 0.01 if dialect == "pjreddie" else 0.1
+    momentum = float(get_dialect(dialect).rolling_new)
 
     def train():
         xt.grad = w.grad = b.grad = None
@@ -153,9 +158,9 @@ def torch_functional_impl(shape, dialect, nthreads):
 
 
 def numpy_impl(shape, dialect):
-    """The CS231N NumPy batch norm (``cs231n``)."""
+    """The CS231N NumPy batch norm (``cs231n``), momentum the fork's rolling factor."""
     x, delta, scales, biases, rmean, rvar = make_data(shape)
-    momentum = 0.99 if dialect == "pjreddie" else 0.9
+    momentum = get_dialect(dialect).rolling_keep
 
     def train():
         _, cache = cs231n.forward_train(x, scales, biases, rmean, rvar, momentum)
@@ -177,8 +182,8 @@ def memcpy_impl(shape):
 
 
 def torch_module_impl(shape, dialect, nthreads, darknet):
-    """DarknetBatchNorm2d (``darknet``) or nn.BatchNorm2d as a module, autograd train step;
-    {} without torch."""
+    """DarknetBatchNorm2d (``darknet``) or nn.BatchNorm2d (momentum the fork's rolling
+    factor) as a module, autograd train step; {} without torch."""
     try:
         import torch
         from darknet_bn.torch import DarknetBatchNorm2d
@@ -190,7 +195,7 @@ def torch_module_impl(shape, dialect, nthreads, darknet):
     if darknet:
         m = DarknetBatchNorm2d(c, dialect=dialect)
     else:
-        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.01 if dialect == "pjreddie" else 0.1)
+        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=float(get_dialect(dialect).rolling_new))
     with torch.no_grad():
         for t, v in ((m.weight, scales), (m.bias, biases), (m.running_mean, rmean),
                      (m.running_var, rvar)):

@@ -15,7 +15,8 @@ Modes:
 memcpy: one np.copyto of the input tensor (one read, one write): the roofline.
 module: darknet_bn.torch.DarknetBatchNorm2d (train: module(x).backward(delta) through
         autograd; infer: eval() under no_grad), next to nn: torch.nn.BatchNorm2d run
-        the same way (eps 1e-5, momentum .01/.1), same torch thread count.
+        the same way (eps 1e-5, momentum the fork's rolling factor), same torch thread
+        count.
 
 After the default sweep (no ``--shape``), the target table (``targets.py``): each
 target row with its ratio, its target and whether it is met, and the load
@@ -33,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from . import targets
-from ._common import (DARKNET_C_MS, IMPLS, SHAPES, implementations, load_average,
-                      paired_ratio, parse_shape, round_robin, shape_str, threads)
+from ._common import (DARKNET_C_MS, DIALECT_NAMES, IMPLS, SHAPES, implementations,
+                      load_average, paired_ratio, parse_shape, round_robin, shape_str, threads)
+
 
 def measure(shape, dialect, mode, impls, repeat, nthreads):
     """{impl: [seconds, ...]} for one shape/dialect/mode, interleaved round-robin."""
@@ -133,8 +135,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", action="append", type=parse_shape,
                    help="N,C,H,W (repeatable; default: the four issue shapes)")
-    p.add_argument("--dialect", action="append", choices=("pjreddie", "alexeyab"),
-                   help="repeatable; default both")
+    p.add_argument("--dialect", action="append", choices=DIALECT_NAMES,
+                   help="repeatable; default all")
     p.add_argument("--mode", action="append", choices=("train", "infer"),
                    help="repeatable; default both")
     p.add_argument("--impl", action="append", choices=IMPLS, help="repeatable; default all")
@@ -159,7 +161,7 @@ def main(argv=None):
     impls = a.impl or list(IMPLS)
     results = {}
     for shape in ([] if a.targets_only else a.shape or SHAPES):
-        for dialect in a.dialect or ("pjreddie", "alexeyab"):
+        for dialect in a.dialect or DIALECT_NAMES:
             for mode in a.mode or ("train", "infer"):
                 results[(dialect, mode, shape)] = measure(shape, dialect, mode, impls,
                                                           a.repeat, nthreads)

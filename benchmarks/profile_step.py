@@ -30,7 +30,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from ._common import make_layer, parse_shape, shape_str, threads, torch_functional_impl
+from ._common import (DIALECT_NAMES, make_layer, parse_shape, shape_str, threads,
+                      torch_functional_impl)
 
 
 # --------------------------------------------------------------------------
@@ -308,7 +309,8 @@ def _rows_floors(shape, layer, x, repeat, step):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", type=parse_shape, default=(4, 128, 104, 104), help="N,C,H,W")
-    p.add_argument("--dialect", choices=("pjreddie", "alexeyab"), default="pjreddie")
+    p.add_argument("--dialect", choices=DIALECT_NAMES, default=DIALECT_NAMES[0],
+                   help="default: %(default)s")
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--threads", type=int, default=None,
                    help="threads for numba (and torch); default: numba's default")

@@ -35,12 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (implementations, load_average, make_data, make_layer, paired_ratio,
-                      round_robin, shape_str, threads, torch_module_impl)
+from darknet_bn import get_dialect
+
+from ._common import (DIALECT_NAMES, implementations, load_average, make_data, make_layer,
+                      paired_ratio, round_robin, shape_str, threads, torch_module_impl)
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = ROOT / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
-DIALECTS = ("pjreddie", "alexeyab")
+#: The model rows' cfg and the fork it is written for (its model runs that fork's layer).
+CFG_FORK = "alexeyab"
+CFG = ROOT / "data" / "golden" / "cfg" / CFG_FORK / "yolov4-tiny.cfg"
 GROUPS = ("module", "model", "layer", "fc")
 
 #: (group, what, shape, target ratio, statistic)
@@ -64,7 +67,7 @@ def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
 def module_rows(nthreads, rounds=15, inner=20):
     out = []
     for shape, target in MODULE_ROWS:
-        for dialect in DIALECTS:
+        for dialect in DIALECT_NAMES:
             a = torch_module_impl(shape, dialect, nthreads, True)
             b = torch_module_impl(shape, dialect, nthreads, False)
             if not a or not b:
@@ -86,7 +89,6 @@ def module_floors(shape, dialect, rounds, inner):
     threads (``Tensor.clone``: one read, one write, the bandwidth floor)."""
     import torch
     from .exact_reference import exact_infer
-    from darknet_bn import get_dialect
     x, _, scales, biases, rmean, rvar = make_data(shape)
     n, c, h, w = shape
     src = x.reshape(-1)
@@ -107,7 +109,7 @@ def model_rows(nthreads, rounds=5):
         return []
     from . import cfg_model
     torch.set_num_threads(nthreads)
-    dialect = "alexeyab"
+    dialect = get_dialect(CFG_FORK).name
     nn_model, (c, h, w) = cfg_model.build(CFG, dialect)
     dk_model = convert_batchnorm(copy.deepcopy(nn_model), dialect=dialect)
     gen = torch.Generator().manual_seed(0)
@@ -149,7 +151,7 @@ def layer_rows(nthreads, rounds=15, inner=20):
     from .exact_reference import bits_match, reference_for
     out = []
     for shape, target in LAYER_ROWS:
-        for dialect in DIALECTS:
+        for dialect in DIALECT_NAMES:
             layer, x, _ = make_layer(shape, dialect, "fused")
             same = bits_match(layer, x)
             run_ref = reference_for(layer, x)[0]
@@ -167,7 +169,7 @@ def layer_rows(nthreads, rounds=15, inner=20):
 def fc_rows(nthreads, where, rounds=9, inner=10):
     out = []
     for shape, target in FC_ROWS:
-        for dialect in DIALECTS:
+        for dialect in DIALECT_NAMES:
             fns = implementations(shape, dialect, nthreads, ("fused", "torch"))
             if "train" not in fns["torch"]:
                 return out

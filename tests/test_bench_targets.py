@@ -52,7 +52,7 @@ def test_bit_check_detects_a_changed_output(monkeypatch):
 def test_cfg_model_has_darknets_shapes():
     torch = pytest.importorskip("torch")
     from benchmarks import cfg_model
-    model, (c, h, w) = cfg_model.build(targets.CFG, "alexeyab")
+    model, (c, h, w) = cfg_model.build(targets.CFG, targets.CFG_FORK)
     assert (c, h, w) == (3, 416, 416)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 19
