@@ -30,14 +30,14 @@ DARKNET_C_MS = {(4, 128, 104, 104): 45.0}
 
 
 def parse_shape(text):
-    parts = tuple(int(p) for p in text.lower().replace("x", ",").split(",") if p)
+    parts = tuple(int(part) for part in text.lower().replace("x", ",").split(",") if part)
     if len(parts) != 4 or min(parts) < 1:
         raise ValueError(f"shape must be N,C,H,W (four positive ints), got {text!r}")
     return parts
 
 
 def shape_str(shape):
-    return "x".join(str(s) for s in shape)
+    return "x".join(str(size) for size in shape)
 
 
 def make_data(shape, seed=0):
@@ -130,30 +130,31 @@ def darknet_impl(shape, dialect, kernel):
 
 
 def torch_functional_impl(shape, dialect, nthreads):
-    """``F.batch_norm`` (+ autograd backward to x, weight, bias), momentum the fork's
-    rolling factor; {} without torch."""
+    """``torch.nn.functional.batch_norm`` (+ autograd backward to x, weight, bias),
+    momentum the fork's rolling factor; {} without torch."""
     try:
         import torch
-        import torch.nn.functional as F
+        from torch.nn import functional
     except ImportError:
         return {}
     torch.set_num_threads(nthreads)
     x, delta, scales, biases, rmean, rvar = make_data(shape)
     xt = torch.from_numpy(x).requires_grad_()
     dt = torch.from_numpy(delta)
-    w = torch.from_numpy(scales).requires_grad_()
-    b = torch.from_numpy(biases).requires_grad_()
+    weight = torch.from_numpy(scales).requires_grad_()
+    bias = torch.from_numpy(biases).requires_grad_()
     rm, rv = torch.from_numpy(rmean.copy()), torch.from_numpy(rvar.copy())
     momentum = float(get_dialect(dialect).rolling_new)
 
     def train():
-        xt.grad = w.grad = b.grad = None
-        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=momentum, eps=1e-5)
-        y.backward(dt)
+        xt.grad = weight.grad = bias.grad = None
+        out = functional.batch_norm(xt, rm, rv, weight, bias, training=True,
+                                    momentum=momentum, eps=1e-5)
+        out.backward(dt)
 
     def infer():
         with torch.no_grad():
-            F.batch_norm(xt, rm, rv, w, b, training=False, eps=1e-5)
+            functional.batch_norm(xt, rm, rv, weight, bias, training=False, eps=1e-5)
     return {"train": train, "infer": infer}
 
 
@@ -193,25 +194,26 @@ def torch_module_impl(shape, dialect, nthreads, darknet):
     x, delta, scales, biases, rmean, rvar = make_data(shape)
     c = shape[1]
     if darknet:
-        m = DarknetBatchNorm2d(c, dialect=dialect)
+        module = DarknetBatchNorm2d(c, dialect=dialect)
     else:
-        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=float(get_dialect(dialect).rolling_new))
+        module = torch.nn.BatchNorm2d(c, eps=1e-5,
+                                      momentum=float(get_dialect(dialect).rolling_new))
     with torch.no_grad():
-        for t, v in ((m.weight, scales), (m.bias, biases), (m.running_mean, rmean),
-                     (m.running_var, rvar)):
-            t.copy_(torch.from_numpy(v))
+        for tensor, values in ((module.weight, scales), (module.bias, biases),
+                               (module.running_mean, rmean), (module.running_var, rvar)):
+            tensor.copy_(torch.from_numpy(values))
     xt = torch.from_numpy(x).requires_grad_()
     dt = torch.from_numpy(delta)
 
     def train():
-        m.train()
-        xt.grad = m.weight.grad = m.bias.grad = None
-        m(xt).backward(dt)
+        module.train()
+        xt.grad = module.weight.grad = module.bias.grad = None
+        module(xt).backward(dt)
 
     def infer():
-        m.eval()
+        module.eval()
         with torch.no_grad():
-            m(xt)
+            module(xt)
     return {"train": train, "infer": infer}
 
 

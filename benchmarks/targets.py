@@ -68,11 +68,12 @@ def module_rows(nthreads, rounds=15, inner=20):
     out = []
     for shape, target in MODULE_ROWS:
         for dialect in DIALECT_NAMES:
-            a = torch_module_impl(shape, dialect, nthreads, True)
-            b = torch_module_impl(shape, dialect, nthreads, False)
-            if not a or not b:
+            module = torch_module_impl(shape, dialect, nthreads, True)
+            nn = torch_module_impl(shape, dialect, nthreads, False)
+            if not module or not nn:
                 return out
-            ta, tb = round_robin({"a": a["infer"], "b": b["infer"]}, rounds, inner).values()
+            ta, tb = round_robin({"module": module["infer"], "nn": nn["infer"]}, rounds,
+                                 inner).values()
             floors = module_floors(shape, dialect, rounds, inner)
             out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
                            dialect, ta, tb, target, "min",
@@ -129,15 +130,15 @@ def model_rows(nthreads, rounds=5):
                    "median"))
     x4 = torch.rand(4, c, h, w, generator=gen)
     with torch.no_grad():
-        grads = [torch.randn(t.shape, generator=gen) for t in nn_model.eval()(x4)]
+        grads = [torch.randn(head.shape, generator=gen) for head in nn_model.eval()(x4)]
 
     def step(model):
         params = list(model.parameters())
 
         def run():
             model.train()
-            for p in params:
-                p.grad = None
+            for param in params:
+                param.grad = None
             torch.autograd.backward(model(x4), grads)
         return run
     ta, tb = round_robin({"darknet_bn": step(dk_model), "nn": step(nn_model)},
@@ -193,14 +194,14 @@ def fc_alone(nthreads):
 
 def measure(groups, nthreads, fc_where="inside the run"):
     rows = []
-    for g in groups:
-        if g == "module":
+    for group in groups:
+        if group == "module":
             rows += module_rows(nthreads)
-        elif g == "model":
+        elif group == "model":
             rows += model_rows(nthreads)
-        elif g == "layer":
+        elif group == "layer":
             rows += layer_rows(nthreads)
-        elif g == "fc":
+        elif group == "fc":
             if fc_where == "inside the run":
                 rows += fc_alone(nthreads)
             rows += fc_rows(nthreads, fc_where)
@@ -215,40 +216,42 @@ def report(rows, nthreads, load_before, load_after):
              "| row | shape | fork | ms | ms (reference side) | ratio | statistic | "
              "target | met |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        note = f" ({r['note']})" if r["note"] else ""
+    for entry in rows:
+        note = f" ({entry['note']})" if entry["note"] else ""
         lines.append(
-            f"| {r['what']}{note} | {shape_str(r['shape'])} | {r['dialect']} | "
-            f"{r['a_ms']:.3f} | {r['b_ms']:.3f} | {r['ratio']:.2f}x (min {r['ratio_min']:.2f}x,"
-            f" median {r['ratio_median']:.2f}x) | {r['stat']} of {r['rounds']} | "
-            f"<= {r['target']:.2f}x | {'met' if r['met'] else 'NOT MET'} |")
-    met = sum(r["met"] for r in rows)
+            f"| {entry['what']}{note} | {shape_str(entry['shape'])} | {entry['dialect']} | "
+            f"{entry['a_ms']:.3f} | {entry['b_ms']:.3f} | {entry['ratio']:.2f}x "
+            f"(min {entry['ratio_min']:.2f}x, median {entry['ratio_median']:.2f}x) | "
+            f"{entry['stat']} of {entry['rounds']} | "
+            f"<= {entry['target']:.2f}x | {'met' if entry['met'] else 'NOT MET'} |")
+    met = sum(entry["met"] for entry in rows)
     lines += ["", f"{met} of {len(rows)} target rows met"]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--group", action="append", choices=GROUPS, help="repeatable; default all")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--where", default="inside the run", help=argparse.SUPPRESS)
-    p.add_argument("--dump", action="store_true", help="print the rows as JSON (one line)")
-    p.add_argument("--json", help="write the rows to this file")
-    a = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--group", action="append", choices=GROUPS,
+                        help="repeatable; default all")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--where", default="inside the run", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", action="store_true", help="print the rows as JSON (one line)")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args(argv)
     import darknet_bn
     darknet_bn.warmup()
-    if a.threads:
+    if args.threads:
         import numba
-        numba.set_num_threads(a.threads)
+        numba.set_num_threads(args.threads)
     nthreads = threads()
     before = load_average()
-    rows = measure(a.group or GROUPS, nthreads, a.where)
-    if a.dump:
+    rows = measure(args.group or GROUPS, nthreads, args.where)
+    if args.dump:
         print(json.dumps(rows))
         return rows
     print(report(rows, nthreads, before, load_average()))
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 
