@@ -139,7 +139,7 @@ def chart(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", action="append", type=parse_shape,
-                        help="N,C,H,W (repeatable; default: the four issue shapes)")
+                        help="N,C,H,W (repeatable; default: the four benchmark shapes)")
     parser.add_argument("--dialect", action="append", choices=DIALECT_NAMES,
                         help="repeatable; default all")
     parser.add_argument("--mode", action="append", choices=("train", "infer"),
