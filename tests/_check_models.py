@@ -20,8 +20,8 @@ from torch import nn
 from darknet_bn.darknet import parse_cfg
 from darknet_bn.dialects import get_dialect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
+from benchmarks.cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
 
 F32 = np.float32
 
