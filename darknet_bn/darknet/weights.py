@@ -29,15 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_dim, short_repr
+from .._validate import check_dim, setting_text, short_repr
 from ..batchnorm_layer import PATHS, BatchNormLayer
 from ..dialects import BN_BLOCKS, PJREDDIE, Dialect, get_dialect, others
+from .kinds import MAJOR_VERSION, MAX_MINOR_VERSION, WEIGHTS, file_kind
 from .parser import (INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
                      parse_cfg, reword_os_error)
-
-#: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
-#: is 0.2 in both forks (files written before 0.2 store ``seen`` as 32 bits).
-MAJOR_VERSION, MAX_MINOR_VERSION = 0, 2
 
 _F32 = np.dtype("<f4")
 _CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
@@ -283,6 +280,10 @@ def read_header(path, f):
                                  "the 12-byte version header; not a Darknet .weights file")
     major, minor, revision = (int(v) for v in np.frombuffer(raw, "<i4"))
     if major != MAJOR_VERSION or not 0 <= minor <= MAX_MINOR_VERSION:
+        kind = file_kind(path)
+        if kind is not None and kind != WEIGHTS:
+            raise WeightsFormatError(path, None, f"this is {kind}, not a Darknet .weights "
+                                     "file (the header does not start with version 0.x)")
         raise WeightsFormatError(
             path, 0, f"header says version {major}.{minor}.{revision}; this reader knows "
             f"Darknet weights versions 0.0 to 0.{MAX_MINOR_VERSION} (both forks write 0.2). "
@@ -323,7 +324,7 @@ def check_size(path, net, header, size):
                "last layer")
     matches = [d.name for d in others(net.dialect) if _dialect_size(net, header, d) == size]
     if matches:
-        msg += f". The size matches dialect={matches[0]!r}: pass that dialect"
+        msg += f". The size matches {setting_text('dialect', matches[0])}: pass that dialect"
     else:
         msg += ". Check that the .weights belongs to this .cfg (same filters, classes, order)"
     raise WeightsFormatError(path, min(size, expected), msg)
