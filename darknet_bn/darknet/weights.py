@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_dim, setting_text, short_repr
+from .._validate import check_dim, routine_prefix, setting_text, short_repr
 from ..batchnorm_layer import PATHS, BatchNormLayer
 from ..dialects import BN_BLOCKS, PJREDDIE, Dialect, get_dialect, others
 from .kinds import MAJOR_VERSION, MAX_MINOR_VERSION, WEIGHTS, file_kind
@@ -440,23 +440,54 @@ def _copy_floats(src, dst, count):
         count -= n
 
 
+def normal_file_mode(path):
+    """The permission bits ``open(path, "w")`` would leave: those of the regular file
+    already at ``path``, else ``0o666`` less the process umask."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+def _umask():
+    """The process umask, read without changing it where Linux reports it (setting it
+    back and forth would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(routine, out):
     """A binary file to write ``out`` through: a temporary file in the same
     directory, renamed to ``out`` when the block ends without an exception and
-    removed otherwise, so a failure never leaves a partial file.  ``OSError``
-    naming ``out`` (a directory given as output, a missing directory...)."""
+    removed otherwise, so a failure never leaves a partial file.  The file gets the
+    mode ``open(out, "w")`` would give it (``normal_file_mode``), not the
+    temporary file's 0600.  ``OSError`` naming ``out`` (a directory given as
+    output, a missing directory...)."""
     directory = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
-        raise IsADirectoryError(errno.EISDIR, f"{routine}: the output path is a "
-                                "directory; pass a file name", out)
+        raise IsADirectoryError(errno.EISDIR, f"{routine_prefix(routine)}the output path is "
+                                "a directory; pass a file name", out)
+    mode = normal_file_mode(out)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
     except OSError as e:           # the message would name the temporary file, not `out`
-        raise reword_os_error(e, f"{routine}: cannot create the output file in "
-                                 f"{directory!r}", out) from None
+        raise reword_os_error(e, f"{routine_prefix(routine)}cannot create the output file "
+                                 f"in {directory!r}", out) from None
     try:
         with os.fdopen(fd, "wb") as dst:
+            os.fchmod(dst.fileno(), mode)
             yield dst
         os.replace(tmp, out)
     except BaseException:
