@@ -36,7 +36,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .._validate import setting_text
 from ..dialects import BN_BLOCKS, get_dialect, others
+from .kinds import file_kind
 
 #: Section name aliases shared by both forks (``string_to_layer_type``).
 _ALIASES = {"conv": "convolutional", "conn": "connected", "max": "maxpool",
@@ -187,7 +189,9 @@ def read_cfg(path):
         with open(path, "r", encoding="utf-8-sig", errors="strict") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise CfgError(path, 0, f"not a text file ({e}); pass a Darknet .cfg") from None
+        kind = file_kind(path)
+        what = f"this is {kind}" if kind is not None else f"not a text file ({e})"
+        raise CfgError(path, 0, f"{what}; pass a Darknet .cfg") from None
     except OSError as e:
         raise reword_os_error(e, "cannot open the .cfg file", path) from None
     sections = []
@@ -344,7 +348,8 @@ def _refuse(sec, keys, reason):
     for key in keys:
         if sec.has(key):
             raise sec.error(f"option {key}= is {reason}; parse with "
-                            f"dialect='alexeyab' if this cfg is for AlexeyAB/darknet", key,
+                            f"{setting_text('dialect', 'alexeyab')} if this cfg is for "
+                            "AlexeyAB/darknet", key,
                             UnsupportedCfgError)
 
 
@@ -556,7 +561,7 @@ def parse_shortcut(sec, p, layers, fd):
     raw = sec.find_int_list("from")
     if len(raw) > 1 and not fd.shortcut_multi:
         raise sec.error("from= with several layers is AlexeyAB-only; parse with "
-                        "dialect='alexeyab'", "from", UnsupportedCfgError)
+                        f"{setting_text('dialect', 'alexeyab')}", "from", UnsupportedCfgError)
     idx = [_resolve_index(sec, "from", i, p.index) for i in raw]
     s = LayerSpec("shortcut", p.index, sec.line, out_c=p.c, out_h=p.h, out_w=p.w,
                   inputs=p.w * p.h * p.c, outputs=p.w * p.h * p.c, input_layers=tuple(idx))
@@ -790,7 +795,7 @@ def parse_cfg(path, *, dialect="pjreddie"):
                     "darknet_bn's cfg parser does not model")
             other = [d.name for d in others(dialect) if d.cfg.knows(sec.type)]
             hint = (f"it exists only in {' and '.join(other)}'s Darknet: pass "
-                    f"dialect={other[0]!r}" if other else "check the spelling (Darknet "
+                    f"{setting_text('dialect', other[0])}" if other else "check the spelling (Darknet "
                     "would report 'Type not recognized')")
             raise CfgError(path, sec.line, f"unknown section [{sec.type}] for dialect "
                            f"{dialect.name!r}; {hint}")
