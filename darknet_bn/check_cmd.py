@@ -20,17 +20,16 @@ Exit status: 0 when every layer is within the tolerance, 1 when some layer is
 not, 2 for an unreadable file or a model none of whose layers pair with the cfg
 (one line on stderr).
 """
-from ._cmd import add_dialect_argument, fail
+from ._cmd import (CFG_FILE, MODEL_FILE, WEIGHTS_FILE, add_dialect_argument,
+                   add_file_arguments, check_files, fail)
 from .darknet.check import check_model
 
 HELP = "compare a converted model (ONNX, torch state_dict) with Darknet's BN inference"
+FILES = (CFG_FILE, WEIGHTS_FILE, MODEL_FILE)
 
 
 def add_arguments(p):
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("weights", help="matching .weights file")
-    p.add_argument("converted", help="the converted model: .onnx, or a torch state_dict "
-                                     "(.pt/.pth)")
+    add_file_arguments(p, FILES)
     add_dialect_argument(p, "the Darknet fork whose inference is the reference")
     p.add_argument("--eps", type=float, default=None,
                    help="the eps the state_dict's model is built with (a state_dict stores "
@@ -44,6 +43,7 @@ def add_arguments(p):
 
 def run(args):
     try:
+        check_files(args, FILES)
         report = check_model(args.converted, args.cfg, args.weights, dialect=args.dialect,
                              eps=args.eps, strict=args.strict)
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:

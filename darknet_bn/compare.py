@@ -47,6 +47,8 @@ import time
 import numpy as np
 
 from . import reference as ref
+from ._cmd import dialect_name
+from ._extras import install_command, missing_package
 from ._progress import Progress
 from ._validate import (MIN_VALUES_PER_CHANNEL, check_dim, check_two_values_per_channel,
                         short_repr)
@@ -131,8 +133,8 @@ def _max_m(text):
 
 
 def add_arguments(p):
-    p.add_argument("--dialect", choices=[*names(), "both"], default="both",
-                   help="Darknet fork to measure (default: both)")
+    p.add_argument("--dialect", choices=[*names(), "both"], default="both", type=dialect_name,
+                   help="Darknet fork to measure, any case (default: both)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"directory for compare.csv, compare.md, compare.png "
                         f"(default: {DEFAULT_OUT})")
@@ -382,7 +384,7 @@ Input regimes:
 def plot(rows, path):
     """Relative error vs m: per dialect, Darknet vs exact per regime and the error's parts.
 
-    Needs matplotlib (``pip install 'darknet_bn[plot]'``).  Sizes below
+    Needs matplotlib (the ``plot`` extra).  Sizes below
     ``PLOT_MIN_M`` are left to the table.
     """
     try:
@@ -391,8 +393,8 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D
     except ImportError:
-        raise PlotUnavailable("the plot needs matplotlib: pip install 'darknet_bn[plot]' "
-                              "(or run with --no-plot)") from None
+        raise PlotUnavailable(f"{missing_package('matplotlib', 'the plot')} (or run with "
+                              "--no-plot)") from None
     rows = [r for r in rows if r["m"] >= PLOT_MIN_M]
     if not rows:
         raise ValueError(f"plot: no sizes with m >= {PLOT_MIN_M} to plot")
@@ -547,7 +549,7 @@ def run(args):
                 written.append("compare.png")
             except PlotUnavailable:
                 skipped = ("darknet-bn compare: note: plot skipped, matplotlib is not "
-                           "installed (pip install 'darknet_bn[plot]' for compare.png, or "
+                           f"installed ({install_command('plot')} for compare.png, or "
                            "pass --no-plot)")
     except OSError as e:
         return _error(f"--out {args.out!r}: cannot write the results ({_reason(e)})")

@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from ._validate import argument_name, routine_prefix
 from .darknet.check.pairing import pair_model
 from .darknet.check.readers import read_module, read_state_dict
 from .darknet.check.units import CheckError
@@ -66,7 +67,7 @@ def _refuse_unsupported(routine, net):
                    "here")
         else:
             why = f"a [{spec.section}] layer's weights have no PyTorch counterpart here"
-        raise ValueError(f"{routine}: layer {spec.index} [{spec.section}] (cfg line "
+        raise ValueError(f"{routine_prefix(routine)}layer {spec.index} [{spec.section}] (cfg line "
                          f"{spec.line}): {why}; the .weights file cannot be written from "
                          "the model")
 
@@ -86,7 +87,7 @@ def _pairs(routine, net, units):
     try:
         pairing = pair_model(net, units, strict=True, complete=True)
     except CheckError as e:
-        raise ValueError(f"{routine}: {e}") from None
+        raise ValueError(f"{routine_prefix(routine)}{e}") from None
     return {p.spec.index: p for p in pairing.pairs}
 
 
@@ -118,7 +119,7 @@ def _layer_kind(spec):
 
 def _layer_units(where, spec, pair):
     """``(where, {unit: paired unit}, [(block, count, unit, tensor)])`` of one layer."""
-    where = f"{where}: layer {spec.index} [{spec.section}] (cfg line {spec.line})"
+    where = f"{routine_prefix(where)}layer {spec.index} [{spec.section}] (cfg line {spec.line})"
     table = BLOCK_TENSORS[_layer_kind(spec)]
     if table is BLOCK_TENSORS["with batchnorm"] and pair.bn is None:
         raise ValueError(f"{where} has batch_normalize=1 but the model's "
@@ -175,7 +176,8 @@ def _header(routine, dialect, seen, header_from):
         if seen != 0:
             raise ValueError(f"{routine}: pass seen= or header_from=, not both (header_from "
                              "copies seen)")
-        f, _ = open_weights(os.fspath(header_from), "header_from .weights file")
+        f, _ = open_weights(os.fspath(header_from),
+                            f"{argument_name('header_from')} .weights file")
         with f:
             header = read_header(header_from, f)
     header.validate(routine)
@@ -207,9 +209,10 @@ def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
         header_from = check_path(routine, "header_from", header_from, "yolov4.weights")
     for name, path in (("cfg", cfg), ("header_from", header_from)):
         if isinstance(path, (str, bytes, os.PathLike)) and _same_file(out, path):
-            raise ValueError(f"{routine}: out {os.fspath(out)!r} is the {name} file; "
-                             "save_darknet_weights refuses to overwrite an input: pass "
-                             "another out")
+            raise ValueError(f"{routine_prefix(routine)}{argument_name('out')} "
+                             f"{os.fspath(out)!r} is the {argument_name(name)} file; "
+                             f"{routine} refuses to overwrite an input: pass another "
+                             f"{argument_name('out')}")
     units = _units(routine, model)
     header = _header(routine, fork, seen, header_from)
     net = network_from(cfg, fork, routine)
@@ -229,14 +232,8 @@ def _write(routine, net, units, header, out):
     return out
 
 
-def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=None,
-                             inputs=()):
-    """``save_darknet_weights`` of a loaded state_dict (``to-weights``); ``inputs``: more
-    files ``out`` must not be."""
-    for path in inputs:
-        if _same_file(out, path):
-            raise ValueError(f"out {os.fspath(out)!r} is an input file; to-weights refuses "
-                             "to overwrite an input: pass another OUT")
+def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=None):
+    """``save_darknet_weights`` of a loaded state_dict (``to-weights``)."""
     if not isinstance(state, dict):
         raise ValueError(f"not a state_dict (a dict of tensors) but {type(state).__name__}")
     return save_darknet_weights(state, cfg, out, dialect=dialect, seen=seen,

@@ -274,7 +274,7 @@ def test_state_dict_exit_codes(fork, tmp_path, capsys):
 def test_state_dict_without_eps_and_wrong_eps(tmp_path):
     cfg, path = _files("alexeyab")
     sd = _save(build_torch("alexeyab"), tmp_path)
-    with pytest.raises(CheckError, match=r"stores no eps.*--eps"):
+    with pytest.raises(CheckError, match=r"stores no eps.*eps=1e-05"):
         check_model(sd, cfg, path, dialect="alexeyab")
     report = check_model(sd, cfg, path, dialect="alexeyab", eps=1e-3)
     assert _flagged(report) == BN_LAYERS and all("eps" in r.diagnosis for r in report.layers)

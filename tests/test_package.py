@@ -103,10 +103,11 @@ def test_a_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "needs_torch", cmd)
     monkeypatch.setitem(sys.modules, "torch", None)          # import torch fails
     monkeypatch.setitem(COMMANDS, "needs-torch", "needs_torch")
+    monkeypatch.chdir(ROOT)                 # from the checkout: its own extras
     assert main(["needs-torch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["darknet-bn needs-torch: this needs torch, which is not installed: "
-                   "pip install 'darknet_bn[torch]'"]
+                   "pip install '.[torch]'"]
 
 
 def test_check_without_onnx_is_one_line(tmp_path, monkeypatch, capsys):
@@ -114,10 +115,11 @@ def test_check_without_onnx_is_one_line(tmp_path, monkeypatch, capsys):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"\x08\x07")
     monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.chdir(ROOT)
     assert main(["check", str(cfg), str(cfg.with_suffix(".weights")), str(model),
                  "--dialect", "pjreddie"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "darknet_bn[onnx]" in err[0]
+    assert len(err) == 1 and "pip install '.[onnx]'" in err[0]
 
 
 # ---------------------------------------------------------------- the installed wheel

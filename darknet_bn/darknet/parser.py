@@ -795,8 +795,8 @@ def parse_cfg(path, *, dialect="pjreddie"):
                     "darknet_bn's cfg parser does not model")
             other = [d.name for d in others(dialect) if d.cfg.knows(sec.type)]
             hint = (f"it exists only in {' and '.join(other)}'s Darknet: pass "
-                    f"{setting_text('dialect', other[0])}" if other else "check the spelling (Darknet "
-                    "would report 'Type not recognized')")
+                    f"{setting_text('dialect', other[0])}" if other else
+                    "check the spelling (Darknet would report 'Type not recognized')")
             raise CfgError(path, sec.line, f"unknown section [{sec.type}] for dialect "
                            f"{dialect.name!r}; {hint}")
         for key, why in _REFUSED_OPTIONS.items():

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..._validate import error_text
+from ..._validate import argument_name, error_text, routine_prefix, setting_text
 from ...dialects import get_dialect
 from ..parser import check_path
 from ..weights import check_cfg_arg, network_from, read_weights, type_name
@@ -133,11 +133,12 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
     model = read_converted(converted, eps, routine)
     if model.stores_eps and eps is not None:
-        raise ValueError(f"{routine}: eps={eps} given, but {model.source} stores its own eps per "
-                         "batchnorm; pass eps only for a state_dict")
+        raise ValueError(f"{routine_prefix(routine)}{setting_text('eps', eps)} given, but "
+                         f"{model.source} stores its own eps per batchnorm; pass "
+                         f"{argument_name('eps')} only for a state_dict")
     if not model.stores_eps and eps is None and any(u.kind == "bn" for u in model.units):
         raise CheckError(f"{model.source}: a state_dict stores no eps; pass the eps its model "
-                         "is built with (eps=..., --eps; PyTorch's default is 1e-5)")
+                         f"is built with ({setting_text('eps', 1e-5)} for PyTorch's default)")
     records = {rec.index: rec for rec in darknet.layers}
     pairing = pair_model(net, model, strict=strict,
                          choose=None if strict else _chooser(records, fork))

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._extras import missing_package
 from ..._validate import error_text
 from ...dialects import Dialect
+from ..kinds import ONNX, TORCH, file_kind, pickled_classes, pickled_module_class
 from ..parser import check_path
 from .units import MODEL_INPUT, CheckError, Unit, as_float64, narrowest, precision_of
 
@@ -73,8 +75,7 @@ def _import_onnx(what):
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise CheckError(f"{what}: reading ONNX needs the onnx package: pip install "
-                         "'darknet_bn[onnx]'") from None
+        raise CheckError(f"{what}: {missing_package('onnx', 'reading ONNX')}") from None
     return onnx, numpy_helper
 
 
@@ -616,19 +617,37 @@ def read_module(module, where):
 # --------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------
-_STATE_DICT_EXTENSIONS = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+#: What a state_dict file is, in messages about another file given instead.
+STATE_DICT_EXPECTED = "expected a state_dict saved with torch.save(model.state_dict(), path)"
 
 
 def load_torch_file(path, what="a torch state_dict"):
-    """``torch.load(path, weights_only=True)`` on the CPU; ``CheckError`` if unreadable."""
+    """``torch.load(path, weights_only=True)`` on the CPU; ``CheckError`` naming what
+    the file is when it is not a state_dict (an ONNX model, a pickled ``nn.Module``,
+    a Darknet file...)."""
+    kind = file_kind(path)
+    if kind is not None and kind != TORCH:
+        raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is {kind}")
     try:
         import torch
     except ImportError:
-        raise CheckError(f"{path}: reading {what} needs PyTorch: pip install "
-                         "'darknet_bn[torch]'") from None
+        raise CheckError(f"{path}: {missing_package('torch', f'reading {what}')}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        module = pickled_module_class(path)
+        if module is not None:
+            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is a pickled "
+                             f"nn.Module ({module}, torch.save(model)): save "
+                             "model.state_dict() instead") from None
+        classes = [c for c in pickled_classes(path)
+                   if not c.startswith(("torch.", "collections.", "builtins."))]
+        if kind == TORCH and classes:
+            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file pickles other "
+                             f"objects ({', '.join(classes[:3])})") from None
+        if kind is None and not isinstance(e, OSError):
+            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is not a PyTorch "
+                             "file") from None
         raise CheckError(f"{path}: not a readable torch state_dict ({type(e).__name__}: "
                          f"{error_text(e)})") from None
 
@@ -655,12 +674,11 @@ def read_model(converted, eps=None, routine="check_model"):
     if not os.path.isfile(path):
         what = "is not a file" if os.path.exists(path) else "does not exist"
         raise CheckError(f"{name}: the converted model {what}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    ext = os.path.splitext(name)[1].lower()
-    if ext == ".onnx":
+    kind = file_kind(path)
+    if kind == ONNX or (kind is None and name.lower().endswith(".onnx")):
         return read_onnx(load_onnx(name), name)
-    if ext in _STATE_DICT_EXTENSIONS or magic[:2] == b"PK":
+    if kind == TORCH:
         return read_state_dict(load_torch_file(name), eps, name)
-    raise CheckError(f"{name}: unknown model format; pass an .onnx file or a torch "
-                     "state_dict (.pt/.pth)")
+    what = f"the converted model is {kind}" if kind is not None else "unknown model format"
+    raise CheckError(f"{name}: {what}; pass an ONNX model or a torch state_dict "
+                     "(torch.save(model.state_dict(), path))")
