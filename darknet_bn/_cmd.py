@@ -14,7 +14,7 @@ from .dialects import get_dialect, names
 WORDS = {"dialect": "--dialect", "eps": "--eps", "strict": "--strict", "seen": "--seen",
          "header_from": "--header-from", "cfg": "CFG", "cfg_path": "CFG",
          "weights": "WEIGHTS", "weights_path": "WEIGHTS", "converted": "MODEL",
-         "model": "STATE_DICT", "out": "OUT", "out_path": "OUT"}
+         "model": "STATE_DICT", "out": "OUT", "out_path": "OUT", "out_cfg_path": "--out-cfg"}
 
 
 def dialect_name(text):
@@ -49,12 +49,15 @@ def fail(command, error):
 # positional files
 # --------------------------------------------------------------------------
 class File(NamedTuple):
-    """A positional file argument: ``dest`` in the parsed arguments, its ``METAVAR``,
-    the kinds of file it takes (() for the file the command writes)."""
+    """A file argument: ``dest`` in the parsed arguments, its ``METAVAR`` (or option),
+    the kinds of file it takes (for a file the command writes: the kind it may
+    replace), whether the command writes it, whether it is an option."""
     dest: str
     metavar: str
-    kinds: tuple = ()
+    kinds: tuple
     help: str = ""
+    written: bool = False
+    option: bool = False
 
     @property
     def what(self):
@@ -67,11 +70,11 @@ MODEL_FILE = File("converted", "MODEL", (ONNX, TORCH),
                   "the converted model: an ONNX file, or a torch state_dict (.pt/.pth)")
 STATE_DICT_FILE = File("state_dict", "STATE_DICT", (TORCH,),
                        "torch state_dict file (torch.save(model.state_dict(), path))")
-OUT_FILE = File("out", "OUT")
+OUT_FILE = File("out", "OUT", (WEIGHTS,), written=True)
 
 
 class UsageError(ValueError):
-    """A positional file that cannot be what its place asks for."""
+    """A file argument that cannot be what its place asks for."""
 
 
 def _ordinal(n):
@@ -82,51 +85,59 @@ def _same_file(a, b):
     try:
         return os.path.samefile(a, b)
     except OSError:
-        return False
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def check_files(args, files):
-    """``UsageError`` for the first of ``files`` (the command's positional ``File``s,
-    in order) that cannot be what its place asks for: a missing input, a directory,
-    a file whose content is of another kind (an ONNX model given as WEIGHTS), an OUT
-    that is an input or an existing file of an input's kind.  When another argument
-    holds what the place asks for, the message gives the order of the arguments."""
+    """``UsageError`` for the first of ``files`` (the command's ``File`` arguments, the
+    positional ones in order) that cannot be what its place asks for: a missing input,
+    a directory, a file whose content is of another kind (an ONNX model given as
+    WEIGHTS), a written file that is another argument's file or an existing file of
+    another kind.  When a positional argument holds what another's place asks for,
+    the message gives the order of the arguments."""
     given = [(f, getattr(args, f.dest)) for f in files if getattr(args, f.dest) is not None]
     kinds = {f.dest: file_kind(path) for f, path in given}
-    order = f"the order is {' '.join(f.metavar for f in files)}"
+    positional = [f for f in files if not f.option]
+    order = f"the order is {' '.join(f.metavar for f in positional)}"
+
+    def named(place, path):
+        if place.option:
+            return f"{place.metavar} {path!r}"
+        return (f"the {_ordinal(positional.index(place) + 1)} argument ({place.metavar}) "
+                f"{path!r}")
 
     def elsewhere(place):
-        """``"; the 3rd argument (OUT) 'x' is ...; the order is ..."`` or ""."""
-        for number, (other, path) in enumerate(given, 1):
-            if other is not place and kinds[other.dest] in place.kinds:
-                return (f", and the {_ordinal(number)} argument ({other.metavar}) {path!r} "
-                        f"looks like {kinds[other.dest]}; {order}")
+        """``", and the 3rd argument (OUT) 'x' looks like ...; the order is ..."`` or ""."""
+        for other, path in given:
+            if other is not place and not other.option and kinds[other.dest] in place.kinds:
+                return f", and {named(other, path)} looks like {kinds[other.dest]}; {order}"
         return ""
 
-    inputs = [(f, path) for f, path in given if f.kinds]
-    for number, (place, path) in enumerate(given, 1):
+    for number, (place, path) in enumerate(given):
         kind = kinds[place.dest]
-        named = f"the {_ordinal(number)} argument ({place.metavar}) {path!r}"
-        if place.kinds:
+        if not place.written:
             if not os.path.exists(path):
                 raise UsageError(f"{place.metavar} {path!r} does not exist{elsewhere(place)}")
             if os.path.isdir(path):
                 raise UsageError(f"{place.metavar} {path!r} is a directory; pass "
                                  f"{place.what}")
             if kind is not None and kind not in place.kinds:
-                raise UsageError(f"{named} looks like {kind}, not {place.what}; {order}")
+                raise UsageError(f"{named(place, path)} looks like {kind}, not "
+                                 f"{place.what}; {order}")
             continue
         if os.path.isdir(path):
             raise UsageError(f"{place.metavar} {path!r} is a directory; pass the name of "
                              "the file to write")
-        for source, source_path in inputs:
-            if _same_file(path, source_path):
-                raise UsageError(f"{place.metavar} {path!r} is the {source.metavar} file; "
-                                 "the command refuses to overwrite an input: pass another "
-                                 f"{place.metavar}")
-        if kind is not None and kind != WEIGHTS:
-            raise UsageError(f"{named} looks like {kind}, which {place.metavar} would "
-                             f"overwrite; {order}")
+        for other, other_path in given[:number] + [g for g in given if not g[0].written]:
+            if other is not place and _same_file(path, other_path):
+                why = ("the command writes each file once" if other.written else
+                       "the command refuses to overwrite an input")
+                raise UsageError(f"{place.metavar} {path!r} is the {other.metavar} file; "
+                                 f"{why}: pass another {place.metavar}")
+        if kind is not None and kind not in place.kinds:
+            raise UsageError(f"{named(place, path)} looks like {kind}, which "
+                             f"{place.metavar} would overwrite" +
+                             ("" if place.option else f"; {order}"))
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise UsageError(f"{place.metavar} {path!r}: the directory {directory!r} does "

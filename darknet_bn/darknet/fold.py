@@ -26,7 +26,15 @@ Origins, one routine each (the C is quoted where it is ported):
 Both then ``save_weights``: a folded layer loses its batchnorm blocks (biases,
 then weights); every other layer is written as read.  ``fold_weights`` writes
 that file.  NaN and Inf propagate as in the C (a negative variance gives NaN).
+
+Darknet folds in memory (``batch_normalize = 0`` on the layer) and leaves the
+cfg as it is, so the folded file no longer matches the original cfg: read with
+it, the file is too short.  ``folded_cfg`` gives the cfg that goes with the
+folded file: the original, byte for byte, with ``batch_normalize=0`` (and, in
+AlexeyAB, ``cbn=0``) on every folded layer; ``fold_weights(...,
+out_cfg_path=...)`` writes it beside the weights.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -34,7 +42,8 @@ import numpy as np
 from numba import prange
 
 from .._jit import BUF, INT, kernel, sig
-from .._validate import check_buffer, check_dim, check_no_overlap
+from .._validate import (argument_name, check_buffer, check_dim, check_no_overlap,
+                         routine_prefix)
 from ..dialects import FUSE, PJREDDIE, get_dialect
 from .parser import UnsupportedCfgError, check_path, read_cfg
 from .weights import (_CHUNK, WeightsHeader, atomic_output, check_cfg_arg, network_from,
@@ -235,10 +244,40 @@ def folds(spec, dialect):
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FoldResult:
-    """What ``fold_weights`` wrote: the output path and the cfg indices it folded."""
+    """What ``fold_weights`` wrote: the output path, the cfg indices it folded and the
+    path of the cfg written with it (None when not asked for)."""
     path: str
     folded: tuple
     dialect: object
+    cfg_path: str = None
+
+
+#: The options that give a layer batchnorm, set to 0 on a folded layer.
+_BATCHNORM_OPTIONS = ("batch_normalize", "cbn")
+
+
+def folded_cfg(cfg_path, *, dialect):
+    """The cfg that goes with the file ``fold_weights`` writes for ``cfg_path``: its
+    text, every line as it is except ``batch_normalize=0`` (and ``cbn=0`` where
+    present) on the layers the fork folds (``folds``).  Read with it, the folded
+    file has exactly the size Darknet expects."""
+    routine = "folded_cfg"
+    cfg = check_cfg_arg(routine, cfg_path)
+    net = network_from(cfg, get_dialect(dialect, routine), routine)
+    path = net.path
+    with open(path, "rb") as f:
+        data = f.read()
+    bom = data.startswith(b"\xef\xbb\xbf")
+    lines = data.decode("utf-8-sig").splitlines(keepends=True)     # read_cfg's lines
+    for spec, section in zip(net.layers, read_cfg(path)[1:]):
+        if not folds(spec, net.dialect):
+            continue
+        for key in _BATCHNORM_OPTIONS:
+            if section.has(key):
+                line = lines[section.options[key][1] - 1]
+                ending = line[len(line.rstrip("\r\n")):]
+                lines[section.options[key][1] - 1] = f"{key}=0{ending}"
+    return ("\ufeff" if bom else "") + "".join(lines)
 
 
 def _same_file(a, b):
@@ -246,6 +285,16 @@ def _same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_overwrite(routine, name, target, others):
+    """``ValueError`` if output ``name`` is one of ``others`` (name -> path)."""
+    for other, path in others.items():
+        if _same_file(target, path):
+            raise ValueError(f"{routine_prefix(routine)}{argument_name(name)} "
+                             f"{os.fspath(target)!r} is the {argument_name(other)} file; "
+                             "fold refuses to overwrite its input: pass another "
+                             f"{argument_name(name)}")
 
 
 def _check_foldable(net, routine):
@@ -266,7 +315,7 @@ def _check_foldable(net, routine):
                             "weights_normalization", UnsupportedCfgError)
 
 
-def fold_weights(cfg_path, weights_path, out_path, *, dialect):
+def fold_weights(cfg_path, weights_path, out_path, *, dialect, out_cfg_path=None):
     """Write the ``.weights`` file Darknet writes after folding; a ``FoldResult``.
 
     - ``dialect="alexeyab"``: ``load_network_custom`` (``fuse_conv_batchnorm``)
@@ -279,32 +328,42 @@ def fold_weights(cfg_path, weights_path, out_path, *, dialect):
     blocks; every other layer's floats are copied as read.  The header is the
     fork's ``save_weights`` header (version 0.2, revision 0 for pjreddie, 5 for
     AlexeyAB) with the input's ``seen``.  The file is byte-identical to
-    Darknet's.  Refuses to overwrite its input (``ValueError``); the output is
-    written to a temporary file and renamed.  Raises what ``read_weights``
+    Darknet's.  Darknet reads it only with a cfg that has ``batch_normalize=0`` on
+    the folded layers: ``out_cfg_path`` writes that cfg too (``folded_cfg``).
+    Refuses to overwrite its inputs (``ValueError``); the outputs are written to
+    temporary files and renamed.  Raises what ``read_weights``
     raises for the inputs, ``UnsupportedCfgError`` for options whose folding is
     not reproduced (``flipped``, AlexeyAB ``[shortcut] weights_normalization``),
     ``TypeError``/``ValueError`` naming a wrong-typed argument, before any work.
     """
-    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect)
+    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect,
+                         out_cfg_path)
 
 
-def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
+def _fold_weights(r, cfg_path, weights_path, out_path, dialect, out_cfg_path=None):
     cfg = check_cfg_arg(r, cfg_path)
     src_path = check_path(r, "weights_path", weights_path, "yolov4.weights")
     out = check_path(r, "out_path", out_path, "yolov4-folded.weights")
+    out_cfg = None if out_cfg_path is None else check_path(r, "out_cfg_path", out_cfg_path,
+                                                           "yolov4-folded.cfg")
     dialect = get_dialect(dialect, r)
-    for name, path in (("weights_path", src_path), ("cfg_path", getattr(cfg, "path", cfg))):
-        if os.path.exists(out) and _same_file(out, path):
-            raise ValueError(f"{r}: out_path {os.fspath(out)!r} is the input {name}; "
-                             "fold refuses to overwrite its input: pass another out_path")
+    inputs = {"weights_path": src_path, "cfg_path": getattr(cfg, "path", cfg)}
+    _refuse_overwrite(r, "out_path", out, inputs)
+    if out_cfg is not None:
+        _refuse_overwrite(r, "out_cfg_path", out_cfg, {**inputs, "out_path": out})
     net = network_from(cfg, dialect, r)
     _check_foldable(net, r)
+    cfg_text = None if out_cfg_path is None else folded_cfg(net, dialect=dialect)
     w = read_weights(net, src_path, dialect=dialect, layer_weights=True)
     records = {rec.index: rec for rec in w.layers}
     header = WeightsHeader(0, 2, dialect.folding.save_weights_revision, w.header.seen)
     folded = []
     f, _ = open_weights(src_path, ".weights file")
-    with f, atomic_output(r, out) as dst:
+    with contextlib.ExitStack() as stack:
+        if cfg_text is not None:         # renamed after the weights; on failure, neither
+            stack.enter_context(atomic_output(r, out_cfg)).write(cfg_text.encode("utf-8"))
+        dst = stack.enter_context(atomic_output(r, out))
+        stack.enter_context(f)
         in_header = read_header(src_path, f)
         dst.write(header.to_bytes())
         for spec in net.layers:
@@ -322,7 +381,7 @@ def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
                 n = min(count, _CHUNK)
                 dst.write(f.read(4 * n))
                 count -= n
-    return FoldResult(out, tuple(folded), dialect)
+    return FoldResult(out, tuple(folded), dialect, out_cfg)
 
 
 def denormalize_net(cfg_path, weights_path, out_path):
@@ -333,4 +392,4 @@ def denormalize_net(cfg_path, weights_path, out_path):
 
 __all__ = ["fold_batchnorm", "fold_record", "fold_weights", "fuse_conv_batchnorm",
            "denormalize_convolutional_layer", "denormalize_connected_layer",
-           "denormalize_net", "folds", "FoldResult"]
+           "denormalize_net", "folds", "folded_cfg", "FoldResult"]
