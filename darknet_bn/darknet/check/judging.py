@@ -368,7 +368,15 @@ def _eps_forms(dialect, model_eps):
 
 
 def fix_text(dialect, form):
-    """How to export layer ``form`` ("batchnorm" or "folded") right for ``dialect``."""
+    """How to export layer ``form`` ("batchnorm" or "folded") right for ``dialect``: from
+    PyTorch, the model's batchnorm converted before the export; else the exact values."""
+    return (f"from PyTorch, darknet_bn.torch.convert_batchnorm(model, dialect="
+            f"'{dialect.name}') before torch.onnx.export; otherwise "
+            f"{_values_fix(dialect, form)}")
+
+
+def _values_fix(dialect, form):
+    """The exact values of layer ``form`` for ``dialect``, for a converter."""
     exact = dialect.normalize_form
     if form == "folded":
         if dialect.folding.inference_folds_conv:
