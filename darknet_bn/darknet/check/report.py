@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 #: The precisions as the table's ``prec`` column shows them.
 _SHORT_PRECISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+#: Sections as the table shows them: Darknet's own short name for [convolutional].
+_SECTION = {"convolutional": "conv"}
 
 
 def _covers(rows):
@@ -74,12 +76,18 @@ class CheckReport:
     def format_table(self, width=WIDTH):
         """The report as lines of text: what ``print(report)`` shows and ``darknet-bn
         check`` prints.  One row per cfg layer (and per model unit not in the cfg), each
-        at most ``width`` columns (model names are shortened; the precision column
-        appears when the model mixes precisions); a layer's diagnosis is a number in
-        the ``note`` column.  Then a summary line and each diagnosis once, with its
-        fix and the layers it covers, wrapped to ``width``."""
-        mixed = len(self.precisions) > 1
-        name_width = max(8, width - (68 if mixed else 63))     # the other columns
+        at most ``width`` columns (model names are shortened, ``[convolutional]`` is
+        Darknet's ``conv``, the precision column appears when the model mixes
+        precisions); a layer's diagnosis is a number in the ``note`` column.  Then a
+        summary line and each diagnosis once, with its fix and the layers it covers,
+        wrapped to ``width``."""
+        columns = {"layer": (5, ">"), "section": (9, "<"), "chan": (5, ">"),
+                   "form": (9, "<"), "model": (0, "<"), "prec": (4, "<"),
+                   "rel err": (8, ">"), "ulp": (7, ">"), "ok": (4, "<"), "note": (4, "<")}
+        if len(self.precisions) < 2:
+            del columns["prec"]
+        name_width = max(8, width + 1 - sum(w + 1 for w, _ in columns.values()))
+        columns["model"] = (name_width, "<")
         notes = {}                 # text -> the rows it covers (layer indices, unit names)
 
         def note(text, row):
@@ -88,29 +96,29 @@ class CheckReport:
             notes.setdefault(text, []).append(row)
             return f"[{list(notes).index(text) + 1}]"
 
-        def name(text):
-            return text if len(text) <= name_width else text[:name_width - 3] + "..."
+        def line(**values):
+            if len(values["model"]) > name_width:
+                values["model"] = values["model"][:name_width - 3] + "..."
+            return " ".join(f"{values.get(key, ''):{align}{w}}"
+                            for key, (w, align) in columns.items()).rstrip()
 
-        head = (f"{'layer':>5} {'section':<13} {'chan':>5} {'form':<9} "
-                f"{'model':<{name_width}} " + (f"{'prec':<4} " if mixed else "") +
-                f"{'rel err':>8} {'ulp':>7} {'ok':<4} note")
-        lines = [head]
+        lines = [line(**{key: key for key in columns})]
         for r in self.layers:
-            prec = "" if r.form == "missing" else _SHORT_PRECISION.get(r.precision, r.precision)
             text = "; ".join(x for x in (r.diagnosis, r.choice) if x)
-            lines.append(f"{r.index:>5} {r.section:<13} {r.channels:>5} {r.form:<9} "
-                         f"{name(r.model_name):<{name_width}} " +
-                         (f"{prec:<4} " if mixed else "") +
-                         f"{r.max_rel_error:>8.3g} {_ulps(r.max_ulp):>7} "
-                         f"{'ok' if r.ok else 'FAIL':<4} {note(text, r.index)}".rstrip())
+            prec = "" if r.form == "missing" else _SHORT_PRECISION.get(r.precision,
+                                                                       r.precision)
+            lines.append(line(layer=r.index, section=_SECTION.get(r.section, r.section),
+                              chan=r.channels, form=r.form, model=r.model_name, prec=prec,
+                              **{"rel err": f"{r.max_rel_error:.3g}"},
+                              ulp=_ulps(r.max_ulp), ok="ok" if r.ok else "FAIL",
+                              note=note(text, r.index)))
         for x in self.extra:
             text = ("an extra unit in the data path: its output reaches a paired layer"
                     if x.in_data_path else
                     "not in the cfg: its output reaches no paired layer (listed, not failed)")
-            lines.append(f"{'-':>5} {'(not in cfg)':<13} {x.channels:>5} {x.kind:<9} "
-                         f"{name(x.name):<{name_width}} " + ("     " if mixed else "") +
-                         f"{'':>8} {'':>7} {'FAIL' if x.in_data_path else '':<4} "
-                         f"{note(text, x.name)}")
+            lines.append(line(layer="-", section="(extra)", chan=x.channels, form=x.kind,
+                              model=x.name, ok="FAIL" if x.in_data_path else "",
+                              note=note(text, x.name)))
         bad = [r for r in self.layers if not r.ok]
         judged = ", ".join(f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" for p, r_tol in
                            sorted({(r.precision, r.tolerance) for r in self.layers
