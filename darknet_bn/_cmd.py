@@ -6,7 +6,7 @@ import sys
 from typing import NamedTuple
 
 from ._validate import error_text
-from .darknet.kinds import CFG, ONNX, TORCH, WEIGHTS, file_kind
+from .darknet.kinds import CFG, ONNX, STATE_DICT, TORCH, WEIGHTS, file_kind
 from .dialects import get_dialect, names
 
 #: The command line's words for the API's argument names, used by the API's messages
@@ -58,10 +58,11 @@ class File(NamedTuple):
     help: str = ""
     written: bool = False
     option: bool = False
+    expected: str = ""                 #: what the place takes, if not its kinds' text
 
     @property
     def what(self):
-        return " or ".join(k.text for k in self.kinds)
+        return self.expected or " or ".join(k.text for k in self.kinds)
 
 
 CFG_FILE = File("cfg", "CFG", (CFG,), "Darknet .cfg file")
@@ -69,7 +70,8 @@ WEIGHTS_FILE = File("weights", "WEIGHTS", (WEIGHTS,), "matching .weights file")
 MODEL_FILE = File("converted", "MODEL", (ONNX, TORCH),
                   "the converted model: an ONNX file, or a torch state_dict (.pt/.pth)")
 STATE_DICT_FILE = File("state_dict", "STATE_DICT", (TORCH,),
-                       "torch state_dict file (torch.save(model.state_dict(), path))")
+                       "torch state_dict file (torch.save(model.state_dict(), path))",
+                       expected=STATE_DICT)
 OUT_FILE = File("out", "OUT", (WEIGHTS,), written=True)
 
 
@@ -122,8 +124,9 @@ def check_files(args, files):
                 raise UsageError(f"{place.metavar} {path!r} is a directory; pass "
                                  f"{place.what}")
             if kind is not None and kind not in place.kinds:
+                fits = any(kind in f.kinds for f in positional if f is not place)
                 raise UsageError(f"{named(place, path)} looks like {kind}, not "
-                                 f"{place.what}; {order}")
+                                 f"{place.what}" + (f"; {order}" if fits else ""))
             continue
         if os.path.isdir(path):
             raise UsageError(f"{place.metavar} {path!r} is a directory; pass the name of "

@@ -41,6 +41,8 @@ CFG = FileKind("cfg", "a Darknet .cfg file")
 WEIGHTS = FileKind("weights", "a Darknet .weights file")
 ONNX = FileKind("onnx", "an ONNX model")
 TORCH = FileKind("torch", "a PyTorch file (torch.save)")
+#: What a state_dict file is, for a message about another file given instead.
+STATE_DICT = "a state_dict saved with torch.save(model.state_dict(), path)"
 
 
 def _varint(data, pos):
@@ -164,7 +166,10 @@ _MODULE_PACKAGES = ("torch.nn.modules.", "torch.nn.parallel.", "torch.jit.",
 
 
 def pickled_module_class(path):
-    """The first ``torch.nn`` module class a PyTorch file's pickle names (the file
-    holds a pickled ``nn.Module``, ``torch.save(model)``), else None."""
-    return next((name for name in pickled_classes(path)
-                 if name.startswith(_MODULE_PACKAGES)), None)
+    """For a PyTorch file holding a pickled ``nn.Module`` (``torch.save(model)``: its
+    pickle names ``torch.nn`` module classes), the first class it names, the model's
+    own; else None."""
+    classes = pickled_classes(path)
+    if any(name.startswith(_MODULE_PACKAGES) for name in classes):
+        return classes[0]
+    return None

@@ -33,7 +33,8 @@ import numpy as np
 from ..._extras import missing_package
 from ..._validate import error_text
 from ...dialects import Dialect
-from ..kinds import ONNX, TORCH, file_kind, pickled_classes, pickled_module_class
+from ..kinds import (ONNX, STATE_DICT, TORCH, file_kind, pickled_classes,
+                     pickled_module_class)
 from ..parser import check_path
 from .units import MODEL_INPUT, CheckError, Unit, as_float64, narrowest, precision_of
 
@@ -617,17 +618,13 @@ def read_module(module, where):
 # --------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------
-#: What a state_dict file is, in messages about another file given instead.
-STATE_DICT_EXPECTED = "expected a state_dict saved with torch.save(model.state_dict(), path)"
-
-
 def load_torch_file(path, what="a torch state_dict"):
     """``torch.load(path, weights_only=True)`` on the CPU; ``CheckError`` naming what
     the file is when it is not a state_dict (an ONNX model, a pickled ``nn.Module``,
     a Darknet file...)."""
     kind = file_kind(path)
     if kind is not None and kind != TORCH:
-        raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is {kind}")
+        raise CheckError(f"{path}: expected {STATE_DICT}; this file is {kind}")
     try:
         import torch
     except ImportError:
@@ -637,16 +634,16 @@ def load_torch_file(path, what="a torch state_dict"):
     except Exception as e:
         module = pickled_module_class(path)
         if module is not None:
-            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is a pickled "
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file is a pickled "
                              f"nn.Module ({module}, torch.save(model)): save "
                              "model.state_dict() instead") from None
         classes = [c for c in pickled_classes(path)
                    if not c.startswith(("torch.", "collections.", "builtins."))]
         if kind == TORCH and classes:
-            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file pickles other "
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file pickles other "
                              f"objects ({', '.join(classes[:3])})") from None
         if kind is None and not isinstance(e, OSError):
-            raise CheckError(f"{path}: {STATE_DICT_EXPECTED}; this file is not a PyTorch "
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file is not a PyTorch "
                              "file") from None
         raise CheckError(f"{path}: not a readable torch state_dict ({type(e).__name__}: "
                          f"{error_text(e)})") from None
