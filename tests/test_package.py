@@ -188,3 +188,17 @@ def test_built_wheel_installs_and_runs_every_command(tmp_path):
                            cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 2, check.stderr
     assert len(check.stderr.strip().splitlines()) == 1 and "Traceback" not in check.stderr
+    # the conventions, installed: a closed pipe is silent; a missing extra's fix names
+    # the installed distribution (pip resolves its extra against the installed copy)
+    piped = subprocess.Popen([exe, "inspect", cfg, weights, "--dialect", "AlexeyAB"],
+                             cwd=outside, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    piped.stdout.close()
+    assert (piped.stderr.read(), piped.wait(timeout=300)) == ("", 0)
+    no_onnx = ("import sys; sys.modules['onnx'] = None; from darknet_bn.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    hint = subprocess.run([str(venv / "bin" / "python"), "-c", no_onnx, "check", cfg, weights,
+                           str(broken), "--dialect", "alexeyab"], cwd=outside, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert hint.returncode == 2 and \
+        hint.stderr.strip().endswith("pip install 'darknet_bn[onnx]'"), hint.stderr
