@@ -41,6 +41,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..._validate import setting_text
 from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
@@ -362,7 +363,7 @@ def _eps_forms(dialect, model_eps):
                     if form.same(other.normalize_form)]
             if same:
                 text += (f" (that is {' and '.join(same)}'s normalization: wrong fork? "
-                         f"--dialect {same[0]})")
+                         f"{setting_text('dialect', same[0])})")
             out.append((form, text))
     return out
 
