@@ -110,6 +110,8 @@ def check_files(args, files):
 
     def elsewhere(place):
         """``", and the 3rd argument (OUT) 'x' looks like ...; the order is ..."`` or ""."""
+        if place.option:
+            return ""
         for other, path in given:
             if other is not place and not other.option and kinds[other.dest] in place.kinds:
                 return f", and {named(other, path)} looks like {kinds[other.dest]}; {order}"
@@ -124,7 +126,8 @@ def check_files(args, files):
                 raise UsageError(f"{place.metavar} {path!r} is a directory; pass "
                                  f"{place.what}")
             if kind is not None and kind not in place.kinds:
-                fits = any(kind in f.kinds for f in positional if f is not place)
+                fits = not place.option and any(kind in f.kinds for f in positional
+                                                if f is not place)
                 raise UsageError(f"{named(place, path)} looks like {kind}, not "
                                  f"{place.what}" + (f"; {order}" if fits else ""))
             continue

@@ -15,12 +15,13 @@ the model cannot supply (nonzero conv bias beside batchnorm, bias on a pjreddie
 [batchnorm], [local], weighted [shortcut]) or an OUT that is an input (one line
 on stderr, nothing written).
 """
-from ._cmd import CFG_FILE, OUT_FILE, STATE_DICT_FILE, add_writer_arguments, check_files, fail
+from ._cmd import (CFG_FILE, OUT_FILE, STATE_DICT_FILE, File, add_writer_arguments,
+                   check_files, fail)
+from .darknet.kinds import WEIGHTS
 
 HELP = "write a PyTorch state_dict as the Darknet .weights file of a cfg"
-
-
-FILES = (CFG_FILE, STATE_DICT_FILE, OUT_FILE)
+FILES = (CFG_FILE, STATE_DICT_FILE, OUT_FILE,
+         File("header_from", "--header-from", (WEIGHTS,), option=True))
 
 
 def add_arguments(p):
