@@ -141,7 +141,7 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
         copy_cpu(n, delta, 1, l.delta, 1)
     if d.backward_bias_in_bn:
         backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
-    _backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
+    backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
     scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
     mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
     variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
