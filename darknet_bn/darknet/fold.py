@@ -37,7 +37,7 @@ from .._jit import BUF, INT, kernel, sig
 from .._validate import check_buffer, check_dim, check_no_overlap
 from ..dialects import FUSE, PJREDDIE, get_dialect
 from .parser import UnsupportedCfgError, check_path, read_cfg
-from .weights import (_CHUNK, WeightsHeader, atomic_output, check_cfg_arg, network_from,
+from .weights import (WeightsHeader, atomic_output, check_cfg_arg, copy_floats, network_from,
                       open_weights, read_header, read_weights, type_name)
 
 #: The double literals of the folding code (not the float ``.00001f`` of normalize_cpu).
@@ -317,11 +317,7 @@ def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
                 folded.append(spec.index)
                 continue
             f.seek(in_header.nbytes + 4 * spec.offsets[spec.blocks[0][0]])
-            count = spec.float_count
-            while count:
-                n = min(count, _CHUNK)
-                dst.write(f.read(4 * n))
-                count -= n
+            copy_floats(f, dst, spec.float_count)
     return FoldResult(out, tuple(folded), dialect)
 
 
