@@ -4,20 +4,21 @@ Three tables for one shape and dialect (a standalone [batchnorm] layer, forward
 train=1 then backward, like ``make bench``):
 
 1. blas path: every Darknet routine the one-to-one composition calls, timed by
-   wrapping the kernels ``batchnorm_layer._forward_blas``/``_backward_blas`` call
-   (the real code path, nothing re-implemented); calls per step, ms per step,
-   share of the step.
-2. fused path: its two kernels and the Python-side remainder (validation,
-   dispatch) of ``BatchNormLayer.forward``/``backward``.
+   wrapping the public routines ``batchnorm_layer``'s blas path calls (the real
+   code path, nothing re-implemented; each routine's own argument checks
+   included); calls per step, ms per step, share of the step.
+2. fused path: its kernel API calls (``fused.forward_train``, ``fused.backward``)
+   and the Python-side remainder (validation, dispatch) of
+   ``BatchNormLayer.forward``/``backward``.
 3. fused passes: each pass of the plane kernels run alone over all channels,
-   built here from ``darknet_bn.fused``'s own helpers, in ns per element, next
+   built here from ``darknet_bn.fused``'s pass helpers, in ns per element, next
    to a memcpy of the tensor.  The pass with the largest share is the next
    thing to optimize.  For h = w = 1 (the row kernels) instead: the step against
-   one exact division pass (``_forward_infer_rows`` without the x copy: read,
+   one exact division pass (``fused.forward_infer`` without the x copy: read,
    C's double division, scale, bias, write), PyTorch's train step and a memcpy.
-4. per-call fixed cost of the layer (microseconds): argument checks, the path
-   function (buffer lookups, workspace), Numba dispatch + thread launch (the
-   kernel call on a 1-image, 8-channel layer), and the kernel's work.
+4. per-call fixed cost of the layer (microseconds): the layer's argument checks
+   and path function, the kernel API call (workspace, group choice, Numba
+   dispatch + thread launch) on a 1-image, 8-channel layer, and the kernel's work.
 
 Times are medians over ``--repeat`` steps (the machine is shared; rerun when it
 is quiet).  This is a profile, not a test.
@@ -43,9 +44,9 @@ class _Timers:
         self.calls = defaultdict(int)
 
     def wrap(self, name, fn):
-        def timed(*args):
+        def timed(*args, **kwargs):
             t0 = time.perf_counter()
-            fn(*args)
+            fn(*args, **kwargs)
             self.times[name] += time.perf_counter() - t0
             self.calls[name] += 1
         return timed
@@ -62,7 +63,7 @@ def _profile_module(module, names, layer, x, delta, repeat):
         for r in range(repeat + 2):                 # two warm-up steps
             timers = _Timers()
             for name in names:
-                setattr(module, name, timers.wrap(name.lstrip("_"), saved[name]))
+                setattr(module, name, timers.wrap(name, saved[name]))
             t0 = time.perf_counter()
             layer.forward(x, train=True)
             layer.backward(delta, train=True)
@@ -70,7 +71,7 @@ def _profile_module(module, names, layer, x, delta, repeat):
             if r >= 2:
                 steps.append(dt)
                 for name in names:
-                    per_step[name.lstrip("_")].append(timers.times[name.lstrip("_")])
+                    per_step[name].append(timers.times[name])
                 per_step[_REST].append(dt - sum(timers.times.values()))
         calls = dict(timers.calls)
     finally:
@@ -82,11 +83,11 @@ def _profile_module(module, names, layer, x, delta, repeat):
 
 
 _REST = "(Python: validation, dispatch)"
-BLAS_KERNELS = ("_copy_cpu", "_mean_cpu", "_variance_cpu", "_scal_cpu", "_axpy_cpu",
-                "_normalize_cpu", "_scale_bias", "_add_bias", "_backward_bias",
-                "_backward_scale_cpu", "_mean_delta_cpu", "_variance_delta_cpu",
-                "_normalize_delta_cpu")
-FUSED_KERNELS = ("_forward_train", "_backward", "_forward_train_rows", "_backward_rows")
+BLAS_ROUTINES = ("copy_cpu", "mean_cpu", "variance_cpu", "scal_cpu", "axpy_cpu",
+                 "normalize_cpu", "scale_bias", "add_bias", "backward_bias",
+                 "backward_scale_cpu", "mean_delta_cpu", "variance_delta_cpu",
+                 "normalize_delta_cpu")
+FUSED_API = ("forward_train", "forward_infer", "backward")
 
 
 def _table(title, med, calls, step, n):
@@ -118,17 +119,17 @@ def _pass_kernels():
         for g in prange(filters // group):
             buf = np.empty(fused.LANES, np.float32)
             if group == fused.WIDE:
-                fused._stats16(src, mean, var, batch, filters, spatial, g * group,
+                fused.stats16(src, mean, var, batch, filters, spatial, g * group,
                                mean_scale, var_scale, buf)
             else:
-                fused._stats8(src, mean, var, batch, filters, spatial, g * group,
+                fused.stats8(src, mean, var, batch, filters, spatial, g * group,
                               mean_scale, var_scale, buf)
 
     @njit(**opts)
     def normalize_pass(src, output, x, x_norm, mean, variance, scales, biases,
                        batch, filters, spatial, dialect):
         for f in prange(filters):
-            fused._normalize_scale_bias(src, output, x, x_norm, mean, variance, scales,
+            fused.normalize_scale_bias(src, output, x, x_norm, mean, variance, scales,
                                         biases, batch, filters, spatial, f, dialect, 1)
 
     @njit(**opts)
@@ -137,7 +138,7 @@ def _pass_kernels():
         for g in prange(filters // fused.LANES):
             f = g * fused.LANES
             buf = np.empty(4 * fused.LANES, np.float32)
-            fused._backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch,
+            fused.backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch,
                                   filters, spatial, f, buf)
             out[f] = buf[0] + buf[8] + buf[16] + buf[24]
 
@@ -146,7 +147,7 @@ def _pass_kernels():
                              bias_updates, scale_updates, mean_delta, variance_delta,
                              batch, filters, spatial, dialect):
         for f in prange(filters):
-            fused._backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+            fused.backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                     bias_updates, scale_updates, mean_delta, variance_delta,
                                     batch, filters, spatial, dialect, 1, 1, f,
                                     bias_updates[f], np.float32(0.0), mean_delta[f],
@@ -211,84 +212,75 @@ def _us(fn, rounds=7, budget=0.01):
     return best * 1e6
 
 
-def _kernel_call(layer, x, delta, train, backward):
-    """The fused path's kernel call with its arguments built once (what the path
-    function passes), as a no-argument callable."""
+def _api_call(layer, x, delta, train, backward):
+    """The kernel API call the fused path makes for ``layer`` (its buffers as views,
+    built once), as a no-argument callable."""
     from darknet_bn import fused
-    state, calls = layer._s, []
-    names = FUSED_KERNELS + ("_forward_infer", "_forward_infer_rows")
-    originals = {name: getattr(fused, name) for name in names}
-
-    def capture(name):
-        def grab(*args):
-            calls.append((originals[name], args))
-        return grab
-    try:
-        for name in names:
-            setattr(fused, name, capture(name))
-        if backward:
-            fused.backward_fused(state, delta, train, state.mean, state.variance,
-                                 state.net_delta)
-        else:
-            fused.forward_fused(state, x, train)
-    finally:
-        for name, fn in originals.items():
-            setattr(fused, name, fn)
-    kernel, args = calls[0]
-    return lambda: kernel(*args)
+    buf = layer.buffers()
+    dialect, spatial, workspace = layer.dialect, layer.h * layer.w, fused.Workspace()
+    dims = (layer.batch, layer.c, spatial)
+    if backward:
+        net_delta = layer.net_delta
+        return lambda: fused.backward(
+            delta.reshape(-1), buf["delta"], net_delta, buf["x"], buf["x_norm"], buf["mean"],
+            buf["variance"], buf["scales"], buf["bias_updates"], buf["scale_updates"],
+            buf["mean_delta"], buf["variance_delta"], *dims, dialect, workspace,
+            int(dialect.backward_bias_in_bn), 1)
+    if train:
+        return lambda: fused.forward_train(
+            x.reshape(-1), buf["output"], buf["x"], buf["x_norm"], buf["mean"], buf["variance"],
+            buf["rolling_mean"], buf["rolling_variance"], buf["scales"], buf["biases"], *dims,
+            dialect.rolling_keep, dialect.rolling_new, dialect, workspace, 1)
+    return lambda: fused.forward_infer(
+        x.reshape(-1), buf["output"], buf["x"], buf["rolling_mean"], buf["rolling_variance"],
+        buf["scales"], buf["biases"], *dims, dialect, workspace,
+        int(dialect.copy_x_in_inference))
 
 
 def _call_costs(layer, x, delta, train, backward):
-    """(whole call, path function, kernel call alone) in us for one layer."""
-    from darknet_bn import fused
+    """(whole call, kernel API call) in us for one layer."""
     layer.forward(x, train=True)
-    state = layer._s
     if backward:
         full = _us(lambda: layer.backward(delta, train=train))
-        path = _us(lambda: fused.backward_fused(state, delta, train, state.mean,
-                                                state.variance, state.net_delta))
     else:
         full = _us(lambda: layer.forward(x, train=train))
-        path = _us(lambda: fused.forward_fused(state, x, train))
-    return full, path, _us(_kernel_call(layer, x, delta, train, backward))
+    return full, _us(_api_call(layer, x, delta, train, backward))
 
 
 def fixed_cost(shape, dialect, repeat):
     """Per-call cost of ``forward``/``backward`` in us.  The fixed part is measured on a
-    (1, 8, 2, 1) layer, where the kernel has almost nothing to do: argument checks
-    (whole call - path function), path function (path - kernel call: buffer lookups,
-    workspace, group choice), dispatch + launch (the kernel call: Numba's argument
-    unboxing, the parallel region's start and join); then the whole call and the
-    kernel's work at ``shape``."""
+    (1, 8, 2, 1) layer, where the kernel has almost nothing to do: the layer's checks
+    and path function (whole call - kernel API call: validation, buffer lookups), the
+    kernel API call (workspace, group choice, Numba's argument unboxing, the parallel
+    region's start and join); then the whole call and the kernel's work at ``shape``."""
     tiny = make_layer((1, 8, 2, 1), dialect, "fused")
     big = make_layer(shape, dialect, "fused")
     lines = [f"### per-call cost of the layer, {dialect} (us; best of 7 rounds)", "",
-             "| call | checks | path function | dispatch + launch | fixed total (1x8x2x1) | "
+             "| call | checks + path function | kernel API call | fixed total (1x8x2x1) | "
              f"whole call {shape_str(shape)} | kernel work {shape_str(shape)} |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"]
     for name, train, backward in (("forward train=1", True, False),
                                   ("forward train=0", False, False),
                                   ("backward train=1", True, True)):
-        full, path, kernel = _call_costs(*tiny, train, backward)
-        bfull, _, bkernel = _call_costs(*big, train, backward)
-        lines.append(f"| {name} | {full - path:.1f} | {path - kernel:.1f} | {kernel:.1f} | "
+        full, kernel = _call_costs(*tiny, train, backward)
+        bfull, bkernel = _call_costs(*big, train, backward)
+        lines.append(f"| {name} | {full - kernel:.1f} | {kernel:.1f} | "
                      f"{full:.1f} | {bfull:.1f} | {bkernel - kernel:.1f} |")
     lines.append("")
     lines.append("Allocation: none per call (the buffers are the layer's own, the h = w = 1 "
                  "workspace is made once per layer; the plane kernels' 8-float lane "
-                 "buffer per channel group is part of 'dispatch + launch').")
+                 "buffer per channel group is part of the kernel API call).")
     return "\n".join(lines) + "\n"
 
 
 def _rows_floors(shape, layer, x, repeat, step):
     """h = w = 1: the step against one exact division pass, torch's step and memcpy."""
     from darknet_bn import fused
-    state, dialect = layer._s, layer.dialect
-    acc64 = fused._workspace(state)[1]
-    out = np.empty_like(x)
-    division = _median_time(lambda: fused._forward_infer_rows(
-        x, out, out, state.rolling_mean, state.rolling_variance, state.scales, state.biases,
-        acc64, state.batch, state.out_c, dialect.code, 0), repeat)
+    dialect, workspace = layer.dialect, fused.Workspace()
+    out = np.empty(x.size, np.float32)
+    division = _median_time(lambda: fused.forward_infer(
+        x.reshape(-1), out, out, layer.rolling_mean, layer.rolling_variance, layer.scales,
+        layer.biases, layer.batch, layer.c, 1, dialect, workspace, 0), repeat)
     dst = np.empty_like(x)
     memcpy = _median_time(lambda: np.copyto(dst, x), repeat)
     rows = [("fused train step (forward + backward)", step),
@@ -332,18 +324,17 @@ def main(argv=None):
           f"threads {threads()}, median of {args.repeat} steps\n")
 
     layer, x, delta = make_layer(args.shape, args.dialect, "blas")
-    med, calls, step_blas = _profile_module(batchnorm_layer, BLAS_KERNELS, layer, x, delta,
+    med, calls, step_blas = _profile_module(batchnorm_layer, BLAS_ROUTINES, layer, x, delta,
                                             args.repeat)
     print(_table("blas path: Darknet's routines", med, calls, step_blas, n))
 
     layer, x, delta = make_layer(args.shape, args.dialect, "fused")
-    med, calls, step_fused = _profile_module(fused, FUSED_KERNELS, layer, x, delta, args.repeat)
+    med, calls, step_fused = _profile_module(fused, FUSED_API, layer, x, delta, args.repeat)
     print(_table("fused path: kernels", med, calls, step_fused, n))
 
     if args.shape[2] * args.shape[3] == 1:
-        print("spatial == 1: the fused path runs its row kernels (_forward_train_rows, "
-              "_backward_rows);\nthe per-pass table covers the plane kernels, so it is "
-              "replaced by the floors below.\n")
+        print("spatial == 1: the fused path runs its row kernels;\nthe per-pass table "
+              "covers the plane kernels, so it is replaced by the floors below.\n")
         print(_rows_floors(args.shape, layer, x, args.repeat, step_fused))
         print(fixed_cost(args.shape, args.dialect, args.repeat))
         print(f"fused step {step_fused * 1e3:.2f} ms vs blas step {step_blas * 1e3:.2f} ms "

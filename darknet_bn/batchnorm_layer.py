@@ -104,25 +104,25 @@ def _forward_blas(l, input, train):
     Each routine is the public one (it checks its arguments again: this path is
     the reference, not the fast one).
     """
-    d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    dialect, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
     if input is not None:
         copy_cpu(n, input, 1, l.output, 1)
-    if d.copy_x_in_inference:                          # pjreddie: before the branch
+    if dialect.copy_x_in_inference:                          # pjreddie: before the branch
         copy_cpu(n, l.output, 1, l.x, 1)
     if train:
         mean_cpu(l.output, l.batch, l.out_c, sp, l.mean)
         variance_cpu(l.output, l.mean, l.batch, l.out_c, sp, l.variance)
-        scal_cpu(l.out_c, d.rolling_keep, l.rolling_mean, 1)
-        axpy_cpu(l.out_c, d.rolling_new, l.mean, 1, l.rolling_mean, 1)
-        scal_cpu(l.out_c, d.rolling_keep, l.rolling_variance, 1)
-        axpy_cpu(l.out_c, d.rolling_new, l.variance, 1, l.rolling_variance, 1)
-        if not d.copy_x_in_inference:                  # alexeyab: training only
+        scal_cpu(l.out_c, dialect.rolling_keep, l.rolling_mean, 1)
+        axpy_cpu(l.out_c, dialect.rolling_new, l.mean, 1, l.rolling_mean, 1)
+        scal_cpu(l.out_c, dialect.rolling_keep, l.rolling_variance, 1)
+        axpy_cpu(l.out_c, dialect.rolling_new, l.variance, 1, l.rolling_variance, 1)
+        if not dialect.copy_x_in_inference:                  # alexeyab: training only
             copy_cpu(n, l.output, 1, l.x, 1)
-        normalize_cpu(l.output, l.mean, l.variance, l.batch, l.out_c, sp, dialect=d)
+        normalize_cpu(l.output, l.mean, l.variance, l.batch, l.out_c, sp, dialect=dialect)
         copy_cpu(n, l.output, 1, l.x_norm, 1)
     else:
         normalize_cpu(l.output, l.rolling_mean, l.rolling_variance, l.batch, l.out_c, sp,
-                      dialect=d)
+                      dialect=dialect)
     scale_bias(l.output, l.scales, l.batch, l.out_c, sp)
     add_bias(l.output, l.biases, l.batch, l.out_c, sp)
 
@@ -136,17 +136,17 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
     ``[batchnorm]`` layer's output gradient buffer, else None) receives
     ``copy_cpu(l.outputs*l.batch, l.delta, 1, net.delta, 1)`` at the end.
     """
-    d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    dialect, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
     if delta is not None:
         copy_cpu(n, delta, 1, l.delta, 1)
-    if d.backward_bias_in_bn:
+    if dialect.backward_bias_in_bn:
         backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
-    _backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
+    backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
     scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
     mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
     variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
     normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta,
-                        l.batch, l.out_c, sp, l.delta, dialect=d)
+                        l.batch, l.out_c, sp, l.delta, dialect=dialect)
     if net_delta is not None:
         copy_cpu(n, l.delta, 1, net_delta, 1)
 

@@ -152,6 +152,11 @@ class Dialect:
     def __repr__(self):
         return f"get_dialect({self.name!r})"
 
+    def __reduce__(self):
+        # Pickles and copies of a Network, a record or a layer carry the built-in
+        # object itself, which the entry points compare by identity.
+        return get_dialect, (self.name,)
+
     def __str__(self):
         return self.name
 

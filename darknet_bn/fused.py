@@ -39,6 +39,10 @@ cost is the float64 arithmetic C prescribes (conversions and division).  When
 is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
 the same rounding of the same real number, so the same bits.
 
+The passes (``stats8``, ``stats16``, ``normalize_scale_bias``,
+``backward_sums8``, ``backward_channel``) are public so that ``make profile``
+can time each alone; they are inlined into the kernels and check nothing.
+
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
 """
@@ -155,7 +159,7 @@ def _chains16(kind, src, m, m2, mean, batch, filters, spatial, f0, buf):
 
 
 @helper(inline="always")
-def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+def stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
     """mean_cpu then variance_cpu for channels f0..f0+7, one vec8 lane per channel."""
     zero = vsplat(np.float32(0.0))
     m = vmul(_chains8(MEAN, src, zero, mean, batch, filters, spatial, f0, buf),
@@ -166,8 +170,8 @@ def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_sc
 
 
 @helper(inline="always")
-def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
-    """``_stats8`` for channels f0..f0+15 (two interleaved vec8 chains)."""
+def stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """``stats8`` for channels f0..f0+15 (two interleaved vec8 chains)."""
     zero = vsplat(np.float32(0.0))
     acc, acc2 = _chains16(MEAN, src, zero, zero, mean, batch, filters, spatial, f0, buf)
     scale = vsplat(mean_scale)
@@ -204,7 +208,7 @@ def _variance_one(src, m, batch, filters, spatial, f):
 
 
 @helper(inline="always")
-def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
+def normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                           batch, filters, spatial, f, dialect, save_x):
     """One channel of [copy_cpu(x) when ``save_x``] -> normalize_cpu -> copy_cpu(x_norm)
     -> scale_bias -> add_bias."""
@@ -257,11 +261,11 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
         buf = np.empty(LANES, np.float32)
         f = f0
         if f1 - f0 == WIDE:
-            _stats16(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+            stats16(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
                      buf)
             f = f1
         while f + LANES <= f1:
-            _stats8(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+            stats8(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
                     buf)
             f += LANES
         for c in range(f, f1):
@@ -270,7 +274,7 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
         for c in range(f0, f1):
             rolling_mean[c] = rolling(rolling_mean[c], keep, new, mean[c])
             rolling_variance[c] = rolling(rolling_variance[c], keep, new, variance[c])
-            _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
+            normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                                   batch, filters, spatial, c, dialect, save_x)
 
 
@@ -354,7 +358,7 @@ def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
 
 
 @helper(inline="always")
-def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f0,
+def backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f0,
                     buf):
     """``_backward_sums2`` for channels f0..f0+7, one vec8 lane per channel.
 
@@ -420,7 +424,7 @@ def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
 
 
 @helper(inline="always")
-def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
+def backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
                       scale_updates, mean_delta, variance_delta, batch, filters, spatial,
                       dialect, do_backward_bias, write_net_delta, f, bias, scale, md_sum,
                       vd_sum):
@@ -476,10 +480,10 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
               batch, filters, spatial, dialect, do_backward_bias, write_net_delta, group):
     """backward_batchnorm_layer, two passes per channel, ``group`` (8 or 2) channels per item.
 
-    Pass 1 (``_backward_sums8`` for a full group of 8, else ``_backward_sums2`` on
+    Pass 1 (``backward_sums8`` for a full group of 8, else ``_backward_sums2`` on
     pairs) replaces copy_cpu(delta -> l.delta), backward_bias (when
     ``do_backward_bias``), backward_scale_cpu, scale_bias on delta, and the sums
-    of mean_delta_cpu and variance_delta_cpu.  Pass 2 (``_backward_channel``)
+    of mean_delta_cpu and variance_delta_cpu.  Pass 2 (``backward_channel``)
     replaces normalize_delta_cpu and copy_cpu(l.delta -> net.delta) when
     ``write_net_delta``.  ``dsrc`` is the incoming delta (or ``delta`` itself);
     it is read twice, the second time mostly from cache.
@@ -490,10 +494,10 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
         f1 = min(f0 + group, filters)
         if f1 - f0 == LANES:
             buf = np.empty(4 * LANES, np.float32)
-            _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
+            backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
                             spatial, f0, buf)
             for c in range(LANES):
-                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                   bias_updates, scale_updates, mean_delta, variance_delta,
                                   batch, filters, spatial, dialect, do_backward_bias,
                                   write_net_delta, f0 + c, buf[c], buf[LANES + c],
@@ -503,12 +507,12 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
                 g = min(f + 1, f1 - 1)                  # g == f for an odd last channel
                 bf, sf, mf, vf, bg, sg, mg, vg = _backward_sums2(
                     dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f, g)
-                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                   bias_updates, scale_updates, mean_delta, variance_delta,
                                   batch, filters, spatial, dialect, do_backward_bias,
                                   write_net_delta, f, bf, sf, mf, vf)
                 if g != f:
-                    _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                    backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                       bias_updates, scale_updates, mean_delta, variance_delta,
                                       batch, filters, spatial, dialect, do_backward_bias,
                                       write_net_delta, g, bg, sg, mg, vg)

@@ -199,10 +199,11 @@ _scratch = threading.local()
 
 def _workspace():
     """This thread's ``fused.Workspace`` (the kernels' scratch, reused across calls)."""
-    ws = getattr(_scratch, "workspace", None)
-    if ws is None:
-        ws = _scratch.workspace = fused.Workspace()
-    return ws
+    try:
+        return _scratch.workspace
+    except AttributeError:
+        _scratch.workspace = fused.Workspace()
+        return _scratch.workspace
 
 
 def _scratch_buf(name, n):
@@ -331,9 +332,13 @@ def _infer(x, out, mean, variance, scales, biases, dialect):
     """The inference kernel (normalize_cpu, scale_bias, add_bias without the ``x`` copy)
     of ``x`` into the flat buffer ``out``; ``dialect`` a ``Dialect``."""
     batch, filters = x.shape[0], x.shape[1]
+    try:                        # _workspace() written out: the eval path's one more call
+        workspace = _scratch.workspace
+    except AttributeError:
+        workspace = _workspace()
     with _TorchThreads():
         fused.forward_infer(_buf(x), out, out, mean, variance, scales, biases, batch, filters,
-                            x.numel() // (batch * filters), dialect, _workspace(), 0)
+                            x.numel() // (batch * filters), dialect, workspace, 0)
 
 
 def _normalize(x, mean, variance, dialect, out):

@@ -360,3 +360,23 @@ def test_train_forward_without_x_copy_keeps_every_other_bit(shape, dialect):
     assert np.isnan(without_x["x"]).all(), f"x written with save_x = 0 (seed {seed})"
     for k in ("output", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance"):
         assert bits_equal(with_x[k], without_x[k]), f"{k} differs (seed {seed})"
+
+
+def test_kernel_api_example_in_the_docs_gives_the_layers_bits():
+    """docs/layer.md's kernel API example runs as written, and its output, x_norm and
+    statistics are a BatchNormLayer's (convolutional, alexeyab) for the same input."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "layer.md").read_text()
+    section = text.split("## The kernel API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    ns = {}
+    exec(compile(code, "docs/layer.md", "exec"), ns)
+    batch, filters, spatial = ns["batch"], ns["filters"], ns["spatial"]
+    layer = BatchNormLayer(batch, spatial, 1, filters, dialect="alexeyab",
+                           layer_type="convolutional")
+    layer.forward(ns["x"].copy(), train=True)
+    for name, theirs in (("output", ns["out"]), ("x_norm", ns["x_norm"]),
+                         ("mean", ns["mean"]), ("variance", ns["var"]),
+                         ("rolling_mean", ns["rm"]), ("rolling_variance", ns["rv"])):
+        assert bits_equal(getattr(layer, name), theirs), name

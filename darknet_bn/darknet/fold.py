@@ -46,7 +46,7 @@ from .._validate import (argument_name, check_buffer, check_dim, check_no_overla
                          routine_prefix)
 from ..dialects import FUSE, PJREDDIE, get_dialect
 from .parser import UnsupportedCfgError, check_path, read_cfg
-from .weights import (_CHUNK, WeightsHeader, atomic_output, check_cfg_arg, network_from,
+from .weights import (WeightsHeader, atomic_output, check_cfg_arg, copy_floats, network_from,
                       open_weights, read_header, read_weights, type_name)
 
 #: The double literals of the folding code (not the float ``.00001f`` of normalize_cpu).
@@ -376,11 +376,7 @@ def _fold_weights(r, cfg_path, weights_path, out_path, dialect, out_cfg_path=Non
                 folded.append(spec.index)
                 continue
             f.seek(in_header.nbytes + 4 * spec.offsets[spec.blocks[0][0]])
-            count = spec.float_count
-            while count:
-                n = min(count, _CHUNK)
-                dst.write(f.read(4 * n))
-                count -= n
+            copy_floats(f, dst, spec.float_count)
     return FoldResult(out, tuple(folded), dialect, out_cfg)
 
 

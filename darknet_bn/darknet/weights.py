@@ -37,7 +37,7 @@ from .parser import (INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_by
                      parse_cfg, reword_os_error)
 
 _F32 = np.dtype("<f4")
-_CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
+CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
 
 
 class WeightsFormatError(ValueError):
@@ -429,9 +429,11 @@ def _check_records(path, net, records):
     return by_index
 
 
-def _copy_floats(src, dst, count):
+def copy_floats(src, dst, count):
+    """Copy ``count`` floats from file ``src`` to ``dst`` in chunks (WeightsFormatError if
+    ``src`` ends early)."""
     while count:
-        n = min(count, _CHUNK)
+        n = min(count, CHUNK)
         raw = src.read(4 * n)
         if len(raw) != 4 * n:
             raise WeightsFormatError(getattr(src, "name", "base"), src.tell(),
@@ -575,7 +577,7 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
             check_size(base, net, base_header, base_size)
         with atomic_output(routine, out) as dst:
             dst.write(header.to_bytes())
-            filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
+            filler = None if fill is None else np.full(CHUNK, fill, dtype=_F32).tobytes()
             for spec in net.layers:
                 rec = by_index.get(spec.index)
                 for name, count in spec.blocks:
@@ -585,10 +587,10 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                         if src is not None:
                             src.seek(4 * count, os.SEEK_CUR)
                     elif src is not None:
-                        _copy_floats(src, dst, count)
+                        copy_floats(src, dst, count)
                     else:
                         while count:
-                            n = min(count, _CHUNK)
+                            n = min(count, CHUNK)
                             dst.write(filler[:4 * n])
                             count -= n
     finally:
