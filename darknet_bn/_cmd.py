@@ -14,7 +14,7 @@ from .dialects import get_dialect, names
 WORDS = {"dialect": "--dialect", "eps": "--eps", "strict": "--strict", "seen": "--seen",
          "header_from": "--header-from", "cfg": "CFG", "cfg_path": "CFG",
          "weights": "WEIGHTS", "weights_path": "WEIGHTS", "converted": "MODEL",
-         "model": "STATE_DICT", "out": "OUT", "out_path": "OUT", "out_cfg_path": "--out-cfg"}
+         "out": "OUT", "out_path": "OUT", "out_cfg_path": "--out-cfg"}
 
 
 def dialect_name(text):
