@@ -1,7 +1,7 @@
 # darknet_bn: every target sets up the virtual environment it needs, and no more.
 #   make demo         the package alone (numba, numpy)
 #   make test         + test extras: pytest, hypothesis, matplotlib, torch, onnx, onnxruntime,
-#                       onnxscript, onnxslim, build
+#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts)
 #   make test-slow    the tests marked slow (CI runs both)
 #   make bench        + pytest-benchmark, torch, matplotlib; writes out/ only
 #   make bench-chart  make bench, then copies its chart to docs/img/bench.png (tracked)
@@ -43,7 +43,7 @@ test-slow: $(call stamp,$(TEST_EXTRAS))
 BENCH_ARGS ?=
 bench: $(call stamp,$(BENCH_EXTRAS))
 	mkdir -p out
-	$(BIN)/python benchmarks/bench.py --json out/bench.json --png out/bench.png $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench --json out/bench.json --png out/bench.png $(BENCH_ARGS)
 
 # The chart docs/benchmarks.md shows: a deliberate update of a tracked file.
 bench-chart: bench
@@ -52,7 +52,7 @@ bench-chart: bench
 # Per-routine time breakdown of a train step (blas routines, fused kernels, fused passes).
 PROFILE_ARGS ?=
 profile: $(call stamp,$(BENCH_EXTRAS))
-	$(BIN)/python benchmarks/profile_step.py $(PROFILE_ARGS)
+	$(BIN)/python -m benchmarks.profile_step $(PROFILE_ARGS)
 
 dist: $(call stamp,$(TEST_EXTRAS))
 	rm -rf dist

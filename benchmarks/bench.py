@@ -15,7 +15,8 @@ Modes:
 memcpy: one np.copyto of the input tensor (one read, one write): the roofline.
 module: darknet_bn.torch.DarknetBatchNorm2d (train: module(x).backward(delta) through
         autograd; infer: eval() under no_grad), next to nn: torch.nn.BatchNorm2d run
-        the same way (eps 1e-5, momentum .01/.1), same torch thread count.
+        the same way (eps 1e-5, momentum the fork's rolling factor), same torch thread
+        count.
 
 After the default sweep (no ``--shape``), the target table (``targets.py``): each
 target row with its ratio, its target and whether it is met, and the load
@@ -28,157 +29,28 @@ a test: nothing is asserted.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DARKNET_C_MS, SHAPES, make_data, make_layer, parse_shape,  # noqa: E402
-                     shape_str, threads, timed)
-import cs231n  # noqa: E402
-import targets  # noqa: E402
-
-IMPLS = ("fused", "blas", "torch", "numpy", "memcpy", "module", "nn")
+from . import targets
+from ._common import (DARKNET_C_MS, DIALECT_NAMES, IMPLS, SHAPES, implementations,
+                      load_average, paired_ratio, parse_shape, round_robin, shape_str, threads)
 
 
-# --------------------------------------------------------------------------
-# implementations: each returns {"train": fn, "infer": fn} (a missing key = n/a)
-# --------------------------------------------------------------------------
-def _darknet(shape, dialect, kernel):
-    layer, x, delta = make_layer(shape, dialect, kernel)
-
-    def train():
-        layer.forward(x, train=True)
-        layer.backward(delta, train=True)
-
-    def infer():
-        layer.forward(x, train=False)
-    return {"train": train, "infer": infer}
-
-
-def _torch(shape, dialect, nthreads):
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return {}
-    torch.set_num_threads(nthreads)
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    xt = torch.from_numpy(x).requires_grad_()
-    dt = torch.from_numpy(delta)
-    w = torch.from_numpy(scales).requires_grad_()
-    b = torch.from_numpy(biases).requires_grad_()
-    rm, rv = torch.from_numpy(rmean.copy()), torch.from_numpy(rvar.copy())
-    momentum = 0.01 if dialect == "pjreddie" else 0.1
-
-    def train():
-        xt.grad = w.grad = b.grad = None
-        y = F.batch_norm(xt, rm, rv, w, b, training=True, momentum=momentum, eps=1e-5)
-        y.backward(dt)
-
-    def infer():
-        with torch.no_grad():
-            F.batch_norm(xt, rm, rv, w, b, training=False, eps=1e-5)
-    return {"train": train, "infer": infer}
-
-
-def _numpy(shape, dialect):
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    momentum = 0.99 if dialect == "pjreddie" else 0.9
-
-    def train():
-        _, cache = cs231n.forward_train(x, scales, biases, rmean, rvar, momentum)
-        cs231n.backward(delta, cache)
-
-    def infer():
-        cs231n.forward_infer(x, scales, biases, rmean, rvar)
-    return {"train": train, "infer": infer}
-
-
-def _memcpy(shape):
-    src = make_data(shape)[0]
-    dst = np.empty_like(src)
-
-    def copy():
-        np.copyto(dst, src)
-    return {"train": copy, "infer": copy}
-
-
-def _torch_module(shape, dialect, nthreads, darknet):
-    """DarknetBatchNorm2d (``darknet``) or nn.BatchNorm2d as a module, autograd train step."""
-    try:
-        import torch
-        from darknet_bn.torch import DarknetBatchNorm2d
-    except ImportError:
-        return {}
-    torch.set_num_threads(nthreads)
-    x, delta, scales, biases, rmean, rvar = make_data(shape)
-    c = shape[1]
-    if darknet:
-        m = DarknetBatchNorm2d(c, dialect=dialect)
-    else:
-        m = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.01 if dialect == "pjreddie" else 0.1)
-    with torch.no_grad():
-        for t, v in ((m.weight, scales), (m.bias, biases), (m.running_mean, rmean),
-                     (m.running_var, rvar)):
-            t.copy_(torch.from_numpy(v))
-    xt = torch.from_numpy(x).requires_grad_()
-    dt = torch.from_numpy(delta)
-
-    def train():
-        m.train()
-        xt.grad = m.weight.grad = m.bias.grad = None
-        m(xt).backward(dt)
-
-    def infer():
-        m.eval()
-        with torch.no_grad():
-            m(xt)
-    return {"train": train, "infer": infer}
-
-
-def build(shape, dialect, nthreads, impls):
-    makers = {"fused": lambda: _darknet(shape, dialect, "fused"),
-              "blas": lambda: _darknet(shape, dialect, "blas"),
-              "torch": lambda: _torch(shape, dialect, nthreads),
-              "numpy": lambda: _numpy(shape, dialect),
-              "memcpy": lambda: _memcpy(shape),
-              "module": lambda: _torch_module(shape, dialect, nthreads, True),
-              "nn": lambda: _torch_module(shape, dialect, nthreads, False)}
-    return {name: makers[name]() for name in impls}
-
-
-# --------------------------------------------------------------------------
 def measure(shape, dialect, mode, impls, repeat, nthreads):
     """{impl: [seconds, ...]} for one shape/dialect/mode, interleaved round-robin."""
-    fns = {name: fs[mode] for name, fs in build(shape, dialect, nthreads, impls).items()
-           if mode in fs}
-    for fn in fns.values():          # warm-up: compilation, page faults, caches
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(timed(fns[name]))
-    return times
+    fns = {name: fs[mode] for name, fs in implementations(shape, dialect, nthreads,
+                                                          impls).items() if mode in fs}
+    return round_robin(fns, repeat)
 
 
-def _fmt(v):
-    return "n/a" if v is None else f"{v * 1e3:8.2f}"
+def _fmt(seconds):
+    return "n/a" if seconds is None else f"{seconds * 1e3:8.2f}"
 
 
 def _ratio(a, b):
     return "n/a" if a is None or b is None else f"{a / b:5.2f}x"
-
-
-def paired_ratio(a, b):
-    """Median over rounds of a[i]/b[i]: both ran in round i, next to each other, so a
-    slow phase of the shared machine slows both (steadier than a ratio of minima)."""
-    if not a or not b:
-        return None
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def report(results, nthreads):
@@ -190,18 +62,20 @@ def report(results, nthreads):
                   "| dialect | shape (N,C,H,W) | fused | blas | torch | numpy | memcpy "
                   "| fused/torch | paired | fused/blas | fused/memcpy |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for (dialect, m, shape), times in results.items():
-            if m != mode:
+        for (dialect, row_mode, shape), times in results.items():
+            if row_mode != mode:
                 continue
-            t = {k: (min(v) if v else None) for k, v in times.items()}
-            g = t.get
+            best = {impl: (min(seconds) if seconds else None)
+                    for impl, seconds in times.items()}
+            fused, blas, torch, numpy, memcpy = (
+                best.get(impl) for impl in ("fused", "blas", "torch", "numpy", "memcpy"))
             lines.append(
-                f"| {dialect} | {shape_str(shape)} | {_fmt(g('fused'))} | {_fmt(g('blas'))} | "
-                f"{_fmt(g('torch'))} | {_fmt(g('numpy'))} | {_fmt(g('memcpy'))} | "
-                f"{_ratio(g('fused'), g('torch'))} | "
+                f"| {dialect} | {shape_str(shape)} | {_fmt(fused)} | {_fmt(blas)} | "
+                f"{_fmt(torch)} | {_fmt(numpy)} | {_fmt(memcpy)} | "
+                f"{_ratio(fused, torch)} | "
                 f"{_ratio(paired_ratio(times.get('fused'), times.get('torch')), 1.0)} | "
-                f"{_ratio(g('fused'), g('blas'))} | "
-                f"{_ratio(g('fused'), g('memcpy'))} |")
+                f"{_ratio(fused, blas)} | "
+                f"{_ratio(fused, memcpy)} |")
         lines.append("")
     lines += module_report(results)
     for (dialect, mode, shape), times in results.items():
@@ -214,16 +88,18 @@ def report(results, nthreads):
 
 def module_report(results):
     """The PyTorch module against nn.BatchNorm2d: min ms, ratio of minima, paired ratio."""
-    rows = [(k, t) for k, t in results.items() if t.get("module") and t.get("nn")]
+    rows = [(key, times) for key, times in results.items()
+            if times.get("module") and times.get("nn")]
     if not rows:
         return []
     lines = ["### darknet_bn.torch.DarknetBatchNorm2d vs torch.nn.BatchNorm2d", "",
              "| dialect | mode | shape (N,C,H,W) | module | nn | module/nn | paired |",
              "|---|---|---|---|---|---|---|"]
-    for (dialect, mode, shape), t in rows:
-        a, b = min(t["module"]), min(t["nn"])
-        lines.append(f"| {dialect} | {mode} | {shape_str(shape)} | {_fmt(a)} | {_fmt(b)} | "
-                     f"{_ratio(a, b)} | {_ratio(paired_ratio(t['module'], t['nn']), 1.0)} |")
+    for (dialect, mode, shape), times in rows:
+        module, nn = min(times["module"]), min(times["nn"])
+        lines.append(f"| {dialect} | {mode} | {shape_str(shape)} | {_fmt(module)} | "
+                     f"{_fmt(nn)} | {_ratio(module, nn)} | "
+                     f"{_ratio(paired_ratio(times['module'], times['nn']), 1.0)} |")
     return lines + [""]
 
 
@@ -232,23 +108,24 @@ def chart(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = list(results)
-    modes = [m for m in ("train", "infer") if any(k[1] == m for k in keys)]
+    modes = [mode for mode in ("train", "infer") if any(key[1] == mode for key in keys)]
     fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 4.8), squeeze=False)
     for ax, mode in zip(axes[0], modes):
-        ks = [k for k in keys if k[1] == mode]
-        labels = [f"{k[0][:2]} {shape_str(k[2])}" for k in ks]
-        impls = [i for i in IMPLS if any(results[k].get(i) for k in ks)]
+        mode_keys = [key for key in keys if key[1] == mode]
+        labels = [f"{dialect[:2]} {shape_str(shape)}" for dialect, _, shape in mode_keys]
+        impls = [impl for impl in IMPLS if any(results[key].get(impl) for key in mode_keys)]
         width = 0.8 / len(impls)
         for j, impl in enumerate(impls):
             ys = []
-            for k in ks:
-                base = min(results[k]["torch"]) if results[k].get("torch") else None
-                v = min(results[k][impl]) if results[k].get(impl) else None
-                ys.append(v / base if v and base else 0)
-            ax.bar(np.arange(len(ks)) + j * width, ys, width, label=impl)
+            for key in mode_keys:
+                times = results[key]
+                base = min(times["torch"]) if times.get("torch") else None
+                best = min(times[impl]) if times.get(impl) else None
+                ys.append(best / base if best and base else 0)
+            ax.bar(np.arange(len(mode_keys)) + j * width, ys, width, label=impl)
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks(np.arange(len(ks)) + 0.4 - width / 2, labels, rotation=30, ha="right",
-                      fontsize=8)
+        ax.set_xticks(np.arange(len(mode_keys)) + 0.4 - width / 2, labels, rotation=30,
+                      ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("time / PyTorch time (log)")
         ax.set_title(f"{mode}: lower is better")
@@ -260,60 +137,62 @@ def chart(results, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", action="append", type=parse_shape,
-                   help="N,C,H,W (repeatable; default: the four issue shapes)")
-    p.add_argument("--dialect", action="append", choices=("pjreddie", "alexeyab"),
-                   help="repeatable; default both")
-    p.add_argument("--mode", action="append", choices=("train", "infer"),
-                   help="repeatable; default both")
-    p.add_argument("--impl", action="append", choices=IMPLS, help="repeatable; default all")
-    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for numba (and torch); default: numba's default")
-    p.add_argument("--json", help="write all timings (seconds) to this file")
-    p.add_argument("--png", help="write a chart (matplotlib) to this file")
-    p.add_argument("--targets-only", action="store_true",
-                   help="only the target table (targets.py), no sweep")
-    p.add_argument("--no-targets", action="store_true", help="the sweep without the target "
-                   "table")
-    a = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", action="append", type=parse_shape,
+                        help="N,C,H,W (repeatable; default: the four benchmark shapes)")
+    parser.add_argument("--dialect", action="append", choices=DIALECT_NAMES,
+                        help="repeatable; default all")
+    parser.add_argument("--mode", action="append", choices=("train", "infer"),
+                        help="repeatable; default both")
+    parser.add_argument("--impl", action="append", choices=IMPLS, help="repeatable; default all")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per implementation")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for numba (and torch); default: numba's default")
+    parser.add_argument("--json", help="write all timings (seconds) to this file")
+    parser.add_argument("--png", help="write a chart (matplotlib) to this file")
+    parser.add_argument("--targets-only", action="store_true",
+                        help="only the target table (targets.py), no sweep")
+    parser.add_argument("--no-targets", action="store_true",
+                        help="the sweep without the target table")
+    args = parser.parse_args(argv)
     import darknet_bn
     darknet_bn.warmup()
-    if a.threads:
+    if args.threads:
         import numba
-        numba.set_num_threads(a.threads)
+        numba.set_num_threads(args.threads)
     nthreads = threads()
-    load_before = targets.load()
+    load_before = load_average()
     print(f"threads {nthreads}; {load_before}", flush=True)
-    impls = a.impl or list(IMPLS)
+    impls = args.impl or list(IMPLS)
     results = {}
-    for shape in ([] if a.targets_only else a.shape or SHAPES):
-        for dialect in a.dialect or ("pjreddie", "alexeyab"):
-            for mode in a.mode or ("train", "infer"):
+    for shape in ([] if args.targets_only else args.shape or SHAPES):
+        for dialect in args.dialect or DIALECT_NAMES:
+            for mode in args.mode or ("train", "infer"):
                 results[(dialect, mode, shape)] = measure(shape, dialect, mode, impls,
-                                                          a.repeat, nthreads)
-                t = results[(dialect, mode, shape)]
+                                                          args.repeat, nthreads)
+                times = results[(dialect, mode, shape)]
                 print(f"  {dialect:8} {mode:5} {shape_str(shape):>14}: " + "  ".join(
-                    f"{k} {min(v) * 1e3:.2f}" for k, v in t.items()), flush=True)
+                    f"{impl} {min(seconds) * 1e3:.2f}" for impl, seconds in times.items()),
+                    flush=True)
     if results:
         print()
         print(report(results, nthreads))
-    if a.targets_only or not (a.no_targets or a.shape):
+    if args.targets_only or not (args.no_targets or args.shape):
         rows = targets.measure(targets.GROUPS, nthreads)
-        print(targets.report(rows, nthreads, load_before, targets.load()))
-        if a.json:
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).with_name(Path(a.json).stem + "-targets.json").write_text(
+        print(targets.report(rows, nthreads, load_before, load_average()))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).with_name(Path(args.json).stem + "-targets.json").write_text(
                 json.dumps(rows, indent=1))
-    if a.json and results:
-        dump = [{"dialect": d, "mode": m, "shape": list(s), "threads": nthreads,
-                 "min_s": {k: min(v) for k, v in t.items()},
-                 "median_s": {k: statistics.median(v) for k, v in t.items()},
-                 "times_s": t} for (d, m, s), t in results.items()]
-        Path(a.json).write_text(json.dumps(dump, indent=1))
-    if a.png and results:
-        chart(results, a.png)
+    if args.json and results:
+        dump = [{"dialect": dialect, "mode": mode, "shape": list(shape), "threads": nthreads,
+                 "min_s": {impl: min(seconds) for impl, seconds in times.items()},
+                 "median_s": {impl: statistics.median(seconds)
+                              for impl, seconds in times.items()},
+                 "times_s": times} for (dialect, mode, shape), times in results.items()]
+        Path(args.json).write_text(json.dumps(dump, indent=1))
+    if args.png and results:
+        chart(results, args.png)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,20 @@ are not modelled: every batch-normalized layer uses leaky, as in the cfgs used.
 dry run.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 import darknet_bn
 from darknet_bn.dialects import get_dialect
 
+#: The batch-normalization modules a ``CfgNet`` holds (``DarknetBatchNorm2d``/``1d`` after
+#: ``convert_batchnorm`` are subclasses).
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
 
 class _Act(nn.Module):
     def forward(self, x):
-        return F.leaky_relu(x, 0.1)
+        return functional.leaky_relu(x, 0.1)
 
 
 class CfgNet(nn.Module):
@@ -70,26 +74,26 @@ class CfgNet(nn.Module):
         outputs, heads = [], []
         blocks = getattr(self, self.style)
         for spec, block in zip(self.specs, blocks):
-            s = spec.section
-            if s in ("convolutional", "connected", "batchnorm"):
+            section = spec.section
+            if section in ("convolutional", "connected", "batchnorm"):
                 x = block(x)
-            elif s == "maxpool":
+            elif section == "maxpool":
                 total = spec.size - 1
-                x = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2),
-                          value=-6e4)
-                x = F.max_pool2d(x, spec.size, spec.stride)
-            elif s == "upsample":
-                x = F.interpolate(x, scale_factor=spec.stride, mode="nearest")
-            elif s == "route":
+                before, after = total // 2, total - total // 2
+                x = functional.pad(x, (before, after, before, after), value=-6e4)
+                x = functional.max_pool2d(x, spec.size, spec.stride)
+            elif section == "upsample":
+                x = functional.interpolate(x, scale_factor=spec.stride, mode="nearest")
+            elif section == "route":
                 parts = [outputs[j] for j in spec.input_layers]
                 x = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
                 if spec.groups > 1:
                     x = torch.chunk(x, spec.groups, 1)[-1]
-            elif s == "shortcut":
+            elif section == "shortcut":
                 x = x + outputs[spec.input_layers[0]]
-            elif s in ("yolo", "region", "detection"):
+            elif section in ("yolo", "region", "detection"):
                 heads.append(x)
-            elif s == "avgpool":
+            elif section == "avgpool":
                 x = x.mean((2, 3), keepdim=True)
             if check and tuple(x.shape[1:]) != (spec.out_c, spec.out_h, spec.out_w)[
                     :x.dim() - 1]:
@@ -102,11 +106,11 @@ class CfgNet(nn.Module):
     def modules_of(self, index):
         """``(conv or linear, batchnorm)`` of cfg layer ``index`` (None where absent)."""
         conv = bn = None
-        for m in getattr(self, self.style)[index]:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                conv = m
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                bn = m
+        for module in getattr(self, self.style)[index]:
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                conv = module
+            elif isinstance(module, BATCHNORMS):
+                bn = module
         return conv, bn
 
 
@@ -116,9 +120,10 @@ def build(cfg, dialect, seed=0):
     net = darknet_bn.parse_cfg(cfg, dialect=dialect)
     torch.manual_seed(seed)
     model = CfgNet(net)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = float(get_dialect(dialect).rolling_new)
+    momentum = float(get_dialect(dialect).rolling_new)
+    for module in model.modules():
+        if isinstance(module, BATCHNORMS):
+            module.momentum = momentum
     with torch.no_grad():
         model.eval()(torch.zeros(1, net.c, net.h, net.w), check=True)
     return model, (net.c, net.h, net.w)

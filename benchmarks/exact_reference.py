@@ -23,10 +23,10 @@ from darknet_bn.dialects import normalize_denominator
 def exact_infer(src, output, x, rolling_mean, rolling_variance, scales, biases,
                 batch, filters, spatial, dialect, write_x):
     for f in prange(filters):
-        m = rolling_mean[f]
+        mean = rolling_mean[f]
         denom = normalize_denominator(rolling_variance[f], dialect)
-        s = scales[f]
-        b = biases[f]
+        scale = scales[f]
+        bias = biases[f]
         for j in range(batch):
             base = (j * filters + f) * spatial
             sv = src[base:base + spatial]
@@ -36,21 +36,21 @@ def exact_infer(src, output, x, rolling_mean, rolling_variance, scales, biases,
                 for k in range(spatial):
                     v = sv[k]
                     xv[k] = v
-                    ov[k] = normalize(v, m, denom) * s + b
+                    ov[k] = normalize(v, mean, denom) * scale + bias
             else:
                 for k in range(spatial):
-                    ov[k] = normalize(sv[k], m, denom) * s + b
+                    ov[k] = normalize(sv[k], mean, denom) * scale + bias
 
 
 def reference_for(layer, x):
     """A no-argument callable running ``exact_infer`` on ``layer``'s parameters and the
     flat input ``x``, into buffers of its own; returns ``(run, output, x_copy)``."""
-    d = layer.dialect
+    dialect = layer.dialect
     output = np.empty_like(x)
     x_copy = np.empty_like(x)
     args = (x, output, x_copy, layer.rolling_mean.copy(), layer.rolling_variance.copy(),
             layer.scales.copy(), layer.biases.copy(), layer.batch, layer.out_c,
-            layer.out_h * layer.out_w, d.code, int(d.copy_x_in_inference))
+            layer.out_h * layer.out_w, dialect.code, int(dialect.copy_x_in_inference))
 
     def run():
         exact_infer(*args)

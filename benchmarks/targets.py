@@ -19,30 +19,31 @@ and torch):
   before (the full ``make bench`` sweep).
 
 Statistics.  Every pair runs ``rounds`` rounds, the order alternating; in each
-round each side runs ``inner`` calls and keeps its fastest.  ``min`` rows compare
-the minima over all rounds; ``median`` rows (model and FC: they sit near the
-noise) the median over rounds of the per-round ratio.  Both are printed.  The
-load average (``os.getloadavg``) is printed with the table: on a shared host,
-rerun when it is high.  Nothing is asserted: this is a benchmark.
+round each side runs ``inner`` calls and keeps its fastest (``_common.round_robin``,
+the sweep's timer too).  ``min`` rows compare the minima over all rounds; ``median``
+rows (model and FC: they sit near the noise) the median over rounds of the per-round
+ratio.  Both are printed.  The load average (``os.getloadavg``) is printed with the
+table: on a shared host, rerun when it is high.  Nothing is asserted: this is a
+benchmark.
 """
 import argparse
 import copy
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import make_data, make_layer, shape_str, threads  # noqa: E402
+from darknet_bn import get_dialect
 
-CFG = HERE.parent / "data" / "golden" / "cfg" / "alexeyab" / "yolov4-tiny.cfg"
-DIALECTS = ("pjreddie", "alexeyab")
+from ._common import (DIALECT_NAMES, implementations, load_average, make_data, make_layer,
+                      paired_ratio, round_robin, shape_str, threads, torch_module_impl)
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The model rows' cfg and the fork it is written for (its model runs that fork's layer).
+CFG_FORK = "alexeyab"
+CFG = ROOT / "data" / "golden" / "cfg" / CFG_FORK / "yolov4-tiny.cfg"
 GROUPS = ("module", "model", "layer", "fc")
 
 #: (group, what, shape, target ratio, statistic)
@@ -52,31 +53,9 @@ FC_ROWS = (((256, 1024, 1, 1), 1.0), ((64, 4096, 1, 1), 1.0))
 MODEL_TARGET = 1.03
 
 
-def load():
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
-
-
-def pair(a, b, rounds, inner):
-    """Per-round minima ``(ta, tb)`` of ``inner`` calls each, order alternating."""
-    for fn in (a, b):                   # warm-up: compilation, page faults, caches
-        fn()
-        fn()
-    ta, tb = [], []
-    for r in range(rounds):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for fn, out in order:
-            best = float("inf")
-            for _ in range(inner):
-                t0 = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t0)
-            out.append(best)
-    return ta, tb
-
-
 def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
     ratio_min = min(ta) / min(tb)
-    ratio_med = statistics.median(x / y for x, y in zip(ta, tb))
+    ratio_med = paired_ratio(ta, tb)
     ratio = ratio_min if stat == "min" else ratio_med
     return {"group": group, "what": what, "shape": list(shape), "dialect": dialect,
             "a_ms": min(ta) * 1e3, "b_ms": min(tb) * 1e3, "ratio_min": ratio_min,
@@ -86,15 +65,15 @@ def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
 
 # --------------------------------------------------------------------------
 def module_rows(nthreads, rounds=15, inner=20):
-    import bench
     out = []
     for shape, target in MODULE_ROWS:
-        for dialect in DIALECTS:
-            a = bench._torch_module(shape, dialect, nthreads, True)
-            b = bench._torch_module(shape, dialect, nthreads, False)
-            if not a or not b:
+        for dialect in DIALECT_NAMES:
+            module = torch_module_impl(shape, dialect, nthreads, True)
+            nn = torch_module_impl(shape, dialect, nthreads, False)
+            if not module or not nn:
                 return out
-            ta, tb = pair(a["infer"], b["infer"], rounds, inner)
+            ta, tb = round_robin({"module": module["infer"], "nn": nn["infer"]}, rounds,
+                                 inner).values()
             floors = module_floors(shape, dialect, rounds, inner)
             out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
                            dialect, ta, tb, target, "min",
@@ -110,8 +89,7 @@ def module_floors(shape, dialect, rounds, inner):
     module's kernel call without the module) and a copy of the same bytes with torch's
     threads (``Tensor.clone``: one read, one write, the bandwidth floor)."""
     import torch
-    from exact_reference import exact_infer
-    from darknet_bn import get_dialect
+    from .exact_reference import exact_infer
     x, _, scales, biases, rmean, rvar = make_data(shape)
     n, c, h, w = shape
     src = x.reshape(-1)
@@ -119,7 +97,8 @@ def module_floors(shape, dialect, rounds, inner):
     args = (src, out, out, rmean, rvar, scales, biases, n, c, h * w,
             get_dialect(dialect).code, 0)
     xt = torch.from_numpy(x)
-    ta, tb = pair(lambda: exact_infer(*args), xt.clone, rounds, inner)
+    ta, tb = round_robin({"kernel": lambda: exact_infer(*args), "clone": xt.clone},
+                         rounds, inner).values()
     return min(ta) * 1e3, min(tb) * 1e3
 
 
@@ -129,9 +108,9 @@ def model_rows(nthreads, rounds=5):
         from darknet_bn.torch import convert_batchnorm
     except ImportError:
         return []
-    import cfg_model
+    from . import cfg_model
     torch.set_num_threads(nthreads)
-    dialect = "alexeyab"
+    dialect = get_dialect(CFG_FORK).name
     nn_model, (c, h, w) = cfg_model.build(CFG, dialect)
     dk_model = convert_batchnorm(copy.deepcopy(nn_model), dialect=dialect)
     gen = torch.Generator().manual_seed(0)
@@ -144,41 +123,44 @@ def model_rows(nthreads, rounds=5):
             with torch.no_grad():
                 model(x1)
         return run
-    ta, tb = pair(evaluate(dk_model), evaluate(nn_model), rounds, 1)
+    ta, tb = round_robin({"darknet_bn": evaluate(dk_model), "nn": evaluate(nn_model)},
+                         rounds).values()
     out.append(row("model", "yolov4-tiny-shaped model with the module / with "
                    "nn.BatchNorm2d, eval", (1, c, h, w), dialect, ta, tb, MODEL_TARGET,
                    "median"))
     x4 = torch.rand(4, c, h, w, generator=gen)
     with torch.no_grad():
-        grads = [torch.randn(t.shape, generator=gen) for t in nn_model.eval()(x4)]
+        grads = [torch.randn(head.shape, generator=gen) for head in nn_model.eval()(x4)]
 
     def step(model):
         params = list(model.parameters())
 
         def run():
             model.train()
-            for p in params:
-                p.grad = None
+            for param in params:
+                param.grad = None
             torch.autograd.backward(model(x4), grads)
         return run
-    ta, tb = pair(step(dk_model), step(nn_model), rounds, 1)
+    ta, tb = round_robin({"darknet_bn": step(dk_model), "nn": step(nn_model)},
+                         rounds).values()
     out.append(row("model", "same models, train step (forward + backward)", (4, c, h, w),
                    dialect, ta, tb, MODEL_TARGET, "median"))
     return out
 
 
 def layer_rows(nthreads, rounds=15, inner=20):
-    from exact_reference import bits_match, reference_for
+    from .exact_reference import bits_match, reference_for
     out = []
     for shape, target in LAYER_ROWS:
-        for dialect in DIALECTS:
+        for dialect in DIALECT_NAMES:
             layer, x, _ = make_layer(shape, dialect, "fused")
             same = bits_match(layer, x)
             run_ref = reference_for(layer, x)[0]
 
             def run_layer():
                 layer.forward(x, train=False)
-            ta, tb = pair(run_layer, run_ref, rounds, inner)
+            ta, tb = round_robin({"layer": run_layer, "reference": run_ref}, rounds,
+                                 inner).values()
             out.append(row("layer", "BatchNormLayer inference / exact reference kernel",
                            shape, dialect, ta, tb, target, "min",
                            note="bits identical" if same else "BITS DIFFER"))
@@ -186,14 +168,14 @@ def layer_rows(nthreads, rounds=15, inner=20):
 
 
 def fc_rows(nthreads, where, rounds=9, inner=10):
-    import bench
     out = []
     for shape, target in FC_ROWS:
-        for dialect in DIALECTS:
-            fns = bench.build(shape, dialect, nthreads, ("fused", "torch"))
+        for dialect in DIALECT_NAMES:
+            fns = implementations(shape, dialect, nthreads, ("fused", "torch"))
             if "train" not in fns["torch"]:
                 return out
-            ta, tb = pair(fns["fused"]["train"], fns["torch"]["train"], rounds, inner)
+            ta, tb = round_robin({name: fns[name]["train"] for name in ("fused", "torch")},
+                                 rounds, inner).values()
             out.append(row("fc", f"BatchNormLayer train step / torch ({where})", shape,
                            dialect, ta, tb, target, "median"))
     return out
@@ -201,9 +183,9 @@ def fc_rows(nthreads, where, rounds=9, inner=10):
 
 def fc_alone(nthreads):
     """The FC rows measured in a fresh process that runs nothing else."""
-    cmd = [sys.executable, str(HERE / "targets.py"), "--group", "fc", "--threads",
+    cmd = [sys.executable, "-m", "benchmarks.targets", "--group", "fc", "--threads",
            str(nthreads), "--where", "alone", "--dump"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode:
         print(res.stderr, file=sys.stderr)
         return []
@@ -212,14 +194,14 @@ def fc_alone(nthreads):
 
 def measure(groups, nthreads, fc_where="inside the run"):
     rows = []
-    for g in groups:
-        if g == "module":
+    for group in groups:
+        if group == "module":
             rows += module_rows(nthreads)
-        elif g == "model":
+        elif group == "model":
             rows += model_rows(nthreads)
-        elif g == "layer":
+        elif group == "layer":
             rows += layer_rows(nthreads)
-        elif g == "fc":
+        elif group == "fc":
             if fc_where == "inside the run":
                 rows += fc_alone(nthreads)
             rows += fc_rows(nthreads, fc_where)
@@ -234,40 +216,42 @@ def report(rows, nthreads, load_before, load_after):
              "| row | shape | fork | ms | ms (reference side) | ratio | statistic | "
              "target | met |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        note = f" ({r['note']})" if r["note"] else ""
+    for entry in rows:
+        note = f" ({entry['note']})" if entry["note"] else ""
         lines.append(
-            f"| {r['what']}{note} | {shape_str(r['shape'])} | {r['dialect']} | "
-            f"{r['a_ms']:.3f} | {r['b_ms']:.3f} | {r['ratio']:.2f}x (min {r['ratio_min']:.2f}x,"
-            f" median {r['ratio_median']:.2f}x) | {r['stat']} of {r['rounds']} | "
-            f"<= {r['target']:.2f}x | {'met' if r['met'] else 'NOT MET'} |")
-    met = sum(r["met"] for r in rows)
+            f"| {entry['what']}{note} | {shape_str(entry['shape'])} | {entry['dialect']} | "
+            f"{entry['a_ms']:.3f} | {entry['b_ms']:.3f} | {entry['ratio']:.2f}x "
+            f"(min {entry['ratio_min']:.2f}x, median {entry['ratio_median']:.2f}x) | "
+            f"{entry['stat']} of {entry['rounds']} | "
+            f"<= {entry['target']:.2f}x | {'met' if entry['met'] else 'NOT MET'} |")
+    met = sum(entry["met"] for entry in rows)
     lines += ["", f"{met} of {len(rows)} target rows met"]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--group", action="append", choices=GROUPS, help="repeatable; default all")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--where", default="inside the run", help=argparse.SUPPRESS)
-    p.add_argument("--dump", action="store_true", help="print the rows as JSON (one line)")
-    p.add_argument("--json", help="write the rows to this file")
-    a = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--group", action="append", choices=GROUPS,
+                        help="repeatable; default all")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--where", default="inside the run", help=argparse.SUPPRESS)
+    parser.add_argument("--dump", action="store_true", help="print the rows as JSON (one line)")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args(argv)
     import darknet_bn
     darknet_bn.warmup()
-    if a.threads:
+    if args.threads:
         import numba
-        numba.set_num_threads(a.threads)
+        numba.set_num_threads(args.threads)
     nthreads = threads()
-    before = load()
-    rows = measure(a.group or GROUPS, nthreads, a.where)
-    if a.dump:
+    before = load_average()
+    rows = measure(args.group or GROUPS, nthreads, args.where)
+    if args.dump:
         print(json.dumps(rows))
         return rows
-    print(report(rows, nthreads, before, load()))
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+    print(report(rows, nthreads, before, load_average()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 

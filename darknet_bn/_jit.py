@@ -55,7 +55,7 @@ from numba.core import caching
 
 from . import _tbb
 
-#: Options for the small serial helpers kernels call (e.g. ``utils._sum_array``).
+#: Options for the small serial helpers kernels call (e.g. ``utils.sum_array_at``).
 HELPER_OPTIONS = dict(cache=True, fastmath=False, error_model="numpy", nogil=True)
 
 #: (dispatcher, signatures) for every registered kernel, in definition order.

@@ -5,13 +5,71 @@ its end silently.  Every public wrapper therefore validates all of its arguments
 *before* any kernel runs, so a rejected call modifies nothing.  Each error names
 the argument and says how to fix it.
 """
+import contextlib
+import contextvars
 import numbers
+import re
 
 import numpy as np
 
 #: Largest dimension, count or stride a kernel takes: they are int64 there (C's
 #: ``int`` would overflow past 2**31 - 1; see tests/test_index_width.py).
 INDEX_MAX = 2**63 - 1
+
+
+#: Terminal control sequences (ANSI CSI: colours, bold) some libraries put in messages.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def error_text(error, n=200):
+    """The first line of ``error``'s message without terminal escapes, cut to ``n``
+    characters ("" if empty): what a one-line message quotes of an exception raised
+    by another library."""
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    return text.splitlines()[0][:n] if text else ""
+
+
+# --------------------------------------------------------------------------
+# the words of a message: Python's (the API) or the command line's (darknet-bn)
+# --------------------------------------------------------------------------
+#: While a ``darknet-bn`` command runs: the command line's word for each Python
+#: argument name (``command_line_words``); None for the Python API.
+_CLI_WORDS = contextvars.ContextVar("darknet_bn_cli_words", default=None)
+
+
+@contextlib.contextmanager
+def command_line_words(words):
+    """Inside the block, messages name arguments as the command line does: ``words``
+    maps a Python argument name to its command-line word (``{"dialect": "--dialect",
+    "out_path": "OUT"}``), and an API message drops its routine prefix (the command's
+    error line names the command)."""
+    token = _CLI_WORDS.set(dict(words))
+    try:
+        yield
+    finally:
+        _CLI_WORDS.reset(token)
+
+
+def argument_name(name):
+    """Argument ``name`` as the caller writes it: the Python name, or its command-line
+    word inside ``command_line_words``."""
+    words = _CLI_WORDS.get()
+    return name if words is None else words.get(name, name)
+
+
+def setting_text(name, value):
+    """An argument with its value as the caller writes it: ``dialect='alexeyab'`` in
+    Python, ``--dialect alexeyab`` on the command line."""
+    words = _CLI_WORDS.get()
+    if words is not None and name in words:
+        return f"{words[name]} {value}"
+    return f"{name}={value!r}"
+
+
+def routine_prefix(routine):
+    """``"routine: "``, which opens an API message; "" on the command line, whose
+    error line already names the command."""
+    return f"{routine}: " if _CLI_WORDS.get() is None else ""
 
 
 def short_repr(value, n=40):

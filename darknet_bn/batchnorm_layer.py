@@ -38,14 +38,14 @@ import numbers
 import numpy as np
 from numba import prange
 
+from . import fused
 from ._jit import BUF, INT, kernel, sig
 from ._validate import (check_buffer, check_dim, check_no_overlap, check_scalar,
                         check_two_values_per_channel)
-from .blas import (_axpy_cpu, _copy_cpu, _mean_cpu, _mean_delta_cpu, _normalize_cpu,
-                   _normalize_delta_cpu, _scal_cpu, _variance_cpu, _variance_delta_cpu)
-from .convolutional_layer import _add_bias, _backward_bias, _scale_bias
+from .blas import (axpy_cpu, copy_cpu, mean_cpu, mean_delta_cpu, normalize_cpu,
+                   normalize_delta_cpu, scal_cpu, variance_cpu, variance_delta_cpu)
+from .convolutional_layer import add_bias, backward_bias, scale_bias
 from .dialects import get_dialect
-from .fused import backward_fused, forward_fused
 
 LAYER_TYPES = ("batchnorm", "convolutional")
 
@@ -79,15 +79,16 @@ def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
     The per-channel sum starts at +0.0f, runs in (b, i) order in float32, and is
     added to ``scale_updates[f]`` once at the end.
     """
-    r = "backward_scale_cpu"
-    batch, n, size = (check_dim(r, "batch", batch), check_dim(r, "n", n),
-                      check_dim(r, "size", size))
+    routine = "backward_scale_cpu"
+    batch, n, size = (check_dim(routine, "batch", batch), check_dim(routine, "n", n),
+                      check_dim(routine, "size", size))
     what = f"batch*n*size = {batch}*{n}*{size}"
-    check_buffer(r, "x_norm", x_norm, batch * n * size, what=what)
-    check_buffer(r, "delta", delta, batch * n * size, what=what)
-    check_buffer(r, "scale_updates", scale_updates, n, writable=True,
+    check_buffer(routine, "x_norm", x_norm, batch * n * size, what=what)
+    check_buffer(routine, "delta", delta, batch * n * size, what=what)
+    check_buffer(routine, "scale_updates", scale_updates, n, writable=True,
                  what=f"one value per channel, n = {n}")
-    check_no_overlap(r, ("scale_updates", scale_updates), ("x_norm", x_norm), ("delta", delta))
+    check_no_overlap(routine, ("scale_updates", scale_updates), ("x_norm", x_norm),
+                     ("delta", delta))
     _backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates)
 
 
@@ -100,28 +101,30 @@ def _forward_blas(l, input, train):
     ``input`` (validated, or None when the data is already in ``l.output``) is
     copied into ``l.output`` first: ``copy_cpu(l.outputs*l.batch, net.input, 1,
     l.output, 1)`` for ``[batchnorm]``; the conv output for ``[convolutional]``.
+    Each routine is the public one (it checks its arguments again: this path is
+    the reference, not the fast one).
     """
-    d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    dialect, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
     if input is not None:
-        _copy_cpu(n, input, 1, l.output, 1)
-    if d.copy_x_in_inference:                          # pjreddie: before the branch
-        _copy_cpu(n, l.output, 1, l.x, 1)
+        copy_cpu(n, input, 1, l.output, 1)
+    if dialect.copy_x_in_inference:                          # pjreddie: before the branch
+        copy_cpu(n, l.output, 1, l.x, 1)
     if train:
-        _mean_cpu(l.output, l.batch, l.out_c, sp, l.mean)
-        _variance_cpu(l.output, l.mean, l.batch, l.out_c, sp, l.variance)
-        _scal_cpu(l.out_c, d.rolling_keep, l.rolling_mean, 1)
-        _axpy_cpu(l.out_c, d.rolling_new, l.mean, 1, l.rolling_mean, 1)
-        _scal_cpu(l.out_c, d.rolling_keep, l.rolling_variance, 1)
-        _axpy_cpu(l.out_c, d.rolling_new, l.variance, 1, l.rolling_variance, 1)
-        if not d.copy_x_in_inference:                  # alexeyab: training only
-            _copy_cpu(n, l.output, 1, l.x, 1)
-        _normalize_cpu(l.output, l.mean, l.variance, l.batch, l.out_c, sp, d.code)
-        _copy_cpu(n, l.output, 1, l.x_norm, 1)
+        mean_cpu(l.output, l.batch, l.out_c, sp, l.mean)
+        variance_cpu(l.output, l.mean, l.batch, l.out_c, sp, l.variance)
+        scal_cpu(l.out_c, dialect.rolling_keep, l.rolling_mean, 1)
+        axpy_cpu(l.out_c, dialect.rolling_new, l.mean, 1, l.rolling_mean, 1)
+        scal_cpu(l.out_c, dialect.rolling_keep, l.rolling_variance, 1)
+        axpy_cpu(l.out_c, dialect.rolling_new, l.variance, 1, l.rolling_variance, 1)
+        if not dialect.copy_x_in_inference:                  # alexeyab: training only
+            copy_cpu(n, l.output, 1, l.x, 1)
+        normalize_cpu(l.output, l.mean, l.variance, l.batch, l.out_c, sp, dialect=dialect)
+        copy_cpu(n, l.output, 1, l.x_norm, 1)
     else:
-        _normalize_cpu(l.output, l.rolling_mean, l.rolling_variance, l.batch, l.out_c, sp,
-                       d.code)
-    _scale_bias(l.output, l.scales, l.batch, l.out_c, sp)
-    _add_bias(l.output, l.biases, l.batch, l.out_c, sp)
+        normalize_cpu(l.output, l.rolling_mean, l.rolling_variance, l.batch, l.out_c, sp,
+                      dialect=dialect)
+    scale_bias(l.output, l.scales, l.batch, l.out_c, sp)
+    add_bias(l.output, l.biases, l.batch, l.out_c, sp)
 
 
 def _backward_blas(l, delta, train, mean, variance, net_delta):
@@ -133,27 +136,53 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
     ``[batchnorm]`` layer's output gradient buffer, else None) receives
     ``copy_cpu(l.outputs*l.batch, l.delta, 1, net.delta, 1)`` at the end.
     """
-    d, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
+    dialect, n, sp = l.dialect, l.batch * l.outputs, l.out_h * l.out_w
     if delta is not None:
-        _copy_cpu(n, delta, 1, l.delta, 1)
-    if d.backward_bias_in_bn:
-        _backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
-    _backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
-    _scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
-    _mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
-    _variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
-    _normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta,
-                         l.batch, l.out_c, sp, l.delta, d.code)
+        copy_cpu(n, delta, 1, l.delta, 1)
+    if dialect.backward_bias_in_bn:
+        backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
+    backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
+    scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
+    mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
+    variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
+    normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta,
+                        l.batch, l.out_c, sp, l.delta, dialect=dialect)
     if net_delta is not None:
-        _copy_cpu(n, l.delta, 1, net_delta, 1)
+        copy_cpu(n, l.delta, 1, net_delta, 1)
+
+
+def _forward_fused(l, input, train):
+    """``forward_batchnorm_layer`` through the fused kernel API (``darknet_bn.fused``):
+    one kernel per pass, bit-identical to ``_forward_blas``."""
+    dialect = l.dialect
+    src = l.output if input is None else input
+    if train:
+        fused.forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
+                            l.rolling_variance, l.scales, l.biases, l.batch, l.out_c, l.spatial,
+                            dialect.rolling_keep, dialect.rolling_new, dialect, l.workspace, 1)
+    else:
+        fused.forward_infer(src, l.output, l.x, l.rolling_mean, l.rolling_variance, l.scales,
+                            l.biases, l.batch, l.out_c, l.spatial, dialect, l.workspace,
+                            int(dialect.copy_x_in_inference))
+
+
+def _backward_fused(l, delta, train, mean, variance, net_delta):
+    """``backward_batchnorm_layer`` through the fused kernel API; same contract as
+    ``_backward_blas``."""
+    write_net = net_delta is not None
+    fused.backward(l.delta if delta is None else delta, l.delta,
+                   net_delta if write_net else l.delta, l.x, l.x_norm, mean, variance,
+                   l.scales, l.bias_updates, l.scale_updates, l.mean_delta, l.variance_delta,
+                   l.batch, l.out_c, l.spatial, l.dialect, l.workspace,
+                   int(l.dialect.backward_bias_in_bn), int(write_net))
 
 
 #: Execution paths: name -> (forward(l, input, train),
 #: backward(l, delta, train, mean, variance, net_delta)), where ``l`` is the
 #: layer's ``_Struct``; the layer validates every argument before calling them.
 #: "blas" composes the one-to-one routines exactly as batchnorm_layer.c does.
-PATHS = {"blas": (_forward_blas, _backward_blas)}
-PATHS["fused"] = (forward_fused, backward_fused)   # darknet_bn/fused.py: bit-identical, faster
+#: "fused" runs the kernel API of ``darknet_bn.fused``: bit-identical, faster.
+PATHS = {"blas": (_forward_blas, _backward_blas), "fused": (_forward_fused, _backward_fused)}
 DEFAULT_KERNEL = "fused"
 
 
@@ -204,7 +233,9 @@ class _Struct:
     def __init__(self, batch, w, h, c, dialect, layer_type):
         self.batch, self.w, self.h, self.c = batch, w, h, c
         self.out_w, self.out_h, self.out_c = w, h, c
+        self.spatial = h * w
         self.outputs = self.inputs = c * h * w
+        self.workspace = fused.Workspace()
         self.dialect, self.type = dialect, layer_type
         # net.delta of a standalone layer: the previous layer's delta, kept here
         # when the caller does not pass one, so backward allocates nothing.
@@ -335,17 +366,18 @@ class BatchNormLayer:
 
     def __init__(self, batch, w, h, c, *, dialect="pjreddie", layer_type="batchnorm",
                  kernel=None):
-        r = "BatchNormLayer"
-        batch, w, h, c = (check_dim(r, "batch", batch), check_dim(r, "w", w),
-                          check_dim(r, "h", h), check_dim(r, "c", c))
-        dialect = get_dialect(dialect, r)
+        routine = "BatchNormLayer"
+        batch, w, h, c = (check_dim(routine, "batch", batch), check_dim(routine, "w", w),
+                          check_dim(routine, "h", h), check_dim(routine, "c", c))
+        dialect = get_dialect(dialect, routine)
         if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
-            raise ValueError(f"{r}: unknown layer_type {layer_type!r}; use one of {LAYER_TYPES}")
-        kernel = _check_kernel(r, DEFAULT_KERNEL if kernel is None else kernel)
+            raise ValueError(f"{routine}: unknown layer_type {layer_type!r}; use one of "
+                             f"{LAYER_TYPES}")
+        kernel = _check_kernel(routine, DEFAULT_KERNEL if kernel is None else kernel)
         n = batch * c * h * w
         floats = _layout([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))[1]
         if (floats + _ALIGN) * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
-            raise ValueError(f"{r}: batch*c*h*w = {batch}*{c}*{h}*{w} = "
+            raise ValueError(f"{routine}: batch*c*h*w = {batch}*{c}*{h}*{w} = "
                              f"{n} floats per buffer cannot be allocated; use smaller "
                              "dimensions")
         self._s = _Struct(batch, w, h, c, dialect, layer_type)
@@ -438,17 +470,17 @@ class BatchNormLayer:
         and rolling update (True) or rolling statistics (False).  The returned
         array is a view of ``output``, overwritten by the next call.
         """
-        r = "BatchNormLayer.forward"
-        train = _check_train(r, train, positional)
+        routine = "BatchNormLayer.forward"
+        train = _check_train(routine, train, positional)
         s = self._s
         if input is None:
             if s.type == "batchnorm":
-                raise ValueError(f"{r}: a standalone batchnorm layer needs its input "
+                raise ValueError(f"{routine}: a standalone batchnorm layer needs its input "
                                  "(net.input); pass it as the first argument")
         else:
-            input = self._tensor_arg(r, "input", input, "output")
+            input = self._tensor_arg(routine, "input", input, "output")
         if train:
-            _check_trainable(r, s)
+            _check_trainable(routine, s)
         # --- validated; nothing above modified state ---
         PATHS[self._kernel][0](s, input, train)
         return s.output[:]
@@ -465,27 +497,27 @@ class BatchNormLayer:
         With ``train=False`` pjreddie uses the rolling statistics (and the stale
         ``x_norm`` of the last training step), AlexeyAB the last batch's.
         """
-        r = "BatchNormLayer.backward"
-        train = _check_train(r, train, positional)
+        routine = "BatchNormLayer.backward"
+        train = _check_train(routine, train, positional)
         s = self._s
         if delta is not None:
-            delta = self._tensor_arg(r, "delta", delta, "delta")
+            delta = self._tensor_arg(routine, "delta", delta, "delta")
         if net_delta is not None:
             if s.type != "batchnorm":
-                raise ValueError(f"{r}: net_delta is only for layer_type='batchnorm'; a "
+                raise ValueError(f"{routine}: net_delta is only for layer_type='batchnorm'; a "
                                  "convolutional BN stage returns its gradient in l.delta")
-            check_buffer(r, "net_delta", net_delta, s.batch * s.outputs, writable=True,
+            check_buffer(routine, "net_delta", net_delta, s.batch * s.outputs, writable=True,
                          what=f"batch*c*h*w = {s.batch}*{s.c}*{s.h}*{s.w}")
             hit = self._own_buffer(net_delta)
             if hit == ("net_delta", True):
                 net_delta = None                       # the layer's own: the default
             elif hit is not None:
-                raise ValueError(f"{r}: net_delta shares memory with layer.{hit[0]}; pass a "
+                raise ValueError(f"{routine}: net_delta shares memory with layer.{hit[0]}; pass a "
                                  "separate array (or none: the layer's own net_delta)")
             elif delta is not None:
-                check_no_overlap(r, ("net_delta", net_delta), ("delta", delta))
+                check_no_overlap(routine, ("net_delta", net_delta), ("delta", delta))
         if train:
-            _check_trainable(r, s)
+            _check_trainable(routine, s)
         # --- validated; nothing above modified state ---
         mean, variance = s.mean, s.variance
         if not train and s.dialect.inference_backward_uses_rolling:
@@ -511,20 +543,20 @@ class BatchNormLayer:
         A pjreddie ``[batchnorm]`` layer has no update on CPU in Darknet: this is
         then a no-op (see ``has_update``) and returns False; otherwise True.
         """
-        r = "BatchNormLayer.update"
-        lr = check_scalar(r, "learning_rate", learning_rate)
-        momentum = check_scalar(r, "momentum", momentum)
-        check_scalar(r, "decay", decay)
-        batch = None if batch is None else check_dim(r, "batch", batch)
+        routine = "BatchNormLayer.update"
+        lr = check_scalar(routine, "learning_rate", learning_rate)
+        momentum = check_scalar(routine, "momentum", momentum)
+        check_scalar(routine, "decay", decay)
+        batch = None if batch is None else check_dim(routine, "batch", batch)
         if not self.has_update:
             return False
         s = self._s
         batch = s.batch if batch is None else batch
         rate = np.float32(lr / np.float32(batch))      # float / int -> float
-        _axpy_cpu(s.c, rate, s.bias_updates, 1, s.biases, 1)
-        _scal_cpu(s.c, momentum, s.bias_updates, 1)
-        _axpy_cpu(s.c, rate, s.scale_updates, 1, s.scales, 1)
-        _scal_cpu(s.c, momentum, s.scale_updates, 1)
+        axpy_cpu(s.c, rate, s.bias_updates, 1, s.biases, 1)
+        scal_cpu(s.c, momentum, s.bias_updates, 1)
+        axpy_cpu(s.c, rate, s.scale_updates, 1, s.scales, 1)
+        scal_cpu(s.c, momentum, s.scale_updates, 1)
         return True
 
 

@@ -72,11 +72,11 @@ def mean_cpu(x, batch, filters, spatial, mean):
 
     The sum is float32, sequential in (b, k) order from +0.0f.
     """
-    r = "mean_cpu"
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    _bn_buf(r, "x", x, batch, filters, spatial)
-    _ch_buf(r, "mean", mean, filters, writable=True)
-    check_no_overlap(r, ("mean", mean), ("x", x))
+    routine = "mean_cpu"
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    _bn_buf(routine, "x", x, batch, filters, spatial)
+    _ch_buf(routine, "mean", mean, filters, writable=True)
+    check_no_overlap(routine, ("mean", mean), ("x", x))
     _mean_cpu(x, batch, filters, spatial, mean)
 
 
@@ -104,13 +104,13 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
     exactly in float64, added in float64 and rounded back to float32 every
     iteration.  Needs ``batch*spatial >= 2`` (Darknet divides by zero otherwise).
     """
-    r = "variance_cpu"
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    check_two_values_per_channel(r, batch, spatial)
-    _bn_buf(r, "x", x, batch, filters, spatial)
-    _ch_buf(r, "mean", mean, filters)
-    _ch_buf(r, "variance", variance, filters, writable=True)
-    check_no_overlap(r, ("variance", variance), ("x", x), ("mean", mean))
+    routine = "variance_cpu"
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    check_two_values_per_channel(routine, batch, spatial)
+    _bn_buf(routine, "x", x, batch, filters, spatial)
+    _ch_buf(routine, "mean", mean, filters)
+    _ch_buf(routine, "variance", variance, filters, writable=True)
+    check_no_overlap(routine, ("variance", variance), ("x", x), ("mean", mean))
     _variance_cpu(x, mean, batch, filters, spatial, variance)
 
 
@@ -137,14 +137,14 @@ def normalize_cpu(x, mean, variance, batch, filters, spatial, *, dialect="pjredd
     alexeyab: ``(x - mean)/sqrt(variance + .00001f)``.  The difference is float32;
     ``sqrt`` and the division are float64, rounded once on store.
     """
-    r = "normalize_cpu"
-    d = get_dialect(dialect, r)
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    _bn_buf(r, "x", x, batch, filters, spatial, writable=True)
-    _ch_buf(r, "mean", mean, filters)
-    _ch_buf(r, "variance", variance, filters)
-    check_no_overlap(r, ("x", x), ("mean", mean), ("variance", variance))
-    _normalize_cpu(x, mean, variance, batch, filters, spatial, d.code)
+    routine = "normalize_cpu"
+    dialect = get_dialect(dialect, routine)
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    _bn_buf(routine, "x", x, batch, filters, spatial, writable=True)
+    _ch_buf(routine, "mean", mean, filters)
+    _ch_buf(routine, "variance", variance, filters)
+    check_no_overlap(routine, ("x", x), ("mean", mean), ("variance", variance))
+    _normalize_cpu(x, mean, variance, batch, filters, spatial, dialect.code)
 
 
 # --------------------------------------------------------------------------
@@ -180,31 +180,31 @@ def axpy_cpu(N, ALPHA, X, INCX, Y, INCY):
     ``ALPHA`` is rounded to float32 first, as C passes it as ``float``.  ``N = 0``
     is a no-op (as in C and BLAS); INCX, INCY must be >= 1.
     """
-    r = "axpy_cpu"
-    N, INCX, INCY = _blas1_args(r, N, INCX=INCX, INCY=INCY)
-    ALPHA = check_scalar(r, "ALPHA", ALPHA)
-    _strided_buf(r, "X", X, N, INCX)
-    _strided_buf(r, "Y", Y, N, INCY, writable=True)
-    check_no_overlap(r, ("Y", Y), ("X", X))
+    routine = "axpy_cpu"
+    N, INCX, INCY = _blas1_args(routine, N, INCX=INCX, INCY=INCY)
+    ALPHA = check_scalar(routine, "ALPHA", ALPHA)
+    _strided_buf(routine, "X", X, N, INCX)
+    _strided_buf(routine, "Y", Y, N, INCY, writable=True)
+    check_no_overlap(routine, ("Y", Y), ("X", X))
     _axpy_cpu(N, ALPHA, X, INCX, Y, INCY)
 
 
 def scal_cpu(N, ALPHA, X, INCX):
     """``scal_cpu`` (blas.c): ``X[i*INCX] *= ALPHA`` for i < N, in float32."""
-    r = "scal_cpu"
-    N, INCX = _blas1_args(r, N, INCX=INCX)
-    ALPHA = check_scalar(r, "ALPHA", ALPHA)
-    _strided_buf(r, "X", X, N, INCX, writable=True)
+    routine = "scal_cpu"
+    N, INCX = _blas1_args(routine, N, INCX=INCX)
+    ALPHA = check_scalar(routine, "ALPHA", ALPHA)
+    _strided_buf(routine, "X", X, N, INCX, writable=True)
     _scal_cpu(N, ALPHA, X, INCX)
 
 
 def copy_cpu(N, X, INCX, Y, INCY):
     """``copy_cpu`` (blas.c): ``Y[i*INCY] = X[i*INCX]`` for i < N."""
-    r = "copy_cpu"
-    N, INCX, INCY = _blas1_args(r, N, INCX=INCX, INCY=INCY)
-    _strided_buf(r, "X", X, N, INCX)
-    _strided_buf(r, "Y", Y, N, INCY, writable=True)
-    check_no_overlap(r, ("Y", Y), ("X", X))
+    routine = "copy_cpu"
+    N, INCX, INCY = _blas1_args(routine, N, INCX=INCX, INCY=INCY)
+    _strided_buf(routine, "X", X, N, INCX)
+    _strided_buf(routine, "Y", Y, N, INCY, writable=True)
+    check_no_overlap(routine, ("Y", Y), ("X", X))
     _copy_cpu(N, X, INCX, Y, INCY)
 
 
@@ -229,12 +229,12 @@ def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
     Darknet's d(loss)/d(mean) omits the variance term ``dL/dvar * dvar/dmean``,
     which is zero in exact arithmetic (the deviations sum to 0) but not in float32.
     """
-    r = "mean_delta_cpu"
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    _bn_buf(r, "delta", delta, batch, filters, spatial)
-    _ch_buf(r, "variance", variance, filters)
-    _ch_buf(r, "mean_delta", mean_delta, filters, writable=True)
-    check_no_overlap(r, ("mean_delta", mean_delta), ("delta", delta), ("variance", variance))
+    routine = "mean_delta_cpu"
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    _bn_buf(routine, "delta", delta, batch, filters, spatial)
+    _ch_buf(routine, "variance", variance, filters)
+    _ch_buf(routine, "mean_delta", mean_delta, filters, writable=True)
+    check_no_overlap(routine, ("mean_delta", mean_delta), ("delta", delta), ("variance", variance))
     _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta)
 
 
@@ -257,14 +257,14 @@ def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varia
 
 def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
     """``variance_delta_cpu`` (blas.c): ``sum(delta*(x-mean)) * -.5*pow(var+.00001f, -1.5)``."""
-    r = "variance_delta_cpu"
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    _bn_buf(r, "x", x, batch, filters, spatial)
-    _bn_buf(r, "delta", delta, batch, filters, spatial)
-    _ch_buf(r, "mean", mean, filters)
-    _ch_buf(r, "variance", variance, filters)
-    _ch_buf(r, "variance_delta", variance_delta, filters, writable=True)
-    check_no_overlap(r, ("variance_delta", variance_delta), ("x", x), ("delta", delta),
+    routine = "variance_delta_cpu"
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    _bn_buf(routine, "x", x, batch, filters, spatial)
+    _bn_buf(routine, "delta", delta, batch, filters, spatial)
+    _ch_buf(routine, "mean", mean, filters)
+    _ch_buf(routine, "variance", variance, filters)
+    _ch_buf(routine, "variance_delta", variance_delta, filters, writable=True)
+    check_no_overlap(routine, ("variance_delta", variance_delta), ("x", x), ("delta", delta),
                      ("mean", mean), ("variance", variance))
     _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta)
 
@@ -304,15 +304,15 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
     pjreddie: ``denominator = sqrt(var + .00001f)``; alexeyab: ``sqrt(var) + .00001f``.
     Note the biased ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
     """
-    r = "normalize_delta_cpu"
-    d = get_dialect(dialect, r)
-    batch, filters, spatial = _bn_dims(r, batch, filters, spatial)
-    _bn_buf(r, "x", x, batch, filters, spatial)
+    routine = "normalize_delta_cpu"
+    dialect = get_dialect(dialect, routine)
+    batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
+    _bn_buf(routine, "x", x, batch, filters, spatial)
     for name, arr in (("mean", mean), ("variance", variance), ("mean_delta", mean_delta),
                       ("variance_delta", variance_delta)):
-        _ch_buf(r, name, arr, filters)
-    _bn_buf(r, "delta", delta, batch, filters, spatial, writable=True)
-    check_no_overlap(r, ("delta", delta), ("x", x), ("mean", mean), ("variance", variance),
+        _ch_buf(routine, name, arr, filters)
+    _bn_buf(routine, "delta", delta, batch, filters, spatial, writable=True)
+    check_no_overlap(routine, ("delta", delta), ("x", x), ("mean", mean), ("variance", variance),
                      ("mean_delta", mean_delta), ("variance_delta", variance_delta))
     _normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta,
-                         batch, filters, spatial, delta, d.code)
+                         batch, filters, spatial, delta, dialect.code)

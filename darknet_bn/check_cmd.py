@@ -3,34 +3,35 @@
 Pairs the cfg's layers with the model's (ONNX: by the data-flow graph from the
 model input; state_dicts: by names carrying cfg indices, order and shapes),
 runs the batchnorm-carrying ones on probe inputs that exercise every channel,
-compares every conv weight, and prints one row per layer: the largest error
-relative to the size of the terms (tolerance: 8 unit roundoffs of the precision
-the model stores: float32, float16 or bfloat16), the largest distance in ulps,
-and for a failing layer the most likely converter mistake (eps value or
-placement, swapped blocks, variance stored as a std or biased, raw weights
-where folded ones were expected or the reverse, the other fork, a transposed or
-flipped kernel) with its fix.  A cfg layer missing from the model is a failing
-row; a model unit not in the cfg is listed (failing when its output feeds a
-paired layer).  The reference is what the fork computes at inference: AlexeyAB
-the folded conv (fuse_conv_batchnorm) for [convolutional] and normalize_cpu for
-[batchnorm] and [connected]; pjreddie (x - mean)/(sqrt(var) + .000001f)
-everywhere.  Details: docs/converters.md.
+compares every conv weight, and prints one row per layer (80 columns): the
+largest error relative to the size of the terms (tolerance: 8 unit roundoffs of
+the precision the model stores: float32, float16 or bfloat16), the largest
+distance in ulps, and for a failing layer a note number.  Under the table, each
+note once, with the layers it covers: the most likely converter mistake (eps
+value or placement, swapped blocks, variance stored as a std or biased, raw
+weights where folded ones were expected or the reverse, the other fork, a
+transposed or flipped kernel) and its fix.  A cfg layer missing from the model
+is a failing row; a model unit not in the cfg is listed (failing when its
+output feeds a paired layer).  The reference is what the fork computes at
+inference: AlexeyAB the folded conv (fuse_conv_batchnorm) for [convolutional]
+and normalize_cpu for [batchnorm] and [connected]; pjreddie (x - mean)/(sqrt(var)
++ .000001f) everywhere.  Details: docs/converters.md in darknet_bn's source (the
+repository and the sdist).
 
 Exit status: 0 when every layer is within the tolerance, 1 when some layer is
 not, 2 for an unreadable file or a model none of whose layers pair with the cfg
 (one line on stderr).
 """
-from ._cmd import add_dialect_argument, fail
+from ._cmd import (CFG_FILE, MODEL_FILE, WEIGHTS_FILE, add_dialect_argument,
+                   add_file_arguments, check_files, fail)
 from .darknet.check import check_model
 
 HELP = "compare a converted model (ONNX, torch state_dict) with Darknet's BN inference"
+FILES = (CFG_FILE, WEIGHTS_FILE, MODEL_FILE)
 
 
 def add_arguments(p):
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("weights", help="matching .weights file")
-    p.add_argument("converted", help="the converted model: .onnx, or a torch state_dict "
-                                     "(.pt/.pth)")
+    add_file_arguments(p, FILES)
     add_dialect_argument(p, "the Darknet fork whose inference is the reference")
     p.add_argument("--eps", type=float, default=None,
                    help="the eps the state_dict's model is built with (a state_dict stores "
@@ -44,6 +45,7 @@ def add_arguments(p):
 
 def run(args):
     try:
+        check_files(args, FILES)
         report = check_model(args.converted, args.cfg, args.weights, dialect=args.dialect,
                              eps=args.eps, strict=args.strict)
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:

@@ -1,15 +1,21 @@
 """``darknet-bn`` / ``python -m darknet_bn``: one argparse sub-command per module.
 
 Each module in ``COMMANDS`` provides ``HELP`` (one line), ``add_arguments(parser)``
-and ``run(args) -> int`` (the exit status).  A command that needs an optional extra
-that is not installed ends with one line naming the ``pip install`` that adds it
-(exit status 2).
+and ``run(args) -> int`` (the exit status).  Every command follows the same
+conventions: bad input ends with exit status 2 and one line on stderr, in the
+command line's words (``--dialect alexeyab``, ``OUT``), naming the argument and the
+fix; a command that needs an optional extra that is not installed names the
+``pip install`` that adds it; a reader that closes the pipe early (``| head -1``)
+gets no traceback, and the exit status stays the command's own.
 """
 import argparse
 import importlib
 import sys
 
 from . import __version__
+from ._cmd import WORDS, PipeSafeOutput
+from ._extras import missing_package
+from ._validate import command_line_words
 
 COMMANDS = {
     "demo": "darknet_bn.demo",
@@ -19,9 +25,6 @@ COMMANDS = {
     "check": "darknet_bn.check_cmd",
     "to-weights": "darknet_bn.to_weights_cmd",
 }
-
-#: Optional packages -> the extra of darknet_bn that installs them.
-EXTRAS = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnx", "matplotlib": "plot"}
 
 
 def build_parser():
@@ -41,17 +44,26 @@ def build_parser():
 
 def missing_extra(error):
     """The one-line fix for a ModuleNotFoundError of an optional package, else None."""
-    package = (error.name or "").partition(".")[0]
-    if package not in EXTRAS:
-        return None
-    return f"this needs {package}, which is not installed: pip install " \
-           f"'darknet_bn[{EXTRAS[package]}]'"
+    return missing_package((error.name or "").partition(".")[0])
 
 
 def main(argv=None):
+    """Run one command; its exit status.  Standard output is ``PipeSafeOutput``: a
+    reader that closes the pipe early (``| head``) ends nothing but the output."""
+    stdout = sys.stdout
+    sys.stdout = output = PipeSafeOutput(stdout)
+    try:
+        return _main(argv)
+    finally:
+        output.flush()
+        sys.stdout = stdout
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
     try:
-        return args._run(args)
+        with command_line_words(WORDS):
+            return args._run(args)
     except ModuleNotFoundError as e:
         fix = missing_extra(e)
         if fix is None:

@@ -47,11 +47,13 @@ import time
 import numpy as np
 
 from . import reference as ref
+from ._cmd import dialect_name
+from ._extras import install_command, missing_package
 from ._progress import Progress
 from ._validate import (MIN_VALUES_PER_CHANNEL, check_dim, check_two_values_per_channel,
                         short_repr)
 from .batchnorm_layer import BatchNormLayer
-from .dialects import DIALECTS, get_dialect
+from .dialects import get_dialect, names
 
 HELP = "compare Darknet's backward with exact float64 gradients (table, CSV, plot)"
 
@@ -131,8 +133,8 @@ def _max_m(text):
 
 
 def add_arguments(p):
-    p.add_argument("--dialect", choices=sorted(DIALECTS) + ["both"], default="both",
-                   help="Darknet fork to measure (default: both)")
+    p.add_argument("--dialect", choices=[*names(), "both"], default="both", type=dialect_name,
+                   help="Darknet fork to measure, any case (default: both)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"directory for compare.csv, compare.md, compare.png "
                         f"(default: {DEFAULT_OUT})")
@@ -301,7 +303,7 @@ def _no_progress(row):
     pass
 
 
-def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0,
+def sweep(dialects=names(), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, seed=0,
           progress=_no_progress):
     """Training-mode rows for every dialect, regime and size (same inputs per dialect).
 
@@ -320,7 +322,7 @@ def sweep(dialects=tuple(DIALECTS), regimes=tuple(REGIMES), sizes=SIZES, c=CHANN
     return rows
 
 
-def sweep_inference(dialects=tuple(DIALECTS), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0,
+def sweep_inference(dialects=names(), sizes=INFERENCE_SIZES, c=CHANNELS, seed=0,
                     progress=_no_progress):
     """Inference-mode rows (``measure_inference``) for every dialect and size;
     ``progress(row)`` is called after each row."""
@@ -382,7 +384,7 @@ Input regimes:
 def plot(rows, path):
     """Relative error vs m: per dialect, Darknet vs exact per regime and the error's parts.
 
-    Needs matplotlib (``pip install 'darknet_bn[plot]'``).  Sizes below
+    Needs matplotlib (the ``plot`` extra).  Sizes below
     ``PLOT_MIN_M`` are left to the table.
     """
     try:
@@ -391,8 +393,8 @@ def plot(rows, path):
         import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D
     except ImportError:
-        raise PlotUnavailable("the plot needs matplotlib: pip install 'darknet_bn[plot]' "
-                              "(or run with --no-plot)") from None
+        raise PlotUnavailable(f"{missing_package('matplotlib', 'the plot')} (or run with "
+                              "--no-plot)") from None
     rows = [r for r in rows if r["m"] >= PLOT_MIN_M]
     if not rows:
         raise ValueError(f"plot: no sizes with m >= {PLOT_MIN_M} to plot")
@@ -521,7 +523,7 @@ def run(args):
     except (OSError, ValueError) as e:       # ValueError: a NUL byte in the path
         return _error(f"--out {args.out!r}: cannot create the directory ({_reason(e)}); "
                       "pass a directory that exists or can be created")
-    dialects = tuple(DIALECTS) if args.dialect == "both" else (args.dialect,)
+    dialects = names() if args.dialect == "both" else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
     total = len(dialects) * (len(REGIMES) * len(sizes) + len(inf_sizes))
@@ -547,7 +549,7 @@ def run(args):
                 written.append("compare.png")
             except PlotUnavailable:
                 skipped = ("darknet-bn compare: note: plot skipped, matplotlib is not "
-                           "installed (pip install 'darknet_bn[plot]' for compare.png, or "
+                           f"installed ({install_command('plot')} for compare.png, or "
                            "pass --no-plot)")
     except OSError as e:
         return _error(f"--out {args.out!r}: cannot write the results ({_reason(e)})")

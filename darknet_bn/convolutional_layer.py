@@ -7,7 +7,7 @@ from numba import prange
 
 from ._jit import BUF, INT, kernel, sig
 from ._validate import check_buffer, check_dim, check_no_overlap
-from .utils import _sum_array
+from .utils import sum_array_at
 
 
 @kernel(sig(BUF, BUF, INT, INT, INT))
@@ -36,7 +36,7 @@ def _backward_bias(bias_updates, delta, batch, n, size):
         acc = bias_updates[i]
         for b in range(batch):
             # bias_updates[i] += sum_array(delta + size*(i + b*n), size)
-            acc += _sum_array(delta, size * (i + b * n), size)
+            acc += sum_array_at(delta, size * (i + b * n), size)
         bias_updates[i] = acc
 
 
@@ -81,9 +81,9 @@ def backward_bias(bias_updates, delta, batch, n, size):
     sums are added to ``bias_updates[i]`` in batch order; this differs in the
     last bits from one long running sum.
     """
-    r = "backward_bias"
-    batch, n, size = _dims(r, batch, n, size)
-    _per_channel(r, "bias_updates", bias_updates, n, writable=True)
-    _planes(r, "delta", delta, batch, n, size)
-    check_no_overlap(r, ("bias_updates", bias_updates), ("delta", delta))
+    routine = "backward_bias"
+    batch, n, size = _dims(routine, batch, n, size)
+    _per_channel(routine, "bias_updates", bias_updates, n, writable=True)
+    _planes(routine, "delta", delta, batch, n, size)
+    check_no_overlap(routine, ("bias_updates", bias_updates), ("delta", delta))
     _backward_bias(bias_updates, delta, batch, n, size)

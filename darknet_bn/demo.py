@@ -17,8 +17,8 @@ from .golden import FixturesNotFound, layer_cases, layer_dir, replay_layer_case,
 
 HELP = "replay Darknet's recorded layer cases on both dialects and compare bits"
 
-SHOWCASE = {"pjreddie": "case12_pjreddie_batchnorm_8x16x6x6_offset",
-            "alexeyab": "case29_alexeyab_conv_8x16x6x6_huge"}
+#: The cases shown step by step (one per fork).
+SHOWCASE = ("case12_pjreddie_batchnorm_8x16x6x6_offset", "case29_alexeyab_conv_8x16x6x6_huge")
 
 
 def add_arguments(p):
@@ -66,7 +66,7 @@ def run(args):
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         for case, checks in results:
-            if case.name in SHOWCASE.values():
+            if case.name in SHOWCASE:
                 _show_case(case, checks)
     print(f"\n{'case':<52} {'identical':>10} {'max ulp':>8}")
     total = total_bad = worst = 0

@@ -39,6 +39,10 @@ cost is the float64 arithmetic C prescribes (conversions and division).  When
 is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
 the same rounding of the same real number, so the same bits.
 
+The passes (``stats8``, ``stats16``, ``normalize_scale_bias``,
+``backward_sums8``, ``backward_channel``) are public so that ``make profile``
+can time each alone; they are inlined into the kernels and check nothing.
+
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
 """
@@ -155,7 +159,7 @@ def _chains16(kind, src, m, m2, mean, batch, filters, spatial, f0, buf):
 
 
 @helper(inline="always")
-def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+def stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
     """mean_cpu then variance_cpu for channels f0..f0+7, one vec8 lane per channel."""
     zero = vsplat(np.float32(0.0))
     m = vmul(_chains8(MEAN, src, zero, mean, batch, filters, spatial, f0, buf),
@@ -166,8 +170,8 @@ def _stats8(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_sc
 
 
 @helper(inline="always")
-def _stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
-    """``_stats8`` for channels f0..f0+15 (two interleaved vec8 chains)."""
+def stats16(src, mean, variance, batch, filters, spatial, f0, mean_scale, var_scale, buf):
+    """``stats8`` for channels f0..f0+15 (two interleaved vec8 chains)."""
     zero = vsplat(np.float32(0.0))
     acc, acc2 = _chains16(MEAN, src, zero, zero, mean, batch, filters, spatial, f0, buf)
     scale = vsplat(mean_scale)
@@ -204,7 +208,7 @@ def _variance_one(src, m, batch, filters, spatial, f):
 
 
 @helper(inline="always")
-def _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
+def normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                           batch, filters, spatial, f, dialect, save_x):
     """One channel of [copy_cpu(x) when ``save_x``] -> normalize_cpu -> copy_cpu(x_norm)
     -> scale_bias -> add_bias."""
@@ -257,11 +261,11 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
         buf = np.empty(LANES, np.float32)
         f = f0
         if f1 - f0 == WIDE:
-            _stats16(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+            stats16(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
                      buf)
             f = f1
         while f + LANES <= f1:
-            _stats8(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
+            stats8(src, mean, variance, batch, filters, spatial, f, mean_scale, var_scale,
                     buf)
             f += LANES
         for c in range(f, f1):
@@ -270,7 +274,7 @@ def _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling
         for c in range(f0, f1):
             rolling_mean[c] = rolling(rolling_mean[c], keep, new, mean[c])
             rolling_variance[c] = rolling(rolling_variance[c], keep, new, variance[c])
-            _normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
+            normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                                   batch, filters, spatial, c, dialect, save_x)
 
 
@@ -354,7 +358,7 @@ def _backward_sums2(dsrc, x_norm, x, mean, scales, bias_updates,
 
 
 @helper(inline="always")
-def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f0,
+def backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f0,
                     buf):
     """``_backward_sums2`` for channels f0..f0+7, one vec8 lane per channel.
 
@@ -420,7 +424,7 @@ def _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
 
 
 @helper(inline="always")
-def _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
+def backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_updates,
                       scale_updates, mean_delta, variance_delta, batch, filters, spatial,
                       dialect, do_backward_bias, write_net_delta, f, bias, scale, md_sum,
                       vd_sum):
@@ -476,10 +480,10 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
               batch, filters, spatial, dialect, do_backward_bias, write_net_delta, group):
     """backward_batchnorm_layer, two passes per channel, ``group`` (8 or 2) channels per item.
 
-    Pass 1 (``_backward_sums8`` for a full group of 8, else ``_backward_sums2`` on
+    Pass 1 (``backward_sums8`` for a full group of 8, else ``_backward_sums2`` on
     pairs) replaces copy_cpu(delta -> l.delta), backward_bias (when
     ``do_backward_bias``), backward_scale_cpu, scale_bias on delta, and the sums
-    of mean_delta_cpu and variance_delta_cpu.  Pass 2 (``_backward_channel``)
+    of mean_delta_cpu and variance_delta_cpu.  Pass 2 (``backward_channel``)
     replaces normalize_delta_cpu and copy_cpu(l.delta -> net.delta) when
     ``write_net_delta``.  ``dsrc`` is the incoming delta (or ``delta`` itself);
     it is read twice, the second time mostly from cache.
@@ -490,10 +494,10 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
         f1 = min(f0 + group, filters)
         if f1 - f0 == LANES:
             buf = np.empty(4 * LANES, np.float32)
-            _backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
+            backward_sums8(dsrc, x_norm, x, mean, scales, bias_updates, batch, filters,
                             spatial, f0, buf)
             for c in range(LANES):
-                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                   bias_updates, scale_updates, mean_delta, variance_delta,
                                   batch, filters, spatial, dialect, do_backward_bias,
                                   write_net_delta, f0 + c, buf[c], buf[LANES + c],
@@ -503,12 +507,12 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
                 g = min(f + 1, f1 - 1)                  # g == f for an odd last channel
                 bf, sf, mf, vf, bg, sg, mg, vg = _backward_sums2(
                     dsrc, x_norm, x, mean, scales, bias_updates, batch, filters, spatial, f, g)
-                _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                   bias_updates, scale_updates, mean_delta, variance_delta,
                                   batch, filters, spatial, dialect, do_backward_bias,
                                   write_net_delta, f, bf, sf, mf, vf)
                 if g != f:
-                    _backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
+                    backward_channel(dsrc, delta, net_delta, x, mean, variance, scales,
                                       bias_updates, scale_updates, mean_delta, variance_delta,
                                       batch, filters, spatial, dialect, do_backward_bias,
                                       write_net_delta, g, bg, sg, mg, vg)
@@ -696,15 +700,6 @@ def _normalize_delta_rows(dsrc, delta, net_delta, x, mv, sc, dn, vd2, tm, batch,
                                            tm[i], how)
 
 
-def _workspace(l):
-    """Per-layer scratch for the spatial == 1 kernels, allocated on first use only."""
-    ws = l.__dict__.get("_fused_workspace")
-    if ws is None or ws[0].shape[0] != 2 * l.out_c:
-        ws = (np.zeros(2 * l.out_c, np.float32), np.zeros(3 * l.out_c, np.float64))
-        l._fused_workspace = ws
-    return ws
-
-
 def groups(filters):
     """Channels per parallel item, ``(forward statistics, backward sums)``.
 
@@ -723,44 +718,99 @@ def groups(filters):
 
 
 # --------------------------------------------------------------------------
-# The path functions registered in batchnorm_layer.PATHS["fused"]
+# The kernel API: flat buffers, a Dialect, a Workspace
 # --------------------------------------------------------------------------
-def forward_fused(l, input, train):
-    """``forward_batchnorm_layer``, fused; same contract as ``_forward_blas``."""
-    d, sp = l.dialect, l.out_h * l.out_w
-    src = l.output if input is None else input
-    if sp == 1:
-        acc64 = _workspace(l)[1]
-        if train:
-            _forward_train_rows(src, l.output, l.x, l.x_norm, l.mean, l.variance,
-                                l.rolling_mean, l.rolling_variance, l.scales, l.biases, acc64,
-                                l.batch, l.out_c, d.rolling_keep, d.rolling_new, d.code, 1)
-        else:
-            _forward_infer_rows(src, l.output, l.x, l.rolling_mean, l.rolling_variance,
-                                l.scales, l.biases, acc64, l.batch, l.out_c, d.code,
-                                int(d.copy_x_in_inference))
-    elif train:
-        _forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
-                       l.rolling_variance, l.scales, l.biases, l.batch, l.out_c, sp,
-                       d.rolling_keep, d.rolling_new, d.code, groups(l.out_c)[0], 1)
+# The three functions below are the fused path's public entry points, called by
+# ``BatchNormLayer``, ``darknet_bn.torch`` and the benchmarks.  They pick the
+# kernel layout (planes, or rows when spatial == 1) and the channel groups, and
+# take their scratch space from the caller's ``Workspace``.  They do not check
+# their arguments: every buffer must be a C-contiguous float32 numpy array of
+# the size named below, the output buffers disjoint from the inputs (except
+# where an input is the output itself, as noted), and ``dialect`` a built-in
+# ``Dialect``, and the flags (``save_x``, ``do_backward_bias``, ``write_net_delta``)
+# ints 0 or 1 (the kernels are compiled for int64 flags: a bool would compile
+# another specialization).  The callers validate first (``BatchNormLayer``, the torch ops);
+# checking on every call would cost the small shapes their speed.  A wrong
+# size reads or writes out of bounds.
+#
+#   tensors      batch*filters*spatial floats: src, output, x, x_norm, dsrc, delta, net_delta
+#   per channel  filters floats: mean, variance, rolling_*, scales, biases, *_updates, *_delta
+class Workspace:
+    """Scratch space for the kernels beyond the caller's buffers (the spatial == 1
+    kernels' per-channel accumulators and denominators).  It grows to the largest
+    channel count it has served and is reused: nothing is allocated per call once
+    grown.  One workspace serves one call at a time (one per layer, one per thread)."""
+
+    __slots__ = ("acc", "acc64")
+
+    def __init__(self):
+        self.acc = np.zeros(0, np.float32)
+        self.acc64 = np.zeros(0, np.float64)
+
+    def rows(self, filters):
+        """``(acc, acc64)``: float32 scratch of ``2*filters`` and float64 of ``3*filters``."""
+        if self.acc.shape[0] < 2 * filters:
+            self.acc = np.zeros(2 * filters, np.float32)
+            self.acc64 = np.zeros(3 * filters, np.float64)
+        return self.acc[:2 * filters], self.acc64[:3 * filters]
+
+
+@kernel(sig(BUF, BUF64, INT, INT))
+def _normalize_denominators(variance, out, filters, dialect):
+    for f in prange(filters):
+        out[f] = normalize_denominator(variance[f], dialect)
+
+
+def normalize_denominators(variance, out, dialect):
+    """normalize_cpu's per-channel denominators, in double, into ``out`` (float64,
+    ``len(variance)``): what the inference kernel divides by (the derivative of the
+    eval function needs them)."""
+    _normalize_denominators(variance, out, variance.shape[0], dialect.code)
+
+
+def forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                  scales, biases, batch, filters, spatial, keep, new, dialect, workspace,
+                  save_x):
+    """forward_batchnorm_layer with net.train = 1 (see ``_forward_train``): writes
+    ``output``, ``x`` (when ``save_x``), ``x_norm``, ``mean``, ``variance`` and the
+    rolling statistics (``scal_cpu(keep)`` then ``axpy_cpu(new)``, float32 factors).
+    ``src`` is the input, or ``output`` itself when the data is already there."""
+    if spatial == 1:
+        _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
+                            rolling_variance, scales, biases, workspace.rows(filters)[1], batch,
+                            filters, keep, new, dialect.code, save_x)
     else:
-        _forward_infer(src, l.output, l.x, l.rolling_mean, l.rolling_variance, l.scales,
-                       l.biases, l.batch, l.out_c, sp, d.code, int(d.copy_x_in_inference))
+        _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
+                       scales, biases, batch, filters, spatial, keep, new, dialect.code,
+                       groups(filters)[0], save_x)
 
 
-def backward_fused(l, delta, train, mean, variance, net_delta):
-    """``backward_batchnorm_layer``, fused; same contract as ``_backward_blas``."""
-    d, sp = l.dialect, l.out_h * l.out_w
-    dsrc = l.delta if delta is None else delta
-    write_net = net_delta is not None
-    if sp == 1:
-        acc, acc64 = _workspace(l)
-        _backward_rows(dsrc, l.delta, net_delta if write_net else l.delta, l.x, l.x_norm, mean,
-                       variance, l.scales, l.bias_updates, l.scale_updates, l.mean_delta,
-                       l.variance_delta, acc, acc64, l.batch, l.out_c, d.code,
-                       int(d.backward_bias_in_bn), int(write_net))
-        return
-    _backward(dsrc, l.delta, net_delta if write_net else l.delta, l.x, l.x_norm, mean,
-              variance, l.scales, l.bias_updates, l.scale_updates, l.mean_delta,
-              l.variance_delta, l.batch, l.out_c, sp, d.code, int(d.backward_bias_in_bn),
-              int(write_net), groups(l.out_c)[1])
+def forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                  filters, spatial, dialect, workspace, save_x):
+    """forward_batchnorm_layer with net.train = 0 (see ``_forward_infer``): writes
+    ``output`` and, when ``save_x``, ``x``.  ``src`` may be ``output`` itself."""
+    if spatial == 1:
+        _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
+                            workspace.rows(filters)[1], batch, filters, dialect.code, save_x)
+    else:
+        _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                       filters, spatial, dialect.code, save_x)
+
+
+def backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+             scale_updates, mean_delta, variance_delta, batch, filters, spatial, dialect,
+             workspace, do_backward_bias, write_net_delta):
+    """backward_batchnorm_layer (see ``_backward``): writes ``delta`` (and ``net_delta``
+    when ``write_net_delta``; pass ``delta`` there otherwise), ``mean_delta``,
+    ``variance_delta``, adds to ``scale_updates`` and, when ``do_backward_bias``, to
+    ``bias_updates``.  ``dsrc`` is the incoming gradient, or ``delta`` itself;
+    ``mean``/``variance`` the statistics the backward uses."""
+    if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
+        _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+                       scale_updates, mean_delta, variance_delta, acc, acc64, batch, filters,
+                       dialect.code, do_backward_bias, write_net_delta)
+    else:
+        _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
+                  scale_updates, mean_delta, variance_delta, batch, filters, spatial,
+                  dialect.code, do_backward_bias, write_net_delta, groups(filters)[1])

@@ -11,21 +11,22 @@ Exit status: 0 if everything was read (suspicious values are reported, not
 errors), 2 if the cfg or the weights file is invalid (the message names the file
 and the line or offset).
 """
-import sys
-
 import numpy as np
 
-from .darknet import parse_cfg, read_weights
+from ._cmd import CFG_FILE, WEIGHTS_FILE, add_dialect_argument, check_files, fail
+from .darknet.parser import parse_cfg
+from .darknet.weights import read_weights
 
 HELP = "table of a Darknet cfg's batchnorm layers (with a .weights file: value statistics)"
+FILES = (CFG_FILE, WEIGHTS_FILE)
 
 
 def add_arguments(p):
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("weights", nargs="?", help="matching .weights file (optional)")
-    p.add_argument("--dialect", default="pjreddie", choices=("pjreddie", "alexeyab"),
-                   help="the Darknet fork the files are for (default: pjreddie); it decides "
-                        "[batchnorm]'s layout and AlexeyAB-only options such as route groups")
+    p.add_argument(CFG_FILE.dest, metavar=CFG_FILE.metavar, help=CFG_FILE.help)
+    p.add_argument(WEIGHTS_FILE.dest, metavar=WEIGHTS_FILE.metavar, nargs="?",
+                   help=f"{WEIGHTS_FILE.help} (optional)")
+    add_dialect_argument(p, "the Darknet fork the files are for; it decides [batchnorm]'s "
+                            "layout and AlexeyAB-only options such as route groups")
 
 
 def suspicious_counts(record):
@@ -77,12 +78,12 @@ def format_table(net, weights=None):
 
 def run(args):
     try:
+        check_files(args, FILES)
         net = parse_cfg(args.cfg, dialect=args.dialect)
         weights = (read_weights(net, args.weights, dialect=args.dialect)
                    if args.weights else None)
     except (ValueError, OSError) as e:
-        print(f"darknet-bn inspect: {e}", file=sys.stderr)
-        return 2
+        return fail("inspect", e)
     print(f"{args.cfg} ({args.dialect}): input {net.c} x {net.h} x {net.w}, batch {net.batch}")
     print("\n".join(format_table(net, weights)))
     return 0

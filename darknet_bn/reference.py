@@ -116,9 +116,9 @@ def batch_statistics(x, batch, c, spatial, *, unbiased=False):
     ``variance = sum (x - mean)^2 / n`` with ``n = m`` (biased, standard BN) or
     ``n = m - 1`` (``unbiased=True``, Darknet's ``variance_cpu``), ``m = batch*spatial``.
     """
-    r = "batch_statistics"
-    batch, c, spatial = _dims(r, batch, c, spatial)
-    x = _values(r, "x", x, batch, c, spatial)
+    routine = "batch_statistics"
+    batch, c, spatial = _dims(routine, batch, c, spatial)
+    x = _values(routine, "x", x, batch, c, spatial)
     mean, var = _moments(x, unbiased)
     return mean.reshape(c), var.reshape(c)
 
@@ -140,11 +140,11 @@ def batchnorm_forward(x, gamma, beta, batch, c, spatial, eps=EPS_STANDARD, *, st
     ``(1/m) sum (x - mu)^2`` (PyTorch's training mode).  ``stats=(mean, variance)``
     uses those per-channel values instead (inference mode: constants).
     """
-    r = "batchnorm_forward"
-    batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _values(r, "x", x, batch, c, spatial)
-    gamma, beta = _channels(r, c, gamma=gamma, beta=beta)
-    st = _given(r, stats, c)
+    routine = "batchnorm_forward"
+    batch, c, spatial = _dims(routine, batch, c, spatial, train=stats is None)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    gamma, beta = _channels(routine, c, gamma=gamma, beta=beta)
+    st = _given(routine, stats, c)
     mean, var = _moments(xs, unbiased=False) if st is None else st
     return _out(gamma * (xs - mean) / np.sqrt(var + eps) + beta, x)
 
@@ -161,11 +161,11 @@ def batchnorm_backward_exact(x, dy, gamma, batch, c, spatial, eps=EPS_STANDARD):
     i.e. ``dy`` minus its projection on the constants and on ``xhat``, scaled.
     ``dgamma`` and ``dbeta`` have shape (c,); ``dx`` the shape of ``x``.
     """
-    r = "batchnorm_backward_exact"
-    batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _values(r, "x", x, batch, c, spatial)
-    dys = _values(r, "dy", dy, batch, c, spatial)
-    gamma, = _channels(r, c, gamma=gamma)
+    routine = "batchnorm_backward_exact"
+    batch, c, spatial = _dims(routine, batch, c, spatial)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    dys = _values(routine, "dy", dy, batch, c, spatial)
+    gamma, = _channels(routine, c, gamma=gamma)
     m = batch * spatial
     mean, var = _moments(xs, unbiased=False)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -189,11 +189,11 @@ def batchnorm_backward_staged(x, dy, gamma, batch, c, spatial, eps=EPS_STANDARD)
 
     Returns ``(dx, dgamma, dbeta)``.
     """
-    r = "batchnorm_backward_staged"
-    batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _values(r, "x", x, batch, c, spatial)
-    dys = _values(r, "dy", dy, batch, c, spatial)
-    gamma, = _channels(r, c, gamma=gamma)
+    routine = "batchnorm_backward_staged"
+    batch, c, spatial = _dims(routine, batch, c, spatial)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    dys = _values(routine, "dy", dy, batch, c, spatial)
+    gamma, = _channels(routine, c, gamma=gamma)
     m = batch * spatial
     mean, var = _moments(xs, unbiased=False)
     d = xs - mean
@@ -237,12 +237,12 @@ def darknet_forward(x, gamma, beta, batch, c, spatial, *, dialect, stats=None):
     inference mode with ``rolling_mean``/``rolling_variance``).
     With ``gamma=1, beta=0`` this is Darknet's ``x_norm``.
     """
-    r = "darknet_forward"
-    dia = get_dialect(dialect, r)
-    batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _values(r, "x", x, batch, c, spatial)
-    gamma, beta = _channels(r, c, gamma=gamma, beta=beta)
-    st = _given(r, stats, c)
+    routine = "darknet_forward"
+    dia = get_dialect(dialect, routine)
+    batch, c, spatial = _dims(routine, batch, c, spatial, train=stats is None)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    gamma, beta = _channels(routine, c, gamma=gamma, beta=beta)
+    st = _given(routine, stats, c)
     mean, s2 = _moments(xs, unbiased=True) if st is None else st
     return _out(gamma * (xs - mean) * _darknet_r(dia, s2)[0] + beta, x)
 
@@ -263,12 +263,12 @@ def darknet_backward_exact(x, dy, gamma, batch, c, spatial, *, dialect):
     parameter gradients are exact in Darknet already: ``dgamma = sum(dy*x_norm)``
     (``backward_scale_cpu``), ``dbeta = sum(dy)`` (``backward_bias``).
     """
-    r = "darknet_backward_exact"
-    dia = get_dialect(dialect, r)
-    batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _values(r, "x", x, batch, c, spatial)
-    dys = _values(r, "dy", dy, batch, c, spatial)
-    gamma, = _channels(r, c, gamma=gamma)
+    routine = "darknet_backward_exact"
+    dia = get_dialect(dialect, routine)
+    batch, c, spatial = _dims(routine, batch, c, spatial)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    dys = _values(routine, "dy", dy, batch, c, spatial)
+    gamma, = _channels(routine, c, gamma=gamma)
     m = batch * spatial
     mean, s2 = _moments(xs, unbiased=True)
     d = xs - mean
@@ -303,20 +303,20 @@ def darknet_backward_formula(x, dy, gamma, batch, c, spatial, *, dialect, mean=N
     mean, not for a rounded one.  Sign: ``dy`` is ``dL/dy``; Darknet, given
     ``delta = -dy``, computes the negative of this.
     """
-    r = "darknet_backward_formula"
-    dia = get_dialect(dialect, r)
+    routine = "darknet_backward_formula"
+    dia = get_dialect(dialect, routine)
     if divisor not in ("m", "m-1"):
-        raise ValueError(f"{r}: divisor must be 'm' (Darknet) or 'm-1', got {divisor!r}")
-    batch, c, spatial = _dims(r, batch, c, spatial)
-    xs = _values(r, "x", x, batch, c, spatial)
-    dys = _values(r, "dy", dy, batch, c, spatial)
-    gamma, = _channels(r, c, gamma=gamma)
+        raise ValueError(f"{routine}: divisor must be 'm' (Darknet) or 'm-1', got {divisor!r}")
+    batch, c, spatial = _dims(routine, batch, c, spatial)
+    xs = _values(routine, "x", x, batch, c, spatial)
+    dys = _values(routine, "dy", dy, batch, c, spatial)
+    gamma, = _channels(routine, c, gamma=gamma)
     if (mean is None) != (variance is None):
-        raise ValueError(f"{r}: pass both mean and variance, or neither")
+        raise ValueError(f"{routine}: pass both mean and variance, or neither")
     if mean is None:
         mu, var = _moments(xs, unbiased=True)
     else:
-        mu, var = _channels(r, c, mean=mean, variance=variance)
+        mu, var = _channels(routine, c, mean=mean, variance=variance)
     m = batch * spatial
     n = m if divisor == "m" else m - 1
     d = xs - mu
@@ -348,13 +348,13 @@ def stats_as_constants_backward(x, dy, gamma, batch, c, spatial, eps=EPS_STANDAR
     in inference mode, where ``stats=(rolling_mean, rolling_variance)`` really
     are constants of the forward.  ``stats`` defaults to the batch statistics.
     """
-    r = "stats_as_constants_backward"
-    dia = None if dialect is None else get_dialect(dialect, r)
-    batch, c, spatial = _dims(r, batch, c, spatial, train=stats is None)
-    xs = _values(r, "x", x, batch, c, spatial)      # only its statistics matter
-    dys = _values(r, "dy", dy, batch, c, spatial)
-    gamma, = _channels(r, c, gamma=gamma)
-    st = _given(r, stats, c)
+    routine = "stats_as_constants_backward"
+    dia = None if dialect is None else get_dialect(dialect, routine)
+    batch, c, spatial = _dims(routine, batch, c, spatial, train=stats is None)
+    xs = _values(routine, "x", x, batch, c, spatial)      # only its statistics matter
+    dys = _values(routine, "dy", dy, batch, c, spatial)
+    gamma, = _channels(routine, c, gamma=gamma)
+    st = _given(routine, stats, c)
     var = _moments(xs, unbiased=dia is not None)[1] if st is None else st[1]
     rr = 1.0 / np.sqrt(var + eps) if dia is None else _darknet_r(dia, var)[0]
     return _out(gamma * dys * rr, x)

@@ -15,14 +15,17 @@ the model cannot supply (nonzero conv bias beside batchnorm, bias on a pjreddie
 [batchnorm], [local], weighted [shortcut]) or an OUT that is an input (one line
 on stderr, nothing written).
 """
-from ._cmd import add_writer_arguments, fail
+from ._cmd import (CFG_FILE, OUT_FILE, STATE_DICT_FILE, File, add_writer_arguments,
+                   check_files, fail)
+from .darknet.kinds import WEIGHTS
 
 HELP = "write a PyTorch state_dict as the Darknet .weights file of a cfg"
+FILES = (CFG_FILE, STATE_DICT_FILE, OUT_FILE,
+         File("header_from", "--header-from", (WEIGHTS,), option=True))
 
 
 def add_arguments(p):
-    add_writer_arguments(p, "state_dict", "torch state_dict file (.pt/.pth)",
-                         ".weights file to write",
+    add_writer_arguments(p, STATE_DICT_FILE, ".weights file to write",
                          "the Darknet fork whose layout and header to write")
     header = p.add_mutually_exclusive_group()
     header.add_argument("--seen", type=int, default=0,
@@ -33,12 +36,12 @@ def add_arguments(p):
 
 def run(args):
     try:
+        check_files(args, FILES)
         from .darknet.check.readers import load_torch_file
         from .torch_weights import write_state_dict_weights
         state = load_torch_file(args.state_dict)
         out = write_state_dict_weights(state, args.cfg, args.out, dialect=args.dialect,
-                                       seen=args.seen, header_from=args.header_from,
-                                       inputs=(args.cfg, args.state_dict))
+                                       seen=args.seen, header_from=args.header_from)
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         return fail("to-weights", e)
     print(f"{out}: written for {args.cfg} ({args.dialect})")

@@ -75,9 +75,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import fused
+from .darknet.weights import check_record, read_weights
 from .dialects import BY_CODE, get_dialect
-from .fused import (_backward, _backward_rows, _forward_infer, _forward_infer_rows,
-                    _forward_train, _forward_train_rows, groups)
 from .torch_weights import load_darknet_weights, save_darknet_weights
 
 __all__ = ["DarknetBatchNorm2d", "DarknetBatchNorm1d", "convert_batchnorm", "from_darknet",
@@ -104,31 +104,41 @@ def _dims(x):
     return batch, filters, x.numel() // (batch * filters)
 
 
+def _require_float32_cpu(where, name, t, fix, shape=None):
+    """The one tensor check of the module, the ops and ``convert_batchnorm``: ``t`` is a
+    contiguous float32 CPU tensor (of ``shape`` when given), else a ``TypeError`` naming
+    ``name`` and what it is, with ``fix``."""
+    if (isinstance(t, Tensor) and t.dtype == _F32 and t.device.type == "cpu"
+            and not t.is_meta and t.is_contiguous()
+            and (shape is None or tuple(t.shape) == shape)):
+        return
+    got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+    of = f" of shape {shape}" if shape is not None else ""
+    raise TypeError(f"{where}: {name} must be a contiguous float32 CPU tensor{of}, got {got}; "
+                    f"{fix}")
+
+
 def _check_op(op, x, like_x=(), vectors=(), train=False):
     """The ops are reachable as ``torch.ops.darknet_bn.*``: before a kernel runs on raw
     memory, every tensor must be a contiguous float32 CPU tensor of the size the
     kernel indexes (``like_x``: x's shape; ``vectors``: one value per channel)."""
-    named = (("x", x),) + like_x + vectors
-    for name, t in named:
-        if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
-                or not t.is_contiguous()):
-            got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
-            raise TypeError(f"darknet_bn::{op}: {name} must be a contiguous float32 CPU "
-                            f"tensor, got {got}; use DarknetBatchNorm2d/1d, which prepares "
-                            "its arguments")
+    where = f"darknet_bn::{op}"
+    for name, t in (("x", x),) + like_x + vectors:
+        _require_float32_cpu(where, name, t, "use DarknetBatchNorm2d/1d, which prepares its "
+                             "arguments")
     if x.dim() < 2 or x.numel() == 0:
-        raise ValueError(f"darknet_bn::{op}: x must be (N, C, ...) with elements, got shape "
+        raise ValueError(f"{where}: x must be (N, C, ...) with elements, got shape "
                          f"{tuple(x.shape)}")
     for name, t in like_x:
         if t.shape != x.shape:
-            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, x "
+            raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, x "
                              f"{tuple(x.shape)}; they must match")
     for name, t in vectors:
         if tuple(t.shape) != (x.shape[1],):
-            raise ValueError(f"darknet_bn::{op}: {name} has shape {tuple(t.shape)}, expected "
+            raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, expected "
                              f"({x.shape[1]},): one value per channel of x")
     if train and x.numel() == x.shape[1]:
-        raise ValueError(f"darknet_bn::{op}: training needs batch*h*w >= 2, got shape "
+        raise ValueError(f"{where}: training needs batch*h*w >= 2, got shape "
                          f"{tuple(x.shape)}")
 
 
@@ -185,6 +195,15 @@ def _empty_like(x):
 
 
 _scratch = threading.local()
+
+
+def _workspace():
+    """This thread's ``fused.Workspace`` (the kernels' scratch, reused across calls)."""
+    try:
+        return _scratch.workspace
+    except AttributeError:
+        _scratch.workspace = fused.Workspace()
+        return _scratch.workspace
 
 
 def _scratch_buf(name, n):
@@ -266,15 +285,11 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     def run(x_norm):
         # Darknet's x is the input itself here (save_x = 0: the kernel skips the copy;
         # x_norm only fills the unused argument).
-        args = (_buf(x), _buf(y), x_norm, x_norm, _buf(mean), _buf(variance),
-                _buf(rolling_mean), _buf(rolling_variance), _buf(weight), _buf(bias))
         with _TorchThreads():
-            if spatial == 1:
-                _forward_train_rows(*args, np.empty(filters, np.float64), batch, filters,
-                                    keep, new, d.code, 0)
-            else:
-                _forward_train(*args, batch, filters, spatial, keep, new, d.code,
-                               groups(filters)[0], 0)
+            fused.forward_train(_buf(x), _buf(y), x_norm, x_norm, _buf(mean), _buf(variance),
+                                _buf(rolling_mean), _buf(rolling_variance), _buf(weight),
+                                _buf(bias), batch, filters, spatial, keep, new, d,
+                                _workspace(), 0)
 
     entry = _caches.get(cache) if cache else None
     if entry is not None and entry.lock.acquire(blocking=False):
@@ -315,15 +330,15 @@ def _(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
 
 def _infer(x, out, mean, variance, scales, biases, dialect):
     """The inference kernel (normalize_cpu, scale_bias, add_bias without the ``x`` copy)
-    of ``x`` into the flat buffer ``out``, for either kernel layout."""
-    batch, filters, spatial = _dims(x)
-    args = (_buf(x), out, out, mean, variance, scales, biases)   # x (not written) -> out
+    of ``x`` into the flat buffer ``out``; ``dialect`` a ``Dialect``."""
+    batch, filters = x.shape[0], x.shape[1]
+    try:                        # _workspace() written out: the eval path's one more call
+        workspace = _scratch.workspace
+    except AttributeError:
+        workspace = _workspace()
     with _TorchThreads():
-        if spatial == 1:
-            _forward_infer_rows(*args, np.empty(filters, np.float64), batch, filters, dialect,
-                                0)
-        else:
-            _forward_infer(*args, batch, filters, spatial, dialect, 0)
+        fused.forward_infer(_buf(x), out, out, mean, variance, scales, biases, batch, filters,
+                            x.numel() // (batch * filters), dialect, workspace, 0)
 
 
 def _normalize(x, mean, variance, dialect, out):
@@ -361,16 +376,10 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
     delta = _buf(gx)
 
     def run(x_norm):
-        args = (_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean), _buf(variance),
-                _buf(weight), _buf(gb), _buf(gw), mean_delta, variance_delta)
         with _TorchThreads():
-            if spatial == 1:
-                _backward_rows(*args, np.empty(2 * filters, np.float32),
-                               np.empty(3 * filters, np.float64), batch, filters, d.code,
-                               do_bias, 0)
-            else:
-                _backward(*args, batch, filters, spatial, d.code, do_bias, 0,
-                          groups(filters)[1])
+            fused.backward(_buf(grad_output), delta, delta, _buf(x), x_norm, _buf(mean),
+                           _buf(variance), _buf(weight), _buf(gb), _buf(gw), mean_delta,
+                           variance_delta, batch, filters, spatial, d, _workspace(), do_bias, 0)
 
     entry = _caches.get(cache) if cache else None
     if entry is not None and entry.lock.acquire(blocking=False):
@@ -383,7 +392,7 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
         if hit:
             return gx, gw, gb
     x_norm = _scratch_buf("x_norm", n)
-    _normalize(x, mean, variance, dialect, x_norm)
+    _normalize(x, mean, variance, d, x_norm)
     run(x_norm)
     return gx, gw, gb
 
@@ -421,7 +430,7 @@ def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
                     vectors=(("weight", weight), ("bias", bias),
                              ("running_mean", running_mean), ("running_var", running_var)))
     y = _empty_like(x)
-    _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d.code)
+    _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d)
     return y
 
 
@@ -441,12 +450,8 @@ def batchnorm_infer_backward(grad_output: Tensor, x: Tensor, weight: Tensor,
     ``weight grad = sum(grad*x_hat)``, ``bias grad = sum(grad)``.  An opaque op, so a
     compiled graph gives eager's bits."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    d = BY_CODE[dialect]
-    eps = float(d.normalize_eps)                      # the fork's normalize_cpu epsilon
-    if d.normalize_eps_in_sqrt:                       # sqrt(var + eps): float32 sum
-        denom = (running_var + eps).double().sqrt()
-    else:                                             # sqrt(var) + eps, in double
-        denom = running_var.double().sqrt() + eps
+    denom = torch.empty(x.shape[1], dtype=torch.float64)
+    fused.normalize_denominators(_buf(running_var), denom.numpy(), BY_CODE[dialect])
     denom = denom.view(shape)
     dims = [0] + list(range(2, x.dim()))
     gx = (grad_output.double() * (weight.double().view(shape) / denom)).float()
@@ -501,17 +506,14 @@ def _describe(t):
     return f"dtype {t.dtype}, device {t.device}, shape {tuple(t.shape)}"
 
 
-def _eps_literal(d):
-    """The fork's normalize_cpu epsilon as C writes it (``0.000001f``)."""
-    return f"{np.format_float_positional(d.normalize_eps)}f"
+def _sqrt64(t):
+    """The square root in float64 of a float32 tensor (``Dialect.torch_form``'s sqrt)."""
+    return t.double().sqrt()
 
 
 def _formulas():
     """Each fork's normalize_cpu, for messages."""
-    return "; ".join(f"{d.name} (x - mean)/" + (f"sqrt(var + {_eps_literal(d)})"
-                                                 if d.normalize_eps_in_sqrt else
-                                                 f"(sqrt(var) + {_eps_literal(d)})")
-                     for d in BY_CODE)
+    return "; ".join(f"{d.name} {d.normalize_text}" for d in BY_CODE)
 
 
 class _ForkMomentum:
@@ -552,40 +554,40 @@ class _DarknetBatchNorm:
     def __init__(self, num_features, eps=None, momentum=FORK_MOMENTUM, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True,
                  dialect="pjreddie", bias_grad="darknet", keep_x_norm=True):
-        r = type(self).__name__
+        routine = type(self).__name__
         if (isinstance(num_features, (bool, np.bool_))
                 or not isinstance(num_features, numbers.Integral)):
-            raise TypeError(f"{r}: num_features must be an int (the channel count), got "
+            raise TypeError(f"{routine}: num_features must be an int (the channel count), got "
                             f"{type(num_features).__name__} {num_features!r}")
         if num_features < 1:
-            raise ValueError(f"{r}: num_features must be >= 1, got {num_features}")
-        d = get_dialect(dialect, r)
+            raise ValueError(f"{routine}: num_features must be >= 1, got {num_features}")
+        dialect = get_dialect(dialect, routine)
         for name, value in (("affine", affine), ("track_running_stats", track_running_stats),
                             ("bias", bias)):
             if value is not True:
-                raise ValueError(f"{r}: {name}={value!r}; Darknet's batchnorm always has "
+                raise ValueError(f"{routine}: {name}={value!r}; Darknet's batchnorm always has "
                                  "scales, biases and rolling statistics: leave "
                                  f"{name}=True")
         if device is not None and torch.device(device).type != "cpu":
-            raise ValueError(f"{r}: device={device!r}; darknet_bn runs on the CPU: leave "
+            raise ValueError(f"{routine}: device={device!r}; darknet_bn runs on the CPU: leave "
                              "device=None (or 'cpu')")
         if dtype is not None and dtype != _F32:
-            raise ValueError(f"{r}: dtype={dtype!r}; Darknet's arithmetic is float32: leave "
+            raise ValueError(f"{routine}: dtype={dtype!r}; Darknet's arithmetic is float32: leave "
                              "dtype=None (or torch.float32)")
         if bias_grad not in BIAS_GRADS:
-            raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}; "
-                             "'darknet' = the fork's own backward, 'sum' = backward_bias "
-                             "for both forks")
+            raise ValueError(f"{routine}: bias_grad must be one of {BIAS_GRADS}, got "
+                             f"{bias_grad!r}; 'darknet' = the fork's own backward, 'sum' = "
+                             "backward_bias for every fork")
         if not isinstance(keep_x_norm, (bool, np.bool_)):
-            raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+            raise TypeError(f"{routine}: keep_x_norm must be True or False, got {keep_x_norm!r}")
         # Set before _NormBase.__init__, which assigns eps and momentum (properties below).
-        self.__dict__["dialect"] = d                  # a Dialect; its name in repr/state
+        self.__dict__["dialect"] = dialect            # a Dialect; its name in repr/state
         if eps is not None:
             self._check_eps(eps)
         if momentum is FORK_MOMENTUM:
             # The shortest decimal of the fork's float32 factor: C's literal (.01, .1).
-            momentum = float(str(d.rolling_new))
-        super().__init__(int(num_features), float(d.normalize_eps), momentum, True, True,
+            momentum = float(str(dialect.rolling_new))
+        super().__init__(int(num_features), float(dialect.normalize_eps), momentum, True, True,
                          device=None, dtype=_F32)
         self.bias_grad = bias_grad
         self.keep_x_norm = bool(keep_x_norm)
@@ -603,12 +605,13 @@ class _DarknetBatchNorm:
         self._check_eps(value)
 
     def _check_eps(self, value):
-        d = self.dialect
+        dialect = self.dialect
         if (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-                and np.float32(value) == d.normalize_eps):
+                and np.float32(value) == dialect.normalize_eps):
             return
         raise ValueError(f"{type(self).__name__}: eps is fixed by the fork's formulas "
-                         f"({_formulas()}): {d.name}'s eps is {_eps_literal(d)}, "
+                         f"({_formulas()}): {dialect.name}'s eps is "
+                         f"{np.format_float_positional(dialect.normalize_eps)}f, "
                          f"got {value!r}; to use another eps, use torch.nn.BatchNorm2d/1d")
 
     @property
@@ -668,43 +671,38 @@ class _DarknetBatchNorm:
         return self._check_each(input)
 
     def _check_each(self, input):
-        r = f"{type(self).__name__}.forward"
+        routine = f"{type(self).__name__}.forward"
         if not isinstance(input, Tensor):
-            raise TypeError(f"{r}: input must be a torch.Tensor {self._LAYOUT}, got "
+            raise TypeError(f"{routine}: input must be a torch.Tensor {self._LAYOUT}, got "
                             f"{type(input).__name__}")
         if input.layout != torch.strided:
-            raise TypeError(f"{r}: input has layout {input.layout}; pass a dense tensor "
+            raise TypeError(f"{routine}: input has layout {input.layout}; pass a dense tensor "
                             "(input.to_dense())")
         if input.dtype != _F32:
-            raise TypeError(f"{r}: input has dtype {input.dtype}; Darknet's arithmetic is "
+            raise TypeError(f"{routine}: input has dtype {input.dtype}; Darknet's arithmetic is "
                             "float32: pass input.float()")
         if input.device.type != "cpu" or input.is_meta:
-            raise ValueError(f"{r}: input is on device {input.device}; darknet_bn runs on the "
-                             "CPU: pass input.cpu() (and keep the module on the CPU)")
+            raise ValueError(f"{routine}: input is on device {input.device}; darknet_bn runs on "
+                             "the CPU: pass input.cpu() (and keep the module on the CPU)")
         if input.dim() not in self._NDIMS:
-            raise ValueError(f"{r}: input must be {self._LAYOUT}, got shape "
+            raise ValueError(f"{routine}: input must be {self._LAYOUT}, got shape "
                              f"{tuple(input.shape)}")
         if input.shape[1] != self.num_features:
-            raise ValueError(f"{r}: input has {input.shape[1]} channels (dim 1), the module "
+            raise ValueError(f"{routine}: input has {input.shape[1]} channels (dim 1), the module "
                              f"{self.num_features}; pass (N, {self.num_features}, ...) or "
                              "build the module with the input's channel count")
         if input.numel() == 0:
-            raise ValueError(f"{r}: input shape {tuple(input.shape)} has no elements; pass "
+            raise ValueError(f"{routine}: input shape {tuple(input.shape)} has no elements; pass "
                              "at least one image")
         if self.training and input.numel() == self.num_features:
             raise ValueError(
-                f"{r}: training on shape {tuple(input.shape)} leaves one value per channel "
+                f"{routine}: training on shape {tuple(input.shape)} leaves one value per channel "
                 "(batch*h*w = 1); Darknet's unbiased variance divides by batch*h*w - 1 = 0. "
                 "Use a batch of at least 2 (or h*w >= 2), or call module.eval()")
-        c = self.num_features
         for name in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(self, name)
-            if (not isinstance(t, Tensor) or t.dtype != _F32 or t.device.type != "cpu"
-                    or t.is_meta or tuple(t.shape) != (c,) or not t.is_contiguous()):
-                got = _describe(t) if isinstance(t, Tensor) else type(t).__name__
-                raise TypeError(f"{r}: module.{name} must be a contiguous float32 CPU tensor of "
-                                f"shape ({c},), got {got}; keep the module in float32 on the "
-                                "CPU (module.float().cpu())")
+            _require_float32_cpu(routine, f"module.{name}", getattr(self, name),
+                                 "keep the module in float32 on the CPU "
+                                 "(module.float().cpu())", (self.num_features,))
         return input.contiguous()
 
     def forward(self, input):
@@ -752,7 +750,7 @@ class _DarknetBatchNorm:
         params, buffers = self._parameters, self._buffers
         y = _empty_like(x)
         _infer(x, _buf(y), _buf(buffers["running_mean"]), _buf(buffers["running_var"]),
-               _buf(params["weight"]), _buf(params["bias"]), self.dialect.code)
+               _buf(params["weight"]), _buf(params["bias"]), self.dialect)
         return y
 
     def _onnx_form(self, input):
@@ -762,12 +760,9 @@ class _DarknetBatchNorm:
         once to float32, computed on the buffers so that the exporter folds it)."""
         if self.training:
             _refuse_training_export(type(self).__name__)
-        var = self.running_var
-        if self.dialect.normalize_eps_in_sqrt:
-            eps = float(self.dialect.normalize_eps)
-        else:                                     # sqrt(v) + eps as sqrt(v' + 0)
-            root = var.double().sqrt() + float(self.dialect.normalize_eps)
-            var, eps = (root * root).float(), 0.0
+        var, eps = self.dialect.torch_form(self.running_var, _sqrt64)
+        if var.dtype != _F32:                     # a remapped variance: rounded once
+            var = var.float()
         return torch.nn.functional.batch_norm(input, self.running_mean, var, self.weight,
                                               self.bias, False, 0.0, eps)
 
@@ -825,21 +820,20 @@ def _target(module):
 
 
 def _check_convertible(path, module):
-    r = "convert_batchnorm"
+    routine = "convert_batchnorm"
     where = f"module {path!r}" if path else "the module"
     if not (module.affine and module.track_running_stats):
-        raise ValueError(f"{r}: {where} ({module}) has affine={module.affine}, "
+        raise ValueError(f"{routine}: {where} ({module}) has affine={module.affine}, "
                          f"track_running_stats={module.track_running_stats}; Darknet's "
                          "batchnorm always has scales, biases and rolling statistics: build "
                          "it with affine=True, track_running_stats=True")
     for name in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(module, name)
         if t is None:
-            raise ValueError(f"{r}: {where} has no {name}; Darknet's batchnorm always has "
+            raise ValueError(f"{routine}: {where} has no {name}; Darknet's batchnorm always has "
                              "scales, biases and rolling statistics")
-        if t.dtype != _F32 or t.device.type != "cpu" or t.is_meta or not t.is_contiguous():
-            raise TypeError(f"{r}: {where}.{name} has {_describe(t)}; Darknet's batchnorm "
-                            "runs in float32 on the CPU: call model.float().cpu() first")
+        _require_float32_cpu(routine, f"{where}.{name}", t, "Darknet's batchnorm runs in float32 "
+                             "on the CPU: call model.float().cpu() first")
 
 
 def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True):
@@ -862,14 +856,14 @@ def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True)
     are not float32 on the CPU; ``TypeError`` if ``module`` is not an ``nn.Module``.
     ``bias_grad`` and ``keep_x_norm`` are passed to every new module.
     """
-    r = "convert_batchnorm"
+    routine = "convert_batchnorm"
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{r}: module must be a torch.nn.Module, got {type(module).__name__}")
-    get_dialect(dialect, r)
+        raise TypeError(f"{routine}: module must be a torch.nn.Module, got {type(module).__name__}")
+    get_dialect(dialect, routine)
     if bias_grad not in BIAS_GRADS:
-        raise ValueError(f"{r}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
+        raise ValueError(f"{routine}: bias_grad must be one of {BIAS_GRADS}, got {bias_grad!r}")
     if not isinstance(keep_x_norm, (bool, np.bool_)):
-        raise TypeError(f"{r}: keep_x_norm must be True or False, got {keep_x_norm!r}")
+        raise TypeError(f"{routine}: keep_x_norm must be True or False, got {keep_x_norm!r}")
     left = []
     for path, m in module.named_modules():
         if _target(m) is not None:
@@ -878,7 +872,7 @@ def convert_batchnorm(module, *, dialect, bias_grad="darknet", keep_x_norm=True)
             left.append(f"{path or '<top>'!r} ({type(m).__name__})")
     out = _convert(module, dialect, bias_grad, keep_x_norm)
     if left:
-        warnings.warn(f"{r}: left in place (no Darknet counterpart; only BatchNorm1d/2d, "
+        warnings.warn(f"{routine}: left in place (no Darknet counterpart; only BatchNorm1d/2d, "
                       f"their subclasses and SyncBatchNorm are converted): {', '.join(left)}",
                       UserWarning, stacklevel=2)
     return out
@@ -906,22 +900,22 @@ def _convert(module, dialect, bias_grad, keep_x_norm):
 def module_from_record(record, *, dialect=None):
     """The Darknet module (1d for ``[connected]``, else 2d) holding a ``BatchNormRecord``'s
     stored floats (biases zero where the file has none), in eval mode."""
-    from .darknet.weights import check_record
     check_record("module_from_record", record)
-    d = get_dialect(record.dialect if dialect is None else dialect, "module_from_record")
+    dialect = get_dialect(record.dialect if dialect is None else dialect,
+                          "module_from_record")
     cls = DarknetBatchNorm1d if record.section == "connected" else DarknetBatchNorm2d
-    m = cls(record.channels, dialect=d.name)
+    module = cls(record.channels, dialect=dialect)
     with torch.no_grad():
-        for name, param in (("scales", m.weight), ("biases", m.bias),
-                            ("rolling_mean", m.running_mean),
-                            ("rolling_variance", m.running_var)):
+        for name, param in (("scales", module.weight), ("biases", module.bias),
+                            ("rolling_mean", module.running_mean),
+                            ("rolling_variance", module.running_var)):
             arr = getattr(record, name)
             if arr is not None:
                 if arr.shape != (record.channels,):
                     raise ValueError(f"module_from_record: layer {record.index} {name} has "
                                      f"shape {arr.shape}, expected ({record.channels},)")
                 param.copy_(torch.from_numpy(np.ascontiguousarray(arr, np.float32)))
-    return m.eval()
+    return module.eval()
 
 
 def from_darknet(cfg, weights, *, dialect):
@@ -932,7 +926,6 @@ def from_darknet(cfg, weights, *, dialect):
     weights file does not say which fork wrote it) picks the file layout and the
     arithmetic.  Errors are ``read_weights``'.
     """
-    from .darknet import read_weights
-    d = get_dialect(dialect, "from_darknet")
-    w = read_weights(cfg, weights, dialect=d.name)
-    return {rec.index: module_from_record(rec, dialect=d.name) for rec in w.layers}
+    dialect = get_dialect(dialect, "from_darknet")
+    weights = read_weights(cfg, weights, dialect=dialect)
+    return {rec.index: module_from_record(rec, dialect=dialect) for rec in weights.layers}

@@ -33,13 +33,14 @@ import os
 
 import numpy as np
 
+from ._validate import argument_name, routine_prefix
 from .darknet.check.pairing import pair_model
 from .darknet.check.readers import read_module, read_state_dict
 from .darknet.check.units import CheckError
 from .darknet.parser import check_path
 from .darknet.weights import (WeightsHeader, atomic_output, check_cfg_arg, check_size,
                               network_from, open_weights, read_header, type_name)
-from .dialects import FOLDING, get_dialect
+from .dialects import get_dialect
 
 __all__ = ["save_darknet_weights", "load_darknet_weights"]
 
@@ -66,7 +67,7 @@ def _refuse_unsupported(routine, net):
                    "here")
         else:
             why = f"a [{spec.section}] layer's weights have no PyTorch counterpart here"
-        raise ValueError(f"{routine}: layer {spec.index} [{spec.section}] (cfg line "
+        raise ValueError(f"{routine_prefix(routine)}layer {spec.index} [{spec.section}] (cfg line "
                          f"{spec.line}): {why}; the .weights file cannot be written from "
                          "the model")
 
@@ -86,48 +87,78 @@ def _pairs(routine, net, units):
     try:
         pairing = pair_model(net, units, strict=True, complete=True)
     except CheckError as e:
-        raise ValueError(f"{routine}: {e}") from None
+        raise ValueError(f"{routine_prefix(routine)}{e}") from None
     return {p.spec.index: p for p in pairing.pairs}
+
+
+#: Where each ``.weights`` block of a layer lives in the model, by the layer's kind:
+#: ``{block: (unit, tensor)}``, the unit being the paired conv/linear ("conv") or
+#: batchnorm ("bn") module.  Read by both ``save_darknet_weights`` and
+#: ``load_darknet_weights``; a layer's blocks and their order are ``LayerSpec.blocks``.
+BLOCK_TENSORS = {
+    "with batchnorm": {"biases": ("bn", "bias"), "scales": ("bn", "weight"),
+                       "rolling_mean": ("bn", "running_mean"),
+                       "rolling_variance": ("bn", "running_var"),
+                       "weights": ("conv", "weight")},
+    "without batchnorm": {"biases": ("conv", "bias"), "weights": ("conv", "weight")},
+    "batchnorm": {"biases": ("bn", "bias"), "scales": ("bn", "weight"),
+                  "rolling_mean": ("bn", "running_mean"),
+                  "rolling_variance": ("bn", "running_var")},
+}
+
+#: The value a tensor the module does not have stands for (conv ``bias=False``,
+#: batchnorm ``affine=False``).
+ABSENT_VALUE = {"bias": 0.0, "weight": 1.0}
+
+
+def _layer_kind(spec):
+    if spec.section == "batchnorm":
+        return "batchnorm"
+    return "with batchnorm" if spec.bn_channels else "without batchnorm"
+
+
+def _layer_units(where, spec, pair):
+    """``(where, {unit: paired unit}, [(block, count, unit, tensor)])`` of one layer."""
+    where = f"{routine_prefix(where)}layer {spec.index} [{spec.section}] (cfg line {spec.line})"
+    table = BLOCK_TENSORS[_layer_kind(spec)]
+    if table is BLOCK_TENSORS["with batchnorm"] and pair.bn is None:
+        raise ValueError(f"{where} has batch_normalize=1 but the model's "
+                         f"{pair.conv.name!r} has no batchnorm after it (folded?); the "
+                         ".weights file stores the batchnorm blocks")
+    units = {"conv": pair.conv, "bn": pair.bn}
+    return where, units, [(name, count, *table[name]) for name, count in spec.blocks]
+
+
+def _extra_bias(units, spec):
+    """The bias the file has no slot for: a conv's own beside its batchnorm, a pjreddie
+    ``[batchnorm]``'s (``(unit, reason)``), else None."""
+    if spec.section == "batchnorm":
+        if "biases" not in dict(spec.blocks):
+            return units["bn"], "a pjreddie [batchnorm] section stores no biases"
+    elif spec.bn_channels:
+        return units["conv"], "its batchnorm's bias is the layer's biases block"
+    return None
 
 
 def _layer_blocks(routine, spec, pair):
     """``{block name: float32 array}`` of one paired layer, as the model holds them."""
-    where = f"{routine}: layer {spec.index} [{spec.section}] (cfg line {spec.line})"
-    conv, bn = pair.conv, pair.bn
-    blocks = {}
-    if spec.section in ("convolutional", "connected"):
-        weight = np.asarray(conv.stored["weight"], _F32).reshape(-1)
-        conv_bias = conv.stored.get("bias")
-        if spec.bn_channels:
-            if bn is None:
-                raise ValueError(f"{where} has batch_normalize=1 but the model's "
-                                 f"{conv.name!r} has no batchnorm after it (folded?); the "
-                                 ".weights file stores the batchnorm blocks")
-            if conv_bias is not None and np.any(np.asarray(conv_bias) != 0):
-                raise ValueError(f"{where}: {conv.name!r} has a nonzero bias beside its "
-                                 f"batchnorm {bn.name!r}; Darknet's layer has no slot for "
-                                 "it (its biases block is the batchnorm's bias): fold it "
-                                 "into the batchnorm's bias or running_mean first")
-            blocks.update(biases=bn.stored["bias"], scales=bn.stored["weight"],
-                          rolling_mean=bn.stored["running_mean"],
-                          rolling_variance=bn.stored["running_var"])
-        else:
-            blocks["biases"] = (np.zeros(spec.out_c, _F32) if conv_bias is None
-                                else conv_bias)
-        blocks["weights"] = weight
-    else:                                                    # [batchnorm]
-        names = {name for name, _ in spec.blocks}
-        bias = np.asarray(bn.stored["bias"], _F32)
-        if "biases" not in names and np.any(bias != 0):
-            raise ValueError(f"{where}: {bn.name!r} has a nonzero bias, and a pjreddie "
-                             "[batchnorm] section stores no biases (the file has no slot "
-                             "for it); use dialect='alexeyab' or zero the bias")
-        blocks.update(biases=bias, scales=bn.stored["weight"],
-                      rolling_mean=bn.stored["running_mean"],
-                      rolling_variance=bn.stored["running_var"])
+    where, units, blocks = _layer_units(routine, spec, pair)
+    extra = _extra_bias(units, spec)
+    if extra is not None:
+        unit, why = extra
+        bias = unit.stored.get("bias")
+        if bias is not None and np.any(np.asarray(bias) != 0):
+            raise ValueError(f"{where}: {unit.name!r} has a nonzero bias beside its "
+                             f"batchnorm, and the file has no slot for it ({why}): fold it "
+                             "into the batchnorm's bias or running_mean first, or zero it"
+                             if unit is units["conv"] else
+                             f"{where}: {unit.name!r} has a nonzero bias, and the file has "
+                             f"no slot for it ({why}): use another dialect or zero the bias")
     out = {}
-    for name, count in spec.blocks:
-        value = np.asarray(blocks[name], _F32).reshape(-1)
+    for name, count, role, tensor in blocks:
+        value = units[role].stored.get(tensor)
+        value = (np.full(count, ABSENT_VALUE[tensor], _F32) if value is None
+                 else np.asarray(value, _F32).reshape(-1))
         if value.size != count:
             raise ValueError(f"{where}: the model's {name} has {value.size} values, the cfg "
                              f"{count}")
@@ -140,12 +171,13 @@ def _header(routine, dialect, seen, header_from):
         if isinstance(seen, bool) or not isinstance(seen, (int, np.integer)):
             raise TypeError(f"{routine}: seen must be an int (images trained on), got "
                             f"{type_name(seen)}")
-        header = WeightsHeader(0, 2, FOLDING[dialect].save_weights_revision, int(seen))
+        header = WeightsHeader(0, 2, dialect.folding.save_weights_revision, int(seen))
     else:
         if seen != 0:
             raise ValueError(f"{routine}: pass seen= or header_from=, not both (header_from "
                              "copies seen)")
-        f, _ = open_weights(os.fspath(header_from), "header_from .weights file")
+        f, _ = open_weights(os.fspath(header_from),
+                            f"{argument_name('header_from')} .weights file")
         with f:
             header = read_header(header_from, f)
     header.validate(routine)
@@ -169,22 +201,23 @@ def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
     conv bias beside batchnorm, bias on a pjreddie ``[batchnorm]``, ``[local]``,
     weighted ``[shortcut]``) before anything is written.
     """
-    r = "save_darknet_weights"
-    fork = get_dialect(dialect, r).name
-    cfg = check_cfg_arg(r, cfg, "cfg")
-    out = check_path(r, "out", out, "out.weights")
+    routine = "save_darknet_weights"
+    fork = get_dialect(dialect, routine)
+    cfg = check_cfg_arg(routine, cfg, "cfg")
+    out = check_path(routine, "out", out, "out.weights")
     if header_from is not None:
-        header_from = check_path(r, "header_from", header_from, "yolov4.weights")
+        header_from = check_path(routine, "header_from", header_from, "yolov4.weights")
     for name, path in (("cfg", cfg), ("header_from", header_from)):
         if isinstance(path, (str, bytes, os.PathLike)) and _same_file(out, path):
-            raise ValueError(f"{r}: out {os.fspath(out)!r} is the {name} file; "
-                             "save_darknet_weights refuses to overwrite an input: pass "
-                             "another out")
-    units = _units(r, model)
-    header = _header(r, fork, seen, header_from)
-    net = network_from(cfg, fork, r)
-    _refuse_unsupported(r, net)
-    return _write(r, net, units, header, out)
+            raise ValueError(f"{routine_prefix(routine)}{argument_name('out')} "
+                             f"{os.fspath(out)!r} is the {argument_name(name)} file; "
+                             f"{routine} refuses to overwrite an input: pass another "
+                             f"{argument_name('out')}")
+    units = _units(routine, model)
+    header = _header(routine, fork, seen, header_from)
+    net = network_from(cfg, fork, routine)
+    _refuse_unsupported(routine, net)
+    return _write(routine, net, units, header, out)
 
 
 def _write(routine, net, units, header, out):
@@ -199,14 +232,8 @@ def _write(routine, net, units, header, out):
     return out
 
 
-def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=None,
-                             inputs=()):
-    """``save_darknet_weights`` of a loaded state_dict (``to-weights``); ``inputs``: more
-    files ``out`` must not be."""
-    for path in inputs:
-        if _same_file(out, path):
-            raise ValueError(f"out {os.fspath(out)!r} is an input file; to-weights refuses "
-                             "to overwrite an input: pass another OUT")
+def write_state_dict_weights(state, cfg, out, *, dialect, seen=0, header_from=None):
+    """``save_darknet_weights`` of a loaded state_dict (``to-weights``)."""
     if not isinstance(state, dict):
         raise ValueError(f"not a state_dict (a dict of tensors) but {type(state).__name__}")
     return save_darknet_weights(state, cfg, out, dialect=dialect, seen=seen,
@@ -222,55 +249,41 @@ def load_darknet_weights(model, cfg, weights, *, dialect):
     set to zero.  Returns ``model``.  Errors as ``save_darknet_weights``, and what
     reading the file raises (header, size), before any tensor is modified."""
     import torch
-    r = "load_darknet_weights"
-    fork = get_dialect(dialect, r).name
-    cfg = check_cfg_arg(r, cfg, "cfg")
-    path = check_path(r, "weights", weights, "yolov4.weights")
+    routine = "load_darknet_weights"
+    fork = get_dialect(dialect, routine)
+    cfg = check_cfg_arg(routine, cfg, "cfg")
+    path = check_path(routine, "weights", weights, "yolov4.weights")
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"{r}: model must be a torch.nn.Module, got {type_name(model)}")
-    net = network_from(cfg, fork, r)
-    _refuse_unsupported(r, net)
+        raise TypeError(f"{routine}: model must be a torch.nn.Module, got {type_name(model)}")
+    net = network_from(cfg, fork, routine)
+    _refuse_unsupported(routine, net)
     f, size = open_weights(os.fspath(path), ".weights file")
     with f:
         check_size(path, net, read_header(path, f), size)
         raw = np.fromfile(f, dtype=_F32)                      # every block, read once
     units = read_module(model, type(model).__name__)
-    pairs = _pairs(r, net, units)
+    pairs = _pairs(routine, net, units)
     copies = []
     for spec in net.layers:
         pair = pairs.get(spec.index)
         if pair is None:
             continue
-        where = f"{r}: layer {spec.index} [{spec.section}]"
-        block = {name: raw[spec.offsets[name]:spec.offsets[name] + count]
-                 for name, count in spec.blocks}
-        conv, bn = pair.conv, pair.bn
-        if conv is not None:
-            copies.append((conv.module.weight, block["weights"]))
-            if spec.bn_channels:
-                if bn is None:
-                    raise ValueError(f"{where}: the model's {conv.name!r} has no batchnorm "
-                                     "after it (folded?); the file stores batchnorm blocks")
-                if conv.module.bias is not None:
-                    copies.append((conv.module.bias, np.zeros(spec.out_c, _F32)))
-            elif conv.module.bias is not None:
-                copies.append((conv.module.bias, block["biases"]))
-            elif np.any(block["biases"] != 0):
-                raise ValueError(f"{where}: {conv.name!r} has no bias, and the file's "
-                                 "biases are not zero; build it with bias=True")
-        if bn is not None:
-            m = bn.module
-            bias = block.get("biases", np.zeros(spec.bn_channels, _F32))
-            for tensor, values, name in ((m.weight, block["scales"], "weight"),
-                                         (m.bias, bias, "bias")):
-                if tensor is None:
-                    if np.any(values != (1 if name == "weight" else 0)):
-                        raise ValueError(f"{where}: {bn.name!r} has no {name} (affine=False) "
-                                         "but the file's values are not the default")
-                    continue
-                copies.append((tensor, values))
-            copies += [(m.running_mean, block["rolling_mean"]),
-                       (m.running_var, block["rolling_variance"])]
+        where, paired, blocks = _layer_units(routine, spec, pair)
+        for name, count, role, tensor_name in blocks:
+            unit = paired[role]
+            values = raw[spec.offsets[name]:spec.offsets[name] + count]
+            tensor = getattr(unit.module, tensor_name)
+            if tensor is None:
+                if np.any(values != ABSENT_VALUE[tensor_name]):
+                    raise ValueError(f"{where}: {unit.name!r} has no {tensor_name} (bias=False "
+                                     f"or affine=False) but the file's {name} are not "
+                                     f"{ABSENT_VALUE[tensor_name]:g}; build it with bias=True "
+                                     "(conv/linear) or affine=True (batchnorm)")
+                continue
+            copies.append((tensor, values))
+        extra = _extra_bias(paired, spec)
+        if extra is not None and extra[0].module.bias is not None:
+            copies.append((extra[0].module.bias, np.zeros(spec.out_c, _F32)))
     with torch.no_grad():
         for tensor, values in copies:
             tensor.copy_(torch.from_numpy(np.array(values, _F32)).reshape(tensor.shape))

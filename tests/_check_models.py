@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from darknet_bn.darknet import parse_cfg
-from darknet_bn.dialects import FOLDING
+from darknet_bn.dialects import get_dialect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
+from benchmarks.cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
 
 F32 = np.float32
 
@@ -32,7 +32,7 @@ def synthesize_weights(cfg, fork, path, seed):
     net = parse_cfg(cfg, dialect=fork)
     rng = np.random.default_rng(seed)
     print(f"synthesize_weights({cfg}, {fork}): seed {seed}")
-    header = np.array([0, 2, FOLDING[fork].save_weights_revision], "<i4").tobytes() + \
+    header = np.array([0, 2, get_dialect(fork).folding.save_weights_revision], "<i4").tobytes() + \
         np.array([0], "<u8").tobytes()
     chunks = [header]
     for spec in net.layers:

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 
-import targets  # noqa: E402
-from _common import make_layer  # noqa: E402
-from exact_reference import bits_match  # noqa: E402
+from benchmarks import exact_reference, targets  # noqa: E402
+from benchmarks._common import make_layer, round_robin  # noqa: E402
 
 SEED = 20261205
 
@@ -30,12 +29,11 @@ def test_exact_reference_writes_the_layers_bits(shape, dialect):
     x[:3] = [np.nan, np.inf, -0.0]
     layer.rolling_variance[0] = 0.0
     layer.rolling_variance[1] = -0.25
-    assert bits_match(layer, x), f"seed {SEED}"
+    assert exact_reference.bits_match(layer, x), f"seed {SEED}"
 
 
 def test_bit_check_detects_a_changed_output(monkeypatch):
     """A reference one float32 ulp off in one channel's bias is reported as different."""
-    import exact_reference
     layer, x, _ = make_layer((2, 5, 3, 7), "alexeyab", "fused", seed=SEED)
     honest = exact_reference.reference_for
 
@@ -53,8 +51,8 @@ def test_bit_check_detects_a_changed_output(monkeypatch):
 
 def test_cfg_model_has_darknets_shapes():
     torch = pytest.importorskip("torch")
-    import cfg_model
-    model, (c, h, w) = cfg_model.build(targets.CFG, "alexeyab")
+    from benchmarks import cfg_model
+    model, (c, h, w) = cfg_model.build(targets.CFG, targets.CFG_FORK)
     assert (c, h, w) == (3, 416, 416)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 19
@@ -71,7 +69,7 @@ def test_report_states_target_and_verdict():
 
     def b():
         calls["b"] += 1
-    ta, tb = targets.pair(a, b, rounds=5, inner=2)
+    ta, tb = round_robin({"a": a, "b": b}, rounds=5, inner=2).values()
     assert len(ta) == len(tb) == 5 and calls == {"a": 12, "b": 12}
     rows = [targets.row("fc", "x / y", (2, 3, 1, 1), "pjreddie", [2.0] * 5, [1.0] * 5, 1.0,
                         "median"),

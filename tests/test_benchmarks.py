@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 
-import bench  # noqa: E402
-import fork_child  # noqa: E402
-import profile_step  # noqa: E402
+from benchmarks import bench, fork_child, profile_step  # noqa: E402
 
 
 def test_bench_runs_every_implementation(tmp_path, capsys):

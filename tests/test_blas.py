@@ -54,3 +54,13 @@ def test_dialects_differ_in_normalize():
     blas.normalize_cpu(a, mean, var, 2, 4, 8, dialect="pjreddie")
     blas.normalize_cpu(b, mean, var, 2, 4, 8, dialect="alexeyab")
     assert not np.array_equal(a.view(np.int32), b.view(np.int32))
+
+
+def test_a_dialect_pickles_and_copies_as_the_builtin_object():
+    import copy
+    import pickle
+
+    from darknet_bn.dialects import DIALECTS
+    for d in DIALECTS.values():
+        assert pickle.loads(pickle.dumps(d)) is d
+        assert copy.deepcopy(d) is d and copy.copy(d) is d

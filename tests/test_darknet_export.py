@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet_bn.darknet import (TORCH_EPS, batchnorm_state_dict, export_state_dicts,
+from darknet_bn import get_dialect
+from darknet_bn.darknet import (batchnorm_state_dict, export_state_dicts,
                                 make_batchnorm_layer_from_record, read_weights)
 from darknet_bn.golden import ulp_diff
 
@@ -54,7 +55,7 @@ def test_state_dict_mapping(fork):
     assert sorted(dicts) == [r.index for r in w.layers]
     for rec in w.layers:
         state, eps = dicts[rec.index]
-        assert eps == TORCH_EPS[fork] == (1e-5 if fork == "alexeyab" else 0.0)
+        assert eps == get_dialect(fork).torch_eps == (1e-5 if fork == "alexeyab" else 0.0)
         assert set(state) == {"weight", "bias", "running_mean", "running_var",
                               "num_batches_tracked"}
         assert np.array_equal(state["weight"], rec.scales)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import darknet_bn.darknet as D
+from darknet_bn import get_dialect
 from darknet_bn.darknet import parser as _parser
 from darknet_bn.darknet import weights as _weights
 from darknet_bn.darknet import (BatchNormRecord, DarknetWeights, WeightsFormatError,
@@ -356,7 +357,7 @@ def test_dialect_name_in_any_case_with_a_network(tmp_path):
     cfg, path = _zoo("alexeyab")
     net = parse_cfg(cfg, dialect="alexeyab")
     w = read_weights(net, path, dialect="AlexeyAB")
-    assert w.dialect == "alexeyab" and len(w.layers) == 6
+    assert w.dialect is get_dialect("alexeyab") and len(w.layers) == 6
     out = tmp_path / "copy.weights"
     write_weights(net, out, w, dialect="ALEXEYAB")
     assert out.read_bytes() == path.read_bytes()
@@ -442,7 +443,9 @@ def _baseline(name, tmp_path):
         "denormalize_convolutional_layer": dict(**_layer_arrays(), n=2, filter_size=3),
         "denormalize_connected_layer": dict(**_layer_arrays(), outputs=2, inputs=3),
         "fold_weights": dict(cfg_path=cfg, weights_path=path,
-                             out_path=tmp_path / "folded.weights", dialect="pjreddie"),
+                             out_path=tmp_path / "folded.weights", dialect="pjreddie",
+                             out_cfg_path=tmp_path / "folded.cfg"),
+        "folded_cfg": dict(cfg_path=cfg, dialect="pjreddie"),
         "denormalize_net": dict(cfg_path=cfg, weights_path=path,
                                 out_path=tmp_path / "folded.weights"),
         "check_model": dict(converted=_bn_state_dict_file(w, tmp_path), cfg=cfg, weights=path,
@@ -525,7 +528,9 @@ BAD_ARGUMENTS = {
     "denormalize_connected_layer": {**{k: _ARRAYS for k in _ARRAY_NAMES},
                                     "outputs": _INTS + [0], "inputs": _INTS + [2]},
     "fold_weights": {"cfg_path": _PATHS, "weights_path": _PATHS + [""],
-                     "out_path": _PATHS + ["a\0b"], "dialect": _DIALECTS + [None]},
+                     "out_path": _PATHS + ["a\0b"], "dialect": _DIALECTS + [None],
+                     "out_cfg_path": _PATHS[1:] + ["", "a\0b"]},
+    "folded_cfg": {"cfg_path": _PATHS, "dialect": _DIALECTS + [None]},
     "denormalize_net": {"cfg_path": _PATHS, "weights_path": _PATHS,
                         "out_path": _PATHS + [""]},
     "check_model": {"converted": [None, 5, 1.5, [_CFG]], "cfg": _PATHS,

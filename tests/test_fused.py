@@ -206,7 +206,7 @@ def test_large_shape_matches_blas():
 
 # --------------------------------------------------------------------------
 def test_fused_is_registered_and_default():
-    assert PATHS["fused"] == (fused.forward_fused, fused.backward_fused)
+    assert PATHS["fused"] == (batchnorm_layer._forward_fused, batchnorm_layer._backward_fused)
     assert batchnorm_layer.DEFAULT_KERNEL == "fused"
     assert BatchNormLayer(2, 3, 3, 4).kernel == "fused"
     assert BatchNormLayer(2, 3, 3, 4, kernel="blas").kernel == "blas"
@@ -238,17 +238,20 @@ def test_fused_writes_only_the_layer_buffers():
 
 
 def test_spatial_one_workspace_is_allocated_once():
-    """The spatial == 1 kernels keep their scratch on the layer: one allocation, reused."""
+    """The spatial == 1 kernels keep their scratch in the layer's Workspace: one
+    allocation, reused."""
     rng = np.random.default_rng(2)
     l = BatchNormLayer(8, 1, 1, 300, kernel="fused")
     x, d = _inputs((8, 300, 1, 1), rng, "normal")
     l.forward(x, train=True)
     l.backward(d, train=True)
-    ws = l._s._fused_workspace
+    ws = l._s.workspace
+    acc, acc64 = ws.acc, ws.acc64
+    assert acc.shape == (600,) and acc64.shape == (900,)
     l.forward(x, train=True)
     l.backward(d, train=True)
     l.forward(x, train=False)
-    assert l._s._fused_workspace is ws
+    assert l._s.workspace is ws and ws.acc is acc and ws.acc64 is acc64
 
 
 def test_comparison_detects_a_one_ulp_difference():
@@ -347,17 +350,33 @@ def test_train_forward_without_x_copy_keeps_every_other_bit(shape, dialect):
         out = {k: np.full(n, np.nan, np.float32) for k in ("output", "x", "x_norm")}
         out.update({k: np.full(c, 0.5, np.float32) for k in
                     ("mean", "variance", "rolling_mean", "rolling_variance")})
-        args = (src, out["output"], out["x"], out["x_norm"], out["mean"], out["variance"],
-                out["rolling_mean"], out["rolling_variance"], scales, biases)
-        if sp == 1:
-            fused._forward_train_rows(*args, np.empty(c, np.float64), batch, c,
-                                      d.rolling_keep, d.rolling_new, d.code, save_x)
-        else:
-            fused._forward_train(*args, batch, c, sp, d.rolling_keep, d.rolling_new, d.code,
-                                 fused.groups(c)[0], save_x)
+        fused.forward_train(src, out["output"], out["x"], out["x_norm"], out["mean"],
+                            out["variance"], out["rolling_mean"], out["rolling_variance"],
+                            scales, biases, batch, c, sp, d.rolling_keep, d.rolling_new, d,
+                            fused.Workspace(), save_x)
         runs.append(out)
     with_x, without_x = runs
     assert bits_equal(with_x["x"], src), f"seed {seed}"
     assert np.isnan(without_x["x"]).all(), f"x written with save_x = 0 (seed {seed})"
     for k in ("output", "x_norm", "mean", "variance", "rolling_mean", "rolling_variance"):
         assert bits_equal(with_x[k], without_x[k]), f"{k} differs (seed {seed})"
+
+
+def test_kernel_api_example_in_the_docs_gives_the_layers_bits():
+    """docs/layer.md's kernel API example runs as written, and its output, x_norm and
+    statistics are a BatchNormLayer's (convolutional, alexeyab) for the same input."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "layer.md").read_text()
+    section = text.split("## The kernel API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    ns = {}
+    exec(compile(code, "docs/layer.md", "exec"), ns)
+    batch, filters, spatial = ns["batch"], ns["filters"], ns["spatial"]
+    layer = BatchNormLayer(batch, spatial, 1, filters, dialect="alexeyab",
+                           layer_type="convolutional")
+    layer.forward(ns["x"].copy(), train=True)
+    for name, theirs in (("output", ns["out"]), ("x_norm", ns["x_norm"]),
+                         ("mean", ns["mean"]), ("variance", ns["var"]),
+                         ("rolling_mean", ns["rm"]), ("rolling_variance", ns["rv"])):
+        assert bits_equal(getattr(layer, name), theirs), name

@@ -36,7 +36,7 @@ MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith
 # --------------------------------------------------------------------------
 def _all_jitted():
     out = [(d.py_func, sigs) for d, sigs in _jit.KERNELS]
-    out.append((utils._sum_array.py_func, ("float32(float32[::1], int64, int64)",)))
+    out.append((utils.sum_array_at.py_func, ("float32(float32[::1], int64, int64)",)))
     return out
 
 
@@ -100,7 +100,7 @@ def test_strided_blas1_past_2_to_the_32():
         blas.copy_cpu(n, Y, 1, X, BIG_INC)
         assert X[[0, BIG_INC, 2 * BIG_INC]].tolist() == [10.5, 21.0, 31.5]
         assert X[1] == 0 and X[BIG_INC - 1] == 0 and X[BIG_INC + 1] == 0   # nothing else
-        assert utils._sum_array(X, 2 * BIG_INC - 1, 2) == np.float32(31.5)  # start > 2**32
+        assert utils.sum_array_at(X, 2 * BIG_INC - 1, 2) == np.float32(31.5)  # start > 2**32
     finally:
         del X
         mm.close()

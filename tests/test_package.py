@@ -103,10 +103,11 @@ def test_a_missing_extra_is_one_line_naming_the_pip_install(monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "needs_torch", cmd)
     monkeypatch.setitem(sys.modules, "torch", None)          # import torch fails
     monkeypatch.setitem(COMMANDS, "needs-torch", "needs_torch")
+    monkeypatch.chdir(ROOT)                 # from the checkout: its own extras
     assert main(["needs-torch"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["darknet-bn needs-torch: this needs torch, which is not installed: "
-                   "pip install 'darknet_bn[torch]'"]
+                   "pip install '.[torch]'"]
 
 
 def test_check_without_onnx_is_one_line(tmp_path, monkeypatch, capsys):
@@ -114,10 +115,11 @@ def test_check_without_onnx_is_one_line(tmp_path, monkeypatch, capsys):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"\x08\x07")
     monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.chdir(ROOT)
     assert main(["check", str(cfg), str(cfg.with_suffix(".weights")), str(model),
                  "--dialect", "pjreddie"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "darknet_bn[onnx]" in err[0]
+    assert len(err) == 1 and "pip install '.[onnx]'" in err[0]
 
 
 # ---------------------------------------------------------------- the installed wheel
@@ -186,3 +188,17 @@ def test_built_wheel_installs_and_runs_every_command(tmp_path):
                            cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 2, check.stderr
     assert len(check.stderr.strip().splitlines()) == 1 and "Traceback" not in check.stderr
+    # the conventions, installed: a closed pipe is silent; a missing extra's fix names
+    # the installed distribution (pip resolves its extra against the installed copy)
+    piped = subprocess.Popen([exe, "inspect", cfg, weights, "--dialect", "AlexeyAB"],
+                             cwd=outside, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    piped.stdout.close()
+    assert (piped.stderr.read(), piped.wait(timeout=300)) == ("", 0)
+    no_onnx = ("import sys; sys.modules['onnx'] = None; from darknet_bn.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    hint = subprocess.run([str(venv / "bin" / "python"), "-c", no_onnx, "check", cfg, weights,
+                           str(broken), "--dialect", "alexeyab"], cwd=outside, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert hint.returncode == 2 and \
+        hint.stderr.strip().endswith("pip install 'darknet_bn[onnx]'"), hint.stderr

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 
-import bench  # noqa: E402
+from benchmarks import bench  # noqa: E402
 
 
 def test_bench_module_entry(tmp_path, capsys):

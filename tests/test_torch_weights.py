@@ -238,7 +238,7 @@ def test_to_weights_command(tmp_path, capsys):
     torch.save([1, 2], listed)
     cases = [
         ([str(cfg), str(state), str(state)], "refuses to overwrite an input"),
-        ([str(cfg), str(garbage), str(tmp_path / "x.weights")], "not a readable torch"),
+        ([str(cfg), str(garbage), str(tmp_path / "x.weights")], "not a PyTorch file"),
         ([str(cfg), str(listed), str(tmp_path / "x.weights")], "not a state_dict"),
         ([str(CFG_DIR / "pjreddie" / "yolov3-tiny.cfg"), str(state),
           str(tmp_path / "x.weights")], "cannot pair"),

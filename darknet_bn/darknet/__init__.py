@@ -4,17 +4,19 @@ batchnorm read/write for both forks, ``BatchNormLayer`` construction and PyTorch
 - ``parser``: ``read_cfg``, ``parse_cfg`` -> ``Network`` of ``LayerSpec`` (src/parser.c)
 - ``weights``: ``read_weights``, ``write_weights``, ``make_batchnorm_layer_from_record``
 - ``export``: ``batchnorm_state_dict``, ``to_torch_batchnorm``
-- ``fold``: ``fold_batchnorm``, ``fold_weights`` and Darknet's ``fuse_conv_batchnorm``,
-  ``denormalize_convolutional_layer``, ``denormalize_connected_layer``, ``denormalize_net``
+- ``fold``: ``fold_batchnorm``, ``fold_weights``, ``folded_cfg`` and Darknet's
+  ``fuse_conv_batchnorm``, ``denormalize_convolutional_layer``,
+  ``denormalize_connected_layer``, ``denormalize_net``
 - ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference);
   ``check.pairing``: ``pair_model``, the cfg-to-model pairing shared with
   ``darknet_bn.torch.save_darknet_weights``
 """
 from .check import CheckError, CheckReport, LayerCheck, check_model
-from .export import TORCH_EPS, batchnorm_state_dict, export_state_dicts, to_torch_batchnorm
+from .export import batchnorm_state_dict, export_state_dicts, to_torch_batchnorm
 from .fold import (FoldResult, denormalize_connected_layer, denormalize_convolutional_layer,
-                   denormalize_net, fold_batchnorm, fold_weights, fuse_conv_batchnorm)
-from .parser import (PARSER_DIALECTS, CfgError, LayerSpec, Network, UnsupportedCfgError,
+                   denormalize_net, fold_batchnorm, fold_weights, folded_cfg,
+                   fuse_conv_batchnorm)
+from .parser import (CfgError, LayerSpec, Network, UnsupportedCfgError,
                      parse_cfg, read_cfg)
 from .weights import (BatchNormRecord, DarknetWeights, WeightsFormatError, WeightsHeader,
                       make_batchnorm_layer_from_record, make_batchnorm_layers, read_header,
@@ -22,11 +24,11 @@ from .weights import (BatchNormRecord, DarknetWeights, WeightsFormatError, Weigh
 
 __all__ = [
     "parse_cfg", "read_cfg", "Network", "LayerSpec", "CfgError", "UnsupportedCfgError",
-    "PARSER_DIALECTS", "read_weights", "write_weights", "read_header", "DarknetWeights",
+    "read_weights", "write_weights", "read_header", "DarknetWeights",
     "WeightsHeader", "BatchNormRecord", "WeightsFormatError",
     "make_batchnorm_layer_from_record", "make_batchnorm_layers",
-    "batchnorm_state_dict", "to_torch_batchnorm", "export_state_dicts", "TORCH_EPS",
+    "batchnorm_state_dict", "to_torch_batchnorm", "export_state_dicts",
     "fold_batchnorm", "fold_weights", "fuse_conv_batchnorm", "denormalize_convolutional_layer",
-    "denormalize_connected_layer", "denormalize_net", "FoldResult",
+    "denormalize_connected_layer", "denormalize_net", "folded_cfg", "FoldResult",
     "check_model", "CheckReport", "LayerCheck", "CheckError",
 ]

@@ -14,6 +14,8 @@ with ``m, v`` the rolling statistics.  PyTorch's eval-mode ``BatchNorm`` compute
   (``Dialect.normalize_eps_in_sqrt`` is False); the same denominator is obtained
   with ``eps = 0`` and ``running_var = (sqrt(v) + .000001f)**2`` (computed in
   float64 as the C does, then rounded once to float32).
+
+Both are ``Dialect.torch_form``.
 - pjreddie's ``[batchnorm]`` stores no biases: ``bias`` is zero.
 
 "Same formula" is not "same bits": PyTorch's CPU kernel folds the statistics
@@ -28,10 +30,6 @@ import numpy as np
 
 from ..dialects import get_dialect
 from .weights import check_record, check_weights
-
-#: The eps to pass to torch for each fork (pjreddie's is folded into running_var).
-TORCH_EPS = {"alexeyab": 1e-5, "pjreddie": 0.0}
-
 
 def batchnorm_state_dict(record, *, dialect=None):
     """``(state_dict, eps)`` reproducing ``record``'s Darknet inference in PyTorch.
@@ -55,17 +53,14 @@ def _state_dict(routine, record, dialect):
         if arr.shape != (record.channels,):
             raise ValueError(f"{routine}: record.{name} has shape {arr.shape}, expected "
                              f"({record.channels},) (record.channels)")
-    d = get_dialect(record.dialect if dialect is None else dialect, routine)
-    var = record.rolling_variance
-    if not d.normalize_eps_in_sqrt:                     # sqrt(v) + eps, in double
-        eps = np.float64(d.normalize_eps)
-        with np.errstate(invalid="ignore"):             # sqrt(negative) is NaN, as in C
-            var = ((np.sqrt(var.astype(np.float64)) + eps) ** 2).astype(np.float32)
+    dialect = get_dialect(record.dialect if dialect is None else dialect, routine)
+    with np.errstate(invalid="ignore"):                 # sqrt(negative) is NaN, as in C
+        var, eps = dialect.torch_form(record.rolling_variance.astype(np.float64), np.sqrt)
     bias = record.biases if record.biases is not None else np.zeros(record.channels, np.float32)
     state = {"weight": record.scales.copy(), "bias": bias.copy(),
-             "running_mean": record.rolling_mean.copy(), "running_var": np.array(var),
+             "running_mean": record.rolling_mean.copy(), "running_var": var.astype(np.float32),
              "num_batches_tracked": np.array(0, dtype=np.int64)}
-    return state, TORCH_EPS[d.name]
+    return state, eps
 
 
 def to_torch_batchnorm(record, *, dialect=None):

@@ -26,7 +26,15 @@ Origins, one routine each (the C is quoted where it is ported):
 Both then ``save_weights``: a folded layer loses its batchnorm blocks (biases,
 then weights); every other layer is written as read.  ``fold_weights`` writes
 that file.  NaN and Inf propagate as in the C (a negative variance gives NaN).
+
+Darknet folds in memory (``batch_normalize = 0`` on the layer) and leaves the
+cfg as it is, so the folded file no longer matches the original cfg: read with
+it, the file is too short.  ``folded_cfg`` gives the cfg that goes with the
+folded file: the original, byte for byte, with ``batch_normalize=0`` (and, in
+AlexeyAB, ``cbn=0``) on every folded layer; ``fold_weights(...,
+out_cfg_path=...)`` writes it beside the weights.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -34,10 +42,11 @@ import numpy as np
 from numba import prange
 
 from .._jit import BUF, INT, kernel, sig
-from .._validate import check_buffer, check_dim, check_no_overlap
-from ..dialects import FOLDING, get_dialect
+from .._validate import (argument_name, check_buffer, check_dim, check_no_overlap,
+                         routine_prefix)
+from ..dialects import FUSE, PJREDDIE, get_dialect
 from .parser import UnsupportedCfgError, check_path, read_cfg
-from .weights import (_CHUNK, WeightsHeader, atomic_output, check_cfg_arg, network_from,
+from .weights import (WeightsHeader, atomic_output, check_cfg_arg, copy_floats, network_from,
                       open_weights, read_header, read_weights, type_name)
 
 #: The double literals of the folding code (not the float ``.00001f`` of normalize_cpu).
@@ -101,10 +110,6 @@ def _layer_buffers(routine, weights, biases, scales, rolling_mean, rolling_varia
         check_no_overlap(routine, ("rolling_mean", rolling_mean), reads[2])
 
 
-def _folding(routine, dialect):
-    return FOLDING[get_dialect(dialect, routine).name]
-
-
 # --------------------------------------------------------------------------
 # Darknet's routines, in place as in the C
 # --------------------------------------------------------------------------
@@ -117,9 +122,9 @@ def fuse_conv_batchnorm(weights, biases, scales, rolling_mean, rolling_variance,
     only read (Darknet frees them).  Double arithmetic with ``.00001`` in
     double, one rounding to float per stored value (module docstring).
     """
-    r = "fuse_conv_batchnorm"
-    n, filter_size = check_dim(r, "n", n), check_dim(r, "filter_size", filter_size)
-    _layer_buffers(r, weights, biases, scales, rolling_mean, rolling_variance, n, filter_size,
+    routine = "fuse_conv_batchnorm"
+    n, filter_size = check_dim(routine, "n", n), check_dim(routine, "filter_size", filter_size)
+    _layer_buffers(routine, weights, biases, scales, rolling_mean, rolling_variance, n, filter_size,
                    write_bn=False, size_name="filter_size")
     _fuse_conv_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, n,
                          filter_size)
@@ -180,33 +185,34 @@ def fold_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, *, d
     ``TypeError``/``ValueError`` naming the argument (not float32, not flat and
     contiguous, wrong lengths, unknown dialect or layer type) before any work.
     """
-    r = "fold_batchnorm"
-    folding = _folding(r, dialect)
+    routine = "fold_batchnorm"
+    dialect = get_dialect(dialect, routine)
+    folding = dialect.folding
     if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
-        raise ValueError(f"{r}: layer_type must be one of {LAYER_TYPES}, got "
+        raise ValueError(f"{routine}: layer_type must be one of {LAYER_TYPES}, got "
                          f"{type_name(layer_type)}")
     if layer_type == "connected" and not folding.folds_connected:
-        raise ValueError(f"{r}: dialect {folding.name!r} does not fold [connected] layers "
-                         "(fuse_conv_batchnorm folds only [convolutional]; its inference "
+        raise ValueError(f"{routine}: dialect {dialect.name!r} does not fold [connected] layers "
+                         f"({folding.formula} folds only [convolutional]; its inference "
                          "runs normalize_cpu on them): keep their batchnorm, or pass "
-                         "dialect='pjreddie' for denormalize_connected_layer")
+                         f"dialect={PJREDDIE.name!r} for denormalize_connected_layer")
     n = biases.shape[0] if isinstance(biases, np.ndarray) and biases.ndim == 1 else 1
-    check_buffer(r, "biases", biases, n)
+    check_buffer(routine, "biases", biases, n)
     if n < 1:
-        raise ValueError(f"{r}: biases is empty; a layer has at least one filter (n = "
+        raise ValueError(f"{routine}: biases is empty; a layer has at least one filter (n = "
                          "len(biases))")
     count = weights.shape[0] if isinstance(weights, np.ndarray) and weights.ndim == 1 else n
     size = max(count // n, 1)
     if count % n or count < n:
-        raise ValueError(f"{r}: weights has {count} elements, which is not a positive "
+        raise ValueError(f"{routine}: weights has {count} elements, which is not a positive "
                          f"multiple of the n = {n} filters (len(biases)); pass the layer's "
                          "whole flat weights block (n x size*size*c/groups, or n x inputs)")
-    check_buffer(r, "weights", weights, n * size, what=f"n*{size}, filter-major")
+    check_buffer(routine, "weights", weights, n * size, what=f"n*{size}, filter-major")
     for name, arr in (("scales", scales), ("rolling_mean", rolling_mean),
                       ("rolling_variance", rolling_variance)):
-        check_buffer(r, name, arr, n, what=f"one value per filter, n = len(biases) = {n}")
+        check_buffer(routine, name, arr, n, what=f"one value per filter, n = len(biases) = {n}")
     w, b = weights.copy(), biases.copy()
-    if folding.name == "alexeyab":
+    if folding.formula == FUSE:
         _fuse_conv_batchnorm(w, b, scales, rolling_mean, rolling_variance, n, size)
     else:
         eps = DENORMALIZE_CONV_EPS if layer_type == "convolutional" else DENORMALIZE_CONNECTED_EPS
@@ -217,17 +223,17 @@ def fold_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, *, d
 
 def fold_record(record, *, dialect=None):
     """``fold_batchnorm`` of a ``BatchNormRecord`` read with ``layer_weights=True``."""
-    d = record.dialect if dialect is None else dialect
+    dialect = record.dialect if dialect is None else dialect
     if record.weights is None:
         raise ValueError(f"fold_record: layer {record.index} [{record.section}] has no weights "
                          "block; read it with read_weights(..., layer_weights=True)")
     return fold_batchnorm(record.weights, record.biases, record.scales, record.rolling_mean,
-                          record.rolling_variance, dialect=d, layer_type=record.section)
+                          record.rolling_variance, dialect=dialect, layer_type=record.section)
 
 
 def folds(spec, dialect):
     """Whether the fork folds this layer (a ``LayerSpec``) for inference."""
-    folding = FOLDING[get_dialect(dialect, "folds").name]
+    folding = get_dialect(dialect, "folds").folding
     return bool(spec.bn_channels) and (
         spec.section == "convolutional"
         or (spec.section == "connected" and folding.folds_connected))
@@ -238,10 +244,40 @@ def folds(spec, dialect):
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FoldResult:
-    """What ``fold_weights`` wrote: the output path and the cfg indices it folded."""
+    """What ``fold_weights`` wrote: the output path, the cfg indices it folded and the
+    path of the cfg written with it (None when not asked for)."""
     path: str
     folded: tuple
-    dialect: str
+    dialect: object
+    cfg_path: str = None
+
+
+#: The options that give a layer batchnorm, set to 0 on a folded layer.
+_BATCHNORM_OPTIONS = ("batch_normalize", "cbn")
+
+
+def folded_cfg(cfg_path, *, dialect):
+    """The cfg that goes with the file ``fold_weights`` writes for ``cfg_path``: its
+    text, every line as it is except ``batch_normalize=0`` (and ``cbn=0`` where
+    present) on the layers the fork folds (``folds``).  Read with it, the folded
+    file has exactly the size Darknet expects."""
+    routine = "folded_cfg"
+    cfg = check_cfg_arg(routine, cfg_path)
+    net = network_from(cfg, get_dialect(dialect, routine), routine)
+    path = net.path
+    with open(path, "rb") as f:
+        data = f.read()
+    bom = data.startswith(b"\xef\xbb\xbf")
+    lines = data.decode("utf-8-sig").splitlines(keepends=True)     # read_cfg's lines
+    for spec, section in zip(net.layers, read_cfg(path)[1:]):
+        if not folds(spec, net.dialect):
+            continue
+        for key in _BATCHNORM_OPTIONS:
+            if section.has(key):
+                line = lines[section.options[key][1] - 1]
+                ending = line[len(line.rstrip("\r\n")):]
+                lines[section.options[key][1] - 1] = f"{key}=0{ending}"
+    return ("\ufeff" if bom else "") + "".join(lines)
 
 
 def _same_file(a, b):
@@ -249,6 +285,16 @@ def _same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_overwrite(routine, name, target, others):
+    """``ValueError`` if output ``name`` is one of ``others`` (name -> path)."""
+    for other, path in others.items():
+        if _same_file(target, path):
+            raise ValueError(f"{routine_prefix(routine)}{argument_name(name)} "
+                             f"{os.fspath(target)!r} is the {argument_name(other)} file; "
+                             "fold refuses to overwrite its input: pass another "
+                             f"{argument_name(name)}")
 
 
 def _check_foldable(net, routine):
@@ -260,7 +306,8 @@ def _check_foldable(net, routine):
                             "weights when loading and writes them transposed", "flipped",
                             UnsupportedCfgError)
         norm = sec.find_str("weights_normalization", "none")
-        if (net.dialect == "alexeyab" and spec.section == "shortcut" and spec.nweights
+        if (net.dialect.folding.formula == FUSE and spec.section == "shortcut"
+                and spec.nweights
                 and norm in ("relu", "softmax")):
             raise sec.error(f"weights_normalization={norm} is not supported by fold: "
                             "fuse_conv_batchnorm also normalizes these [shortcut] weights "
@@ -268,7 +315,7 @@ def _check_foldable(net, routine):
                             "weights_normalization", UnsupportedCfgError)
 
 
-def fold_weights(cfg_path, weights_path, out_path, *, dialect):
+def fold_weights(cfg_path, weights_path, out_path, *, dialect, out_cfg_path=None):
     """Write the ``.weights`` file Darknet writes after folding; a ``FoldResult``.
 
     - ``dialect="alexeyab"``: ``load_network_custom`` (``fuse_conv_batchnorm``)
@@ -281,58 +328,64 @@ def fold_weights(cfg_path, weights_path, out_path, *, dialect):
     blocks; every other layer's floats are copied as read.  The header is the
     fork's ``save_weights`` header (version 0.2, revision 0 for pjreddie, 5 for
     AlexeyAB) with the input's ``seen``.  The file is byte-identical to
-    Darknet's.  Refuses to overwrite its input (``ValueError``); the output is
-    written to a temporary file and renamed.  Raises what ``read_weights``
+    Darknet's.  Darknet reads it only with a cfg that has ``batch_normalize=0`` on
+    the folded layers: ``out_cfg_path`` writes that cfg too (``folded_cfg``).
+    Refuses to overwrite its inputs (``ValueError``); the outputs are written to
+    temporary files and renamed.  Raises what ``read_weights``
     raises for the inputs, ``UnsupportedCfgError`` for options whose folding is
     not reproduced (``flipped``, AlexeyAB ``[shortcut] weights_normalization``),
     ``TypeError``/``ValueError`` naming a wrong-typed argument, before any work.
     """
-    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect)
+    return _fold_weights("fold_weights", cfg_path, weights_path, out_path, dialect,
+                         out_cfg_path)
 
 
-def _fold_weights(r, cfg_path, weights_path, out_path, dialect):
+def _fold_weights(r, cfg_path, weights_path, out_path, dialect, out_cfg_path=None):
     cfg = check_cfg_arg(r, cfg_path)
     src_path = check_path(r, "weights_path", weights_path, "yolov4.weights")
     out = check_path(r, "out_path", out_path, "yolov4-folded.weights")
-    folding = _folding(r, dialect)
-    for name, path in (("weights_path", src_path), ("cfg_path", getattr(cfg, "path", cfg))):
-        if os.path.exists(out) and _same_file(out, path):
-            raise ValueError(f"{r}: out_path {os.fspath(out)!r} is the input {name}; "
-                             "fold refuses to overwrite its input: pass another out_path")
-    net = network_from(cfg, folding.name, r)
+    out_cfg = None if out_cfg_path is None else check_path(r, "out_cfg_path", out_cfg_path,
+                                                           "yolov4-folded.cfg")
+    dialect = get_dialect(dialect, r)
+    inputs = {"weights_path": src_path, "cfg_path": getattr(cfg, "path", cfg)}
+    _refuse_overwrite(r, "out_path", out, inputs)
+    if out_cfg is not None:
+        _refuse_overwrite(r, "out_cfg_path", out_cfg, {**inputs, "out_path": out})
+    net = network_from(cfg, dialect, r)
     _check_foldable(net, r)
-    w = read_weights(net, src_path, dialect=folding.name, layer_weights=True)
+    cfg_text = None if out_cfg_path is None else folded_cfg(net, dialect=dialect)
+    w = read_weights(net, src_path, dialect=dialect, layer_weights=True)
     records = {rec.index: rec for rec in w.layers}
-    header = WeightsHeader(0, 2, folding.save_weights_revision, w.header.seen)
+    header = WeightsHeader(0, 2, dialect.folding.save_weights_revision, w.header.seen)
     folded = []
     f, _ = open_weights(src_path, ".weights file")
-    with f, atomic_output(r, out) as dst:
+    with contextlib.ExitStack() as stack:
+        if cfg_text is not None:         # renamed after the weights; on failure, neither
+            stack.enter_context(atomic_output(r, out_cfg)).write(cfg_text.encode("utf-8"))
+        dst = stack.enter_context(atomic_output(r, out))
+        stack.enter_context(f)
         in_header = read_header(src_path, f)
         dst.write(header.to_bytes())
         for spec in net.layers:
             if not spec.blocks:
                 continue
-            if folds(spec, folding.name):
-                wts, b = fold_record(records[spec.index], dialect=folding.name)
+            if folds(spec, dialect):
+                wts, b = fold_record(records[spec.index], dialect=dialect)
                 dst.write(b.astype("<f4", copy=False).tobytes())      # save_*_weights:
                 dst.write(wts.astype("<f4", copy=False).tobytes())    # biases, weights
                 folded.append(spec.index)
                 continue
             f.seek(in_header.nbytes + 4 * spec.offsets[spec.blocks[0][0]])
-            count = spec.float_count
-            while count:
-                n = min(count, _CHUNK)
-                dst.write(f.read(4 * n))
-                count -= n
-    return FoldResult(out, tuple(folded), folding.name)
+            copy_floats(f, dst, spec.float_count)
+    return FoldResult(out, tuple(folded), dialect, out_cfg)
 
 
 def denormalize_net(cfg_path, weights_path, out_path):
     """pjreddie's ``denormalize_net`` (``darknet denormalize``): ``fold_weights`` with
     ``dialect="pjreddie"``."""
-    return _fold_weights("denormalize_net", cfg_path, weights_path, out_path, "pjreddie")
+    return _fold_weights("denormalize_net", cfg_path, weights_path, out_path, PJREDDIE)
 
 
 __all__ = ["fold_batchnorm", "fold_record", "fold_weights", "fuse_conv_batchnorm",
            "denormalize_convolutional_layer", "denormalize_connected_layer",
-           "denormalize_net", "folds", "FoldResult"]
+           "denormalize_net", "folds", "folded_cfg", "FoldResult"]

@@ -10,8 +10,8 @@ leaves ``c = h = w = 0``, ``[softmax]`` leaves ``out_* = 0``, a pjreddie
 ``[shortcut]`` stores the *from* layer's shape in ``c, h, w``.  They are checked
 against Darknet's own parse of every cfg in ``data/golden/cfg``.
 
-Parser-level differences between the forks live in ``PARSER_DIALECTS`` (one
-table; the arithmetic differences are in ``darknet_bn.dialects``):
+Parser-level differences between the forks are each fork's ``Dialect.cfg``
+(``darknet_bn.dialects.CfgRules``, beside the fork's arithmetic):
 
 =============================  ===============================  =================================
                                pjreddie                         alexeyab
@@ -36,67 +36,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from ..dialects import get_dialect
-
-#: Blocks a batch-normalized stage stores, by Darknet buffer name.
-BN_BLOCKS = ("biases", "scales", "rolling_mean", "rolling_variance")
+from .._validate import setting_text
+from ..dialects import BN_BLOCKS, get_dialect, others
+from .kinds import file_kind
 
 #: Section name aliases shared by both forks (``string_to_layer_type``).
 _ALIASES = {"conv": "convolutional", "conn": "connected", "max": "maxpool",
             "avg": "avgpool", "soft": "softmax", "lrn": "normalization",
             "network": "net", "deconv": "deconvolutional"}
-
-_COMMON_SECTIONS = frozenset({
-    "convolutional", "batchnorm", "maxpool", "avgpool", "route", "shortcut", "upsample",
-    "connected", "dropout", "softmax", "yolo", "region", "detection", "reorg", "cost",
-    "local", "activation"})
-
-#: Sections each fork knows but this parser does not model: (reason shown).
-_UNSUPPORTED_COMMON = {
-    "rnn": "a recurrent layer (its weights are several connected layers)",
-    "gru": "a recurrent layer (its weights are several connected layers)",
-    "lstm": "a recurrent layer (its weights are several connected layers)",
-    "crnn": "a recurrent layer (its weights are several convolutional layers)",
-    "crop": "a crop layer", "normalization": "a local response normalization layer",
-}
-
-
-@dataclass(frozen=True)
-class ParserDialect:
-    """Parser-level differences between the forks (see the module table)."""
-    name: str
-    sections: frozenset            #: supported section names in this fork
-    unsupported: dict              #: sections the fork knows that are not modelled here
-    batchnorm_blocks: tuple        #: what load_batchnorm_weights reads, in order
-    route_groups: bool             #: [route] groups/group_id; route sets w, h, c, groups
-    shortcut_multi: bool           #: [shortcut] from=a,b,...; weights_type; l.c = input c
-    stride_xy: bool                #: conv/maxpool stride_x, stride_y (and maxpool_depth)
-    n_for_bn_and_connected: bool   #: make_batchnorm/connected_layer set l.n (and size=1...)
-    groups_clamp: bool             #: make_convolutional_layer: groups < 1 -> 1, xnor -> 1
-
-
-PARSER_DIALECTS = {
-    "pjreddie": ParserDialect(
-        name="pjreddie", sections=_COMMON_SECTIONS,
-        unsupported={**_UNSUPPORTED_COMMON,
-                     "deconvolutional": "a deconvolutional layer",
-                     "logistic": "a logistic loss layer", "l2norm": "an l2norm layer",
-                     "iseg": "an instance segmentation layer"},
-        batchnorm_blocks=BN_BLOCKS[1:], route_groups=False, shortcut_multi=False,
-        stride_xy=False, n_for_bn_and_connected=False,
-        groups_clamp=False),
-    "alexeyab": ParserDialect(
-        name="alexeyab",
-        sections=_COMMON_SECTIONS | {"local_avgpool", "reorg3d", "empty"},
-        unsupported={**_UNSUPPORTED_COMMON,
-                     "conv_lstm": "a recurrent layer (several convolutional layers)",
-                     "history": "a history layer", "scale_channels": "a scale_channels layer",
-                     "sam": "a sam layer", "Gaussian_yolo": "a Gaussian_yolo layer",
-                     "implicit": "an implicit layer", "contrastive": "a contrastive layer"},
-        batchnorm_blocks=BN_BLOCKS, route_groups=True, shortcut_multi=True,
-        stride_xy=True, n_for_bn_and_connected=True,
-        groups_clamp=True),
-}
 
 #: Darknet reads integer options with ``atoi`` into a C ``int`` and computes shapes
 #: and block sizes (``outputs = out_h*out_w*out_c``, ``nweights``...) in ``int``.
@@ -242,7 +189,9 @@ def read_cfg(path):
         with open(path, "r", encoding="utf-8-sig", errors="strict") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise CfgError(path, 0, f"not a text file ({e}); pass a Darknet .cfg") from None
+        kind = file_kind(path)
+        what = f"this is {kind}" if kind is not None else f"not a text file ({e})"
+        raise CfgError(path, 0, f"{what}; pass a Darknet .cfg") from None
     except OSError as e:
         raise reword_os_error(e, "cannot open the .cfg file", path) from None
     sections = []
@@ -340,9 +289,10 @@ class LayerSpec:
 
 @dataclass
 class Network:
-    """A parsed cfg: the ``[net]`` input, the layers, and the weights size."""
+    """A parsed cfg: the ``[net]`` input, the layers, and the weights size; ``dialect``
+    is the ``Dialect`` whose parser read it."""
     path: str
-    dialect: str
+    dialect: object
     batch: int
     h: int
     w: int
@@ -398,7 +348,8 @@ def _refuse(sec, keys, reason):
     for key in keys:
         if sec.has(key):
             raise sec.error(f"option {key}= is {reason}; parse with "
-                            f"dialect='alexeyab' if this cfg is for AlexeyAB/darknet", key,
+                            f"{setting_text('dialect', 'alexeyab')} if this cfg is for "
+                            "AlexeyAB/darknet", key,
                             UnsupportedCfgError)
 
 
@@ -449,7 +400,7 @@ def parse_convolutional(sec, p, layers, fd):
     elif groups < 1:
         raise sec.error(f"groups={groups} must be >= 1 (pjreddie divides by it)", "groups")
     bn = sec.find_int("batch_normalize", 0)
-    if fd.name == "alexeyab" and sec.find_int("cbn", 0):
+    if fd.conv_cbn and sec.find_int("cbn", 0):
         bn = 2
     _need_image(sec, p, "convolutional")
     s = LayerSpec("convolutional", p.index, sec.line, c=p.c, h=p.h, w=p.w, filters=n,
@@ -610,7 +561,7 @@ def parse_shortcut(sec, p, layers, fd):
     raw = sec.find_int_list("from")
     if len(raw) > 1 and not fd.shortcut_multi:
         raise sec.error("from= with several layers is AlexeyAB-only; parse with "
-                        "dialect='alexeyab'", "from", UnsupportedCfgError)
+                        f"{setting_text('dialect', 'alexeyab')}", "from", UnsupportedCfgError)
     idx = [_resolve_index(sec, "from", i, p.index) for i in raw]
     s = LayerSpec("shortcut", p.index, sec.line, out_c=p.c, out_h=p.h, out_w=p.w,
                   inputs=p.w * p.h * p.c, outputs=p.w * p.h * p.c, input_layers=tuple(idx))
@@ -653,7 +604,7 @@ def parse_upsample(sec, p, layers, fd):
 def parse_dropout(sec, p, layers, fd):
     """``parse_dropout`` + ``make_dropout_layer``: ``out_*`` = input; ``c,h,w`` set only
     by AlexeyAB's dropblock."""
-    s = _same_shape(sec, p, "dropout", set_input=fd.name == "alexeyab"
+    s = _same_shape(sec, p, "dropout", set_input=fd.dropblock_sets_input
                     and bool(sec.find_int("dropblock", 0)))
     return s
 
@@ -740,7 +691,7 @@ def parse_reorg(sec, p, layers, fd):
         s.out_w, s.out_h, s.out_c = p.w // stride, p.h // stride, p.c * stride * stride
     _check_out(sec, s, "check stride and reverse")
     s.outputs = s.out_h * s.out_w * s.out_c
-    extra = sec.find_int("extra", 0, minimum=0) if fd.name == "pjreddie" else 0
+    extra = sec.find_int("extra", 0, minimum=0) if fd.reorg_extra else 0
     if extra:
         s.out_w = s.out_h = 0
         s.out_c = s.outputs = p.c * p.h * p.w + extra
@@ -793,10 +744,6 @@ def _check_c_ints(sec, spec):
                             "filters=, size= or input dimensions")
 
 
-def get_parser_dialect(dialect):
-    return PARSER_DIALECTS[get_dialect(dialect, "parse_cfg").name]
-
-
 def _parse_net(sec):
     """``parse_net_options``: the input size and the mini-batch (``batch/subdivisions``)."""
     batch = sec.find_int("batch", 1, minimum=1)
@@ -817,8 +764,8 @@ def _parse_net(sec):
 def parse_cfg(path, *, dialect="pjreddie"):
     """``parse_network_cfg`` (parser.c): the ``Network`` with one ``LayerSpec`` per section.
 
-    ``dialect``: ``"pjreddie"`` or ``"alexeyab"`` (the fork that will read the
-    file; see ``PARSER_DIALECTS``).  Raises ``CfgError`` naming the file and
+    ``dialect``: a name in ``DIALECTS`` or a ``Dialect`` (the fork that will read
+    the file; see ``Dialect.cfg``).  Raises ``CfgError`` naming the file and
     line for an unknown section, an option that is not an integer (or not a C
     ``int``) where Darknet needs one, a shape or block size that overflows a C
     ``int``, impossible shapes, or an option that changes the weights layout
@@ -827,7 +774,8 @@ def parse_cfg(path, *, dialect="pjreddie"):
     ``OSError`` (see ``read_cfg``) if the file cannot be opened.
     """
     path = check_path("parse_cfg", "path", path, "yolov4.cfg")
-    fd = get_parser_dialect(dialect)
+    dialect = get_dialect(dialect, "parse_cfg")
+    fd = dialect.cfg
     sections = read_cfg(path)
     net = sections[0]
     if net.type != "net":
@@ -845,13 +793,12 @@ def parse_cfg(path, *, dialect="pjreddie"):
                 raise UnsupportedCfgError(
                     path, sec.line, f"[{sec.type}] is {fd.unsupported[sec.type]}, which "
                     "darknet_bn's cfg parser does not model")
-            other = [n for n, d in PARSER_DIALECTS.items() if n != fd.name
-                     and sec.type in d.sections | set(d.unsupported)]
-            hint = (f"it exists only in {other[0]}'s Darknet: pass dialect={other[0]!r}"
-                    if other else "check the spelling (Darknet would report "
-                    "'Type not recognized')")
+            other = [d.name for d in others(dialect) if d.cfg.knows(sec.type)]
+            hint = (f"it exists only in {' and '.join(other)}'s Darknet: pass "
+                    f"{setting_text('dialect', other[0])}" if other else
+                    "check the spelling (Darknet would report 'Type not recognized')")
             raise CfgError(path, sec.line, f"unknown section [{sec.type}] for dialect "
-                           f"{fd.name!r}; {hint}")
+                           f"{dialect.name!r}; {hint}")
         for key, why in _REFUSED_OPTIONS.items():
             if sec.find_int(key, 0):
                 raise sec.error(f"{key}=1 is not supported: {why}; remove it", key,
@@ -865,5 +812,5 @@ def parse_cfg(path, *, dialect="pjreddie"):
         params = _Params(batch, spec.outputs, spec.out_h, spec.out_w, spec.out_c, index + 1)
     if not layers:
         raise CfgError(path, net.line, "the cfg has no layers after [net]")
-    return Network(path=path, dialect=fd.name, batch=batch, h=h, w=w, c=c, inputs=inputs,
+    return Network(path=path, dialect=dialect, batch=batch, h=h, w=w, c=c, inputs=inputs,
                    layers=layers, float_count=offset)

@@ -29,18 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import check_dim, short_repr
+from .._validate import check_dim, routine_prefix, setting_text, short_repr
 from ..batchnorm_layer import PATHS, BatchNormLayer
-from ..dialects import get_dialect
-from .parser import (BN_BLOCKS, INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
+from ..dialects import BN_BLOCKS, PJREDDIE, Dialect, get_dialect, others
+from .kinds import MAJOR_VERSION, MAX_MINOR_VERSION, WEIGHTS, file_kind
+from .parser import (INT_MAX, INT_MIN, LayerSpec, Network, check_path, header_bytes,
                      parse_cfg, reword_os_error)
 
-#: Header versions this reader accepts: Darknet's ``MAJOR_VERSION.MINOR_VERSION``
-#: is 0.2 in both forks (files written before 0.2 store ``seen`` as 32 bits).
-MAJOR_VERSION, MAX_MINOR_VERSION = 0, 2
-
 _F32 = np.dtype("<f4")
-_CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
+CHUNK = 1 << 22                                       # floats per copy chunk (16 MB)
 
 
 class WeightsFormatError(ValueError):
@@ -105,7 +102,8 @@ class BatchNormRecord:
 
     ``biases`` is None for a pjreddie ``[batchnorm]`` section, which does not
     store them (Darknet's layer then adds zero biases).  ``spec`` is the layer's
-    ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read.
+    ``LayerSpec`` (shapes, offsets); ``dialect`` the fork whose layout was read (a
+    ``Dialect``; a name is accepted where a record is passed in).
 
     ``weights`` is the layer's own weights block for a ``[convolutional]`` or
     ``[connected]`` layer, flat and filter-major as stored (``filters x
@@ -121,7 +119,7 @@ class BatchNormRecord:
     scales: np.ndarray
     rolling_mean: np.ndarray
     rolling_variance: np.ndarray
-    dialect: str = "pjreddie"
+    dialect: object = PJREDDIE
     spec: object = field(default=None, repr=False)
     weights: object = field(default=None, repr=False)
 
@@ -135,7 +133,7 @@ class BatchNormRecord:
 class DarknetWeights:
     """``read_weights``' result: the header and one ``BatchNormRecord`` per BN layer."""
     path: str
-    dialect: str
+    dialect: object
     header: WeightsHeader
     network: Network
     layers: list
@@ -182,9 +180,10 @@ def check_record(routine, record, name="record"):
     if not isinstance(record.section, str):
         raise TypeError(f"{routine}: {name}.section must be the cfg section name (a str), "
                         f"got {type_name(record.section)}")
-    if not isinstance(record.dialect, str):
-        raise TypeError(f"{routine}: {name}.dialect must be a dialect name (a str), got "
-                        f"{type_name(record.dialect)}")
+    if not isinstance(record.dialect, (str, Dialect)):
+        raise TypeError(f"{routine}: {name}.dialect must be a Dialect or a dialect name (a "
+                        f"str), got {type_name(record.dialect)}")
+    get_dialect(record.dialect, routine)
     if record.spec is not None and not isinstance(record.spec, LayerSpec):
         raise TypeError(f"{routine}: {name}.spec must be the layer's LayerSpec (from "
                         f"parse_cfg) or None, got {type_name(record.spec)}")
@@ -244,12 +243,12 @@ def check_cfg_arg(routine, cfg, name="cfg_path"):
 # --------------------------------------------------------------------------
 def network_from(cfg, dialect, routine):
     if isinstance(cfg, Network):
-        if dialect is not None and cfg.dialect != get_dialect(dialect, routine).name:
-            raise ValueError(f"{routine}: the Network was parsed with dialect {cfg.dialect!r} "
-                             f"but dialect={dialect!r} was passed; parse it again with that "
-                             "dialect")
+        if dialect is not None and cfg.dialect is not get_dialect(dialect, routine):
+            raise ValueError(f"{routine}: the Network was parsed with dialect "
+                             f"{cfg.dialect.name!r} but dialect={str(dialect)!r} was passed; "
+                             "parse it again with that dialect")
         return cfg
-    return parse_cfg(cfg, dialect=dialect or "pjreddie")
+    return parse_cfg(cfg, dialect=PJREDDIE if dialect is None else dialect)
 
 
 def open_weights(path, what):
@@ -281,6 +280,10 @@ def read_header(path, f):
                                  "the 12-byte version header; not a Darknet .weights file")
     major, minor, revision = (int(v) for v in np.frombuffer(raw, "<i4"))
     if major != MAJOR_VERSION or not 0 <= minor <= MAX_MINOR_VERSION:
+        kind = file_kind(path)
+        if kind is not None and kind != WEIGHTS:
+            raise WeightsFormatError(path, None, f"this is {kind}, not a Darknet .weights "
+                                     "file (the header does not start with version 0.x)")
         raise WeightsFormatError(
             path, 0, f"header says version {major}.{minor}.{revision}; this reader knows "
             f"Darknet weights versions 0.0 to 0.{MAX_MINOR_VERSION} (both forks write 0.2). "
@@ -319,21 +322,21 @@ def check_size(path, net, header, size):
         msg = (f"oversized: {size} bytes but the cfg implies {expected} ({header.nbytes}-byte "
                f"header + {net.float_count} floats); {size - expected} extra bytes after the "
                "last layer")
-    other = _other_dialect_size(net, header)
-    if other and other[1] == size:
-        msg += f". The size matches dialect={other[0]!r}: pass that dialect"
+    matches = [d.name for d in others(net.dialect) if _dialect_size(net, header, d) == size]
+    if matches:
+        msg += f". The size matches {setting_text('dialect', matches[0])}: pass that dialect"
     else:
         msg += ". Check that the .weights belongs to this .cfg (same filters, classes, order)"
     raise WeightsFormatError(path, min(size, expected), msg)
 
 
-def _other_dialect_size(net, header):
-    other = "alexeyab" if net.dialect == "pjreddie" else "pjreddie"
+def _dialect_size(net, header, dialect):
+    """The size of the file for ``net``'s cfg read with ``dialect``, or None."""
     try:
-        alt = parse_cfg(net.path, dialect=other)
+        alt = parse_cfg(net.path, dialect=dialect)
     except (ValueError, OSError):
         return None
-    return other, header.nbytes + 4 * alt.float_count
+    return header.nbytes + 4 * alt.float_count
 
 
 def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
@@ -411,7 +414,7 @@ def _check_records(path, net, records):
             stored = name in spec.bn_blocks or (name == "weights" and name in counts)
             if not stored:
                 if arr is not None:
-                    raise ValueError(f"{where}: dialect {net.dialect!r} stores no {name} for "
+                    raise ValueError(f"{where}: dialect {net.dialect.name!r} stores no {name} for "
                                      f"this layer; set record.{name} = None (the value would "
                                      "be lost)")
                 continue
@@ -426,9 +429,11 @@ def _check_records(path, net, records):
     return by_index
 
 
-def _copy_floats(src, dst, count):
+def copy_floats(src, dst, count):
+    """Copy ``count`` floats from file ``src`` to ``dst`` in chunks (WeightsFormatError if
+    ``src`` ends early)."""
     while count:
-        n = min(count, _CHUNK)
+        n = min(count, CHUNK)
         raw = src.read(4 * n)
         if len(raw) != 4 * n:
             raise WeightsFormatError(getattr(src, "name", "base"), src.tell(),
@@ -437,23 +442,54 @@ def _copy_floats(src, dst, count):
         count -= n
 
 
+def normal_file_mode(path):
+    """The permission bits ``open(path, "w")`` would leave: those of the regular file
+    already at ``path``, else ``0o666`` less the process umask."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
+
+
+def _umask():
+    """The process umask, read without changing it where Linux reports it (setting it
+    back and forth would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(routine, out):
     """A binary file to write ``out`` through: a temporary file in the same
     directory, renamed to ``out`` when the block ends without an exception and
-    removed otherwise, so a failure never leaves a partial file.  ``OSError``
-    naming ``out`` (a directory given as output, a missing directory...)."""
+    removed otherwise, so a failure never leaves a partial file.  The file gets the
+    mode ``open(out, "w")`` would give it (``normal_file_mode``), not the
+    temporary file's 0600.  ``OSError`` naming ``out`` (a directory given as
+    output, a missing directory...)."""
     directory = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
-        raise IsADirectoryError(errno.EISDIR, f"{routine}: the output path is a "
-                                "directory; pass a file name", out)
+        raise IsADirectoryError(errno.EISDIR, f"{routine_prefix(routine)}the output path is "
+                                "a directory; pass a file name", out)
+    mode = normal_file_mode(out)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".darknet-weights-", dir=directory)
     except OSError as e:           # the message would name the temporary file, not `out`
-        raise reword_os_error(e, f"{routine}: cannot create the output file in "
-                                 f"{directory!r}", out) from None
+        raise reword_os_error(e, f"{routine_prefix(routine)}cannot create the output file "
+                                 f"in {directory!r}", out) from None
     try:
         with os.fdopen(fd, "wb") as dst:
+            os.fchmod(dst.fileno(), mode)
             yield dst
         os.replace(tmp, out)
     except BaseException:
@@ -527,9 +563,9 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                              "else")
     if dialect is None:
         dialect = weights.dialect
-        if not isinstance(dialect, str):
-            raise TypeError(f"write_weights: weights.dialect must be a dialect name (a str), "
-                            f"got {type_name(dialect)}; pass dialect= explicitly")
+        if not isinstance(dialect, (str, Dialect)):
+            raise TypeError(f"write_weights: weights.dialect must be a Dialect or a dialect "
+                            f"name (a str), got {type_name(dialect)}; pass dialect= explicitly")
     net = network_from(cfg, dialect, routine)
     by_index = _check_records(out, net, weights.layers)
     src = None
@@ -541,7 +577,7 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
             check_size(base, net, base_header, base_size)
         with atomic_output(routine, out) as dst:
             dst.write(header.to_bytes())
-            filler = None if fill is None else np.full(_CHUNK, fill, dtype=_F32).tobytes()
+            filler = None if fill is None else np.full(CHUNK, fill, dtype=_F32).tobytes()
             for spec in net.layers:
                 rec = by_index.get(spec.index)
                 for name, count in spec.blocks:
@@ -551,10 +587,10 @@ def write_weights(cfg_path, weights_path, weights, *, dialect=None, base=None, f
                         if src is not None:
                             src.seek(4 * count, os.SEEK_CUR)
                     elif src is not None:
-                        _copy_floats(src, dst, count)
+                        copy_floats(src, dst, count)
                     else:
                         while count:
-                            n = min(count, _CHUNK)
+                            n = min(count, CHUNK)
                             dst.write(filler[:4 * n])
                             count -= n
     finally:

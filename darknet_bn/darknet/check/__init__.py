@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..._validate import argument_name, error_text, routine_prefix, setting_text
 from ...dialects import get_dialect
 from ..parser import check_path
 from ..weights import check_cfg_arg, network_from, read_weights, type_name
@@ -95,7 +96,7 @@ def read_converted(converted, eps=None, routine="check_model"):
     except Exception as e:                 # a malformed graph or tensor deep in a reader
         where = converted if isinstance(converted, (str, bytes)) else type(converted).__name__
         raise CheckError(f"{where}: cannot read the model ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                         f"{error_text(e)})") from None
 
 
 def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
@@ -117,26 +118,27 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     ``read_weights`` raises for the Darknet files; ``TypeError``/``ValueError``
     naming a wrong-typed argument, before any file is read.
     """
-    r = "check_model"
-    fork = get_dialect(dialect, r).name
-    cfg = check_cfg_arg(r, cfg, "cfg")
-    wpath = check_path(r, "weights", weights, "yolov4.weights")
-    eps = _check_eps(r, eps)
+    routine = "check_model"
+    fork = get_dialect(dialect, routine)
+    cfg = check_cfg_arg(routine, cfg, "cfg")
+    wpath = check_path(routine, "weights", weights, "yolov4.weights")
+    eps = _check_eps(routine, eps)
     if not isinstance(strict, bool):
-        raise TypeError(f"{r}: strict must be True or False, got {type_name(strict)}")
+        raise TypeError(f"{routine}: strict must be True or False, got {type_name(strict)}")
     if converted is None or isinstance(converted, (int, float, list, tuple)):
-        raise TypeError(f"{r}: converted must be an .onnx or .pt/.pth path, a "
+        raise TypeError(f"{routine}: converted must be an .onnx or .pt/.pth path, a "
                         f"torch.nn.Module, a state_dict or an onnx.ModelProto, got "
                         f"{type_name(converted)}")
-    net = network_from(cfg, fork, r)
+    net = network_from(cfg, fork, routine)
     darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
-    model = read_converted(converted, eps, r)
+    model = read_converted(converted, eps, routine)
     if model.stores_eps and eps is not None:
-        raise ValueError(f"{r}: eps={eps} given, but {model.source} stores its own eps per "
-                         "batchnorm; pass eps only for a state_dict")
+        raise ValueError(f"{routine_prefix(routine)}{setting_text('eps', eps)} given, but "
+                         f"{model.source} stores its own eps per batchnorm; pass "
+                         f"{argument_name('eps')} only for a state_dict")
     if not model.stores_eps and eps is None and any(u.kind == "bn" for u in model.units):
         raise CheckError(f"{model.source}: a state_dict stores no eps; pass the eps its model "
-                         "is built with (eps=..., --eps; PyTorch's default is 1e-5)")
+                         f"is built with ({setting_text('eps', 1e-5)} for PyTorch's default)")
     records = {rec.index: rec for rec in darknet.layers}
     pairing = pair_model(net, model, strict=strict,
                          choose=None if strict else _chooser(records, fork))
@@ -152,7 +154,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     rows.sort(key=lambda row: row.index)
     extra = [ExtraUnit(u.name, u.kind, u.channels, reaches) for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
-    return CheckReport(ok, fork, model.source, TOLERANCE, rows, extra)
+    return CheckReport(ok, fork.name, model.source, TOLERANCE, rows, extra)
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -2,7 +2,7 @@
 
 **Reference** (what the fork computes at inference, bit for bit): the folded
 conv (``fuse_conv_batchnorm``) where the fork's inference folds
-(``dialects.FOLDING``), else ``normalize_cpu`` then ``scale_bias``/``add_bias``.
+(``Dialect.folding``), else ``normalize_cpu`` then ``scale_bias``/``add_bias``.
 
 **Probes.** For every output channel the probe input is one pixel of value
 ``t`` at the position of the filter's largest weight ``w``, zeros elsewhere: a
@@ -41,7 +41,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ...dialects import DIALECTS, FOLDING
+from ..._validate import setting_text
+from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
 from .units import UNIT_ROUNDOFF
@@ -66,27 +67,9 @@ def tolerance(precision):
     return ROUNDOFFS * UNIT_ROUNDOFF[precision]
 
 
-class EpsForm(NamedTuple):
-    """Where a denominator adds its eps: ``inside`` sqrt(var + eps) or outside."""
-    inside: bool
-    eps: float
-
-    def text(self):
-        return (f"sqrt(var + {self.eps:.3g})" if self.inside
-                else f"(sqrt(var) + {self.eps:.3g})")
-
-    def denominator(self, var):
-        with np.errstate(invalid="ignore"):
-            return np.sqrt(var + self.eps) if self.inside else np.sqrt(var) + self.eps
-
-    def same(self, other):
-        return self.inside == other.inside and math.isclose(self.eps, other.eps,
-                                                            rel_tol=1e-6, abs_tol=0.0)
-
-
-#: The fork's normalize_cpu denominator (x - mean) / D(var), in double.
-EXACT_FORM = {name: EpsForm(d.normalize_eps_in_sqrt, float(d.normalize_eps))
-              for name, d in DIALECTS.items()}
+#: The eps of the forks whose statistics PyTorch holds as a remapped variance
+#: ``(sqrt(var) + eps)**2`` (``Dialect.torch_form``): what "eps counted twice" looks for.
+REMAP_EPS = tuple(float(d.normalize_eps) for d in BY_CODE if not d.normalize_eps_in_sqrt)
 
 
 class BatchNormParams(NamedTuple):
@@ -144,15 +127,14 @@ def make_probe(record):
 
 
 def describe_reference(section, dialect):
-    if section == "convolutional" and FOLDING[dialect].inference_folds_conv:
-        return "folded conv (fuse_conv_batchnorm)"
-    form = EXACT_FORM[dialect]
-    return f"normalize_cpu (x-mean)/{form.text()}"
+    if section == "convolutional" and dialect.folding.inference_folds_conv:
+        return f"folded conv ({dialect.folding.formula})"
+    return f"normalize_cpu (x-mean)/{dialect.normalize_form.text()}"
 
 
 def reference_output(record, probe, dialect):
     """Darknet's float32 output for the probes, bit for bit."""
-    if record.section == "convolutional" and FOLDING[dialect].inference_folds_conv:
+    if record.section == "convolutional" and dialect.folding.inference_folds_conv:
         # the fold of the probe weights alone: each weight is folded on its own
         # (weights[f*size + i] *= precomputed[f]), so these are the folded file's bits
         folded_w, biases = fold_batchnorm(np.ascontiguousarray(probe.w), record.biases,
@@ -232,7 +214,7 @@ def error_scale(record, probe, dialect):
     """``|a*z| + |a*mean| + |b|`` per probe (the error's denominator)."""
     p = record_params(record)
     with np.errstate(all="ignore"):
-        a = p.scale / EXACT_FORM[dialect].denominator(p.var)
+        a = p.scale / dialect.normalize_form.denominator(p.var)
         return np.abs(a[:, None] * probe.z) + np.abs(a * p.mean)[:, None] + np.abs(p.bias)[:, None]
 
 
@@ -368,31 +350,40 @@ def _eps_values(model_eps):
 def _eps_forms(dialect, model_eps):
     """``[(EpsForm, text)]``: the fork's exact form (text "") and every eps value and
     placement converters use instead."""
-    exact = EXACT_FORM[dialect]
+    exact = dialect.normalize_form
     out = [(exact, "")]
     for inside in (True, False):
         for e in _eps_values(model_eps):
             form = EpsForm(inside, e)
             if form.same(exact) or (not inside and e == 0):
                 continue
-            text = (f"eps: computes (x-mean)/{form.text()}, {dialect} computes "
+            text = (f"eps: computes (x-mean)/{form.text()}, {dialect.name} computes "
                     f"(x-mean)/{exact.text()}")
-            for other, other_form in EXACT_FORM.items():
-                if other != dialect and form.same(other_form):
-                    text += (f" (that is {other}'s normalization: wrong fork? "
-                             f"--dialect {other})")
+            same = [other.name for other in others(dialect)
+                    if form.same(other.normalize_form)]
+            if same:
+                text += (f" (that is {' and '.join(same)}'s normalization: wrong fork? "
+                         f"{setting_text('dialect', same[0])})")
             out.append((form, text))
     return out
 
 
 def fix_text(dialect, form):
-    """How to export layer ``form`` ("batchnorm" or "folded") right for ``dialect``."""
-    exact = EXACT_FORM[dialect]
+    """How to export layer ``form`` ("batchnorm" or "folded") right for ``dialect``: from
+    PyTorch, the model's batchnorm converted before the export; else the exact values."""
+    return (f"from PyTorch, darknet_bn.torch.convert_batchnorm(model, dialect="
+            f"'{dialect.name}') before torch.onnx.export; otherwise "
+            f"{_values_fix(dialect, form)}")
+
+
+def _values_fix(dialect, form):
+    """The exact values of layer ``form`` for ``dialect``, for a converter."""
+    exact = dialect.normalize_form
     if form == "folded":
-        if FOLDING[dialect].inference_folds_conv:
-            return (f"fold with darknet_bn.darknet.fold_batchnorm(..., dialect='{dialect}') "
-                    f"(= darknet-bn fold --dialect {dialect})")
-        return (f"{dialect} does not fold at inference: keep a BatchNormalization with "
+        if dialect.folding.inference_folds_conv:
+            return (f"fold with darknet_bn.darknet.fold_batchnorm(..., dialect="
+                    f"'{dialect.name}') (= darknet-bn fold --dialect {dialect.name})")
+        return (f"{dialect.name} does not fold at inference: keep a BatchNormalization with "
                 f"darknet_bn.darknet.batchnorm_state_dict (eps 0, running_var = "
                 f"(sqrt(var) + {exact.eps:.3g})^2), or fold with scale/{exact.text()}")
     if exact.inside:
@@ -425,7 +416,7 @@ def hypothesis_responses(record, probe, dialect, form, model_eps, model_A):
     w = probe.w.astype(np.float64)
     out = []
     for eps_form, eps_text in _eps_forms(dialect, model_eps):
-        fit = {"remap_eps": float(DIALECTS["pjreddie"].normalize_eps), "eps": eps_form.eps}
+        fit = {"remap_eps": REMAP_EPS[0], "eps": eps_form.eps}
         ratio = _biased_ratio(params, w, model_A, eps_form)
         if ratio is not None:
             fit.update(biased=ratio, n_biased=1 / (1 - ratio))

@@ -30,6 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..._extras import missing_package
+from ..._validate import error_text
+from ...dialects import Dialect
+from ..kinds import (ONNX, STATE_DICT, TORCH, file_kind, pickled_classes,
+                     pickled_module_class)
 from ..parser import check_path
 from .units import MODEL_INPUT, CheckError, Unit, as_float64, narrowest, precision_of
 
@@ -71,8 +76,7 @@ def _import_onnx(what):
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise CheckError(f"{what}: reading ONNX needs the onnx package: pip install "
-                         "'darknet_bn[onnx]'") from None
+        raise CheckError(f"{what}: {missing_package('onnx', 'reading ONNX')}") from None
     return onnx, numpy_helper
 
 
@@ -93,7 +97,7 @@ def load_onnx(path):
         model = onnx.load(path, load_external_data=False)
     except Exception as e:                          # protobuf DecodeError and friends
         raise CheckError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                         f"{error_text(e)})") from None
     external = _external_tensors(model)
     if external:
         base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
@@ -113,7 +117,7 @@ def load_onnx(path):
             load_external_data_for_model(model, base)
         except Exception as e:
             raise CheckError(f"{path}: cannot read the external data ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                             f"{error_text(e)})") from None
     return model
 
 
@@ -161,7 +165,7 @@ def _tensor_constant(tensor, where):
         value = numpy_helper.to_array(tensor)
     except Exception as e:
         raise CheckError(f"{where}: tensor {tensor.name!r} cannot be read ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); the file is "
+                         f"{error_text(e, 160)}); the file is "
                          "damaged (an initializer of the wrong size?)") from None
     precision = "float32"
     if tensor.data_type == onnx.TensorProto.BFLOAT16:
@@ -549,10 +553,13 @@ def read_state_dict(state, eps, where):
     return ModelUnits(units, False, where, False)
 
 
-def darknet_module_class():
-    """darknet_bn's torch batchnorm base class, if ``darknet_bn.torch`` is imported."""
-    module = sys.modules.get("darknet_bn.torch")
-    return None if module is None else getattr(module, "_DarknetBatchNorm", None)
+def darknet_dialect(module):
+    """The fork of a darknet_bn batchnorm module (``DarknetBatchNorm2d/1d``, or any
+    ``_BatchNorm`` carrying a ``Dialect`` as its ``dialect``), else None.  ``check``
+    sits below ``darknet_bn.torch`` in the package's layers, so it recognizes the
+    modules by that public attribute rather than by importing their class."""
+    dialect = getattr(module, "dialect", None)
+    return dialect if isinstance(dialect, Dialect) else None
 
 
 def read_module(module, where):
@@ -567,20 +574,16 @@ def read_module(module, where):
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.nn.modules.conv import _ConvNd
 
-    from ...dialects import get_dialect
-    darknet_class = darknet_module_class()
     standard_forwards = {_BatchNorm.forward, torch.nn.SyncBatchNorm.forward}
     units = []
     for name, m in module.named_modules():
-        if darknet_class is not None and isinstance(m, darknet_class):
-            dialect = get_dialect(m.dialect)
+        dialect = darknet_dialect(m) if isinstance(m, _BatchNorm) else None
+        if dialect is not None:
             arrays = {k: _numpy(getattr(m, k))[0] for k in
                       ("weight", "bias", "running_mean", "running_var")}
             scale, bias, mean, var = (as_float64(a, name) for a in arrays.values())
-            eps = float(dialect.normalize_eps)
-            if not dialect.normalize_eps_in_sqrt:   # (sqrt(v) + eps): eps 0 on the remap
-                with np.errstate(all="ignore"):
-                    var, eps = (np.sqrt(var) + eps) ** 2, 0.0
+            with np.errstate(all="ignore"):
+                var, eps = dialect.torch_form(var, np.sqrt)
             units.append(Unit("bn", name, scale, bias, mean, var, eps, module=m,
                               form=f"{type(m).__name__}({dialect.name})", stored=arrays))
         elif isinstance(m, _BatchNorm):
@@ -615,21 +618,35 @@ def read_module(module, where):
 # --------------------------------------------------------------------------
 # dispatch
 # --------------------------------------------------------------------------
-_STATE_DICT_EXTENSIONS = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
-
-
 def load_torch_file(path, what="a torch state_dict"):
-    """``torch.load(path, weights_only=True)`` on the CPU; ``CheckError`` if unreadable."""
+    """``torch.load(path, weights_only=True)`` on the CPU; ``CheckError`` naming what
+    the file is when it is not a state_dict (an ONNX model, a pickled ``nn.Module``,
+    a Darknet file...)."""
+    kind = file_kind(path)
+    if kind is not None and kind != TORCH:
+        raise CheckError(f"{path}: expected {STATE_DICT}; this file is {kind}")
     try:
         import torch
     except ImportError:
-        raise CheckError(f"{path}: reading {what} needs PyTorch: pip install "
-                         "'darknet_bn[torch]'") from None
+        raise CheckError(f"{path}: {missing_package('torch', f'reading {what}')}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        module = pickled_module_class(path)
+        if module is not None:
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file is a pickled "
+                             f"nn.Module ({module}, torch.save(model)): save "
+                             "model.state_dict() instead") from None
+        classes = [c for c in pickled_classes(path)
+                   if not c.startswith(("torch.", "collections.", "builtins."))]
+        if kind == TORCH and classes:
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file pickles other "
+                             f"objects ({', '.join(classes[:3])})") from None
+        if kind is None and not isinstance(e, OSError):
+            raise CheckError(f"{path}: expected {STATE_DICT}; this file is not a PyTorch "
+                             "file") from None
         raise CheckError(f"{path}: not a readable torch state_dict ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                         f"{error_text(e)})") from None
 
 
 def read_model(converted, eps=None, routine="check_model"):
@@ -654,12 +671,11 @@ def read_model(converted, eps=None, routine="check_model"):
     if not os.path.isfile(path):
         what = "is not a file" if os.path.exists(path) else "does not exist"
         raise CheckError(f"{name}: the converted model {what}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    ext = os.path.splitext(name)[1].lower()
-    if ext == ".onnx":
+    kind = file_kind(path)
+    if kind == ONNX or (kind is None and name.lower().endswith(".onnx")):
         return read_onnx(load_onnx(name), name)
-    if ext in _STATE_DICT_EXTENSIONS or magic[:2] == b"PK":
+    if kind == TORCH:
         return read_state_dict(load_torch_file(name), eps, name)
-    raise CheckError(f"{name}: unknown model format; pass an .onnx file or a torch "
-                     "state_dict (.pt/.pth)")
+    what = f"the converted model is {kind}" if kind is not None else "unknown model format"
+    raise CheckError(f"{name}: {what}; pass an ONNX model or a torch state_dict "
+                     "(torch.save(model.state_dict(), path))")

@@ -1,7 +1,29 @@
 """The check's report: one row per cfg layer, the model's extra units, text and JSON."""
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass, field
+
+#: The precisions as the table's ``prec`` column shows them.
+_SHORT_PRECISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+#: Sections as the table shows them: Darknet's own short name for [convolutional].
+_SECTION = {"convolutional": "conv"}
+
+
+def _covers(rows):
+    """``layers 0, 2`` / ``unit 'name'``: the rows a diagnosis covers (cfg layer indices,
+    model unit names)."""
+    parts = []
+    for word, items in (("layer", [str(r) for r in rows if isinstance(r, int)]),
+                        ("unit", [repr(r) for r in rows if isinstance(r, str)])):
+        if items:
+            parts.append(f"{word}{'s' if len(items) > 1 else ''} {', '.join(items)}")
+    return "; ".join(parts)
+
+
+def _ulps(n):
+    """An ulp count in at most 7 characters."""
+    return str(n) if n < 10**7 else f"{n:.1e}"
 
 
 @dataclass
@@ -48,31 +70,71 @@ class CheckReport:
     def precisions(self):
         return sorted({r.precision for r in self.layers if r.form != "missing"})
 
-    def format_table(self):
-        """The report as lines of text (the CLI prints them)."""
-        head = (f"{'layer':>5} {'section':<13} {'chan':>5} {'form':<9} {'model':<24} "
-                f"{'prec':<8} {'max rel err':>11} {'max ulp':>10} {'ok':<4} diagnosis")
-        lines = [head]
+    #: Columns of the text table (``format_table``): a terminal's width.
+    WIDTH = 80
+
+    def format_table(self, width=WIDTH):
+        """The report as lines of text: what ``print(report)`` shows and ``darknet-bn
+        check`` prints.  One row per cfg layer (and per model unit not in the cfg), each
+        at most ``width`` columns (model names are shortened, ``[convolutional]`` is
+        Darknet's ``conv``, the precision column appears when the model mixes
+        precisions); a layer's diagnosis is a number in the ``note`` column.  Then a
+        summary line and each diagnosis once, with its fix and the layers it covers,
+        wrapped to ``width``."""
+        columns = {"layer": (5, ">"), "section": (9, "<"), "chan": (5, ">"),
+                   "form": (9, "<"), "model": (0, "<"), "prec": (4, "<"),
+                   "rel err": (8, ">"), "ulp": (7, ">"), "ok": (4, "<"), "note": (4, "<")}
+        if len(self.precisions) < 2:
+            del columns["prec"]
+        name_width = max(8, width + 1 - sum(w + 1 for w, _ in columns.values()))
+        columns["model"] = (name_width, "<")
+        notes = {}                 # text -> the rows it covers (layer indices, unit names)
+
+        def note(text, row):
+            if not text:
+                return ""
+            notes.setdefault(text, []).append(row)
+            return f"[{list(notes).index(text) + 1}]"
+
+        def line(**values):
+            if len(values["model"]) > name_width:
+                values["model"] = values["model"][:name_width - 3] + "..."
+            return " ".join(f"{values.get(key, ''):{align}{w}}"
+                            for key, (w, align) in columns.items()).rstrip()
+
+        lines = [line(**{key: key for key in columns})]
         for r in self.layers:
-            name = r.model_name if len(r.model_name) <= 24 else r.model_name[:21] + "..."
-            note = "; ".join(x for x in (r.diagnosis, r.choice) if x)
-            lines.append(f"{r.index:>5} {r.section:<13} {r.channels:>5} {r.form:<9} "
-                         f"{name:<24} {r.precision:<8} {r.max_rel_error:>11.3g} "
-                         f"{r.max_ulp:>10} {'ok' if r.ok else 'FAIL':<4} {note}")
+            text = "; ".join(x for x in (r.diagnosis, r.choice) if x)
+            prec = "" if r.form == "missing" else _SHORT_PRECISION.get(r.precision,
+                                                                       r.precision)
+            lines.append(line(layer=r.index, section=_SECTION.get(r.section, r.section),
+                              chan=r.channels, form=r.form, model=r.model_name, prec=prec,
+                              **{"rel err": f"{r.max_rel_error:.3g}"},
+                              ulp=_ulps(r.max_ulp), ok="ok" if r.ok else "FAIL",
+                              note=note(text, r.index)))
         for x in self.extra:
-            lines.append(f"{'-':>5} {'(not in cfg)':<13} {x.channels:>5} {x.kind:<9} "
-                         f"{x.name[:24]:<24} " +
-                         ("FAIL an extra unit in the data path (its output reaches a "
-                          "paired layer)" if x.in_data_path else
-                          "not in the cfg (its output reaches no paired layer)"))
+            text = ("an extra unit in the data path: its output reaches a paired layer"
+                    if x.in_data_path else
+                    "not in the cfg: its output reaches no paired layer (listed, not failed)")
+            lines.append(line(layer="-", section="(extra)", chan=x.channels, form=x.kind,
+                              model=x.name, ok="FAIL" if x.in_data_path else "",
+                              note=note(text, x.name)))
         bad = [r for r in self.layers if not r.ok]
         judged = ", ".join(f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" for p, r_tol in
                            sorted({(r.precision, r.tolerance) for r in self.layers
                                    if r.form != "missing"}))
-        lines.append(f"{len(self.layers) - len(bad)} of {len(self.layers)} layers within the "
-                     f"tolerance of {self.dialect}'s inference; judged in {judged or '-'}" +
-                     ("" if not bad else f"; failing: {', '.join(str(r.index) for r in bad)}"))
+        summary = (f"{len(self.layers) - len(bad)} of {len(self.layers)} layers within the "
+                   f"tolerance of {self.dialect}'s inference; judged in {judged or '-'}" +
+                   ("" if not bad else f"; failing: {', '.join(str(r.index) for r in bad)}"))
+        lines += textwrap.wrap(summary, width, subsequent_indent="    ")
+        for number, (text, rows) in enumerate(notes.items(), 1):
+            lines += textwrap.wrap(f"[{number}] {_covers(rows)}: {text}", width,
+                                   subsequent_indent="    ", break_on_hyphens=False,
+                                   break_long_words=False)
         return lines
+
+    def __str__(self):
+        return "\n".join(self.format_table())
 
     def to_dict(self):
         """The report as plain JSON-ready data (non-finite numbers as strings)."""
