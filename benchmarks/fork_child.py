@@ -9,8 +9,8 @@ over all rounds of the per-call time (``timeit``, ~50 ms per repeat).  Also
 printed: the layer, how the child's kernels run, and the time from the fork to
 the end of the child's first train step (switch + loading the serial builds).
 
-    python benchmarks/fork_child.py [--shape N,C,H,W ...] [--rounds 5] [--repeat 20]
-    python benchmarks/fork_child.py --parent-only ...   # no fork: any version's per-call times
+    python -m benchmarks.fork_child [--shape N,C,H,W ...] [--rounds 5] [--repeat 20]
+    python -m benchmarks.fork_child --parent-only ...   # no fork: any version's per-call times
 
 Nothing here is a test: timings are printed, never asserted.
 """
@@ -23,7 +23,7 @@ import timeit
 
 import numpy as np
 
-from _common import parse_shape, shape_str
+from ._common import parse_shape, shape_str
 
 SHAPES = ((1, 256, 13, 13), (16, 64, 28, 28), (4, 128, 104, 104))
 

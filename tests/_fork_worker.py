@@ -105,9 +105,9 @@ def darknet_results(tmpdir):
     """check_model, fold_batchnorm and the ``check``/``fold`` commands on bn-zoo."""
     import torch
 
-    from darknet_bn import check_model, fold_batchnorm
+    from darknet_bn import check_model, fold_batchnorm, get_dialect
     from darknet_bn.cli import main
-    from darknet_bn.darknet import TORCH_EPS, parse_cfg, read_weights, to_torch_batchnorm
+    from darknet_bn.darknet import parse_cfg, read_weights, to_torch_batchnorm
     out = {}
     for fork in FORKS:
         cfg, weights = CFG_DIR / fork / "bn-zoo.cfg", CFG_DIR / fork / "bn-zoo.weights"
@@ -130,7 +130,7 @@ def darknet_results(tmpdir):
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             status = [main(["check", str(cfg), str(weights), str(pt), "--dialect", fork,
-                            "--eps", str(TORCH_EPS[fork]), "--json"]),
+                            "--eps", str(get_dialect(fork).torch_eps), "--json"]),
                       main(["fold", str(cfg), str(weights), str(folded_path),
                             "--dialect", fork])]
         assert status == [0, 0], (status, stdout.getvalue())
