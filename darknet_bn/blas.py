@@ -318,7 +318,8 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
               + mean_delta/(spatial*batch)                (float32 division)
 
     pjreddie: ``denominator = sqrt(var + .00001f)``; alexeyab: ``sqrt(var) + .00001f``;
-    hankai: ``sqrtf(var) + .00001f`` (float root, float addition).  Note the biased ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
+    hankai: ``sqrtf(var) + .00001f`` (float root, float addition).  Note the biased
+    ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
     """
     routine = "normalize_delta_cpu"
     dialect = get_dialect(dialect, routine)

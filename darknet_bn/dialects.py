@@ -19,21 +19,23 @@ integer ``Dialect.code`` and find the fork's arithmetic through
 ``mean_delta_factor`` and ``variance_delta_factor`` below (compile-time tables
 indexed by code).  The constants and formulas themselves are defined in ``c_arith``.
 
-================================  ==========================  ==========================  ==========================
-                                  pjreddie                    alexeyab                    hankai
-================================  ==========================  ==========================  ==========================
-normalize_cpu's denominator       sqrt(var) + .000001f        sqrt(var + .00001f)         sqrtf(var + .00001f)
-normalize_cpu's division          double                      double                      float
-normalize_delta_cpu, first term   delta*1./sqrt(var+eps)      delta*1./(sqrt(var)+eps)    delta*1./(sqrtf(var)+eps)
-mean_delta_cpu's root             sqrt (double)               sqrt (double)               sqrtf
-variance_delta_cpu's power        pow (double)                pow (double)                powf
-rolling update                    scal .99, axpy .01          scal .9, axpy .1            scal .9, axpy .1
-copy output -> x                  always                      training only               training only
-backward_bias inside BN backward  yes                         no                          no
-inference-mode backward           rolling mean/variance       last batch's                last batch's
-standalone [batchnorm] (CPU)      yes, no update              yes, with update            none
-PyTorch's form (``torch_form``)   (sqrt(v)+1e-6)^2, eps 0     var v, eps 1e-5             var v, eps 1e-5
-================================  ==========================  ==========================  ==========================
+==============================  ====================  ====================  ====================
+                                pjreddie              alexeyab              hankai
+==============================  ====================  ====================  ====================
+normalize_cpu's denominator     sqrt(var)+.000001f    sqrt(var+.00001f)     sqrtf(var+.00001f)
+normalize_cpu's division        double                double                float
+normalize_delta_cpu's first     delta*1./             delta*1./             delta*1./
+term                            sqrt(var+.00001f)     (sqrt(var)+.00001f)   (sqrtf(var)+.00001f)
+mean_delta_cpu's root           sqrt (double)         sqrt (double)         sqrtf
+variance_delta_cpu's power      pow (double)          pow (double)          powf
+rolling update                  scal .99, axpy .01    scal .9, axpy .1      scal .9, axpy .1
+copy output -> x                always                training only         training only
+backward_bias in BN backward    yes                   no                    no
+inference-mode backward         rolling mean/var      last batch's          last batch's
+standalone [batchnorm] (CPU)    yes, no update        yes, with update      none
+PyTorch's form (torch_form)     (sqrt(v)+1e-6)^2,     var v, eps 1e-5       var v, eps 1e-5
+                                eps 0
+==============================  ====================  ====================  ====================
 
 (``sqrtf``/``powf``: C++'s ``sqrt(float)``/``pow(float, float)``; ``variance_cpu``'s
 ``pow(float, 2)`` promotes to double in C++ too, so it is C's everywhere.)
