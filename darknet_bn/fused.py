@@ -552,12 +552,14 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
 ROW_BLOCK = 256                            # channels per prange item
 
 
-@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, FLT, FLT,
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, BUF, INT, INT, FLT, FLT,
             INT, INT))
 def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
-                        rolling_variance, scales, biases, denom, batch, filters, keep, new,
-                        dialect, save_x):
-    """``_forward_train`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
+                        rolling_variance, scales, biases, denom, denom32, batch, filters, keep,
+                        new, dialect, save_x):
+    """``_forward_train`` for spatial == 1; ``denom`` (float64) and ``denom32`` (float32)
+    are scratch of ``filters`` values: the denominators of a double division, or of a
+    float one (which then vectorizes at the float width)."""
     mean_scale = mean_cpu_scale(batch, 1)
     var_scale = variance_cpu_scale(batch, 1)
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
@@ -567,7 +569,6 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
         nf = f1 - f0
         mv = mean[f0:f1]
         vv = variance[f0:f1]
-        dn = denom[f0:f1]
         for i in range(nf):
             mv[i] = np.float32(0.0)                    # mean[i] = 0
         for j in range(batch):
@@ -585,13 +586,18 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
             vv[i] = vv[i] * var_scale
             rolling_mean[f0 + i] = rolling(rolling_mean[f0 + i], keep, new, mv[i])
             rolling_variance[f0 + i] = rolling(rolling_variance[f0 + i], keep, new, vv[i])
-            dn[i] = normalize_denominator(vv[i], dialect)
         sc = scales[f0:f1]
         bi = biases[f0:f1]
         if normalize_quotient(dialect) == FLOAT_QUOTIENT:
-            _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, nf,
+            dn32 = denom32[f0:f1]
+            for i in range(nf):
+                dn32[i] = np.float32(normalize_denominator(vv[i], dialect))
+            _normalize_rows(src, output, x, x_norm, mv, dn32, sc, bi, batch, filters, f0, nf,
                             save_x, FLOAT_QUOTIENT)
         else:
+            dn = denom[f0:f1]
+            for i in range(nf):
+                dn[i] = normalize_denominator(vv[i], dialect)
             _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, nf,
                             save_x, DOUBLE_QUOTIENT)
 
@@ -622,25 +628,29 @@ def _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, 
                 ov[i] = xn * sc[i] + bi[i]
 
 
-@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, INT, INT))
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, BUF, INT, INT, INT, INT))
 def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
-                        denom, batch, filters, dialect, save_x):
-    """``_forward_infer`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
+                        denom, denom32, batch, filters, dialect, save_x):
+    """``_forward_infer`` for spatial == 1; ``denom``/``denom32`` as in
+    ``_forward_train_rows``."""
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
         f1 = min(f0 + ROW_BLOCK, filters)
         nf = f1 - f0
-        dn = denom[f0:f1]
         rm = rolling_mean[f0:f1]
         sc = scales[f0:f1]
         bi = biases[f0:f1]
-        for i in range(nf):
-            dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
         if normalize_quotient(dialect) == FLOAT_QUOTIENT:
-            _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x,
+            dn32 = denom32[f0:f1]
+            for i in range(nf):
+                dn32[i] = np.float32(normalize_denominator(rolling_variance[f0 + i], dialect))
+            _infer_rows(src, output, x, rm, dn32, sc, bi, batch, filters, f0, nf, save_x,
                         FLOAT_QUOTIENT)
         else:
+            dn = denom[f0:f1]
+            for i in range(nf):
+                dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
             _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x,
                         DOUBLE_QUOTIENT)
 
@@ -821,9 +831,10 @@ def forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_
     rolling statistics (``scal_cpu(keep)`` then ``axpy_cpu(new)``, float32 factors).
     ``src`` is the input, or ``output`` itself when the data is already there."""
     if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
         _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
-                            rolling_variance, scales, biases, workspace.rows(filters)[1], batch,
-                            filters, keep, new, dialect.code, save_x)
+                            rolling_variance, scales, biases, acc64, acc, batch, filters, keep,
+                            new, dialect.code, save_x)
     else:
         _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
                        scales, biases, batch, filters, spatial, keep, new, dialect.code,
@@ -835,8 +846,9 @@ def forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases
     """forward_batchnorm_layer with net.train = 0 (see ``_forward_infer``): writes
     ``output`` and, when ``save_x``, ``x``.  ``src`` may be ``output`` itself."""
     if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
         _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
-                            workspace.rows(filters)[1], batch, filters, dialect.code, save_x)
+                            acc64, acc, batch, filters, dialect.code, save_x)
     else:
         _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
                        filters, spatial, dialect.code, save_x)
