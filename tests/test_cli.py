@@ -7,6 +7,8 @@ import pytest
 
 from _recorded import demo_summary
 from darknet_bn.cli import build_parser, main
+from darknet_bn.compare import REGIMES
+from darknet_bn.dialects import names
 
 
 def test_demo_replays_every_case_bit_identically(capsys):
@@ -119,6 +121,8 @@ def test_progress_in_a_real_terminal(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, seen[-2000:]
     text = seen.decode()
-    # m = 2: one size, 4 regimes x 2 forks, no inference sizes
-    assert "darknet-bn compare: 0/8 " in text and "darknet-bn compare: 8/8 " in text
+    # m = 2: one size, 4 regimes x every fork, no inference sizes
+    total = len(REGIMES) * len(names())
+    assert f"darknet-bn compare: 0/{total} " in text and \
+        f"darknet-bn compare: {total}/{total} " in text
     assert "measurements in" in out.read_text()

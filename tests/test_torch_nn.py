@@ -106,6 +106,14 @@ def test_default_momentum_is_darknets_factors(fork):
                                                          d.rolling_new.view(np.int32))
 
 
+def test_momentum_005_is_the_connected_layers_inline_factors():
+    """AlexeyAB's and hank-ai's forward_connected_layer inline scal_cpu(.95f) and
+    axpy_cpu(.05f) on the rolling statistics: momentum=0.05 gives those floats."""
+    keep, new = rolling_factors("test", 0.05, torch.tensor(0))
+    assert (keep.view(np.int32), new.view(np.int32)) == (np.float32(0.95).view(np.int32),
+                                                         np.float32(0.05).view(np.int32))
+
+
 def _train_steps(m, shape, dialect, momenta, seed):
     """Train steps of ``m``, each against the blas layer's batch statistics and
     Darknet's float32 update with that step's factor (``momenta[t]``)."""
