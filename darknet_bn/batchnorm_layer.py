@@ -543,7 +543,7 @@ class BatchNormLayer:
         ``axpy_cpu(c, learning_rate/batch, bias_updates, 1, biases, 1);
         scal_cpu(c, momentum, bias_updates, 1)``, then the same for
         ``scale_updates``/``scales``: AlexeyAB's ``update_batchnorm_layer`` and the
-        BN part of both forks' ``update_convolutional_layer``.  ``learning_rate/batch``
+        BN part of every fork's ``update_convolutional_layer``.  ``learning_rate/batch``
         is a float32 division.  ``batch`` is Darknet's ``batch*subdivisions``
         (default ``self.batch``).  ``decay`` only applies to conv weights, which this
         stage does not own; it is validated and otherwise unused.

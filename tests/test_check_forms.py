@@ -82,7 +82,7 @@ def assert_verdict(case, report):
 
 
 # --------------------------------------------------------------------------
-# every form, both forks
+# every form, every fork
 # --------------------------------------------------------------------------
 def test_live_module(case):
     assert_verdict(case, case.check(case.model))
