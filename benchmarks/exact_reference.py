@@ -10,47 +10,22 @@ checks, no dispatch through a layer, nothing else.
 
 It is a reference, not a true floor: on shapes that do not fit the cache, memory
 bandwidth decides.  ``targets.py`` runs it next to the layer and compares the two
-outputs bitwise on every run (``bits_match``).  The arithmetic is the package's own
-(``c_arith.normalize_by``, ``dialects.normalize_denominator`` and
-``dialects.normalize_quotient``), written once.
+outputs bitwise on every run (``bits_match``).  The per-channel pass is the
+package's own (``fused.infer_channel``: the fork's denominator and division),
+written once.
 """
 import numpy as np
 from numba import njit, prange
 
-from darknet_bn.c_arith import DOUBLE_QUOTIENT, FLOAT_QUOTIENT, normalize_by
-from darknet_bn.dialects import normalize_denominator, normalize_quotient
-
-
-@njit(inline="always", fastmath=False, error_model="numpy", nogil=True, cache=True)
-def channel(src, output, x, mean, denom, scale, bias, batch, filters, spatial, f, write_x,
-            how):
-    """Channel f's planes, ``how`` a constant (``c_arith.normalize_by``)."""
-    for j in range(batch):
-        base = (j * filters + f) * spatial
-        sv = src[base:base + spatial]
-        ov = output[base:base + spatial]
-        if write_x:
-            xv = x[base:base + spatial]
-            for k in range(spatial):
-                v = sv[k]
-                xv[k] = v
-                ov[k] = normalize_by(v, mean, denom, how) * scale + bias
-        else:
-            for k in range(spatial):
-                ov[k] = normalize_by(sv[k], mean, denom, how) * scale + bias
+from darknet_bn.fused import infer_channel
 
 
 @njit(parallel=True, fastmath=False, error_model="numpy", nogil=True, cache=True)
 def exact_infer(src, output, x, rolling_mean, rolling_variance, scales, biases,
                 batch, filters, spatial, dialect, write_x):
     for f in prange(filters):
-        denom = normalize_denominator(rolling_variance[f], dialect)
-        if normalize_quotient(dialect) == FLOAT_QUOTIENT:
-            channel(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
-                    filters, spatial, f, write_x, FLOAT_QUOTIENT)
-        else:
-            channel(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
-                    filters, spatial, f, write_x, DOUBLE_QUOTIENT)
+        infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                      filters, spatial, f, dialect, write_x)
 
 
 def reference_for(layer, x):

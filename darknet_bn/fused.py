@@ -39,9 +39,10 @@ cost is the float64 arithmetic C prescribes (conversions and division).  When
 is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
 the same rounding of the same real number, so the same bits.
 
-The passes (``stats8``, ``stats16``, ``normalize_scale_bias``,
+The passes (``stats8``, ``stats16``, ``normalize_scale_bias``, ``infer_channel``,
 ``backward_sums8``, ``backward_channel``) are public so that ``make profile``
-can time each alone; they are inlined into the kernels and check nothing.
+can time each alone (and the benchmarks' exact reference kernel can run the
+inference pass alone); they are inlined into the kernels and check nothing.
 
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
@@ -302,18 +303,29 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
     rolling_mean/rolling_variance, scale_bias, add_bias.
     """
     for f in prange(filters):
-        denom = normalize_denominator(rolling_variance[f], dialect)
-        if normalize_quotient(dialect) == FLOAT_QUOTIENT:
-            _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
-                          filters, spatial, f, save_x, FLOAT_QUOTIENT)
-        else:
-            _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
-                          filters, spatial, f, save_x, DOUBLE_QUOTIENT)
+        infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                      filters, spatial, f, dialect, save_x)
+
+
+@helper(inline="always")
+def infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                  filters, spatial, f, dialect, save_x):
+    """Channel f of ``_forward_infer``: its denominator, then ``_infer_planes`` with the
+    fork's division (``normalize_quotient``)."""
+    denom = normalize_denominator(rolling_variance[f], dialect)
+    if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+        _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
+                      filters, spatial, f, save_x, FLOAT_QUOTIENT)
+    else:
+        _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
+                      filters, spatial, f, save_x, DOUBLE_QUOTIENT)
 
 
 @helper(inline="always")
 def _infer_planes(src, output, x, m, denom, s, b, batch, filters, spatial, f, save_x, how):
-    """Channel f of ``_forward_infer``, ``how`` a constant (``c_arith.normalize_by``)."""
+    """Channel f's planes (normalize_cpu with mean ``m`` and denominator ``denom``,
+    scale_bias ``s``, add_bias ``b``; the input copied to ``x`` when ``save_x``),
+    ``how`` a constant (``c_arith.normalize_by``)."""
     for j in range(batch):
         sv = _plane(src, filters, spatial, j, f)
         ov = _plane(output, filters, spatial, j, f)
