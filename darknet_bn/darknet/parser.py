@@ -794,7 +794,7 @@ def parse_cfg(path, *, dialect="pjreddie"):
             raise sec.error("a second [net] section; a cfg has one, at the top")
         if sec.type not in fd.sections:
             if sec.type == "batchnorm" and not dialect.standalone_batchnorm:
-                forks = [f"dialect={d.name!r}" for d in others(dialect)
+                forks = [setting_text("dialect", d.name) for d in others(dialect)
                          if d.cfg.knows(sec.type)]
                 raise CfgError(path, sec.line, f"[batchnorm]: {dialect.no_standalone_text()}; "
                                f"pass {' or '.join(forks)} if the cfg is written for that "
