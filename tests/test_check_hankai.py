@@ -119,8 +119,8 @@ def test_the_other_forks_reading_of_the_same_files(small):
     report = small.check(small.dontfuse, "pjreddie")
     assert not report.ok
     for r in report.layers:
-        assert ("(that is alexeyab and hankai's normalization: wrong fork? --dialect "
-                "alexeyab)") in r.diagnosis, r.diagnosis
+        assert ("(that is alexeyab and hankai's normalization: wrong fork? "
+                "dialect='alexeyab')") in r.diagnosis, r.diagnosis
 
 
 def test_a_pjreddie_export_checked_as_hankai_names_pjreddie(small, tmp_path):
@@ -131,17 +131,25 @@ def test_a_pjreddie_export_checked_as_hankai_names_pjreddie(small, tmp_path):
     flagged = [r for r in report.layers if not r.ok]
     assert flagged and not report.ok
     for r in flagged:
-        assert "(that is pjreddie's normalization: wrong fork? --dialect pjreddie)" in \
+        assert "(that is pjreddie's normalization: wrong fork? dialect='pjreddie')" in \
             r.diagnosis, r.diagnosis
 
 
 def test_cli_exit_codes(small, tmp_path, capsys):
-    fused = tmp_path / "fused.onnx"
+    """On the command line: exit 0 as hank-ai, 1 as pjreddie with the hint in the
+    command line's words."""
+    dontfuse, fused = tmp_path / "dontfuse.onnx", tmp_path / "fused.onnx"
+    onnx.save(small.dontfuse, dontfuse)
     onnx.save(models.fused_like_darknet(small.dontfuse, "hankai"), fused)
-    args = ["check", str(small.cfg), str(small.weights), str(fused)]
-    assert main(args + ["--dialect", "hankai"]) == 0
-    assert "hankai" in capsys.readouterr().out
-    assert main(args + ["--dialect", "pjreddie"]) == 1
+    for model in (dontfuse, fused):
+        args = ["check", str(small.cfg), str(small.weights), str(model)]
+        assert main(args + ["--dialect", "hankai"]) == 0
+        assert "hankai" in capsys.readouterr().out
+    assert main(["check", str(small.cfg), str(small.weights), str(dontfuse), "--dialect",
+                 "pjreddie"]) == 1
+    out = " ".join(capsys.readouterr().out.split())      # the table wraps its notes
+    assert "(that is alexeyab and hankai's normalization: wrong fork? --dialect alexeyab)" \
+        in out, out
 
 
 def test_yolov4_tiny_as_hankai_exports_it(tmp_path):
