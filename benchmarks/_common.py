@@ -55,10 +55,14 @@ def make_data(shape, seed=0):
     return x, delta, scales, biases, rmean, rvar
 
 
-def make_layer(shape, dialect, kernel, layer_type="batchnorm", seed=0):
-    """A BatchNormLayer with the seeded parameters; returns (layer, x_flat, delta_flat)."""
+def make_layer(shape, dialect, kernel, layer_type=None, seed=0):
+    """A BatchNormLayer with the seeded parameters; returns (layer, x_flat, delta_flat).
+    ``layer_type`` None: the fork's first (``Dialect.layer_types``): the standalone
+    ``[batchnorm]`` layer where the fork has one, else the convolutional stage."""
     n, c, h, w = shape
     x, delta, scales, biases, rmean, rvar = make_data(shape, seed)
+    if layer_type is None:
+        layer_type = get_dialect(dialect).layer_types[0]
     layer = BatchNormLayer(n, w, h, c, dialect=dialect, layer_type=layer_type, kernel=kernel)
     layer.scales[:] = scales
     layer.biases[:] = biases

@@ -2,44 +2,30 @@
 
 ``exact_infer`` is the least work Darknet's inference forward can do and keep its
 bits: one pass over the plane views of every channel (``prange`` over channels),
-each element read once, its float difference from the rolling mean converted to
-double, divided by the channel's double denominator (Darknet's ``normalize_cpu``),
-converted back to float, scaled, biased and written; pjreddie also writes the input
-to ``x``.  No argument checks, no dispatch through a layer, nothing else.
+each element read once, its float difference from the rolling mean divided by the
+channel's denominator as the fork divides (Darknet's ``normalize_cpu``: converted to
+double, divided, converted back to float; hank-ai's C++ build: a float division),
+scaled, biased and written; pjreddie also writes the input to ``x``.  No argument
+checks, no dispatch through a layer, nothing else.
 
 It is a reference, not a true floor: on shapes that do not fit the cache, memory
 bandwidth decides.  ``targets.py`` runs it next to the layer and compares the two
-outputs bitwise on every run (``bits_match``).  The arithmetic is the package's own
-(``c_arith.normalize``, ``dialects.normalize_denominator``), written once.
+outputs bitwise on every run (``bits_match``).  The per-channel pass is the
+package's own (``fused.infer_channel``: the fork's denominator and division),
+written once.
 """
 import numpy as np
 from numba import njit, prange
 
-from darknet_bn.c_arith import normalize
-from darknet_bn.dialects import normalize_denominator
+from darknet_bn.fused import infer_channel
 
 
 @njit(parallel=True, fastmath=False, error_model="numpy", nogil=True, cache=True)
 def exact_infer(src, output, x, rolling_mean, rolling_variance, scales, biases,
                 batch, filters, spatial, dialect, write_x):
     for f in prange(filters):
-        mean = rolling_mean[f]
-        denom = normalize_denominator(rolling_variance[f], dialect)
-        scale = scales[f]
-        bias = biases[f]
-        for j in range(batch):
-            base = (j * filters + f) * spatial
-            sv = src[base:base + spatial]
-            ov = output[base:base + spatial]
-            if write_x:
-                xv = x[base:base + spatial]
-                for k in range(spatial):
-                    v = sv[k]
-                    xv[k] = v
-                    ov[k] = normalize(v, mean, denom) * scale + bias
-            else:
-                for k in range(spatial):
-                    ov[k] = normalize(sv[k], mean, denom) * scale + bias
+        infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                      filters, spatial, f, dialect, write_x)
 
 
 def reference_for(layer, x):

@@ -17,6 +17,10 @@ and torch):
   ``F.batch_norm(training=True)`` + autograd backward, h = w = 1.  "alone": a fresh
   process that runs only these rows; "inside the run": this process, after whatever ran
   before (the full ``make bench`` sweep).
+- torch (the forks whose normalize_cpu divides in float, ``Dialect.float_overloads``:
+  hank-ai's C++ build, whose elementwise pass runs at PyTorch's vector width): the
+  layer's train step and its inference against PyTorch's (``F.batch_norm`` training
+  + autograd backward; eval under ``no_grad``) on every benchmark shape, FC included.
 
 Statistics.  Every pair runs ``rounds`` rounds, the order alternating; in each
 round each side runs ``inner`` calls and keeps its fastest (``_common.round_robin``,
@@ -37,20 +41,23 @@ import numpy as np
 
 from darknet_bn import get_dialect
 
-from ._common import (DIALECT_NAMES, implementations, load_average, make_data, make_layer,
-                      paired_ratio, round_robin, shape_str, threads, torch_module_impl)
+from ._common import (DIALECT_NAMES, SHAPES, implementations, load_average, make_data,
+                      make_layer, paired_ratio, round_robin, shape_str, threads,
+                      torch_module_impl)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The model rows' cfg and the fork it is written for (its model runs that fork's layer).
 CFG_FORK = "alexeyab"
 CFG = ROOT / "data" / "golden" / "cfg" / CFG_FORK / "yolov4-tiny.cfg"
-GROUPS = ("module", "model", "layer", "fc")
+GROUPS = ("module", "model", "layer", "fc", "torch")
 
 #: (group, what, shape, target ratio, statistic)
 MODULE_ROWS = (((1, 256, 13, 13), 2.0), ((8, 128, 52, 52), 1.5))
 LAYER_ROWS = (((16, 64, 28, 28), 1.05), ((4, 128, 104, 104), 1.05))
 FC_ROWS = (((256, 1024, 1, 1), 1.0), ((64, 4096, 1, 1), 1.0))
 MODEL_TARGET = 1.03
+#: The layer against PyTorch, train step and inference, for the float-division forks.
+TORCH_TARGET = 1.0
 
 
 def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
@@ -181,6 +188,24 @@ def fc_rows(nthreads, where, rounds=9, inner=10):
     return out
 
 
+def torch_rows(nthreads, rounds=9, inner=5):
+    """The layer's train step and inference against PyTorch's on every benchmark shape,
+    for each fork whose normalize_cpu divides in float (``Dialect.float_overloads``)."""
+    out = []
+    for dialect in (name for name in DIALECT_NAMES if get_dialect(name).float_overloads):
+        for shape in SHAPES:
+            fns = implementations(shape, dialect, nthreads, ("fused", "torch"))
+            if "train" not in fns["torch"]:
+                return out
+            for mode, what in (("train", "train step / torch (F.batch_norm + backward)"),
+                               ("infer", "inference / torch (F.batch_norm eval)")):
+                ta, tb = round_robin({name: fns[name][mode] for name in ("fused", "torch")},
+                                     rounds, inner).values()
+                out.append(row("torch", f"BatchNormLayer {what}", shape, dialect, ta, tb,
+                               TORCH_TARGET, "min"))
+    return out
+
+
 def fc_alone(nthreads):
     """The FC rows measured in a fresh process that runs nothing else."""
     cmd = [sys.executable, "-m", "benchmarks.targets", "--group", "fc", "--threads",
@@ -205,6 +230,8 @@ def measure(groups, nthreads, fc_where="inside the run"):
             if fc_where == "inside the run":
                 rows += fc_alone(nthreads)
             rows += fc_rows(nthreads, fc_where)
+        elif group == "torch":
+            rows += torch_rows(nthreads)
     return rows
 
 

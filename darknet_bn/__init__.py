@@ -8,9 +8,10 @@ Modules are named for their Darknet origin:
 - ``darknet_bn.convolutional_layer``: ``scale_bias``, ``add_bias``, ``backward_bias``
 - ``darknet_bn.utils``: ``sum_array``
 - ``darknet_bn.batchnorm_layer``: ``backward_scale_cpu`` and ``BatchNormLayer``
-- ``darknet_bn.dialects``: every pjreddie/AlexeyAB difference, in one table
+- ``darknet_bn.dialects``: every difference between the forks (pjreddie, AlexeyAB and
+  hank-ai's C++ build), one record per fork
 - ``darknet_bn.darknet``: ``.cfg`` parsing with Darknet's shape inference, ``.weights``
-  batchnorm read/write for both forks, layers from records, PyTorch export, Darknet's
+  batchnorm read/write for every fork, layers from records, PyTorch export, Darknet's
   BN folding (``fold_batchnorm``, ``fold_weights``) and ``check_model`` for converted models
 """
 from ._jit import warmup

@@ -18,6 +18,9 @@ Darknet's field names.  Two kinds exist (``layer_type``):
   output is written into ``output`` and normalized there; the gradient is
   computed in place in ``delta`` (which is returned).
 
+A fork without a standalone layer on the CPU (hank-ai's: ``Dialect.layer_types``)
+has only ``"convolutional"``; ``"batchnorm"`` is refused at construction.
+
 Sign convention (Darknet's): ``delta`` is the *negative* gradient of the loss
 (``truth - prediction`` at the cost layer), and ``update`` *adds*
 ``learning_rate/batch * updates``.  ``scale_updates``/``bias_updates`` accumulate
@@ -143,8 +146,9 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
         backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
     backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
     scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
-    mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
-    variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
+    mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta, dialect=dialect)
+    variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta,
+                       dialect=dialect)
     normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta,
                         l.batch, l.out_c, sp, l.delta, dialect=dialect)
     if net_delta is not None:
@@ -373,6 +377,10 @@ class BatchNormLayer:
         if not isinstance(layer_type, str) or layer_type not in LAYER_TYPES:
             raise ValueError(f"{routine}: unknown layer_type {layer_type!r}; use one of "
                              f"{LAYER_TYPES}")
+        if layer_type not in dialect.layer_types:
+            raise ValueError(f"{routine}: layer_type={layer_type!r}: "
+                             f"{dialect.no_standalone_text()}; pass "
+                             f"layer_type={dialect.layer_types[0]!r}")
         kernel = _check_kernel(routine, DEFAULT_KERNEL if kernel is None else kernel)
         n = batch * c * h * w
         floats = _layout([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))[1]
@@ -535,7 +543,7 @@ class BatchNormLayer:
         ``axpy_cpu(c, learning_rate/batch, bias_updates, 1, biases, 1);
         scal_cpu(c, momentum, bias_updates, 1)``, then the same for
         ``scale_updates``/``scales``: AlexeyAB's ``update_batchnorm_layer`` and the
-        BN part of both forks' ``update_convolutional_layer``.  ``learning_rate/batch``
+        BN part of every fork's ``update_convolutional_layer``.  ``learning_rate/batch``
         is a float32 division.  ``batch`` is Darknet's ``batch*subdivisions``
         (default ``self.batch``).  ``decay`` only applies to conv weights, which this
         stage does not own; it is validated and otherwise unused.

@@ -24,10 +24,10 @@ from numba import prange
 from ._jit import BUF, FLT, INT, kernel, sig
 from ._validate import (check_buffer, check_dim, check_no_overlap, check_scalar,
                         check_two_values_per_channel)
-from .c_arith import (mean_cpu_scale, mean_delta_factor, normalize, normalize_delta,
-                      normalize_delta_terms, times_double, variance_cpu_scale,
-                      variance_delta_factor, variance_step)
-from .dialects import get_dialect, normalize_delta_denominator, normalize_denominator
+from .c_arith import (mean_cpu_scale, normalize, normalize_delta, normalize_delta_terms,
+                      times_double, variance_cpu_scale, variance_step)
+from .dialects import (get_dialect, mean_delta_factor, normalize_delta_denominator,
+                       normalize_denominator, variance_delta_factor)
 
 
 def _bn_dims(routine, batch, filters, spatial):
@@ -121,7 +121,9 @@ def variance_cpu(x, mean, batch, filters, spatial, variance):
 def _normalize_cpu(x, mean, variance, batch, filters, spatial, dialect):
     for f in prange(filters):
         m = mean[f]
-        # pjreddie: sqrt(variance[f]) + .000001f; alexeyab: sqrt(variance[f] + .00001f)
+        # pjreddie: sqrt(variance[f]) + .000001f; alexeyab: sqrt(variance[f] + .00001f);
+        # hankai: sqrtf(variance[f] + .00001f), a float (its float division gives the
+        # double quotient's bits, c_arith.normalize_by)
         denom = normalize_denominator(variance[f], dialect)
         for b in range(batch):
             base = (b * filters + f) * spatial
@@ -136,6 +138,8 @@ def normalize_cpu(x, mean, variance, batch, filters, spatial, *, dialect="pjredd
     pjreddie: ``(x - mean)/(sqrt(variance) + .000001f)``;
     alexeyab: ``(x - mean)/sqrt(variance + .00001f)``.  The difference is float32;
     ``sqrt`` and the division are float64, rounded once on store.
+    hankai: the alexeyab line in C++, ``sqrtf`` and a float division (computed here as
+    the double division of the same floats, rounded once: the same bits).
     """
     routine = "normalize_cpu"
     dialect = get_dialect(dialect, routine)
@@ -211,38 +215,42 @@ def copy_cpu(N, X, INCX, Y, INCY):
 # --------------------------------------------------------------------------
 # mean_delta_cpu
 # --------------------------------------------------------------------------
-@kernel(sig(BUF, BUF, INT, INT, INT, BUF))
-def _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
+@kernel(sig(BUF, BUF, INT, INT, INT, BUF, INT))
+def _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta, dialect):
     for i in prange(filters):
         acc = np.float32(0.0)                          # mean_delta[i] = 0
         for j in range(batch):
             base = (j * filters + i) * spatial
             for k in range(spatial):
                 acc += delta[base + k]                 # mean_delta[i] += delta[index]
-        # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f))
-        mean_delta[i] = times_double(acc, mean_delta_factor(variance[i]))
+        # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f))    (hankai: sqrtf)
+        mean_delta[i] = times_double(acc, mean_delta_factor(variance[i], dialect))
 
 
-def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
+def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta, *, dialect="pjreddie"):
     """``mean_delta_cpu`` (blas.c): ``mean_delta[f] = sum(delta) * (-1./sqrt(var + .00001f))``.
 
     Darknet's d(loss)/d(mean) omits the variance term ``dL/dvar * dvar/dmean``,
     which is zero in exact arithmetic (the deviations sum to 0) but not in float32.
+    pjreddie and alexeyab: ``sqrt`` in double; hankai: ``sqrtf`` (C++'s float
+    overload), then the same double division.
     """
     routine = "mean_delta_cpu"
+    dialect = get_dialect(dialect, routine)
     batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
     _bn_buf(routine, "delta", delta, batch, filters, spatial)
     _ch_buf(routine, "variance", variance, filters)
     _ch_buf(routine, "mean_delta", mean_delta, filters, writable=True)
     check_no_overlap(routine, ("mean_delta", mean_delta), ("delta", delta), ("variance", variance))
-    _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta)
+    _mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta, dialect.code)
 
 
 # --------------------------------------------------------------------------
 # variance_delta_cpu
 # --------------------------------------------------------------------------
-@kernel(sig(BUF, BUF, BUF, BUF, INT, INT, INT, BUF))
-def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
+@kernel(sig(BUF, BUF, BUF, BUF, INT, INT, INT, BUF, INT))
+def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta,
+                        dialect):
     for i in prange(filters):
         m = mean[i]
         acc = np.float32(0.0)                          # variance_delta[i] = 0
@@ -251,13 +259,19 @@ def _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varia
             for k in range(spatial):
                 # variance_delta[i] += delta[index]*(x[index] - mean[i])   (all float)
                 acc += delta[base + k] * (x[base + k] - m)
-        # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.))
-        variance_delta[i] = times_double(acc, variance_delta_factor(variance[i]))
+        # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.))  (hankai: powf)
+        variance_delta[i] = times_double(acc, variance_delta_factor(variance[i], dialect))
 
 
-def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
-    """``variance_delta_cpu`` (blas.c): ``sum(delta*(x-mean)) * -.5*pow(var+.00001f, -1.5)``."""
+def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta, *,
+                       dialect="pjreddie"):
+    """``variance_delta_cpu`` (blas.c): ``sum(delta*(x-mean)) * -.5*pow(var+.00001f, -1.5)``.
+
+    pjreddie and alexeyab: ``pow`` in double; hankai: ``powf`` (C++'s float overload,
+    the C library's own), promoted to double for ``-.5 *``.
+    """
     routine = "variance_delta_cpu"
+    dialect = get_dialect(dialect, routine)
     batch, filters, spatial = _bn_dims(routine, batch, filters, spatial)
     _bn_buf(routine, "x", x, batch, filters, spatial)
     _bn_buf(routine, "delta", delta, batch, filters, spatial)
@@ -266,7 +280,8 @@ def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varian
     _ch_buf(routine, "variance_delta", variance_delta, filters, writable=True)
     check_no_overlap(routine, ("variance_delta", variance_delta), ("x", x), ("delta", delta),
                      ("mean", mean), ("variance", variance))
-    _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta)
+    _variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta,
+                        dialect.code)
 
 
 # --------------------------------------------------------------------------
@@ -278,7 +293,8 @@ def _normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta,
     n = spatial * batch
     n_d = np.float64(n)                                # double / (spatial*batch)
     for f in prange(filters):
-        # pjreddie: sqrt(variance[f] + .00001f); alexeyab: sqrt(variance[f]) + .00001f
+        # pjreddie: sqrt(variance[f] + .00001f); alexeyab: sqrt(variance[f]) + .00001f;
+        # hankai: sqrtf(variance[f]) + .00001f, a float addition
         denom = normalize_delta_denominator(variance[f], dialect)
         m = mean[f]
         # variance_delta[f] * 2. and mean_delta[f]/(spatial*batch)
@@ -301,8 +317,9 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
               + variance_delta*2.*(x - mean)/(spatial*batch)  (float64)
               + mean_delta/(spatial*batch)                (float32 division)
 
-    pjreddie: ``denominator = sqrt(var + .00001f)``; alexeyab: ``sqrt(var) + .00001f``.
-    Note the biased ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
+    pjreddie: ``denominator = sqrt(var + .00001f)``; alexeyab: ``sqrt(var) + .00001f``;
+    hankai: ``sqrtf(var) + .00001f`` (float root, float addition).  Note the biased
+    ``1/(spatial*batch)`` against ``variance_cpu``'s unbiased one.
     """
     routine = "normalize_delta_cpu"
     dialect = get_dialect(dialect, routine)

@@ -5,8 +5,11 @@ call these helpers; each is inlined (``inline="always"``), so the loops compile
 as if written out in place.  C's rules (docs/darknet-semantics.md): ``float op
 float`` rounds to float32; a double literal, ``sqrt``, ``pow`` or a ``double``
 operand makes the sub-expression float64, rounded to float32 when stored into a
-``float``; ``float / int`` converts the int to float32.  Which epsilon goes where
-in each fork is in ``dialects.DIALECTS`` (``dialects.normalize_denominator``).
+``float``; ``float / int`` converts the int to float32.  C++ with the float
+overloads of ``sqrt`` and ``pow`` in scope (hank-ai's fork) makes ``sqrt`` and
+``pow`` of a float return a float (``sqrtf``, ``powf``); the helpers take that as a
+flag.  Which epsilon goes where, and which of C's or C++'s calls each fork makes,
+is in ``dialects.DIALECTS`` (``dialects.normalize_denominator`` and its siblings).
 """
 import math
 
@@ -18,8 +21,9 @@ from ._jit import helper
 EPS = np.float32(0.00001)
 #: ``.000001f``: pjreddie's normalize_cpu epsilon.
 EPS_NORMALIZE_PJ = np.float32(0.000001)
-#: ``(float)(-3./2.)``: variance_delta_cpu's exponent, a float passed to ``pow(double, double)``.
-NEG_THREE_HALVES = np.float64(np.float32(-3.0 / 2.0))
+#: ``(float)(-3./2.)``: variance_delta_cpu's exponent, a float.  C promotes it to double
+#: for ``pow(double, double)``; C++'s ``pow(float, float)`` (``powf``) takes it as it is.
+NEG_THREE_HALVES = np.float32(-3.0 / 2.0)
 
 
 @helper(inline="always")
@@ -43,33 +47,79 @@ def variance_step(acc, v, m):
 
 
 @helper(inline="always")
-def eps_denominator(variance, eps, in_sqrt):
-    """``sqrt(variance + eps)`` if ``in_sqrt`` else ``sqrt(variance) + eps``, as a double.
-
-    ``variance + eps`` is a float addition; ``sqrt`` and ``+ eps`` after it are double.
-    """
-    if in_sqrt:
-        return math.sqrt(np.float64(variance + eps))
-    return math.sqrt(np.float64(variance)) + np.float64(eps)
+def c_sqrt(v, float_overloads):
+    """``sqrt(v)`` of a float ``v``, as a double: C's ``sqrt((double)v)``, or with C++'s
+    float overloads ``sqrtf(v)``, a float (promoted exactly where the C uses it as a
+    double).  The float root is the double root rounded once to float: both roots are
+    correctly rounded (IEEE 754), and rounding twice through double cannot differ from
+    rounding once for ``sqrt`` (53 >= 2*24 + 2)."""
+    root = math.sqrt(np.float64(v))
+    if float_overloads:
+        return np.float64(np.float32(root))
+    return root
 
 
 @helper(inline="always")
-def normalize(v, m, denom):
-    """normalize_cpu's element ``(x[index] - mean[f])/denom``: float difference, double
-    division, rounded once on store."""
+def eps_denominator(variance, eps, in_sqrt, float_overloads):
+    """``sqrt(variance + eps)`` if ``in_sqrt`` else ``sqrt(variance) + eps``, as a double.
+
+    ``variance + eps`` is a float addition; ``sqrt`` is ``c_sqrt``.  After C's double
+    root, ``+ eps`` is a double addition; after C++'s float one, a float addition.
+    """
+    if in_sqrt:
+        return c_sqrt(variance + eps, float_overloads)
+    if float_overloads:
+        return np.float64(np.float32(c_sqrt(variance, float_overloads)) + eps)
+    return c_sqrt(variance, float_overloads) + np.float64(eps)
+
+
+#: How normalize_cpu's division is computed (see ``normalize_by``).
+DOUBLE_QUOTIENT, FLOAT_QUOTIENT = 0, 1
+
+
+@helper(inline="always")
+def normalize_by(v, m, denom, how):
+    """normalize_cpu's element ``(x[index] - mean[f])/denom``, ``how`` a constant:
+
+    - ``DOUBLE_QUOTIENT``: float difference, double division by the double ``denom``,
+      rounded once on store (C: the denominator is a double).
+    - ``FLOAT_QUOTIENT``: ``denom`` holds a float (C++'s ``sqrtf``: ``c_sqrt`` with
+      the overloads), and the division is float / float.  It gives the bits of
+      ``DOUBLE_QUOTIENT`` on the same operands (a quotient of floats rounded to
+      double and then to float is the quotient rounded once: 53 >= 2*24 + 2), in
+      vectors twice as wide.
+    """
+    if how == FLOAT_QUOTIENT:
+        return (v - m) / np.float32(denom)
     return np.float32(np.float64(v - m) / denom)
 
 
 @helper(inline="always")
-def mean_delta_factor(variance):
-    """mean_delta_cpu's ``(-1./sqrt(variance[i] + .00001f))``, a double."""
-    return -1.0 / math.sqrt(np.float64(variance + EPS))
+def normalize(v, m, denom):
+    """normalize_cpu's element with a double denominator (``normalize_by`` with
+    ``DOUBLE_QUOTIENT``): float difference, double division, rounded once on store."""
+    return normalize_by(v, m, denom, DOUBLE_QUOTIENT)
 
 
 @helper(inline="always")
-def variance_delta_factor(variance):
-    """variance_delta_cpu's ``-.5 * pow(variance[i] + .00001f, (float)(-3./2.))``, a double."""
-    return -0.5 * math.pow(np.float64(variance + EPS), NEG_THREE_HALVES)
+def mean_delta_factor(variance, float_overloads):
+    """mean_delta_cpu's ``(-1./sqrt(variance[i] + .00001f))``, a double: the root is
+    ``c_sqrt``, the division a double one in C and C++ alike."""
+    return -1.0 / c_sqrt(variance + EPS, float_overloads)
+
+
+@helper(inline="always")
+def variance_delta_factor(variance, float_overloads):
+    """variance_delta_cpu's ``-.5 * pow(variance[i] + .00001f, (float)(-3./2.))``, a double.
+
+    C: ``pow(double, double)``.  C++'s float overloads: ``powf(float, float)``, the C
+    library's own (``math.pow`` on two float32 values lowers to ``llvm.pow.f32``, a
+    call of the process's ``powf``; it is not correctly rounded, so nothing else would
+    give its bits), promoted to double for ``-.5 *``.
+    """
+    if float_overloads:
+        return -0.5 * np.float64(math.pow(variance + EPS, NEG_THREE_HALVES))
+    return -0.5 * math.pow(np.float64(variance + EPS), np.float64(NEG_THREE_HALVES))
 
 
 @helper(inline="always")

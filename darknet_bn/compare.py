@@ -15,7 +15,7 @@ err_own is split into its causes (each relative to the exact gradient's norm):
   divisor     normalize_delta_cpu divides the variance term by m while
               variance_cpu divides by m-1                (formula, float64)
   eps         the backward puts eps where the forward does not (pjreddie:
-              inside the root vs 1e-6 outside; alexeyab: the mirror image)
+              inside the root vs 1e-6 outside; alexeyab and hankai: the mirror image)
   stats32     float32 rounding in the forward's statistics (mean_cpu, and
               variance_cpu's float accumulator): the formula on Darknet's float32
               mean/variance vs on the exact ones
@@ -26,12 +26,18 @@ err_own is split into its causes (each relative to the exact gradient's norm):
   trap        the "mean and variance are constants" gradient vs exact (for contrast)
 
 plus the parameter gradients: dgamma (scale_updates, exact for Darknet's x_norm
-up to float32) and dbeta (bias_updates: pjreddie sums delta; alexeyab's CPU BN
-backward never touches it, error 1). A second table runs the backward in
-inference mode (train=0), where mean and variance ARE constants of the
-forward: pjreddie swaps in the rolling statistics but applies the training
-formula and the stale x_norm of the last training step; alexeyab reuses the
-last training batch's x, statistics and x_norm.
+up to float32) and dbeta (bias_updates: pjreddie sums delta; the CPU BN backward
+of alexeyab and hankai never touches it, error 1). A second table runs the
+backward in inference mode (train=0), where mean and variance ARE constants of
+the forward: pjreddie swaps in the rolling statistics but applies the training
+formula and the stale x_norm of the last training step; alexeyab and hankai reuse
+the last training batch's x, statistics and x_norm.
+
+Each fork runs its own layer: the standalone [batchnorm] layer where it has one on
+the CPU, else the batchnorm stage of a [convolutional] layer (hankai); both give
+the same input gradient.  hankai (hank-ai's C++ build) has alexeyab's formulas,
+so its float64 references are alexeyab's; its float32 arithmetic (sqrtf, powf,
+a float division) is its own, which shows in stats32 and backward32.
 
 Writes compare.csv, compare_inference.csv, compare.md and compare.png
 (matplotlib, extra "plot"; without it the plot is skipped with a note) to --out
@@ -132,9 +138,24 @@ def _max_m(text):
     return value
 
 
+#: The --dialect value that measures every fork.
+ALL = "all"
+
+
+def _dialect_arg(text):
+    """argparse type of --dialect: a fork's name (``_cmd.dialect_name``: any case) or
+    ALL; ``both`` (the two C forks, before hank-ai's) is refused with the fix, as it no
+    longer names every fork."""
+    if text.lower() == "both":
+        raise argparse.ArgumentTypeError(
+            f"'both' is not a choice since there are {len(names())} forks; pass --dialect "
+            f"{ALL} for every fork ({', '.join(names())}) or name one")
+    return ALL if text.lower() == ALL else dialect_name(text)
+
+
 def add_arguments(p):
-    p.add_argument("--dialect", choices=[*names(), "both"], default="both", type=dialect_name,
-                   help="Darknet fork to measure, any case (default: both)")
+    p.add_argument("--dialect", type=_dialect_arg, choices=[*names(), ALL], default=ALL,
+                   help=f"Darknet fork to measure, any case (default: {ALL}, every fork)")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"directory for compare.csv, compare.md, compare.png "
                         f"(default: {DEFAULT_OUT})")
@@ -209,7 +230,9 @@ def make_inputs(regime, batch, c, spatial, rng):
 
 
 def _layer(dialect, batch, h, w, c, gamma, beta):
-    l = BatchNormLayer(batch, w, h, c, dialect=dialect)
+    """The fork's layer (``Dialect.layer_types``: standalone where it has one)."""
+    l = BatchNormLayer(batch, w, h, c, dialect=dialect,
+                       layer_type=get_dialect(dialect).layer_types[0])
     l.scales[:] = gamma
     l.biases[:] = beta
     return l
@@ -315,7 +338,7 @@ def sweep(dialects=names(), regimes=tuple(REGIMES), sizes=SIZES, c=CHANNELS, see
         ri = list(REGIMES).index(regime)
         for batch, h, w in sizes:
             cs = channels(batch * h * w, c)
-            for dialect in dialects:                      # same data for both forks
+            for dialect in dialects:                      # same data for every fork
                 rows.append(measure(dialect, regime, batch, h, w, cs,
                                     _rng(seed, ri, batch, h, w)))
                 progress(rows[-1])
@@ -458,7 +481,8 @@ WHY = """
 why (the parts of err_own, regime normal, each relative to ||exact dL/dx||):
   divisor     normalize_delta_cpu divides the variance term by m; variance_cpu divided by m-1
   eps         the backward's first term puts eps where the forward does not (pjreddie:
-              1e-5 inside the root, forward 1e-6 outside; alexeyab: 1e-5 outside, forward inside)
+              1e-5 inside the root, forward 1e-6 outside; alexeyab and hankai: 1e-5
+              outside, forward inside)
   stats32     float32 mean/variance from the forward (variance_cpu sums m terms in a float)
   backward32  float32 rounding in the backward's own sums
   omitted     the dL/dmean term Darknet drops: zero for the exact mean, not the float32 one
@@ -496,8 +520,8 @@ def _summary(rows, inf_rows):
         lines.append("\ninference mode (train=0): Darknet's backward vs the exact gradient "
                      "(statistics are constants)")
         lines.append("pjreddie applies the training formula to the rolling statistics, "
-                     "alexeyab to the last\ntraining batch; both take dgamma from the "
-                     "stale x_norm of the last training step")
+                     "alexeyab and hankai to\nthe last training batch; all take dgamma "
+                     "from the stale x_norm of the last training step")
         lines.append(f"{'dialect':>9} {'m':>8} {'dx_err':>10} {'dgamma_err':>11}")
         for r in inf_rows:
             lines.append(f"{r['dialect']:>9} {r['m']:>8} {r['dx_err']:>10.3g} "
@@ -523,7 +547,7 @@ def run(args):
     except (OSError, ValueError) as e:       # ValueError: a NUL byte in the path
         return _error(f"--out {args.out!r}: cannot create the directory ({_reason(e)}); "
                       "pass a directory that exists or can be created")
-    dialects = names() if args.dialect == "both" else (args.dialect,)
+    dialects = names() if args.dialect == ALL else (args.dialect,)
     sizes = tuple(s for s in SIZES if s[0] * s[1] * s[2] <= args.max_m)
     inf_sizes = tuple(s for s in INFERENCE_SIZES if s[0] * s[1] * s[2] <= args.max_m)
     total = len(dialects) * (len(REGIMES) * len(sizes) + len(inf_sizes))

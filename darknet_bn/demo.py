@@ -1,8 +1,9 @@
-"""Run Darknet golden layer cases through BatchNormLayer on both dialects.
+"""Run Darknet golden layer cases through BatchNormLayer on every dialect.
 
 For one case per dialect it prints, step by step (train, train, train,
 inference), what the layer computed, then compares every buffer after every
-forward and backward with the values recorded from Darknet's C, bit for bit.
+forward and backward with the values recorded from Darknet's own build (C, or C++
+for hank-ai's fork), bit for bit.
 Finally it replays all recorded cases and prints one line per case.  The exit
 status is 1 if any buffer differs from Darknet in any bit.
 """
@@ -15,10 +16,11 @@ from ._progress import Progress
 from .batchnorm_layer import DEFAULT_KERNEL, PATHS
 from .golden import FixturesNotFound, layer_cases, layer_dir, replay_layer_case, ulp_diff
 
-HELP = "replay Darknet's recorded layer cases on both dialects and compare bits"
+HELP = "replay Darknet's recorded layer cases on every dialect and compare bits"
 
 #: The cases shown step by step (one per fork).
-SHOWCASE = ("case12_pjreddie_batchnorm_8x16x6x6_offset", "case29_alexeyab_conv_8x16x6x6_huge")
+SHOWCASE = ("case12_pjreddie_batchnorm_8x16x6x6_offset", "case29_alexeyab_conv_8x16x6x6_huge",
+            "case29_hankai_conv_8x16x6x6_huge")
 
 
 def add_arguments(p):
@@ -76,6 +78,6 @@ def run(args):
         print(f"{case.name:<52} {n - bad:>4}/{n:<5} {ulp:>8}")
     ok = total_bad == 0
     print(f"\n{len(cases)} cases, {total - total_bad}/{total} buffers bit-identical to "
-          f"Darknet's C, max difference {worst} ulp "
+          f"Darknet's recorded outputs, max difference {worst} ulp "
           f"({'OK' if ok else 'MISMATCH'}; {elapsed:.2f} s incl. compilation)")
     return 0 if ok else 1

@@ -7,29 +7,40 @@ rolling-average momentum, when ``x`` is saved, whether the BN backward computes
 ``bias_updates``, which statistics an inference-mode backward uses, and whether
 a standalone ``[batchnorm]`` layer has an ``update`` on CPU.  Their cfg parsers,
 ``.weights`` layouts and folding differ too (``CfgRules``, ``Folding``).
+hank-ai/darknet (commit f684e1d7, Darknet/YOLO V5) has AlexeyAB's source lines,
+compiled as C++ with the float overloads of ``sqrt`` and ``pow`` in scope, and no
+standalone ``[batchnorm]`` layer on the CPU.
 
 A ``Dialect`` holds all of it and travels as an object: entry points take a
 name or a ``Dialect`` and resolve it once with ``get_dialect``; no other module
 compares fork names or keys a table by them.  The kernels take the small
-integer ``Dialect.code`` and find the epsilon placement through
-``normalize_denominator`` / ``normalize_delta_denominator`` below
-(compile-time tables indexed by code).  The constants themselves are defined
-in ``c_arith``.
+integer ``Dialect.code`` and find the fork's arithmetic through
+``normalize_denominator``, ``normalize_delta_denominator``, ``normalize_quotient``,
+``mean_delta_factor`` and ``variance_delta_factor`` below (compile-time tables
+indexed by code).  The constants and formulas themselves are defined in ``c_arith``.
 
-=================================  ===============================  ===============================
-                                   pjreddie                         alexeyab
-=================================  ===============================  ===============================
-normalize_cpu                      (x-mean)/(sqrt(var)+.000001f)    (x-mean)/sqrt(var+.00001f)
-normalize_delta_cpu, first term    delta*1./sqrt(var+.00001f)       delta*1./(sqrt(var)+.00001f)
-rolling update                     scal .99, axpy .01               scal .9, axpy .1
-copy output -> x                   always (train and inference)     training only
-backward_bias inside BN backward   yes                              no (bias_updates untouched)
-inference-mode backward            rolling mean/variance            last batch's mean/variance
-update of a standalone layer       none on CPU                      update_batchnorm_layer
-PyTorch's form (``torch_form``)    running_var (sqrt(v)+1e-6)^2,    running_var v, eps 1e-5
-                                   eps 0
-=================================  ===============================  ===============================
+==============================  ====================  ====================  ====================
+                                pjreddie              alexeyab              hankai
+==============================  ====================  ====================  ====================
+normalize_cpu's denominator     sqrt(var)+.000001f    sqrt(var+.00001f)     sqrtf(var+.00001f)
+normalize_cpu's division        double                double                float
+normalize_delta_cpu's first     delta*1./             delta*1./             delta*1./
+term                            sqrt(var+.00001f)     (sqrt(var)+.00001f)   (sqrtf(var)+.00001f)
+mean_delta_cpu's root           sqrt (double)         sqrt (double)         sqrtf
+variance_delta_cpu's power      pow (double)          pow (double)          powf
+rolling update                  scal .99, axpy .01    scal .9, axpy .1      scal .9, axpy .1
+copy output -> x                always                training only         training only
+backward_bias in BN backward    yes                   no                    no
+inference-mode backward         rolling mean/var      last batch's          last batch's
+standalone [batchnorm] (CPU)    yes, no update        yes, with update      none
+PyTorch's form (torch_form)     (sqrt(v)+1e-6)^2,     var v, eps 1e-5       var v, eps 1e-5
+                                eps 0
+==============================  ====================  ====================  ====================
+
+(``sqrtf``/``powf``: C++'s ``sqrt(float)``/``pow(float, float)``; ``variance_cpu``'s
+``pow(float, 2)`` promotes to double in C++ too, so it is C's everywhere.)
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,7 +48,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ._jit import helper
-from .c_arith import EPS, EPS_NORMALIZE_PJ, eps_denominator
+from .c_arith import (DOUBLE_QUOTIENT, EPS, EPS_NORMALIZE_PJ, FLOAT_QUOTIENT, eps_denominator,
+                      mean_delta_factor as c_mean_delta_factor,
+                      variance_delta_factor as c_variance_delta_factor)
 
 
 # --------------------------------------------------------------------------
@@ -136,7 +149,7 @@ class Dialect:
     """One fork: its arithmetic (the kernels), its layer flow, its folding, its cfg
     parser and ``.weights`` layout.  Built-in objects only (``DIALECTS``)."""
     name: str
-    code: int                      #: passed to normalize_cpu / normalize_delta_cpu kernels
+    code: int                      #: what the kernels take (an index into the tables below)
     normalize_eps: np.float32      #: normalize_cpu's epsilon (.000001f / .00001f)
     normalize_eps_in_sqrt: bool    #: normalize_cpu: sqrt(var + eps), else sqrt(var) + eps
     normalize_delta_eps_in_sqrt: bool  #: same for normalize_delta_cpu (eps .00001f)
@@ -146,6 +159,13 @@ class Dialect:
     backward_bias_in_bn: bool      #: backward_batchnorm_layer calls backward_bias
     inference_backward_uses_rolling: bool  #: backward with train == 0 swaps in rolling stats
     standalone_update: bool        #: a [batchnorm] layer has update_batchnorm_layer on CPU
+    #: The fork has a standalone ``[batchnorm]`` layer on the CPU (a cfg section and
+    #: ``make_batchnorm_layer``); else batchnorm exists only as a conv/connected stage.
+    standalone_batchnorm: bool
+    #: Built as C++ with ``std::sqrt(float)``/``std::pow(float, float)`` in the global
+    #: namespace: an unqualified ``sqrt``/``pow`` of a float is ``sqrtf``/``powf`` (a
+    #: float), so normalize_cpu divides float by float (``c_arith.c_sqrt``).
+    float_overloads: bool
     folding: Folding               #: how the fork folds batchnorm into the weights
     cfg: CfgRules                  #: how the fork's parser reads a cfg (and [batchnorm] blocks)
 
@@ -159,6 +179,20 @@ class Dialect:
 
     def __str__(self):
         return self.name
+
+    @property
+    def layer_types(self):
+        """The ``BatchNormLayer`` layer types the fork has on the CPU, the standalone
+        ``"batchnorm"`` first where it exists; ``"convolutional"`` (the batchnorm stage
+        of a ``[convolutional]`` or ``[connected]`` layer) always."""
+        return ("batchnorm", "convolutional") if self.standalone_batchnorm else ("convolutional",)
+
+    def no_standalone_text(self):
+        """Why a standalone batchnorm layer is refused for this fork, for messages."""
+        return (f"dialect {self.name!r} has no standalone batchnorm layer on the CPU (its "
+                "Darknet has no [batchnorm] cfg section and no make_batchnorm_layer; "
+                "batchnorm runs only as the stage of a [convolutional] or [connected] "
+                "layer with batch_normalize=1)")
 
     @property
     def normalize_form(self):
@@ -195,7 +229,7 @@ class Dialect:
         return root * root, self.torch_eps
 
 
-_PJREDDIE_CODE, _ALEXEYAB_CODE = 0, 1
+_PJREDDIE_CODE, _ALEXEYAB_CODE, _HANKAI_CODE = 0, 1, 2
 
 PJREDDIE = Dialect(
     name="pjreddie", code=_PJREDDIE_CODE,
@@ -205,6 +239,7 @@ PJREDDIE = Dialect(
     rolling_keep=np.float32(0.99), rolling_new=np.float32(0.01),
     copy_x_in_inference=True, backward_bias_in_bn=True,
     inference_backward_uses_rolling=True, standalone_update=False,
+    standalone_batchnorm=True, float_overloads=False,
     folding=Folding(formula=DENORMALIZE, folds_connected=True, inference_folds_conv=False,
                     save_weights_revision=0, command="darknet denormalize cfg weights out"),
     cfg=CfgRules(
@@ -218,6 +253,14 @@ PJREDDIE = Dialect(
         conv_cbn=False, dropblock_sets_input=False, reorg_extra=True),
 )
 
+_ALEXEYAB_SECTIONS = _COMMON_SECTIONS | {"local_avgpool", "reorg3d", "empty"}
+_ALEXEYAB_UNSUPPORTED = {
+    **_UNSUPPORTED_COMMON,
+    "conv_lstm": "a recurrent layer (several convolutional layers)",
+    "history": "a history layer", "scale_channels": "a scale_channels layer",
+    "sam": "a sam layer", "Gaussian_yolo": "a Gaussian_yolo layer",
+    "implicit": "an implicit layer", "contrastive": "a contrastive layer"}
+
 ALEXEYAB = Dialect(
     name="alexeyab", code=_ALEXEYAB_CODE,
     normalize_eps=EPS, normalize_eps_in_sqrt=True,
@@ -225,23 +268,29 @@ ALEXEYAB = Dialect(
     rolling_keep=np.float32(0.9), rolling_new=np.float32(0.1),
     copy_x_in_inference=False, backward_bias_in_bn=False,
     inference_backward_uses_rolling=False, standalone_update=True,
+    standalone_batchnorm=True, float_overloads=False,
     folding=Folding(formula=FUSE, folds_connected=False, inference_folds_conv=True,
                     save_weights_revision=5,
                     command="load_network_custom(cfg, weights, 0, 1) + save_weights"),
     cfg=CfgRules(
-        sections=_COMMON_SECTIONS | {"local_avgpool", "reorg3d", "empty"},
-        unsupported={**_UNSUPPORTED_COMMON,
-                     "conv_lstm": "a recurrent layer (several convolutional layers)",
-                     "history": "a history layer", "scale_channels": "a scale_channels layer",
-                     "sam": "a sam layer", "Gaussian_yolo": "a Gaussian_yolo layer",
-                     "implicit": "an implicit layer", "contrastive": "a contrastive layer"},
+        sections=_ALEXEYAB_SECTIONS,
+        unsupported=_ALEXEYAB_UNSUPPORTED,
         batchnorm_blocks=BN_BLOCKS, route_groups=True, shortcut_multi=True,
         stride_xy=True, n_for_bn_and_connected=True, groups_clamp=True,
         conv_cbn=True, dropblock_sets_input=True, reorg_extra=False),
 )
 
+# hank-ai/darknet (commit f684e1d7, "V5 Moonlit" v5.1-104): AlexeyAB's batchnorm_layer,
+# blas, fuse_conv_batchnorm and save_weights lines, compiled as C++ with the float
+# overloads in scope (measured object code: docs/darknet-semantics.md).  Its cfg parser
+# is AlexeyAB's for everything modelled here, without the [batchnorm] section.
+HANKAI = dataclasses.replace(
+    ALEXEYAB, name="hankai", code=_HANKAI_CODE, standalone_update=False,
+    standalone_batchnorm=False, float_overloads=True,
+    cfg=dataclasses.replace(ALEXEYAB.cfg, sections=_ALEXEYAB_SECTIONS - {"batchnorm"}))
+
 #: The registry: every built-in dialect by name (the CLI's ``--dialect`` choices).
-DIALECTS = {d.name: d for d in (PJREDDIE, ALEXEYAB)}
+DIALECTS = {d.name: d for d in (PJREDDIE, ALEXEYAB, HANKAI)}
 
 #: The dialects indexed by ``Dialect.code`` (the small int the kernels take).
 BY_CODE = tuple(sorted(DIALECTS.values(), key=lambda d: d.code))
@@ -250,18 +299,42 @@ assert [d.code for d in BY_CODE] == list(range(len(BY_CODE)))
 _NORMALIZE_EPS = tuple(d.normalize_eps for d in BY_CODE)
 _NORMALIZE_IN_SQRT = tuple(d.normalize_eps_in_sqrt for d in BY_CODE)
 _NORMALIZE_DELTA_IN_SQRT = tuple(d.normalize_delta_eps_in_sqrt for d in BY_CODE)
+_FLOAT_OVERLOADS = tuple(d.float_overloads for d in BY_CODE)
 
 
 @helper(inline="always")
 def normalize_denominator(variance, code):
     """normalize_cpu's denominator (a double) for one channel of dialect ``code``."""
-    return eps_denominator(variance, _NORMALIZE_EPS[code], _NORMALIZE_IN_SQRT[code])
+    return eps_denominator(variance, _NORMALIZE_EPS[code], _NORMALIZE_IN_SQRT[code],
+                           _FLOAT_OVERLOADS[code])
+
+
+@helper(inline="always")
+def normalize_quotient(code):
+    """How normalize_cpu divides for dialect ``code``: ``c_arith.FLOAT_QUOTIENT`` where
+    the denominator is a float (C++'s overloads), else ``c_arith.DOUBLE_QUOTIENT``.
+    Either gives the same bits with ``normalize_denominator``'s value (see
+    ``c_arith.normalize_by``); the float division is the faster one."""
+    return FLOAT_QUOTIENT if _FLOAT_OVERLOADS[code] else DOUBLE_QUOTIENT
 
 
 @helper(inline="always")
 def normalize_delta_denominator(variance, code):
     """normalize_delta_cpu's first-term denominator (a double) for dialect ``code``."""
-    return eps_denominator(variance, EPS, _NORMALIZE_DELTA_IN_SQRT[code])
+    return eps_denominator(variance, EPS, _NORMALIZE_DELTA_IN_SQRT[code], _FLOAT_OVERLOADS[code])
+
+
+@helper(inline="always")
+def mean_delta_factor(variance, code):
+    """mean_delta_cpu's factor ``-1./sqrt(variance + .00001f)`` (a double) for ``code``."""
+    return c_mean_delta_factor(variance, _FLOAT_OVERLOADS[code])
+
+
+@helper(inline="always")
+def variance_delta_factor(variance, code):
+    """variance_delta_cpu's factor ``-.5*pow(variance + .00001f, (float)(-3./2.))`` (a
+    double) for dialect ``code``."""
+    return c_variance_delta_factor(variance, _FLOAT_OVERLOADS[code])
 
 
 def names():
@@ -270,8 +343,9 @@ def names():
 
 
 def get_dialect(dialect, routine="darknet_bn"):
-    """One of the built-in ``DIALECTS``: by name (``"pjreddie"`` or ``"alexeyab"``, any
-    case) or a ``Dialect`` equal to one of them (the built-in object is returned)."""
+    """One of the built-in ``DIALECTS``: by name (``"pjreddie"``, ``"alexeyab"`` or
+    ``"hankai"``, any case) or a ``Dialect`` equal to one of them (the built-in object is
+    returned)."""
     if isinstance(dialect, Dialect):
         for builtin in BY_CODE:
             if dialect == builtin:

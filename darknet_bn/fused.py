@@ -39,9 +39,10 @@ cost is the float64 arithmetic C prescribes (conversions and division).  When
 is a multiplication by the exact reciprocal (``c_arith.normalize_delta_by``):
 the same rounding of the same real number, so the same bits.
 
-The passes (``stats8``, ``stats16``, ``normalize_scale_bias``,
+The passes (``stats8``, ``stats16``, ``normalize_scale_bias``, ``infer_channel``,
 ``backward_sums8``, ``backward_channel``) are public so that ``make profile``
-can time each alone; they are inlined into the kernels and check nothing.
+can time each alone (and the benchmarks' exact reference kernel can run the
+inference pass alone); they are inlined into the kernels and check nothing.
 
 Measurements, and the alternatives tried and rejected (so they are not
 retried): docs/benchmarks.md.
@@ -52,11 +53,11 @@ from numba import prange
 
 from ._jit import BUF, FLT, INT, helper, kernel, sig
 from ._simd import LANES, vadd, vload, vmul, vsplat, vstore, vsub, vtranspose, vvar_step
-from .c_arith import (BY_RECIPROCAL, DIVIDE, exact_reciprocal, mean_cpu_scale,
-                      mean_delta_factor, normalize, normalize_delta_by, normalize_delta_terms,
-                      rolling, times_double, variance_cpu_scale, variance_delta_factor,
-                      variance_step)
-from .dialects import normalize_delta_denominator, normalize_denominator
+from .c_arith import (BY_RECIPROCAL, DIVIDE, DOUBLE_QUOTIENT, FLOAT_QUOTIENT, exact_reciprocal,
+                      mean_cpu_scale, normalize_by, normalize_delta_by, normalize_delta_terms,
+                      rolling, times_double, variance_cpu_scale, variance_step)
+from .dialects import (mean_delta_factor, normalize_delta_denominator, normalize_denominator,
+                       normalize_quotient, variance_delta_factor)
 
 BUF64 = "float64[::1]"                    # float64 scratch (per-channel denominators)
 
@@ -211,11 +212,22 @@ def _variance_one(src, m, batch, filters, spatial, f):
 def normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
                           batch, filters, spatial, f, dialect, save_x):
     """One channel of [copy_cpu(x) when ``save_x``] -> normalize_cpu -> copy_cpu(x_norm)
-    -> scale_bias -> add_bias."""
-    m = mean[f]
+    -> scale_bias -> add_bias.  The division is the fork's (``normalize_quotient``): a
+    float one vectorizes twice as wide as a double one."""
     denom = normalize_denominator(variance[f], dialect)
-    s = scales[f]
-    b = biases[f]
+    if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+        _normalize_planes(src, output, x, x_norm, mean[f], denom, scales[f], biases[f], batch,
+                          filters, spatial, f, save_x, FLOAT_QUOTIENT)
+    else:
+        _normalize_planes(src, output, x, x_norm, mean[f], denom, scales[f], biases[f], batch,
+                          filters, spatial, f, save_x, DOUBLE_QUOTIENT)
+
+
+@helper(inline="always")
+def _normalize_planes(src, output, x, x_norm, m, denom, s, b, batch, filters, spatial, f,
+                      save_x, how):
+    """``normalize_scale_bias`` over channel f's planes, ``how`` a constant
+    (``c_arith.normalize_by``)."""
     for j in range(batch):
         sv = _plane(src, filters, spatial, j, f)
         nv = _plane(x_norm, filters, spatial, j, f)
@@ -225,12 +237,12 @@ def normalize_scale_bias(src, output, x, x_norm, mean, variance, scales, biases,
             for k in range(spatial):
                 v = sv[k]
                 xv[k] = v                                     # copy_cpu(output -> x)
-                xn = normalize(v, m, denom)                   # normalize_cpu
+                xn = normalize_by(v, m, denom, how)           # normalize_cpu
                 nv[k] = xn                                    # copy_cpu(output -> x_norm)
                 ov[k] = xn * s + b          # scale_bias, add_bias: float*float, float+float
         else:
             for k in range(spatial):
-                xn = normalize(sv[k], m, denom)
+                xn = normalize_by(sv[k], m, denom, how)
                 nv[k] = xn
                 ov[k] = xn * s + b
 
@@ -291,22 +303,41 @@ def _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biase
     rolling_mean/rolling_variance, scale_bias, add_bias.
     """
     for f in prange(filters):
-        m = rolling_mean[f]
-        denom = normalize_denominator(rolling_variance[f], dialect)
-        s = scales[f]
-        b = biases[f]
-        for j in range(batch):
-            sv = _plane(src, filters, spatial, j, f)
-            ov = _plane(output, filters, spatial, j, f)
-            if save_x:
-                xv = _plane(x, filters, spatial, j, f)
-                for k in range(spatial):
-                    v = sv[k]
-                    xv[k] = v
-                    ov[k] = normalize(v, m, denom) * s + b
-            else:
-                for k in range(spatial):
-                    ov[k] = normalize(sv[k], m, denom) * s + b
+        infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                      filters, spatial, f, dialect, save_x)
+
+
+@helper(inline="always")
+def infer_channel(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
+                  filters, spatial, f, dialect, save_x):
+    """Channel f of ``_forward_infer``: its denominator, then ``_infer_planes`` with the
+    fork's division (``normalize_quotient``)."""
+    denom = normalize_denominator(rolling_variance[f], dialect)
+    if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+        _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
+                      filters, spatial, f, save_x, FLOAT_QUOTIENT)
+    else:
+        _infer_planes(src, output, x, rolling_mean[f], denom, scales[f], biases[f], batch,
+                      filters, spatial, f, save_x, DOUBLE_QUOTIENT)
+
+
+@helper(inline="always")
+def _infer_planes(src, output, x, m, denom, s, b, batch, filters, spatial, f, save_x, how):
+    """Channel f's planes (normalize_cpu with mean ``m`` and denominator ``denom``,
+    scale_bias ``s``, add_bias ``b``; the input copied to ``x`` when ``save_x``),
+    ``how`` a constant (``c_arith.normalize_by``)."""
+    for j in range(batch):
+        sv = _plane(src, filters, spatial, j, f)
+        ov = _plane(output, filters, spatial, j, f)
+        if save_x:
+            xv = _plane(x, filters, spatial, j, f)
+            for k in range(spatial):
+                v = sv[k]
+                xv[k] = v
+                ov[k] = normalize_by(v, m, denom, how) * s + b
+        else:
+            for k in range(spatial):
+                ov[k] = normalize_by(sv[k], m, denom, how) * s + b
 
 
 # --------------------------------------------------------------------------
@@ -433,8 +464,8 @@ def backward_channel(dsrc, delta, net_delta, x, mean, variance, scales, bias_upd
         bias_updates[f] = bias
     scale_updates[f] += scale
     var = variance[f]
-    md = times_double(md_sum, mean_delta_factor(var))      # mean_delta_cpu
-    vd = times_double(vd_sum, variance_delta_factor(var))  # variance_delta_cpu
+    md = times_double(md_sum, mean_delta_factor(var, dialect))      # mean_delta_cpu
+    vd = times_double(vd_sum, variance_delta_factor(var, dialect))  # variance_delta_cpu
     mean_delta[f] = md
     variance_delta[f] = vd
     # normalize_delta_cpu: reads the scaled delta, recomputed as dsrc*scales (bit-equal)
@@ -533,12 +564,14 @@ def _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
 ROW_BLOCK = 256                            # channels per prange item
 
 
-@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, FLT, FLT,
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, BUF, INT, INT, FLT, FLT,
             INT, INT))
 def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
-                        rolling_variance, scales, biases, denom, batch, filters, keep, new,
-                        dialect, save_x):
-    """``_forward_train`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
+                        rolling_variance, scales, biases, denom, denom32, batch, filters, keep,
+                        new, dialect, save_x):
+    """``_forward_train`` for spatial == 1; ``denom`` (float64) and ``denom32`` (float32)
+    are scratch of ``filters`` values: the denominators of a double division, or of a
+    float one (which then vectorizes at the float width)."""
     mean_scale = mean_cpu_scale(batch, 1)
     var_scale = variance_cpu_scale(batch, 1)
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
@@ -548,7 +581,6 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
         nf = f1 - f0
         mv = mean[f0:f1]
         vv = variance[f0:f1]
-        dn = denom[f0:f1]
         for i in range(nf):
             mv[i] = np.float32(0.0)                    # mean[i] = 0
         for j in range(batch):
@@ -566,57 +598,92 @@ def _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
             vv[i] = vv[i] * var_scale
             rolling_mean[f0 + i] = rolling(rolling_mean[f0 + i], keep, new, mv[i])
             rolling_variance[f0 + i] = rolling(rolling_variance[f0 + i], keep, new, vv[i])
-            dn[i] = normalize_denominator(vv[i], dialect)
         sc = scales[f0:f1]
         bi = biases[f0:f1]
-        for j in range(batch):
-            lo = j * filters + f0
-            sv = src[lo:lo + nf]
-            nv = x_norm[lo:lo + nf]
-            ov = output[lo:lo + nf]
-            if save_x:
-                xv = x[lo:lo + nf]
-                for i in range(nf):
-                    v = sv[i]
-                    xv[i] = v                                  # copy_cpu(output -> x)
-                    xn = normalize(v, mv[i], dn[i])            # normalize_cpu
-                    nv[i] = xn                                 # copy_cpu(output -> x_norm)
-                    ov[i] = xn * sc[i] + bi[i]                 # scale_bias, add_bias
-            else:
-                for i in range(nf):
-                    xn = normalize(sv[i], mv[i], dn[i])
-                    nv[i] = xn
-                    ov[i] = xn * sc[i] + bi[i]
+        if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+            dn32 = denom32[f0:f1]
+            for i in range(nf):
+                dn32[i] = np.float32(normalize_denominator(vv[i], dialect))
+            _normalize_rows(src, output, x, x_norm, mv, dn32, sc, bi, batch, filters, f0, nf,
+                            save_x, FLOAT_QUOTIENT)
+        else:
+            dn = denom[f0:f1]
+            for i in range(nf):
+                dn[i] = normalize_denominator(vv[i], dialect)
+            _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, nf,
+                            save_x, DOUBLE_QUOTIENT)
 
 
-@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, INT, INT, INT, INT))
+@helper(inline="always")
+def _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, nf, save_x,
+                    how):
+    """The normalize pass of ``_forward_train_rows`` for channels f0..f0+nf-1 of every
+    row; ``mv``, ``dn``, ``sc``, ``bi``: the block's per-channel values; ``how`` a
+    constant (``c_arith.normalize_by``)."""
+    for j in range(batch):
+        lo = j * filters + f0
+        sv = src[lo:lo + nf]
+        nv = x_norm[lo:lo + nf]
+        ov = output[lo:lo + nf]
+        if save_x:
+            xv = x[lo:lo + nf]
+            for i in range(nf):
+                v = sv[i]
+                xv[i] = v                                  # copy_cpu(output -> x)
+                xn = normalize_by(v, mv[i], dn[i], how)    # normalize_cpu
+                nv[i] = xn                                 # copy_cpu(output -> x_norm)
+                ov[i] = xn * sc[i] + bi[i]                 # scale_bias, add_bias
+        else:
+            for i in range(nf):
+                xn = normalize_by(sv[i], mv[i], dn[i], how)
+                nv[i] = xn
+                ov[i] = xn * sc[i] + bi[i]
+
+
+@kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, BUF, INT, INT, INT, INT))
 def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
-                        denom, batch, filters, dialect, save_x):
-    """``_forward_infer`` for spatial == 1; ``denom`` is float64 scratch (filters)."""
+                        denom, denom32, batch, filters, dialect, save_x):
+    """``_forward_infer`` for spatial == 1; ``denom``/``denom32`` as in
+    ``_forward_train_rows``."""
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
         f1 = min(f0 + ROW_BLOCK, filters)
         nf = f1 - f0
-        dn = denom[f0:f1]
         rm = rolling_mean[f0:f1]
         sc = scales[f0:f1]
         bi = biases[f0:f1]
-        for i in range(nf):
-            dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
-        for j in range(batch):
-            lo = j * filters + f0
-            sv = src[lo:lo + nf]
-            ov = output[lo:lo + nf]
-            if save_x:
-                xv = x[lo:lo + nf]
-                for i in range(nf):
-                    v = sv[i]
-                    xv[i] = v
-                    ov[i] = normalize(v, rm[i], dn[i]) * sc[i] + bi[i]
-            else:
-                for i in range(nf):
-                    ov[i] = normalize(sv[i], rm[i], dn[i]) * sc[i] + bi[i]
+        if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+            dn32 = denom32[f0:f1]
+            for i in range(nf):
+                dn32[i] = np.float32(normalize_denominator(rolling_variance[f0 + i], dialect))
+            _infer_rows(src, output, x, rm, dn32, sc, bi, batch, filters, f0, nf, save_x,
+                        FLOAT_QUOTIENT)
+        else:
+            dn = denom[f0:f1]
+            for i in range(nf):
+                dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
+            _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x,
+                        DOUBLE_QUOTIENT)
+
+
+@helper(inline="always")
+def _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x, how):
+    """The rows of ``_forward_infer_rows`` for channels f0..f0+nf-1, ``how`` a constant
+    (``c_arith.normalize_by``)."""
+    for j in range(batch):
+        lo = j * filters + f0
+        sv = src[lo:lo + nf]
+        ov = output[lo:lo + nf]
+        if save_x:
+            xv = x[lo:lo + nf]
+            for i in range(nf):
+                v = sv[i]
+                xv[i] = v
+                ov[i] = normalize_by(v, rm[i], dn[i], how) * sc[i] + bi[i]
+        else:
+            for i in range(nf):
+                ov[i] = normalize_by(sv[i], rm[i], dn[i], how) * sc[i] + bi[i]
 
 
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64,
@@ -665,8 +732,8 @@ def _backward_rows(dsrc, delta, net_delta, x, x_norm, mean, variance, scales,
                 bias_updates[f0 + i] = bacc[i]
             scale_updates[f0 + i] += sacc[i]
             var = variance[f0 + i]
-            md[i] = times_double(md[i], mean_delta_factor(var))
-            vd[i] = times_double(vd[i], variance_delta_factor(var))
+            md[i] = times_double(md[i], mean_delta_factor(var, dialect))
+            vd[i] = times_double(vd[i], variance_delta_factor(var, dialect))
             dn[i] = normalize_delta_denominator(var, dialect)
             vd2[i], tm[i] = normalize_delta_terms(md[i], vd[i], batch)
         if inv_n != 0.0:                       # a power-of-two batch: same bits, no division
@@ -776,9 +843,10 @@ def forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_
     rolling statistics (``scal_cpu(keep)`` then ``axpy_cpu(new)``, float32 factors).
     ``src`` is the input, or ``output`` itself when the data is already there."""
     if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
         _forward_train_rows(src, output, x, x_norm, mean, variance, rolling_mean,
-                            rolling_variance, scales, biases, workspace.rows(filters)[1], batch,
-                            filters, keep, new, dialect.code, save_x)
+                            rolling_variance, scales, biases, acc64, acc, batch, filters, keep,
+                            new, dialect.code, save_x)
     else:
         _forward_train(src, output, x, x_norm, mean, variance, rolling_mean, rolling_variance,
                        scales, biases, batch, filters, spatial, keep, new, dialect.code,
@@ -790,8 +858,9 @@ def forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases
     """forward_batchnorm_layer with net.train = 0 (see ``_forward_infer``): writes
     ``output`` and, when ``save_x``, ``x``.  ``src`` may be ``output`` itself."""
     if spatial == 1:
+        acc, acc64 = workspace.rows(filters)
         _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
-                            workspace.rows(filters)[1], batch, filters, dialect.code, save_x)
+                            acc64, acc, batch, filters, dialect.code, save_x)
     else:
         _forward_infer(src, output, x, rolling_mean, rolling_variance, scales, biases, batch,
                        filters, spatial, dialect.code, save_x)

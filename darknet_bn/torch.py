@@ -45,10 +45,10 @@ of a zero result can differ.
 
 ``bias.grad``.  pjreddie's backward computes ``backward_bias`` (the sum of
 ``grad_output`` per channel, plane sums added in batch order).  AlexeyAB's CPU
-backward never touches ``bias_updates``: with ``bias_grad="darknet"`` (default) the
-module returns a zero ``bias.grad`` for that fork, so the bias stays where it is
-under ``torch.optim.SGD`` without weight decay, as in Darknet.  ``bias_grad="sum"``
-opts in to ``backward_bias``'s sum for both forks.
+backward (and hank-ai's) never touches ``bias_updates``: with ``bias_grad="darknet"``
+(default) the module returns a zero ``bias.grad`` for those forks, so the bias stays
+where it is under ``torch.optim.SGD`` without weight decay, as in Darknet.
+``bias_grad="sum"`` opts in to ``backward_bias``'s sum for every fork.
 
 Eval-mode gradients are not Darknet's (an inference-mode Darknet backward reuses
 the last training step's ``x_norm``): autograd gets the derivative of the eval
@@ -783,9 +783,9 @@ class _DarknetBatchNorm:
 
 class DarknetBatchNorm2d(_DarknetBatchNorm, nn.BatchNorm2d):
     """Darknet's batchnorm on ``(N, C, H, W)``: a ``[convolutional]`` layer's BN stage or
-    a ``[batchnorm]`` section; an ``nn.BatchNorm2d``.  ``dialect``: ``"pjreddie"`` or
-    ``"alexeyab"``; ``momentum``: the rolling factor (the fork's by default, None for
-    the cumulative average); ``eps``: the fork's, read-only; ``bias_grad``:
+    a ``[batchnorm]`` section; an ``nn.BatchNorm2d``.  ``dialect``: ``"pjreddie"``,
+    ``"alexeyab"`` or ``"hankai"``; ``momentum``: the rolling factor (the fork's by
+    default, None for the cumulative average); ``eps``: the fork's, read-only; ``bias_grad``:
     ``"darknet"`` (the fork's backward) or ``"sum"``; ``keep_x_norm``: keep Darknet's
     ``x_norm`` between forward and backward (faster) or recompute it
     (``nn.BatchNorm2d``'s memory).  ``affine``, ``track_running_stats``, ``device`` and

@@ -303,3 +303,80 @@ def simplify(proto):
     simplified, valid = onnxsim.simplify(proto)
     assert valid, "onnxsim could not validate its simplified graph"
     return simplified
+
+
+# --------------------------------------------------------------------------
+# ONNX as Darknet's own exporter writes it (hank-ai's darknet_onnx_export)
+# --------------------------------------------------------------------------
+def fused_like_darknet(proto, dialect):
+    """Every ``Conv`` -> ``BatchNormalization`` pair as one ``Conv`` whose weights and
+    bias are the fork's fold (``fold_batchnorm``: hank-ai's exporter calls
+    ``fuse_conv_batchnorm`` unless ``-dontfuse``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from darknet_bn.darknet import fold_batchnorm
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    consts = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    producer = {o: n for n in new.graph.node for o in n.output}
+    nodes, inits = [], list(new.graph.initializer)
+    for n in new.graph.node:
+        conv = producer.get(n.input[0]) if n.op_type == "BatchNormalization" else None
+        if conv is None or conv.op_type != "Conv":
+            nodes.append(n)
+            continue
+        s, b, m, v = (consts[t].astype(F32) for t in n.input[1:5])
+        w = consts[conv.input[1]].astype(F32)
+        fw, fb = fold_batchnorm(np.ascontiguousarray(w.reshape(-1)), b, s, m, v,
+                                dialect=dialect)
+        name = conv.name or conv.output[0]
+        inits += [numpy_helper.from_array(fw.reshape(w.shape), name + "_weights"),
+                  numpy_helper.from_array(fb, name + "_bias")]
+        del conv.input[1:]
+        conv.input.extend([name + "_weights", name + "_bias"])
+        conv.output[0] = n.output[0]
+    used = {t for n in nodes for t in n.input}
+    del new.graph.node[:]
+    new.graph.node.extend(nodes)
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(t for t in inits if t.name in used)
+    del new.graph.value_info[:]
+    return new
+
+
+def darknet_float16(values):
+    """hank-ai's ``Darknet::convert_to_fp16`` (darknet_utils.cpp): the float's top 10
+    mantissa bits (truncation, not rounding), exponents above 15 to infinity, below
+    -14 to a signed zero; as float16 values."""
+    bits = np.ascontiguousarray(values, F32).view(np.uint32).astype(np.int64)
+    sign = (bits >> 31) & 1
+    exponent = ((bits >> 23) & 0xFF) - 127
+    mantissa = (bits & 0x7FFFFF) >> 13
+    out = np.where(exponent > 15, (sign << 15) | (0x1F << 10),
+                   np.where(exponent > -15, (sign << 15) | ((exponent + 15) << 10) | mantissa,
+                            sign << 15))
+    return out.astype(np.uint16).view(np.float16).reshape(np.shape(values))
+
+
+def float16_like_darknet(proto):
+    """The graph as hank-ai's exporter writes it with ``-fp16``: the parameters of every
+    ``Conv`` and ``BatchNormalization`` stored as FLOAT16 (``darknet_float16``), the
+    graph's inputs and outputs FLOAT16, other constants (Resize scales) as they are."""
+    import onnx
+    from onnx import numpy_helper
+    new = onnx.ModelProto()
+    new.CopyFrom(proto)
+    params = {t for n in new.graph.node if n.op_type in ("Conv", "BatchNormalization")
+              for t in n.input[1:]}
+    inits = []
+    for t in new.graph.initializer:
+        a = numpy_helper.to_array(t)
+        inits.append(numpy_helper.from_array(darknet_float16(a), t.name)
+                     if t.name in params and a.dtype == F32 else t)
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(inits)
+    for v in list(new.graph.input) + list(new.graph.output):
+        v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    del new.graph.value_info[:]
+    return new

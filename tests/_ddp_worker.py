@@ -19,7 +19,7 @@ from darknet_bn.torch import convert_batchnorm
 STEPS = 2
 WORLD = 2
 SHARD = 3            # images per rank
-DIALECTS = ("pjreddie", "alexeyab")
+DIALECTS = ("pjreddie", "alexeyab", "hankai")
 
 
 def make_model(dialect):

@@ -74,9 +74,10 @@ def fill_layer(layer, rng):
 # --------------------------------------------------------------------------
 # a deterministic workload (threads, subprocesses)
 # --------------------------------------------------------------------------
-#: (batch, c, h, w, dialect, layer_type): four different layers, one per thread.
+#: (batch, c, h, w, dialect, layer_type): five different layers, one per thread.
 WORKLOADS = [(4, 8, 6, 6, "pjreddie", "batchnorm"), (2, 16, 5, 7, "alexeyab", "convolutional"),
-             (8, 3, 4, 4, "alexeyab", "batchnorm"), (3, 5, 9, 2, "pjreddie", "convolutional")]
+             (8, 3, 4, 4, "alexeyab", "batchnorm"), (3, 5, 9, 2, "pjreddie", "convolutional"),
+             (2, 9, 7, 3, "hankai", "convolutional")]
 
 
 def training_run(index, kernel="blas", steps=40):

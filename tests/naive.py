@@ -10,14 +10,37 @@ out with NumPy scalars:
     math.sqrt / math.pow take and return double, like C's sqrt / pow.
 
 Sources: pjreddie/darknet src/blas.c, convolutional_layer.c, batchnorm_layer.c,
-utils.c; AlexeyAB/darknet where it differs (marked ``alexeyab``).
+utils.c; AlexeyAB/darknet where it differs (marked ``alexeyab``); hank-ai/darknet
+(``hankai``): AlexeyAB's lines compiled as C++, where an unqualified ``sqrt`` or
+``pow`` of a ``float`` is the float overload (``sqrtf``: float32 NumPy square root,
+correctly rounded like SSE's ``sqrtss``; ``powf``: the C library's own, called
+through ctypes), and ``float / float`` is a float32 NumPy division.
 Everything here runs in the Python interpreter; nothing is compiled by Numba.
 """
+import ctypes
+import ctypes.util
 import math
 
 import numpy as np
 
 F32, F64 = np.float32, np.float64
+
+#: Forks whose layer code is AlexeyAB's (hankai: the same lines, compiled as C++).
+ALEXEYAB_FLOW = ("alexeyab", "hankai")
+
+_LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
+_LIBM.powf.restype = ctypes.c_float
+_LIBM.powf.argtypes = (ctypes.c_float, ctypes.c_float)
+
+
+def sqrtf(v):
+    """C++'s ``sqrt(float)``: a float32 square root (IEEE, correctly rounded)."""
+    return np.sqrt(F32(v))
+
+
+def powf(x, y):
+    """C++'s ``pow(float, float)``: the C library's ``powf`` (not correctly rounded)."""
+    return F32(_LIBM.powf(F32(x), F32(y)))
 
 
 # ---------------------------------------------------------------- blas.c
@@ -54,6 +77,9 @@ def normalize_cpu(x, mean, variance, batch, filters, spatial, dialect="pjreddie"
                 if dialect == "pjreddie":
                     # x[index] = (x[index] - mean[f])/(sqrt(variance[f]) + .000001f);
                     x[index] = F32(diff / (math.sqrt(F64(variance[f])) + F64(F32(.000001))))
+                elif dialect == "hankai":
+                    # the same line in C++: sqrtss, then divss (float / float)
+                    x[index] = F32(x[index] - mean[f]) / sqrtf(F32(variance[f] + F32(.00001)))
                 else:
                     # x[index] = (x[index] - mean[f])/(sqrt(variance[f] + .00001f));
                     x[index] = F32(diff / math.sqrt(F64(F32(variance[f] + F32(.00001)))))
@@ -76,7 +102,7 @@ def copy_cpu(N, X, INCX, Y, INCY):
         Y[i * INCY] = X[i * INCX]
 
 
-def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
+def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta, dialect="pjreddie"):
     for i in range(filters):
         mean_delta[i] = F32(0)
         for j in range(batch):
@@ -84,11 +110,15 @@ def mean_delta_cpu(delta, variance, batch, filters, spatial, mean_delta):
                 index = j * filters * spatial + i * spatial + k
                 mean_delta[i] = F32(mean_delta[i] + delta[index])
         # mean_delta[i] *= (-1./sqrt(variance[i] + .00001f));
-        mean_delta[i] = F32(F64(mean_delta[i])
-                            * (-1. / math.sqrt(F64(F32(variance[i] + F32(.00001))))))
+        if dialect == "hankai":         # sqrtf, then the double division
+            root = F64(sqrtf(F32(variance[i] + F32(.00001))))
+        else:
+            root = math.sqrt(F64(F32(variance[i] + F32(.00001))))
+        mean_delta[i] = F32(F64(mean_delta[i]) * (-1. / root))
 
 
-def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta):
+def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, variance_delta,
+                       dialect="pjreddie"):
     for i in range(filters):
         variance_delta[i] = F32(0)
         for j in range(batch):
@@ -98,7 +128,10 @@ def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial, varian
                 prod = F32(delta[index] * F32(x[index] - mean[i]))
                 variance_delta[i] = F32(variance_delta[i] + prod)
         # variance_delta[i] *= -.5 * pow(variance[i] + .00001f, (float)(-3./2.));
-        factor = -.5 * math.pow(F64(F32(variance[i] + F32(.00001))), F64(F32(-3. / 2.)))
+        if dialect == "hankai":         # pow(float, float) is powf in C++
+            factor = -.5 * F64(powf(F32(variance[i] + F32(.00001)), F32(-3. / 2.)))
+        else:
+            factor = -.5 * math.pow(F64(F32(variance[i] + F32(.00001))), F64(F32(-3. / 2.)))
         variance_delta[i] = F32(F64(variance_delta[i]) * factor)
 
 
@@ -110,6 +143,8 @@ def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, fi
                 index = j * filters * spatial + f * spatial + k
                 if dialect == "pjreddie":   # delta[index] * 1./(sqrt(variance[f] + .00001f))
                     first = F64(delta[index]) * 1. / math.sqrt(F64(F32(variance[f] + F32(.00001))))
+                elif dialect == "hankai":   # delta[index] * 1./(sqrtf(variance[f]) + .00001f)
+                    first = F64(delta[index]) * 1. / F64(F32(sqrtf(variance[f]) + F32(.00001)))
                 else:                       # delta[index] * 1./(sqrt(variance[f]) + .00001f)
                     first = F64(delta[index]) * 1. / (math.sqrt(F64(variance[f])) + F64(F32(.00001)))
                 # + variance_delta[f] * 2. * (x[index] - mean[f]) / (spatial * batch)
@@ -175,7 +210,7 @@ class Layer:
 
 
 def forward_batchnorm_layer(l, net_input, train):
-    """pjreddie and AlexeyAB ``forward_batchnorm_layer`` (CPU), side by side."""
+    """pjreddie and AlexeyAB (and hank-ai) ``forward_batchnorm_layer`` (CPU), side by side."""
     n, sp = l.outputs * l.batch, l.out_h * l.out_w
     # [batchnorm]: copy_cpu(net.input -> l.output); [convolutional]: the conv output
     copy_cpu(n, net_input, 1, l.output, 1)
@@ -189,7 +224,7 @@ def forward_batchnorm_layer(l, net_input, train):
         axpy_cpu(l.out_c, new, l.mean, 1, l.rolling_mean, 1)
         scal_cpu(l.out_c, keep, l.rolling_variance, 1)
         axpy_cpu(l.out_c, new, l.variance, 1, l.rolling_variance, 1)
-        if l.fork == "alexeyab":
+        if l.fork in ALEXEYAB_FLOW:
             copy_cpu(n, l.output, 1, l.x, 1)
         normalize_cpu(l.output, l.mean, l.variance, l.batch, l.out_c, sp, l.fork)
         copy_cpu(n, l.output, 1, l.x_norm, 1)
@@ -200,7 +235,7 @@ def forward_batchnorm_layer(l, net_input, train):
 
 
 def backward_batchnorm_layer(l, delta_in, train, net_delta):
-    """pjreddie and AlexeyAB ``backward_batchnorm_layer`` (CPU), side by side."""
+    """pjreddie and AlexeyAB (and hank-ai) ``backward_batchnorm_layer`` (CPU), side by side."""
     n, sp = l.outputs * l.batch, l.out_h * l.out_w
     copy_cpu(n, delta_in, 1, l.delta, 1)
     mean, variance = l.mean, l.variance
@@ -210,8 +245,9 @@ def backward_batchnorm_layer(l, delta_in, train, net_delta):
         backward_bias(l.bias_updates, l.delta, l.batch, l.out_c, sp)
     backward_scale_cpu(l.x_norm, l.delta, l.batch, l.out_c, sp, l.scale_updates)
     scale_bias(l.delta, l.scales, l.batch, l.out_c, sp)
-    mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta)
-    variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta)
+    mean_delta_cpu(l.delta, variance, l.batch, l.out_c, sp, l.mean_delta, l.fork)
+    variance_delta_cpu(l.x, l.delta, mean, variance, l.batch, l.out_c, sp, l.variance_delta,
+                       l.fork)
     normalize_delta_cpu(l.x, mean, variance, l.mean_delta, l.variance_delta, l.batch, l.out_c,
                         sp, l.delta, l.fork)
     if l.type == "batchnorm":

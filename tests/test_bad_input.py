@@ -267,6 +267,9 @@ CTOR_BAD = [
     (dict(layer_type=["batchnorm"]), ValueError, "layer_type"),
     (dict(kernel="gpu"), ValueError, "kernel"), (dict(kernel=["blas"]), ValueError, "kernel"),
     (dict(dialect=dataclasses.replace(DIALECTS["pjreddie"], code=7)), ValueError, "dialect"),
+    # hank-ai's fork has no standalone [batchnorm] layer (the default layer_type)
+    (dict(dialect="hankai"), ValueError, "layer_type"),
+    (dict(dialect="hankai", layer_type="batchnorm"), ValueError, "layer_type"),
 ]
 
 

@@ -3,8 +3,9 @@
 The layer is checked, on every execution path in ``PATHS``, against
 - Darknet's recorded four-step sequences (darknet_bn/data/layer): every buffer after
   every forward and backward, bit for bit;
-- the naive transcription of both forks' batchnorm_layer.c (tests/naive.py) on
-  random shapes and input regimes, including update steps.
+- the naive transcription of every fork's batchnorm_layer.c (tests/naive.py) on
+  random shapes and input regimes, including update steps (hank-ai's fork: the
+  convolutional stage only, its one batchnorm on the CPU).
 """
 import numpy as np
 import pytest
@@ -13,14 +14,15 @@ from hypothesis import strategies as st
 
 import naive
 from _compare import assert_bits
-from _routines import REGIMES, _regime, routine_tests
-from darknet_bn import batchnorm_layer
+from _routines import FORKS, REGIMES, _regime, routine_tests
+from darknet_bn import batchnorm_layer, get_dialect
 from darknet_bn.batchnorm_layer import FIELDS, PATHS, BatchNormLayer
 from darknet_bn.golden import layer_cases, replay_layer_case
 
 KERNELS = sorted(PATHS)
-FORKS = ("pjreddie", "alexeyab")
 TYPES = ("batchnorm", "convolutional")
+#: (fork, layer type) for every layer each fork has on the CPU.
+LAYERS = [(fork, t) for fork in FORKS for t in TYPES if t in get_dialect(fork).layer_types]
 
 
 # ---------------------------------------------------------------- backward_scale_cpu
@@ -35,6 +37,52 @@ def test_layer_golden(case, kernel):
     checks = replay_layer_case(case, kernel=kernel)
     assert len(checks) >= 4 * 2 * 13
     assert_bits([(c.label, c.actual, c.expected) for c in checks], context=f"{case.name} [{kernel}]")
+
+
+def _naive_replay(case, fork):
+    """``case`` through the naive layer of ``fork``: (label, naive, Darknet) per buffer."""
+    z = case.arrays()
+    ref = naive.Layer(case.batch, case.w, case.h, case.c, fork, case.layer)
+    for name in FIELDS:
+        if f"init_{name}" in z:
+            getattr(ref, name)[:] = z[f"init_{name}"]
+    net_delta = np.zeros(case.batch * case.c * case.h * case.w, np.float32)
+    pairs = []
+    for t, mode in enumerate(case.steps):
+        train = mode == "train"
+        with np.errstate(all="ignore"):
+            naive.forward_batchnorm_layer(ref, z[f"step{t}_input"], train)
+        pairs += [(f"step{t}_fwd_{f}", getattr(ref, f).copy(), z[f"step{t}_fwd_{f}"])
+                  for f in FIELDS if f"step{t}_fwd_{f}" in z]
+        with np.errstate(all="ignore"):
+            naive.backward_batchnorm_layer(ref, z[f"step{t}_delta_in"], train, net_delta)
+        pairs += [(f"step{t}_bwd_{f}", getattr(ref, f).copy(), z[f"step{t}_bwd_{f}"])
+                  for f in FIELDS if f"step{t}_bwd_{f}" in z]
+        if f"step{t}_bwd_net_delta" in z:
+            pairs.append((f"step{t}_bwd_net_delta", net_delta.copy(),
+                          z[f"step{t}_bwd_net_delta"]))
+    return pairs
+
+
+@pytest.mark.parametrize("case", layer_cases(), ids=lambda c: c.name)
+def test_naive_model_reproduces_the_recorded_cases(case):
+    """The independent model the layer is tested against below is Darknet's arithmetic:
+    it gives every recorded buffer of every fork's cases bit for bit."""
+    pairs = _naive_replay(case, case.fork)
+    assert len(pairs) >= 4 * 2 * 13
+    assert_bits(pairs, context=f"naive {case.name}")
+
+
+@pytest.mark.parametrize("case", [c for c in layer_cases() if c.fork == "hankai"],
+                         ids=lambda c: c.name)
+def test_hankai_cases_are_not_alexeyabs_arithmetic(case):
+    """The C++ fork's cases tell its float overloads apart: AlexeyAB's C rules (the same
+    source lines) miss some of their buffers."""
+    pairs = _naive_replay(case, "alexeyab")
+    differ = [label for label, a, e in pairs if not np.array_equal(a.view(np.int32),
+                                                                   e.view(np.int32))]
+    print(f"{case.name}: {len(differ)} of {len(pairs)} buffers differ under AlexeyAB's rules")
+    assert differ
 
 
 # ---------------------------------------------------------------- layer vs naive
@@ -83,8 +131,7 @@ EDGE_SHAPES = [(1, 3, 2, 1), (2, 1, 1, 1), (3, 4, 1, 1), (1, 1, 3, 5), (2, 5, 3,
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("layer_type", TYPES)
-@pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize("fork, layer_type", LAYERS)
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_layer_edge_shapes_match_naive(shape, fork, layer_type, kernel):
     _run_sequence(kernel, fork, layer_type, *shape, regime="normal", seed=sum(shape),
@@ -94,10 +141,11 @@ def test_layer_edge_shapes_match_naive(shape, fork, layer_type, kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(1, 5), w=st.integers(1, 5),
-       fork=st.sampled_from(FORKS), layer_type=st.sampled_from(TYPES),
+       layer=st.sampled_from(LAYERS),
        regime=st.sampled_from(REGIMES), seed=st.integers(0, 2**32 - 1),
        steps=st.lists(st.sampled_from(("train", "inference", "update")), min_size=1, max_size=4))
-def test_layer_random_matches_naive(kernel, batch, c, h, w, fork, layer_type, regime, seed, steps):
+def test_layer_random_matches_naive(kernel, batch, c, h, w, layer, regime, seed, steps):
+    fork, layer_type = layer
     if batch * h * w < 2:
         steps = [s for s in steps if s != "train"]   # training rejected: tested below
     _run_sequence(kernel, fork, layer_type, batch, c, h, w, regime, seed, steps)
@@ -113,6 +161,22 @@ def test_fields_and_initial_values():
         assert buf.size == (120 if name in batchnorm_layer.TENSOR_FIELDS else 4)
         assert np.all(buf == (1 if name == "scales" else 0)), name
     assert l.buffers().keys() == set(FIELDS)
+
+
+def test_hankai_has_no_standalone_layer():
+    """hank-ai's Darknet has no [batchnorm] layer on the CPU: one ValueError naming the
+    argument and the fix; its convolutional stage is built as asked."""
+    with pytest.raises(ValueError) as e:
+        BatchNormLayer(2, 3, 3, 4, dialect="hankai", layer_type="batchnorm")
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("BatchNormLayer: layer_type='batchnorm'")
+    assert "no standalone batchnorm layer on the CPU" in text
+    assert text.endswith("pass layer_type='convolutional'")
+    with pytest.raises(ValueError, match="layer_type='convolutional'"):
+        BatchNormLayer(2, 3, 3, 4, dialect="hankai")          # the default is 'batchnorm'
+    layer = BatchNormLayer(2, 3, 3, 4, dialect="HankAI", layer_type="convolutional")
+    assert layer.dialect.name == "hankai" and layer.type == "convolutional"
+    assert layer.has_update and layer.net_delta is None
 
 
 def test_keyword_construction_and_repr():
@@ -172,13 +236,15 @@ def test_update_moves_parameters_in_darknet_sign():
 def test_inference_forward_uses_rolling_statistics(fork):
     """With train=False the output is (x - rolling_mean)/denominator*scale + bias and
     batch statistics are left alone."""
-    l = BatchNormLayer(1, 1, 1, 2, dialect=fork)     # batch*h*w = 1 is fine in inference
+    layer_type = get_dialect(fork).layer_types[0]
+    # batch*h*w = 1 is fine in inference
+    l = BatchNormLayer(1, 1, 1, 2, dialect=fork, layer_type=layer_type)
     l.rolling_mean[:] = [1, -1]
     l.rolling_variance[:] = [4, 0.25]
     l.scales[:] = [2, 3]
     l.biases[:] = [0.5, 0]
     out = l.forward(np.array([3, 0], np.float32), train=False)
-    ref = naive.Layer(1, 1, 1, 2, fork, "batchnorm")
+    ref = naive.Layer(1, 1, 1, 2, fork, layer_type)
     for f in ("rolling_mean", "rolling_variance", "scales", "biases"):
         getattr(ref, f)[:] = getattr(l, f)
     naive.forward_batchnorm_layer(ref, np.array([3, 0], np.float32), False)

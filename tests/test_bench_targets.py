@@ -1,7 +1,7 @@
 """The pieces of ``make bench``'s target table (a smoke test: no time is asserted).
 
 The exact reference kernel must write the layer's inference bits (the bench
-compares them on every run; here on small odd shapes, both forks, including
+compares them on every run; here on small odd shapes, every fork, including
 NaN/Inf/+-0 inputs, a zero and a negative rolling variance); the
 yolov4-tiny-shaped model must have Darknet's shapes; the table must say, per
 row, its target and whether it is met.
@@ -20,7 +20,7 @@ from benchmarks._common import make_layer, round_robin  # noqa: E402
 SEED = 20261205
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab", "hankai"])
 @pytest.mark.parametrize("shape", [(2, 5, 3, 7), (3, 17, 4, 4), (4, 9, 1, 1)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_exact_reference_writes_the_layers_bits(shape, dialect):
@@ -47,6 +47,21 @@ def test_bit_check_detects_a_changed_output(monkeypatch):
     assert exact_reference.bits_match(layer, x)
     monkeypatch.setattr(exact_reference, "reference_for", nudged)
     assert not exact_reference.bits_match(layer, x)
+
+
+def test_torch_rows_hold_the_float_division_forks_to_pytorch(monkeypatch):
+    """The torch group: a train step and an inference row per benchmark shape, target
+    1.0x PyTorch, for the forks whose normalize_cpu divides in float (hankai) only."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(targets, "SHAPES", ((2, 3, 4, 4), (8, 5, 1, 1)))
+    rows = targets.torch_rows(1, rounds=1, inner=1)
+    assert [(r["dialect"], tuple(r["shape"]), r["what"].split(" /")[0]) for r in rows] == [
+        ("hankai", (2, 3, 4, 4), "BatchNormLayer train step"),
+        ("hankai", (2, 3, 4, 4), "BatchNormLayer inference"),
+        ("hankai", (8, 5, 1, 1), "BatchNormLayer train step"),
+        ("hankai", (8, 5, 1, 1), "BatchNormLayer inference")]
+    assert all(r["target"] == 1.0 and r["stat"] == "min" and r["group"] == "torch"
+               for r in rows)
 
 
 def test_cfg_model_has_darknets_shapes():

@@ -23,7 +23,7 @@ def test_bench_runs_every_implementation(tmp_path, capsys):
     assert "fused" in text and "blas" in text and "memcpy" in text
     rows = json.loads(out.read_text())
     assert {(r["dialect"], r["mode"]) for r in rows} == {
-        (d, m) for d in ("pjreddie", "alexeyab") for m in ("train", "infer")}
+        (d, m) for d in ("pjreddie", "alexeyab", "hankai") for m in ("train", "infer")}
     for r in rows:
         assert {"fused", "blas", "numpy", "memcpy"} <= set(r["min_s"])
 

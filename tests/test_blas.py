@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from _routines import check_naive, random_values, routine_tests, routines_of
+from _routines import BY_NAME, FORKS, check_naive, random_values, routine_tests, routines_of
 from darknet_bn import blas
 
 ROUTINES = routines_of(blas)
@@ -19,7 +19,7 @@ EDGE_CASES = [(routine, shape) for routine in ROUTINES if not routine.strided
               if not (routine.name == "variance_cpu" and shape[0] * shape[2] < 2)]
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", FORKS)
 @pytest.mark.parametrize("routine, shape", EDGE_CASES,
                          ids=[f"{r.name}-{s}" for r, s in EDGE_CASES])
 def test_edge_shapes_match_naive(routine, dialect, shape):
@@ -64,3 +64,40 @@ def test_a_dialect_pickles_and_copies_as_the_builtin_object():
     for d in DIALECTS.values():
         assert pickle.loads(pickle.dumps(d)) is d
         assert copy.deepcopy(d) is d and copy.copy(d) is d
+
+
+#: The routines whose bits differ between the C forks and the C++ one (hankai): a float
+#: root (normalize_cpu, mean_delta_cpu, normalize_delta_cpu) or powf (variance_delta_cpu).
+CXX_ROUTINES = ("normalize_cpu", "mean_delta_cpu", "variance_delta_cpu", "normalize_delta_cpu")
+
+
+@pytest.mark.parametrize("name", CXX_ROUTINES)
+def test_hankai_differs_from_alexeyab(name):
+    """hankai's float overloads change these routines' bits on generic data, in most
+    channels (guards against a float_overloads flag that is silently ignored)."""
+    seed = 11
+    routine = BY_NAME[name]
+    values = random_values(routine, np.random.default_rng(seed), 2, 256, 9)
+    outs = {}
+    for dialect in ("alexeyab", "hankai"):
+        v = {k: (a.copy() if isinstance(a, np.ndarray) else a) for k, a in values.items()}
+        routine.port(*[v[a] for a in routine.args], dialect=dialect)
+        outs[dialect] = v[routine.writes[0]]
+    differ = outs["alexeyab"].view(np.int32) != outs["hankai"].view(np.int32)
+    print(f"{name}: {differ.sum()} of {differ.size} values differ (seed {seed})")
+    assert differ.sum() >= differ.size // 20, f"seed {seed}"
+
+
+def test_mean_and_variance_delta_default_to_the_c_forks():
+    """mean_delta_cpu / variance_delta_cpu keep their behaviour without dialect=: the
+    double sqrt and pow of pjreddie and alexeyab (identical in both)."""
+    seed = 12
+    for name in ("mean_delta_cpu", "variance_delta_cpu"):
+        routine = BY_NAME[name]
+        values = random_values(routine, np.random.default_rng(seed), 3, 40, 5)
+        runs = []
+        for kwargs in ({}, {"dialect": "pjreddie"}, {"dialect": "alexeyab"}):
+            v = {k: (a.copy() if isinstance(a, np.ndarray) else a) for k, a in values.items()}
+            routine.port(*[v[a] for a in routine.args], **kwargs)
+            runs.append(v[routine.writes[0]].view(np.int32))
+        assert all(np.array_equal(runs[0], r) for r in runs[1:]), f"{name}, seed {seed}"

@@ -1,11 +1,12 @@
 """darknet_bn.darknet.check on the forms real tools leave models in.
 
-yolov4-tiny (AlexeyAB) and yolov3-tiny (pjreddie) with synthesized weights (every
-float random, seeds printed), built as PyTorch YOLO implementations build them
-(``module_list.N.conv_N`` / ``batch_norm_N``, ``models.N.conv1``), converted as
-they convert (Darknet's blocks as stored, ``nn.BatchNorm2d`` eps 1e-5): AlexeyAB's
-inference, so a correct AlexeyAB conversion and a wrong pjreddie one (eps 1e-5
-inside the root where pjreddie adds 1e-6 outside it).  Then exported by both
+yolov4-tiny (AlexeyAB, and hank-ai's fork, which ships the same cfg) and yolov3-tiny
+(pjreddie) with synthesized weights (every float random, seeds printed), built as
+PyTorch YOLO implementations build them (``module_list.N.conv_N`` / ``batch_norm_N``,
+``models.N.conv1``), converted as they convert (Darknet's blocks as stored,
+``nn.BatchNorm2d`` eps 1e-5): AlexeyAB's (and hank-ai's) inference, so a correct
+AlexeyAB or hank-ai conversion and a wrong pjreddie one (eps 1e-5 inside the root
+where pjreddie adds 1e-6 outside it).  Then exported by both
 torch.onnx exporters and rewritten as deployment pipelines rewrite graphs.
 """
 from pathlib import Path
@@ -22,9 +23,12 @@ from darknet_bn.darknet import check_model                        # noqa: E402
 from darknet_bn.darknet.check import PairingError                 # noqa: E402
 
 CFG_DIR = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
-NETWORKS = {"alexeyab": "yolov4-tiny", "pjreddie": "yolov3-tiny"}
+#: Each fork's network: (the folder of its cfg, its name).  hank-ai's fork ships
+#: AlexeyAB's cfgs.
+NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny"),
+            "hankai": ("alexeyab", "yolov4-tiny")}
 SIZE = 64                                  # input side for the exports (strides up to 32)
-SEEDS = {"alexeyab": 41, "pjreddie": 42}
+SEEDS = {"alexeyab": 41, "pjreddie": 42, "hankai": 44}
 
 
 class Case:
@@ -32,8 +36,9 @@ class Case:
 
     def __init__(self, fork, tmp):
         self.fork = fork
-        self.cfg = CFG_DIR / fork / f"{NETWORKS[fork]}.cfg"
-        self.weights = tmp / f"{NETWORKS[fork]}.weights"
+        folder, name = NETWORKS[fork]
+        self.cfg = CFG_DIR / folder / f"{name}.cfg"
+        self.weights = tmp / f"{name}.weights"
         self.net = models.synthesize_weights(self.cfg, fork, self.weights, SEEDS[fork])
         self.model, _ = models.build(self.cfg, self.weights, fork)
         self.bn_layers = [s.index for s in self.net.bn_layers]
@@ -49,19 +54,19 @@ class Case:
         return check_model(converted, self.cfg, self.weights, dialect=self.fork, **kwargs)
 
 
-@pytest.fixture(scope="module", params=["alexeyab", "pjreddie"])
+@pytest.fixture(scope="module", params=["alexeyab", "pjreddie", "hankai"])
 def case(request, tmp_path_factory):
     return Case(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def assert_verdict(case, report):
-    """AlexeyAB: the correct conversion passes.  pjreddie: every batchnorm layer fails
+    """AlexeyAB and hank-ai: the correct conversion passes.  pjreddie: every batchnorm layer fails
     with the eps diagnosis (float32), or (float16) the layers where the eps mistake
     exceeds float16 rounding fail with the eps diagnosis and nothing else."""
     text = "\n".join(report.format_table())
     rows = [r for r in report.layers]
     assert [r.index for r in rows] == case.bn_layers, text
-    if case.fork == "alexeyab":
+    if case.fork != "pjreddie":
         assert report.ok, text
         return
     assert not report.ok
@@ -77,7 +82,7 @@ def assert_verdict(case, report):
 
 
 # --------------------------------------------------------------------------
-# every form, both forks
+# every form, every fork
 # --------------------------------------------------------------------------
 def test_live_module(case):
     assert_verdict(case, case.check(case.model))
@@ -164,7 +169,7 @@ def test_extra_post_processing_conv_is_listed(case, tmp_path):
     onnx.save(proto, path)
     status = main(["check", str(case.cfg), str(case.weights), str(path), "--dialect",
                    case.fork])
-    assert status == (0 if case.fork == "alexeyab" else 1)
+    assert status == (0 if case.fork != "pjreddie" else 1)
 
 
 def test_exact_pjreddie_conversion_passes(tmp_path):

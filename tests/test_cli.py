@@ -5,20 +5,24 @@ import sys
 
 import pytest
 
+from _recorded import demo_summary
 from darknet_bn.cli import build_parser, main
+from darknet_bn.compare import REGIMES
+from darknet_bn.dialects import names
 
 
 def test_demo_replays_every_case_bit_identically(capsys):
     assert main(["demo", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "32 cases, 3520/3520 buffers bit-identical" in out
+    assert demo_summary() in out
     assert "MISMATCH" not in out
 
 
-def test_demo_shows_both_dialects_step_by_step(capsys):
+def test_demo_shows_every_dialect_step_by_step(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    for text in ("pjreddie [batchnorm]", "alexeyab [convolutional]", "inference", "max ulp"):
+    for text in ("pjreddie [batchnorm]", "alexeyab [convolutional]", "hankai [convolutional]",
+                 "inference", "max ulp"):
         assert text in out
 
 
@@ -117,6 +121,8 @@ def test_progress_in_a_real_terminal(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, seen[-2000:]
     text = seen.decode()
-    # m = 2: one size, 4 regimes x 2 forks, no inference sizes
-    assert "darknet-bn compare: 0/8 " in text and "darknet-bn compare: 8/8 " in text
+    # m = 2: one size, 4 regimes x every fork, no inference sizes
+    total = len(REGIMES) * len(names())
+    assert f"darknet-bn compare: 0/{total} " in text and \
+        f"darknet-bn compare: {total}/{total} " in text
     assert "measurements in" in out.read_text()

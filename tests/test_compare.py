@@ -19,9 +19,10 @@ from darknet_bn import compare as C
 from darknet_bn import reference as R
 from darknet_bn._extras import install_command
 from darknet_bn.cli import main
+from darknet_bn.dialects import names
 
 U32 = 2.0 ** -24
-DIALECTS = ("pjreddie", "alexeyab")
+DIALECTS = ("pjreddie", "alexeyab", "hankai")
 
 
 def inputs(regime, batch, c, sp, seed=0):
@@ -62,9 +63,9 @@ def test_port_backward_is_darknet_formula_up_to_float32(dialect, regime, batch, 
     bound = formula_bound(x, dy, gamma, batch, c, sp, l.mean, l.variance, dialect)
     assert np.all(np.abs(dn - f32) <= bound)
     if regime == "tiny":
-        # ... and not the other dialect's formula: the check can fail (where eps
+        # ... and not the other placement's formula: the check can fail (where eps
         # placement matters; for v ~ 1 it moves the result by ~eps, below the bound)
-        other = DIALECTS[1 - DIALECTS.index(dialect)]
+        other = "alexeyab" if dialect == "pjreddie" else "pjreddie"
         f_other = R.darknet_backward_formula(x, dy, gamma, batch, c, sp, dialect=other,
                                              mean=l.mean, variance=l.variance)
         assert np.all(np.abs(dn - f_other) > 100 * bound)
@@ -127,13 +128,13 @@ def test_sweep_columns_add_up():
     most the sum of its parts (triangle inequality), in every row."""
     sizes = ((2, 1, 1), (4, 1, 1), (4, 4, 4), (4, 8, 8))
     rows = C.sweep(sizes=sizes, c=3, seed=1)
-    assert len(rows) == len(sizes) * len(C.REGIMES) * 2
+    assert len(rows) == len(sizes) * len(C.REGIMES) * len(DIALECTS)
     for r in rows:
         values = [r[k] for k in C.COLUMNS[C.COLUMNS.index("err_own"):]]
         assert np.all(np.isfinite(values)), r
         parts = r["divisor"] + r["eps"] + r["stats32"] + r["backward32"]
         assert r["err_own"] <= parts * (1 + 1e-9), r
-        assert r["dbeta"] == 1.0 if r["dialect"] == "alexeyab" else r["dbeta"] < 1e-5
+        assert r["dbeta"] == 1.0 if r["dialect"] != "pjreddie" else r["dbeta"] < 1e-5
         if r["m"] >= 4 and r["regime"] != "tiny":
             assert r["trap"] > r["err_own"]     # the trap is worse than Darknet's formula
 
@@ -157,7 +158,7 @@ def test_cli_compare_writes_table_and_csv(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--out", str(out), "--max-m", "16", "--no-plot"]) == 0
     text = capsys.readouterr().out
-    assert "pjreddie" in text and "alexeyab" in text and "inference mode" in text
+    assert all(d in text for d in DIALECTS) and "inference mode" in text
     # one line of explanation per part, and the causes of the other gaps
     why = text.split("\nwhy", 1)[1].split("\ninference mode", 1)[0]
     for key in ("divisor", "eps", "stats32", "backward32", "omitted", "trap"):
@@ -165,7 +166,7 @@ def test_cli_compare_writes_table_and_csv(tmp_path, capsys):
     assert "never computes bias_updates" in text and "stale x_norm" in text
     rows = (out / "compare.csv").read_text().splitlines()
     assert rows[0].split(",") == list(C.COLUMNS)
-    assert len(rows) == 1 + 4 * len(C.REGIMES) * 2          # m = 2, 4, 8, 16
+    assert len(rows) == 1 + 4 * len(C.REGIMES) * len(DIALECTS)      # m = 2, 4, 8, 16
     md = (out / "compare.md").read_text()
     assert "| dialect | regime | m |" in md and "## Inference mode" in md
     assert (out / "compare_inference.csv").is_file()
@@ -180,6 +181,47 @@ def test_cli_compare_one_dialect_with_plot(tmp_path):
     assert rows and all(r.startswith("alexeyab,") for r in rows)
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_every_fork_is_the_default_and_all(tmp_path):
+    """No --dialect and --dialect all measure the same rows: every fork's."""
+    assert set(names()) == set(DIALECTS)
+    out = {}
+    for args in ([], ["--dialect", "all"]):
+        where = tmp_path / str(len(args))
+        assert main(["compare", "--out", str(where), "--max-m", "4", "--no-plot", *args]) == 0
+        out[len(args)] = (where / "compare.csv").read_text()
+    assert out[0] == out[2]
+    assert {line.split(",")[0] for line in out[0].splitlines()[1:]} == set(DIALECTS)
+
+
+def test_both_is_refused_naming_all(tmp_path, capsys, monkeypatch):
+    """``--dialect both`` meant the two C forks: with three it is an error saying to
+    pass ``all``, before anything runs."""
+    monkeypatch.setattr(C, "sweep", lambda *a, **k: pytest.fail("the sweep ran"))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--dialect", "both", "--out", str(tmp_path / "cmp")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("darknet-bn compare: error: argument --dialect: 'both' is not a "
+                          "choice since there are 3 forks; pass --dialect all"), err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_hankai_rows_share_alexeyabs_formulas_not_its_bits():
+    """hankai's float64 references and statistics are alexeyab's (same formulas, same
+    mean_cpu/variance_cpu); its float32 arithmetic (sqrtf in x_norm and the backward,
+    powf) is its own."""
+    seed = 4
+    rows = C.sweep(("alexeyab", "hankai"), ("normal", "tiny"), sizes=((4, 4, 4), (4, 8, 8)),
+                   c=3, seed=seed)
+    pairs = list(zip(rows[0::2], rows[1::2]))
+    assert all(a["dialect"] == "alexeyab" and b["dialect"] == "hankai" for a, b in pairs)
+    for a, b in pairs:
+        for key in ("divisor", "eps", "stats32", "omitted", "trap", "dbeta"):
+            assert a[key] == b[key], (key, a, b)
+    for key in ("backward32", "dgamma"):
+        assert any(a[key] != b[key] for a, b in pairs), f"{key}, seed {seed}"
 
 
 def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):

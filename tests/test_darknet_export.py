@@ -122,3 +122,34 @@ def test_torch_eval_matches_port_inference(fork):
     assert total > 0 and worst <= BOUND, (
         f"torch differs by {worst:.2f} u of the terms' magnitude "
         f"({identical}/{total} outputs bit-identical)")
+
+
+def test_hankai_exports_alexeyabs_form():
+    """hank-ai's state_dict is AlexeyAB's (eps 1e-5, the variance as stored), and torch's
+    eval is within the same bound of its C++ inference."""
+    torch = pytest.importorskip("torch")
+    from darknet_bn.darknet import to_torch_batchnorm
+
+    assert get_dialect("hankai").torch_eps == get_dialect("alexeyab").torch_eps == 1e-5
+    rng = np.random.default_rng(12)
+    worst = 0.0
+    for rec in _weights("alexeyab").layers:
+        if rec.section == "batchnorm":               # hank-ai has no [batchnorm] layer
+            continue
+        ours, eps = batchnorm_state_dict(rec, dialect="hankai")
+        theirs, ab_eps = batchnorm_state_dict(rec, dialect="alexeyab")
+        assert eps == ab_eps and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+        layer = make_batchnorm_layer_from_record(rec, batch=2, dialect="hankai")
+        assert layer.dialect.name == "hankai"
+        x = (rng.standard_normal((2, layer.c, layer.h, layer.w)) * 3).astype(np.float32)
+        y = layer.forward(x.copy(), train=False).reshape(x.shape).astype(np.float64)
+        module = to_torch_batchnorm(rec, dialect="hankai")
+        xt = torch.from_numpy(x.reshape(2, layer.c) if rec.section == "connected" else x)
+        with torch.no_grad():
+            t = module(xt).numpy().reshape(x.shape).astype(np.float64)
+        alpha = (rec.scales / np.sqrt(rec.rolling_variance.astype(np.float64) + 1e-5)
+                 ).reshape(1, -1, 1, 1)
+        scale = (np.abs(x * alpha) + np.abs(rec.rolling_mean.reshape(1, -1, 1, 1) * alpha)
+                 + np.abs(rec.biases).reshape(1, -1, 1, 1))
+        worst = max(worst, float((np.abs(t - y) / (U * scale)).max()))
+    assert worst <= BOUND, worst

@@ -53,14 +53,28 @@ def test_with_weights_and_suspicious_values(tmp_path, capsys):
     assert "1 negative and 2 zero rolling variances, 1 non-finite values" in out
 
 
+def test_hankai_reads_alexeyabs_cfg(capsys):
+    cfg = str(CFG_DIR / "alexeyab" / "yolov4-tiny.cfg")
+    assert main(["inspect", cfg, "--dialect", "hankai"]) == 0
+    hankai = capsys.readouterr().out
+    assert main(["inspect", cfg, "--dialect", "alexeyab"]) == 0
+    assert _rows(hankai) == _rows(capsys.readouterr().out) and _rows(hankai)
+
+
 @pytest.mark.parametrize("args,pattern", [
     (["pjreddie/bn-zoo.cfg", "alexeyab/bn-zoo.weights"], "oversized.*--dialect alexeyab"),
     (["alexeyab/yolov4-tiny.cfg"], r"yolov4-tiny\.cfg:60: \[route\] option groups="),
+    (["alexeyab/bn-zoo.cfg", "alexeyab/bn-zoo.weights", "--dialect", "hankai"],
+     r"bn-zoo\.cfg:16: \[batchnorm\]: dialect 'hankai' has no standalone batchnorm layer.*"
+     r"pass --dialect pjreddie or --dialect alexeyab"),
 ])
 def test_bad_input_exit_status_2(capsys, args, pattern):
-    assert main(["inspect", *(str(CFG_DIR / a) for a in args), "--dialect", "pjreddie"]) == 2
+    words = [str(CFG_DIR / a) if a.endswith((".cfg", ".weights")) else a for a in args]
+    if "--dialect" not in words:
+        words += ["--dialect", "pjreddie"]
+    assert main(["inspect", *words]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("darknet-bn inspect: ")
+    assert err.startswith("darknet-bn inspect: ") and err.count("\n") == 1
     assert re.search(pattern, err)
 
 

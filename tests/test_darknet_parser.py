@@ -33,6 +33,37 @@ def test_every_layer_matches_darknets_parse(fork, name):
     assert net.file_bytes() == ref["file_bytes"]
 
 
+#: AlexeyAB's cfgs without a [batchnorm] section: hank-ai's parser reads them as AlexeyAB's.
+HANKAI_CASES = [name for fork, name in CASES if fork == "alexeyab"
+                and "[batchnorm]" not in (CFG_DIR / fork / f"{name}.cfg").read_text()]
+
+
+@pytest.mark.parametrize("name", HANKAI_CASES)
+def test_hankai_reads_alexeyabs_cfgs_as_alexeyab(name):
+    """hank-ai's fork keeps AlexeyAB's parser rules (shapes, .weights layout)."""
+    ref = json.loads((CFG_DIR / "alexeyab" / f"{name}.layers.json").read_text())
+    net = parse_cfg(CFG_DIR / "alexeyab" / f"{name}.cfg", dialect="hankai")
+    assert net.dialect.name == "hankai"
+    mismatches = [(spec.index, key, getattr(spec, key), want[key])
+                  for spec, want in zip(net.layers, ref["layers"]) for key in FIELDS
+                  if getattr(spec, key) != want[key]]
+    assert len(net.layers) == len(ref["layers"]) and mismatches == []
+    assert net.file_bytes() == ref["file_bytes"]
+
+
+def test_hankai_refuses_a_batchnorm_section_in_one_line():
+    """hank-ai's Darknet has no [batchnorm] section: the error names the file and line,
+    the reason, and the forks whose cfgs have one."""
+    assert len(HANKAI_CASES) >= 5
+    with pytest.raises(CfgError) as e:
+        parse_cfg(CFG_DIR / "alexeyab" / "bn-zoo.cfg", dialect="hankai")
+    text = str(e.value)
+    assert "\n" not in text and "bn-zoo.cfg:16: [batchnorm]: dialect 'hankai' has no " \
+        "standalone batchnorm layer on the CPU" in text
+    assert "pass dialect='pjreddie' or dialect='alexeyab'" in text
+    assert parse_cfg(CFG_DIR / "alexeyab" / "bn-zoo.cfg", dialect="alexeyab").layers
+
+
 def _cfg(tmp_path, body, name="t.cfg"):
     path = tmp_path / name
     path.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n" + body)

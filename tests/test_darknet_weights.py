@@ -248,6 +248,38 @@ def test_layers_from_records_run_darknets_inference(fork):
         assert np.array_equal(_bits(y), _bits(want))
 
 
+def test_hankai_weights_are_alexeyabs_layout_and_run_its_cxx_inference(tmp_path):
+    """hank-ai writes AlexeyAB's layout (header 0.2.5); its layers normalize with
+    ``sqrtf`` and a float division: NumPy's float32 expression, bit for bit."""
+    seed = 8
+    cfg = CFG_DIR / "alexeyab" / "yolov4-tiny.cfg"
+    net = parse_cfg(cfg, dialect="hankai")
+    rng = np.random.default_rng(seed)
+    synth = DarknetWeights(None, "hankai", WeightsHeader(0, 2, 5, 0), net,
+                           _random_records(net, rng, "hankai"))
+    path = tmp_path / "hankai.weights"
+    write_weights(net, path, synth, fill=0.5)
+    ref = json.loads((CFG_DIR / "alexeyab" / "yolov4-tiny.layers.json").read_text())
+    assert path.stat().st_size == ref["file_bytes"]
+    w, ab = (read_weights(cfg, path, dialect=d) for d in ("hankai", "alexeyab"))
+    assert w.dialect is get_dialect("hankai") and w.header == ab.header == synth.header
+    assert [r.index for r in w.layers] == [r.index for r in ab.layers]
+    layers = make_batchnorm_layers(w, batch=2)
+    eps = np.float32(1e-5)
+    for rec in w.layers:
+        layer = layers[rec.index]
+        assert layer.type == "convolutional" and layer.dialect.name == "hankai"
+        for name, arr in rec.arrays().items():
+            assert np.array_equal(_bits(arr), _bits(ab.layer(rec.index).arrays()[name]))
+        x = rng.standard_normal((2, layer.c, layer.h, layer.w)).astype(np.float32)
+        y = layer.forward(x.copy(), train=False).reshape(x.shape)
+        m, v = rec.rolling_mean[:, None, None], rec.rolling_variance[:, None, None]
+        with np.errstate(invalid="ignore"):
+            xn = (x - m) / np.sqrt(v + eps)              # all float32: sqrtss, divss
+        want = xn * rec.scales[:, None, None] + rec.biases[:, None, None]
+        assert np.array_equal(_bits(y), _bits(want)), f"layer {rec.index}, seed {seed}"
+
+
 def test_layer_from_record_with_other_size():
     w = read_weights(*_zoo("alexeyab"), dialect="alexeyab")
     layer = make_batchnorm_layer_from_record(w.layer(0), batch=3, h=5, w=7)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from darknet_bn import BatchNormLayer
+from _routines import FORKS
+from darknet_bn import BatchNormLayer, get_dialect
 from darknet_bn.c_arith import BY_RECIPROCAL, DIVIDE, exact_reciprocal, normalize_delta_by
 from darknet_bn.batchnorm_layer import FIELDS
 from darknet_bn.golden import bits_equal, ulp_diff
@@ -124,7 +125,8 @@ def test_normalize_delta_element_same_bits_near_float_midpoints(n):
 
 def _layer_pair(shape, dialect, rng):
     b, c, h, w = shape
-    layers = [BatchNormLayer(b, w, h, c, dialect=dialect, layer_type="batchnorm", kernel=k)
+    layer_type = get_dialect(dialect).layer_types[0]     # hankai: the conv stage only
+    layers = [BatchNormLayer(b, w, h, c, dialect=dialect, layer_type=layer_type, kernel=k)
               for k in ("blas", "fused")]
     state = {"scales": rng.uniform(-2, 2, c), "biases": rng.normal(0, 1, c),
              "rolling_mean": rng.normal(0, 1, c),
@@ -138,7 +140,7 @@ def _layer_pair(shape, dialect, rng):
     return layers
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", FORKS)
 @pytest.mark.parametrize("shape", [(64, 40, 1, 1), (256, 24, 1, 1), (2, 300, 1, 1),
                                    (4, 19, 4, 4), (2, 16, 8, 8), (1, 9, 2, 4)],
                          ids=lambda s: "x".join(map(str, s)))

@@ -50,6 +50,28 @@ def test_folded_file_is_byte_identical_to_darknets(fork, name, tmp_path):
     assert list(res.folded) == expect and expect
 
 
+def test_hankai_folds_as_alexeyab(tmp_path):
+    """hank-ai's fuse_conv_batchnorm is AlexeyAB's lines with explicit double casts: the
+    file AlexeyAB's build wrote, byte for byte (fold-zoo has no [batchnorm] section, which
+    hank-ai's parser would refuse), and the same folded layers."""
+    cfg, weights = _inputs("alexeyab", "fold-zoo")
+    res = fold_weights(cfg, weights, tmp_path / "out.weights", dialect="hankai")
+    assert (tmp_path / "out.weights").read_bytes() == \
+        (FOLD / "alexeyab" / "fold-zoo.folded.weights").read_bytes()
+    net = parse_cfg(cfg, dialect="hankai")
+    assert list(res.folded) == [s.index for s in net.layers
+                                if s.bn_channels and s.section == "convolutional"]
+    rng = np.random.default_rng(6)
+    blocks = [rng.normal(0, 1, 64).astype(F32), rng.normal(0, 1, 8).astype(F32),
+              rng.normal(1, .2, 8).astype(F32), rng.normal(0, 1, 8).astype(F32),
+              rng.uniform(1e-6, 4, 8).astype(F32)]
+    for a, b in zip(fold_batchnorm(*blocks, dialect="hankai"),
+                    fold_batchnorm(*blocks, dialect="alexeyab")):
+        assert _same_bits(a, b), "seed 6"
+    with pytest.raises(ValueError, match=r"'hankai' does not fold \[connected\]"):
+        fold_batchnorm(*blocks, dialect="hankai", layer_type="connected")
+
+
 @pytest.mark.parametrize("fork,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
 def test_every_layer_struct_after_folding(fork, name):
     """The per-layer values Darknet's structs hold after folding (``.folded.npz``), bit

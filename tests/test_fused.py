@@ -5,7 +5,8 @@ run on every path in ``PATHS``; these add random, larger and odd shapes (batch=1
 c=1, h=w=1, channel counts that are not a multiple of the fused kernels' 8-lane
 groups), both dialects and layer types, train and inference, multi-step
 sequences with ``update``, special values, and the argument variants
-(input/delta None, explicit net_delta).  Every buffer of the layer is compared
+(input/delta None, explicit net_delta), for every fork and each layer type it has
+(hank-ai's: the convolutional stage only).  Every buffer of the layer is compared
 bitwise (``golden.bits_equal``: -0.0 != +0.0, NaN payloads must match) after
 every forward, backward and update.
 """
@@ -15,13 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknet_bn import BatchNormLayer
+from _routines import FORKS
+from darknet_bn import BatchNormLayer, get_dialect
 from darknet_bn import _jit, batchnorm_layer, fused
 from darknet_bn.batchnorm_layer import FIELDS, PATHS
 from darknet_bn.golden import bits_equal, ulp_diff
 
-DIALECTS = ("pjreddie", "alexeyab")
+DIALECTS = FORKS
 LAYER_TYPES = ("batchnorm", "convolutional")
+#: (dialect, layer type) for every layer each fork has on the CPU.
+LAYERS = [(d, t) for d in DIALECTS for t in LAYER_TYPES if t in get_dialect(d).layer_types]
 
 # (batch, c, h, w): batch=1, c=1, h=w=1 with batch>=2, odd sizes, c below / at /
 # above / between multiples of the vec8 groups (8 and 16 channels), planes with
@@ -144,8 +148,7 @@ def _run_sequence(shape, dialect, layer_type, sequence, kind, seed, variant="pla
 
 
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("layer_type", LAYER_TYPES)
-@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("dialect, layer_type", LAYERS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_fused_matches_blas_random(shape, dialect, layer_type):
     for seed, seq in enumerate(SEQUENCES.values()):
@@ -153,16 +156,14 @@ def test_fused_matches_blas_random(shape, dialect, layer_type):
 
 
 @pytest.mark.parametrize("kind", ["huge", "tiny", "constant_channel", "special"])
-@pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.parametrize("dialect, layer_type", LAYERS)
 def test_fused_matches_blas_special_values(kind, dialect, layer_type):
     for shape in [(3, 13, 7, 5), (2, 9, 4, 4), (16, 4, 1, 1), (4, 270, 1, 1)]:
         _run_sequence(shape, dialect, layer_type, SEQUENCES["train-update-infer"], kind, seed=3)
 
 
 @pytest.mark.parametrize("variant", ["in_place", "net_delta", "4d"])
-@pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("layer_type", LAYER_TYPES)
+@pytest.mark.parametrize("dialect, layer_type", LAYERS)
 def test_fused_matches_blas_argument_variants(variant, dialect, layer_type):
     _run_sequence((3, 11, 5, 6), dialect, layer_type, SEQUENCES["train-update-infer"],
                   "normal", seed=5, variant=variant)
@@ -170,9 +171,9 @@ def test_fused_matches_blas_argument_variants(variant, dialect, layer_type):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 6), c=st.integers(1, 20), h=st.integers(1, 9),
-       w=st.integers(1, 9), dialect=st.sampled_from(DIALECTS),
-       layer_type=st.sampled_from(LAYER_TYPES), seed=st.integers(0, 2**32 - 1))
-def test_fused_matches_blas_hypothesis(batch, c, h, w, dialect, layer_type, seed):
+       w=st.integers(1, 9), layer=st.sampled_from(LAYERS), seed=st.integers(0, 2**32 - 1))
+def test_fused_matches_blas_hypothesis(batch, c, h, w, layer, seed):
+    dialect, layer_type = layer
     _run_sequence((batch, c, h, w), dialect, layer_type, SEQUENCES["train-update-infer"],
                   "normal", seed)
 
@@ -185,7 +186,8 @@ def test_fused_group_choices_match_blas(shape, dialect, forward_group, backward_
     """Every channel grouping gives the blas path's bits, whatever fused.groups would pick
     for this machine's thread count."""
     monkeypatch.setattr(fused, "groups", lambda filters: (forward_group, backward_group))
-    _run_sequence(shape, dialect, "batchnorm", SEQUENCES["train-update-infer"], "normal",
+    _run_sequence(shape, dialect, get_dialect(dialect).layer_types[0],
+                  SEQUENCES["train-update-infer"], "normal",
                   seed=sum(shape) + forward_group + backward_group)
 
 
@@ -202,6 +204,8 @@ def test_large_shape_matches_blas():
                   [("train", True), ("infer", False)], "normal", seed=11)
     _run_sequence((2, 19, 52, 52), "pjreddie", "convolutional",
                   [("train", True), ("infer", False)], "normal", seed=12)
+    _run_sequence((2, 19, 52, 52), "hankai", "convolutional",
+                  [("train", True), ("infer", False)], "normal", seed=13)
 
 
 # --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from _recorded import manifest_cases
 from darknet_bn.golden import bits_equal, layer_cases, routine_cases, ulp_diff
 
 
@@ -29,6 +30,11 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_fixtures_are_all_shipped():
-    """The suite runs without ../shared: every fixture the manifests list is in data/."""
-    assert len(layer_cases()) == 32
+    """The suite runs without ../shared: every fixture the manifests list is in data/,
+    the layer cases of every fork."""
+    cases = layer_cases()
+    assert len(cases) == len(manifest_cases()) == 40
+    assert {c.fork for c in cases} == {"pjreddie", "alexeyab", "hankai"}
+    assert sum(c.fork == "hankai" for c in cases) == 8
+    assert all(c.layer == "convolutional" for c in cases if c.fork == "hankai")
     assert len(routine_cases()) == 75

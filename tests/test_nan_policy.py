@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import naive
-from _routines import DIMS, ROUTINES, call, random_values
+from _routines import DIMS, FORKS, ROUTINES, call, random_values
 from _state import fill_layer, same_bits, same_bits_any_nan
-from darknet_bn import blas
+from darknet_bn import blas, get_dialect
 from darknet_bn.batchnorm_layer import PATHS, BatchNormLayer
 
 F32 = np.float32
@@ -47,7 +47,7 @@ def assert_same(a, b, label):
 # --------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from(ROUTINES), st.integers(0, 2**32 - 1), st.integers(1, 4),
-       st.integers(1, 4), st.integers(1, 6), st.sampled_from(["pjreddie", "alexeyab"]),
+       st.integers(1, 4), st.integers(1, 6), st.sampled_from(FORKS),
        st.sampled_from([1.5, float("nan"), float("inf"), -0.0]))
 def test_routines_propagate_specials_like_c(routine, seed, batch, filters, spatial, dialect,
                                             alpha):
@@ -72,24 +72,25 @@ def test_routines_propagate_specials_like_c(routine, seed, batch, filters, spati
             assert_same(port[name], ref[name], f"{routine.name}:{name}")
 
 
-def test_division_by_zero_gives_inf_not_an_exception():
-    """variance = -.00001f makes Darknet divide by sqrt(0): -Inf/NaN, as in C."""
+@pytest.mark.parametrize("dialect", FORKS)
+def test_division_by_zero_gives_inf_not_an_exception(dialect):
+    """variance = -.00001f makes Darknet divide by sqrt(0): -Inf/NaN, as in C (and with
+    C++'s sqrtf and powf)."""
     var = np.array([-1e-5, 1.0], F32)
     delta = np.array([1.0, 0.0, 2.0, 0.5], F32)            # batch 1, 2 channels, 2 each
     mean_delta = np.zeros(2, F32)
-    blas.mean_delta_cpu(delta, var, 1, 2, 2, mean_delta)
+    blas.mean_delta_cpu(delta, var, 1, 2, 2, mean_delta, dialect=dialect)
     assert mean_delta[0] == -np.inf                         # 1.0 * (-1./sqrt(0))
     variance_delta = np.zeros(2, F32)
     x, mean = np.array([1, 1, 3, 3], F32), np.array([1, 2], F32)
-    blas.variance_delta_cpu(x, delta, mean, var, 1, 2, 2, variance_delta)
+    blas.variance_delta_cpu(x, delta, mean, var, 1, 2, 2, variance_delta, dialect=dialect)
     assert np.isnan(variance_delta[0])                      # 0 * pow(0, -1.5) = 0 * inf
 
 
 # --------------------------------------------------------------------------
 # the layer
 # --------------------------------------------------------------------------
-LAYERS = [(d, t, k) for d in ("pjreddie", "alexeyab") for t in ("batchnorm", "convolutional")
-          for k in sorted(PATHS)]
+LAYERS = [(d, t, k) for d in FORKS for t in get_dialect(d).layer_types for k in sorted(PATHS)]
 
 
 def naive_twin(layer):

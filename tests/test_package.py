@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import darknet_bn
+from _recorded import demo_summary, manifest_cases
 from darknet_bn import golden
 from darknet_bn.cli import COMMANDS, main
 
@@ -41,7 +42,7 @@ def test_layer_fixtures_are_package_data_and_have_one_copy():
     package_data; the checkout holds no second copy."""
     layer = golden.PACKAGE_DATA / "layer"
     names = [c["file"] for c in json.loads((layer / "manifest.json").read_text())["cases"]]
-    assert len(names) == 32 and all((layer / n).is_file() for n in names)
+    assert len(names) == 40 and all((layer / n).is_file() for n in names)
     patterns = SETUP["options.package_data"]["darknet_bn"].replace(",", " ").split()
     package = Path(darknet_bn.__file__).parent
     for path in [layer / "manifest.json", *(layer / n for n in names)]:
@@ -141,7 +142,7 @@ def test_built_wheel_installs_and_runs_every_command(tmp_path):
         names = z.namelist()
     assert "darknet_bn/data/layer/manifest.json" in names
     assert sum(n.startswith("darknet_bn/data/layer/") and n.endswith(".npz")
-               for n in names) == 32
+               for n in names) == len(manifest_cases())
     assert not any(n.endswith((".nbi", ".nbc", ".pyc")) for n in names)
 
     venv = tmp_path / "venv"
@@ -168,7 +169,7 @@ def test_built_wheel_installs_and_runs_every_command(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
     assert cli("--version").stdout.strip() == f"darknet-bn {darknet_bn.__version__}"
     demo = cli("demo", "--quiet").stdout
-    assert "32 cases, 3520/3520 buffers bit-identical" in demo and "MISMATCH" not in demo
+    assert demo_summary() in demo and "MISMATCH" not in demo
     assert str(venv) in demo                     # the fixtures came from the installed wheel
 
     cfg_dir = ROOT / "data" / "golden" / "cfg" / "alexeyab"

@@ -19,7 +19,7 @@ import pytest
 from darknet_bn import reference as R
 
 EPS64 = np.finfo(np.float64).eps
-DIALECTS = ("pjreddie", "alexeyab")
+DIALECTS = ("pjreddie", "alexeyab", "hankai")
 
 #: (batch, c, spatial, location, scale) of x = location + scale*N(0, 1)
 CASES = [

@@ -57,7 +57,7 @@ def sequential():
 
 
 @pytest.mark.parametrize("kernel", sorted(PATHS))
-def test_four_threads_match_sequential(kernel, sequential):
+def test_threads_match_sequential(kernel, sequential):
     results = run_in_threads(training_run, [(i, kernel) for i in range(len(WORKLOADS))])
     for i, (got, want) in enumerate(zip(results, sequential)):
         assert same_bits(got, want), f"workload {i} ({WORKLOADS[i]}) on {kernel}: bits differ"
@@ -156,7 +156,7 @@ def run_worker(tmp_path, **env):
     ({"NUMBA_THREADING_LAYER": "workqueue"}, "workqueue", "False"),
     ({"NUMBA_NUM_THREADS": "1"}, None, "True"),
 ], ids=["workqueue", "NUMBA_NUM_THREADS=1"])
-def test_four_threads_in_subprocess(tmp_path, sequential, env, layer, parallel):
+def test_threads_in_subprocess(tmp_path, sequential, env, layer, parallel):
     r, out = run_worker(tmp_path, **env)
     assert r.returncode == 0, f"worker died ({r.returncode}):\n{r.stderr[-2000:]}"
     predicted, par, nthreads, actual = r.stdout.split()

@@ -24,7 +24,9 @@ from darknet_bn.golden import data_dir, layer_cases  # noqa: E402
 from darknet_bn.torch import (DarknetBatchNorm1d, DarknetBatchNorm2d,  # noqa: E402
                               _DarknetBatchNorm, convert_batchnorm, from_darknet)
 
-FORKS = ("pjreddie", "alexeyab")
+FORKS = ("pjreddie", "alexeyab", "hankai")
+#: The forks with a recorded bn-zoo (hank-ai's parser refuses its [batchnorm] sections).
+ZOO_FORKS = ("pjreddie", "alexeyab")
 
 
 def _np(t):
@@ -449,7 +451,7 @@ def test_convert_batchnorm_refuses_before_replacing():
 
 
 # ---------------------------------------------------------------- from_darknet
-@pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize("fork", ZOO_FORKS)
 def test_from_darknet_bn_zoo(fork):
     """Every BN layer of the fork's bn-zoo: module eval output == BatchNormLayer's
     inference with the same record, bitwise; parameters are the file's floats."""

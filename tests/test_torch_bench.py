@@ -9,6 +9,7 @@ pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 
 from benchmarks import bench  # noqa: E402
+from darknet_bn import DIALECTS  # noqa: E402
 
 
 def test_bench_module_entry(tmp_path, capsys):
@@ -18,4 +19,6 @@ def test_bench_module_entry(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "DarknetBatchNorm2d vs torch.nn.BatchNorm2d" in text
     rows = json.loads(out.read_text())
-    assert len(rows) == 8 and all({"module", "nn"} <= set(r["min_s"]) for r in rows)
+    # 2 shapes x every fork x 2 modes
+    assert len(rows) == 2 * len(DIALECTS) * 2
+    assert all({"module", "nn"} <= set(r["min_s"]) for r in rows)

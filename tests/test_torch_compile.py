@@ -58,7 +58,7 @@ def fresh_compiler(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cls,shape", [(DarknetBatchNorm2d, (4, 6, 5, 7)),
                                        (DarknetBatchNorm1d, (8, 10))],
                          ids=["2d", "1d"])
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab", "hankai"])
 def test_compile_fullgraph_matches_eager(fresh_compiler, cls, shape, dialect):
     eager, compiled = _pair(cls, shape[1], dialect)
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def test_compile_momentum_none_and_autocast(fresh_compiler):
     assert_bits(checks)
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab", "hankai"])
 def test_jit_trace_and_torch_export_record_the_ops(dialect):
     """torch.jit.trace and torch.export record the custom ops, not constants: the
     traced/exported eval module run on a new input gives the module's bits for it."""
@@ -190,7 +190,7 @@ def test_compile_eval_under_no_grad(fresh_compiler):
         assert_bits([("output", _np(fn(x)), _np(model(x)))])
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab", "hankai"])
 def test_eval_fast_path_is_not_recorded_as_a_constant(dialect, monkeypatch):
     """Under no_grad with nothing requiring grad, an eager eval call skips the custom
     op (counted through the op's prologue). jit.trace, torch.export and make_fx of

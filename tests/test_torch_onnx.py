@@ -216,3 +216,34 @@ def test_training_mode_export_is_an_error(exporter, tmp_path):
         err = err.__cause__ or err.__context__
     assert any("call model.eval() before torch.onnx.export" in text for text in chain), chain
     assert not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_hankai_module_exports_alexeyabs_form(exporter, tmp_path):
+    """hank-ai's module exports as AlexeyAB's: BatchNormalization with eps .00001f and
+    the rolling variance as it is (what hank-ai's own exporter writes with -dontfuse);
+    onnxruntime within check's tolerance of the module's (Darknet's C++) output."""
+    seed = SEED + 2
+    rng = np.random.default_rng(seed)
+    print(f"seed {seed}")
+    c = 24
+    module = DarknetBatchNorm2d(c, dialect="hankai").eval()
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, c).astype(np.float32)))
+        module.bias.copy_(torch.from_numpy(rng.normal(0, 0.5, c).astype(np.float32)))
+        module.running_mean.copy_(torch.from_numpy(rng.normal(0, 1, c).astype(np.float32)))
+        module.running_var.copy_(torch.from_numpy((10 ** rng.uniform(-6, 1, c)).astype(
+            np.float32)))
+    z = torch.from_numpy((rng.standard_normal((2, c, 5, 7)) * 2).astype(np.float32))
+    path = tmp_path / "hankai.onnx"
+    graph = _export(module, (z,), path, exporter)
+    assert {op for _, op in _ops(graph)} == {"BatchNormalization"}
+    eps, var = _bn_attrs(graph)
+    assert np.float32(eps) == np.float32(1e-5)
+    want = module.running_var.numpy()
+    assert np.array_equal(var.view(np.int32), want.view(np.int32))
+    with torch.no_grad():
+        ref = module(z).double().numpy()
+    err = _layer_error(_run(path, graph, z.numpy()), ref, module, z.double().numpy())
+    print(f"hankai {exporter}: layer error {err:.3g} ({err / 2 ** -24:.2f} u)")
+    assert err <= TOLERANCE

@@ -29,7 +29,7 @@ def _example(name="train_darknet_bn"):
     return mod
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
+@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab", "hankai"])
 def test_training_with_sgd(dialect):
     ex = _example()
     reference = ex.make_model()

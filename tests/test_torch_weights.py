@@ -17,6 +17,10 @@ from darknet_bn.torch import (convert_batchnorm, load_darknet_weights,  # noqa: 
 CFG_DIR = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
 FORKS = ("pjreddie", "alexeyab")
 NETWORKS = {"alexeyab": "yolov4-tiny", "pjreddie": "yolov3-tiny"}
+#: A yolo cfg each fork reads (hank-ai's fork ships AlexeyAB's cfgs).
+YOLO_CFGS = {"pjreddie": CFG_DIR / "pjreddie" / "yolov3-tiny.cfg",
+             "alexeyab": CFG_DIR / "alexeyab" / "yolov4-tiny.cfg",
+             "hankai": CFG_DIR / "alexeyab" / "yolov4-tiny.cfg"}
 
 
 def _empty_model(cfg, fork, style="module_list"):
@@ -48,11 +52,12 @@ def test_shipped_file_round_trip_is_byte_identical(fork, style, tmp_path):
     assert out2.read_bytes() == weights.read_bytes()
 
 
-@pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize("fork", sorted(YOLO_CFGS))
 def test_synthesized_file_round_trip_with_defaults(fork, tmp_path):
-    """A synthesized yolo file with the fork's header and seen 0: the defaults give the
-    same bytes, from the module and from its state_dict through the command line."""
-    cfg = CFG_DIR / fork / f"{NETWORKS[fork]}.cfg"
+    """A synthesized yolo file with the fork's header (revision 0 for pjreddie, 5 for
+    AlexeyAB and hank-ai) and seen 0: the defaults give the same bytes, from the module
+    and from its state_dict through the command line."""
+    cfg = YOLO_CFGS[fork]
     weights = tmp_path / "in.weights"
     models.synthesize_weights(cfg, fork, weights, 11)
     model = load_darknet_weights(_empty_model(cfg, fork), cfg, weights, dialect=fork)
@@ -64,7 +69,11 @@ def test_synthesized_file_round_trip_with_defaults(fork, tmp_path):
     cli_out = tmp_path / "cli.weights"
     assert main(["to-weights", str(cfg), str(state), str(cli_out), "--dialect", fork]) == 0
     assert cli_out.read_bytes() == weights.read_bytes()
-    assert check_model(model, cfg, out, dialect=fork).ok == (fork == "alexeyab")
+    assert check_model(model, cfg, out, dialect=fork).ok == (fork != "pjreddie")
+    darknet = convert_batchnorm(model, dialect=fork)
+    back = tmp_path / "module.weights"
+    save_darknet_weights(darknet, cfg, back, dialect=fork)
+    assert back.read_bytes() == weights.read_bytes()
 
 
 def test_changed_model_goes_back_to_darknet_and_checks(tmp_path):

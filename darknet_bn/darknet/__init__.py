@@ -1,5 +1,5 @@
 """Darknet model files: ``.cfg`` parsing with Darknet's shape inference, ``.weights``
-batchnorm read/write for both forks, ``BatchNormLayer`` construction and PyTorch export.
+batchnorm read/write for every fork, ``BatchNormLayer`` construction and PyTorch export.
 
 - ``parser``: ``read_cfg``, ``parse_cfg`` -> ``Network`` of ``LayerSpec`` (src/parser.c)
 - ``weights``: ``read_weights``, ``write_weights``, ``make_batchnorm_layer_from_record``

@@ -9,7 +9,9 @@ per channel ``f`` (``normalize_cpu`` then ``scale_bias``, ``add_bias``)::
 with ``m, v`` the rolling statistics.  PyTorch's eval-mode ``BatchNorm`` computes
 ``weight * (x - running_mean) / sqrt(running_var + eps) + bias``, so:
 
-- AlexeyAB maps directly: ``eps = 1e-5``.
+- AlexeyAB maps directly: ``eps = 1e-5``.  So does hank-ai's fork (``hankai``, the
+  same formula with ``sqrtf`` and a float division: the same value up to float32
+  rounding, as PyTorch's own arithmetic is).
 - pjreddie puts its epsilon outside the square root
   (``Dialect.normalize_eps_in_sqrt`` is False); the same denominator is obtained
   with ``eps = 0`` and ``running_var = (sqrt(v) + .000001f)**2`` (computed in

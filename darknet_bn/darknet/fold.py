@@ -11,7 +11,11 @@ Origins, one routine each (the C is quoted where it is ported):
       double precomputed = scales[f] / (sqrt((double)rolling_variance[f] + .00001));
       weights[f*filter_size + i] *= precomputed;      /* filter_size = size*size*c/groups */
 
-  ``[connected]`` and ``[batchnorm]`` layers are not folded.
+  ``[connected]`` and ``[batchnorm]`` layers are not folded.  hank-ai's fork
+  (``darknet_network.cpp``, run by ``load_network_custom`` and by its ONNX exporter
+  unless ``-dontfuse``) has the same lines: compiled as C++ they compute the same bits,
+  since every operand is cast to double explicitly (``sqrt((double)...)`` is
+  ``sqrt(double)`` whatever overloads are in scope).
 - pjreddie ``src/convolutional_layer.c`` ``denormalize_convolutional_layer`` and
   ``src/connected_layer.c`` ``denormalize_connected_layer`` (run by ``darknet
   denormalize``, ``examples/darknet.c`` ``denormalize_net``), per filter ``i``::
@@ -177,8 +181,8 @@ def fold_batchnorm(weights, biases, scales, rolling_mean, rolling_variance, *, d
     ``[connected]``); ``n = len(biases)``, and ``scales``, ``rolling_mean``,
     ``rolling_variance`` have ``n`` values.  The inputs are not modified.
 
-    - ``dialect="alexeyab"``: ``fuse_conv_batchnorm``.  AlexeyAB does not fold
-      ``[connected]``: ``layer_type="connected"`` is a ``ValueError``.
+    - ``dialect="alexeyab"`` (and ``"hankai"``, the same formula): ``fuse_conv_batchnorm``.
+      Neither folds ``[connected]``: ``layer_type="connected"`` is a ``ValueError``.
     - ``dialect="pjreddie"``: ``denormalize_convolutional_layer`` (``.00001``) or
       ``denormalize_connected_layer`` (``.000001``).
 

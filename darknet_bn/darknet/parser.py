@@ -28,6 +28,10 @@ Parser-level differences between the forks are each fork's ``Dialect.cfg``
 sections only in this fork     deconvolutional, logistic, ...   local_avgpool, empty, sam, ...
 =============================  ===============================  =================================
 
+hank-ai's fork (``hankai``) reads a cfg as AlexeyAB's does, except that it has no
+``[batchnorm]`` section (no standalone batchnorm layer on the CPU): a ``CfgError``
+says so and names the forks that have one.
+
 Everything that does not change shapes or the weights layout (activations,
 loss options, anchors...) is read by Darknet elsewhere and ignored here.
 Errors are ``CfgError`` (a ``ValueError``) naming the file and line.
@@ -789,6 +793,12 @@ def parse_cfg(path, *, dialect="pjreddie"):
         if sec.type == "net":
             raise sec.error("a second [net] section; a cfg has one, at the top")
         if sec.type not in fd.sections:
+            if sec.type == "batchnorm" and not dialect.standalone_batchnorm:
+                forks = [setting_text("dialect", d.name) for d in others(dialect)
+                         if d.cfg.knows(sec.type)]
+                raise CfgError(path, sec.line, f"[batchnorm]: {dialect.no_standalone_text()}; "
+                               f"pass {' or '.join(forks)} if the cfg is written for that "
+                               "fork, or remove the section")
             if sec.type in fd.unsupported:
                 raise UnsupportedCfgError(
                     path, sec.line, f"[{sec.type}] is {fd.unsupported[sec.type]}, which "

@@ -1,6 +1,6 @@
 """Darknet ``.weights`` files: the batchnorm blocks of ``load_weights``/``save_weights``.
 
-Layout (``src/parser.c``, both forks): a header of three int32 ``major, minor,
+Layout (``src/parser.c``, every fork): a header of three int32 ``major, minor,
 revision`` and ``seen`` (uint64 when ``major*10 + minor >= 2``, else uint32),
 then every layer's blocks in cfg order as float32 (little-endian, as written on
 x86).  Which blocks a layer has is decided by the cfg (``parse_cfg``):
@@ -286,7 +286,7 @@ def read_header(path, f):
                                      "file (the header does not start with version 0.x)")
         raise WeightsFormatError(
             path, 0, f"header says version {major}.{minor}.{revision}; this reader knows "
-            f"Darknet weights versions 0.0 to 0.{MAX_MINOR_VERSION} (both forks write 0.2). "
+            f"Darknet weights versions 0.0 to 0.{MAX_MINOR_VERSION} (every fork writes 0.2). "
             "A newer version (or a legacy transposed file, major/minor > 1000) may lay out "
             "the floats differently; convert it with Darknet's own save_weights")
     seen_t = np.dtype("<u8") if header_bytes(major, minor) == 20 else np.dtype("<u4")
@@ -343,7 +343,7 @@ def read_weights(cfg_path, weights_path, *, dialect=None, layer_weights=False):
     """``load_weights`` for the batchnorm parameters: a ``DarknetWeights``.
 
     ``cfg_path`` may also be a ``Network`` from ``parse_cfg``.  ``dialect``:
-    ``"pjreddie"`` (default for a path) or ``"alexeyab"``; for a ``Network`` it
+    ``"pjreddie"`` (default for a path), ``"alexeyab"`` or ``"hankai"``; for a ``Network`` it
     defaults to the dialect it was parsed with.  Every layer with
     ``bn_channels > 0`` gives one ``BatchNormRecord`` with the stored floats,
     bit for bit.  With ``layer_weights=True`` each record of a
