@@ -11,7 +11,7 @@ OpenMP pool hangs in a forked child as GNU OpenMP does; ``DataLoader`` workers c
 ``torch.set_num_threads(1)`` for that reason).
 
 ``run_child(out, extras)`` is the target of a child process: it runs the workload
-(with ``"threads"``, first the layer runs in four threads at once, so their first
+(with ``"threads"``, first the layer workloads run in threads at once, so their first
 calls meet), then, with ``"grandchild"``, a child of the child, and saves
 everything to ``out`` (``.npz``).
 """
@@ -144,7 +144,7 @@ def workload(tmpdir):
 
 
 def threaded_layer_runs():
-    """The layer workloads in four threads at once, fused path (as layer_results)."""
+    """The layer workloads in threads at once, one each, fused path (as layer_results)."""
     results, errors = [None] * len(WORKLOADS), []
     barrier = threading.Barrier(len(WORKLOADS))
 
