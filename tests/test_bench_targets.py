@@ -52,9 +52,13 @@ def test_bit_check_detects_a_changed_output(monkeypatch):
 def test_torch_rows_hold_the_float_division_forks_to_pytorch(monkeypatch):
     """The torch group: a train step and an inference row per benchmark shape, target
     1.0x PyTorch, for the forks whose normalize_cpu divides in float (hankai) only."""
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     monkeypatch.setattr(targets, "SHAPES", ((2, 3, 4, 4), (8, 5, 1, 1)))
-    rows = targets.torch_rows(1, rounds=1, inner=1)
+    threads = torch.get_num_threads()                 # the rows set torch's thread count
+    try:
+        rows = targets.torch_rows(1, rounds=1, inner=1)
+    finally:
+        torch.set_num_threads(threads)
     assert [(r["dialect"], tuple(r["shape"]), r["what"].split(" /")[0]) for r in rows] == [
         ("hankai", (2, 3, 4, 4), "BatchNormLayer train step"),
         ("hankai", (2, 3, 4, 4), "BatchNormLayer inference"),
