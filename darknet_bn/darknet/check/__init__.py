@@ -20,14 +20,26 @@ from ..weights import check_cfg_arg, network_from, read_weights, type_name
 from .judging import (TOLERANCE, describe_reference, diagnose, error_scale, make_probe,
                       model_output, model_response, reference_output, relative_error,
                       storage_note, tolerance, ulp_distance, weight_error)
+from .misreading import find_misreads
 from .pairing import Pair, Pairing, PairingError, cfg_sources, pair_model
 from .readers import ModelUnits, read_model
 from .report import CheckReport, ExtraUnit, LayerCheck
 from .units import CheckError, Unit, narrowest
 
 
-def check_layer(pair, record, dialect):
-    """``LayerCheck`` of one pair: the probes, every weight, and a diagnosis if it fails."""
+def check_layer(pair, record, dialect, *, compare_weights=True):
+    """``LayerCheck`` of one pair: the probes, every weight (unless ``compare_weights`` is
+    False: known equal), and a diagnosis if it fails."""
+    row, explain = judge_layer(pair, record, dialect, compare_weights=compare_weights)
+    if not row.ok:
+        explain()
+    return row
+
+
+def judge_layer(pair, record, dialect, *, compare_weights=True):
+    """``(LayerCheck without its diagnosis, explain)``: ``explain()`` fills a failing
+    row's diagnosis (the known mistakes, a kernel layout), which is the costly part
+    (``check_model`` first asks whether a misread explains the layer)."""
     precision = narrowest(*(u.precision for u in pair.units))
     limit = tolerance(precision)
     probe = make_probe(record)
@@ -38,10 +50,17 @@ def check_layer(pair, record, dialect):
     ulp = ulp_distance(y, reference, precision)
     max_err = float(np.max(err)) if err.size else 0.0
     worst = int(np.unravel_index(int(np.argmax(err)), err.shape)[0]) if err.size else 0
-    w_err, w_worst, layout = weight_error(pair, record, probe)
+    w_err, w_worst, _ = (weight_error(pair, record, probe, find_layout=False)
+                         if compare_weights else (0.0, 0, ""))
     ok = max_err <= limit and w_err <= limit
-    notes = []
-    if not ok:
+    form = "batchnorm" if pair.bn is not None else "folded"
+    row = LayerCheck(record.index, record.section, record.channels, form, pair.names,
+                     describe_reference(record.section, dialect), ok,
+                     max(max_err, 0.0), int(np.max(ulp)) if ulp.size else 0, worst,
+                     "", precision, limit, w_err, pair.choice)
+
+    def explain():
+        notes = []
         note = storage_note(pair, precision)
         if note:
             notes.append(note)
@@ -49,15 +68,13 @@ def check_layer(pair, record, dialect):
             slope, offset = model_response(pair, probe)
             notes.append(diagnose(pair, record, probe, dialect, scale, slope, offset, limit))
         if w_err > limit:
+            layout = weight_error(pair, record, probe)[2]
             notes.append(f"weights differ from Darknet's filter (largest error {w_err:.3g} "
                          f"of the filter's largest term, channel {w_worst})" +
                          (f": the kernel is {layout}" if layout else
                           ": check the weight layout (out, in, kh, kw)"))
-    form = "batchnorm" if pair.bn is not None else "folded"
-    return LayerCheck(record.index, record.section, record.channels, form, pair.names,
-                      describe_reference(record.section, dialect), ok,
-                      max(max_err, 0.0), int(np.max(ulp)) if ulp.size else 0, worst,
-                      "; ".join(notes), precision, limit, w_err, pair.choice)
+        row.diagnosis = "; ".join(notes)
+    return row, explain
 
 
 def _chooser(records, dialect):
@@ -142,8 +159,9 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     records = {rec.index: rec for rec in darknet.layers}
     pairing = pair_model(net, model, strict=strict,
                          choose=None if strict else _chooser(records, fork))
-    rows = [check_layer(p, records[p.spec.index], fork) for p in pairing.pairs
-            if p.spec.index in records]
+    judged = [judge_layer(p, records[p.spec.index], fork) for p in pairing.pairs
+              if p.spec.index in records]
+    rows = [row for row, _ in judged]
     for spec in pairing.missing:
         if spec.index in records:
             rows.append(LayerCheck(spec.index, spec.section, spec.bn_channels, "missing", "",
@@ -152,9 +170,11 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
                                    "where the graph or the order puts it", "float32",
                                    TOLERANCE))
     rows.sort(key=lambda row: row.index)
+    findings = find_misreads(pairing.pairs, rows, net, wpath, darknet.header, fork,
+                             check_layer, {row.index: explain for row, explain in judged})
     extra = [ExtraUnit(u.name, u.kind, u.channels, reaches) for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
-    return CheckReport(ok, fork.name, model.source, TOLERANCE, rows, extra)
+    return CheckReport(ok, fork.name, model.source, TOLERANCE, rows, extra, findings)
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -249,10 +249,11 @@ def ulp_distance(a, b, precision="float32"):
     return np.where(both_nan, 0, d)
 
 
-def weight_error(pair, record, probe):
+def weight_error(pair, record, probe, find_layout=True):
     """``(error, channel, layout)``: the largest error of any weight against
     Darknet's filter times the factor the probes judged, relative to the filter's
-    largest term; ``layout`` names a transposed or flipped kernel that fits."""
+    largest term; ``layout`` names a transposed or flipped kernel that fits (with
+    ``find_layout``)."""
     if pair.conv is None or record.weights is None:
         return 0.0, 0, ""
     channels = record.channels
@@ -263,7 +264,7 @@ def weight_error(pair, record, probe):
     err = float(errors[worst]) if errors.size else 0.0
     layout = ""
     shape = pair.conv.kernel_shape
-    if err > 0 and shape is not None and shape[2] == shape[3] and shape[2] > 1:
+    if find_layout and err > 0 and shape is not None and shape[2] == shape[3] and shape[2] > 1:
         kernel = darknet.reshape(shape)
         for name, other in (("transposed (rows and columns swapped)",
                              np.swapaxes(kernel, 2, 3)),
@@ -284,7 +285,10 @@ def _proportional_error(model, darknet, idx):
         err = np.max(diff, axis=1) / (np.abs(factor) * largest)
     zero = largest == 0
     err = np.where(zero, np.where(np.max(np.abs(model), axis=1) == 0, 0.0, np.inf), err)
-    return np.where(np.isnan(err), np.inf, err)
+    err = np.where(np.isnan(err), np.inf, err)
+    # a filter held as NaN throughout (a fold of a negative variance) has no shape to
+    # compare; the probes judge it (NaN must be NaN in the reference too)
+    return np.where(np.all(np.isnan(model), axis=1), 0.0, err)
 
 
 # --------------------------------------------------------------------------

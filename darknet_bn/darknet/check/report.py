@@ -44,6 +44,7 @@ class LayerCheck:
     tolerance: float = 0.0
     max_weight_error: float = 0.0  #: every weight against Darknet's filter (times the factor)
     choice: str = ""           #: how an ambiguous pairing was settled
+    misreads: list = field(default_factory=list)   #: ids of the findings explaining it
 
 
 @dataclass
@@ -65,6 +66,9 @@ class CheckReport:
     tolerance: float               #: the float32 tolerance (rows carry their own)
     layers: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    #: misreads (``darknet.misreads.Finding``): where failing layers' floats came from,
+    #: each once with its fix and the layers it explains
+    findings: list = field(default_factory=list)
 
     @property
     def precisions(self):
@@ -126,10 +130,16 @@ class CheckReport:
         summary = (f"{len(self.layers) - len(bad)} of {len(self.layers)} layers within the "
                    f"tolerance of {self.dialect}'s inference; judged in {judged or '-'}" +
                    ("" if not bad else f"; failing: {', '.join(str(r.index) for r in bad)}"))
+        if self.findings:
+            summary += "; misread: " + ", ".join(f"{f.id} ({f.name})" for f in self.findings)
         lines += textwrap.wrap(summary, width, subsequent_indent="    ")
         for number, (text, rows) in enumerate(notes.items(), 1):
             lines += textwrap.wrap(f"[{number}] {_covers(rows)}: {text}", width,
                                    subsequent_indent="    ", break_on_hyphens=False,
+                                   break_long_words=False)
+        for f in self.findings:
+            lines += textwrap.wrap(f"{f.id} {_covers(f.layers)}: {f.diagnosis}; fix: {f.fix}",
+                                   width, subsequent_indent="    ", break_on_hyphens=False,
                                    break_long_words=False)
         return lines
 
