@@ -497,11 +497,12 @@ def fit_layer(spec, located):
 @dataclass
 class Step:
     """The loader's position moved by ``delta`` words before layer ``layer`` (the first
-    layer read after the move; ``previous``: the layer read before it, or None at the
-    start of the stream)."""
+    located layer read after the move; ``previous``: the layer read before it, or None;
+    ``at_start``: no located layer before it, the move may be at the start)."""
     layer: int
     previous: object
     delta: int
+    at_start: bool = False
 
 
 @dataclass
@@ -550,22 +551,27 @@ def fit_readings(net, header, helds, locations):
     by_start = sorted(fitted, key=lambda i: (readings[i].start, i))
     slots = iter(by_start)
     order = [next(slots) if s.index in readings else s.index for s in specs]
-    # the sequential simulation: cumulative length along the order
-    drift, steps, position, previous, current = {}, [], 0, None, header_words
+    # the sequential simulation: cumulative length along the order; a layer with
+    # nothing located takes the drift of the located layer before it (of the first
+    # located layer, before that one)
+    drift, steps, position, previous, current = {}, [], 0, None, None
     for index in order:
         spec = net.layers[index]
         reading = readings.get(index)
         if reading is not None:
             d = reading.start - position
-            if d != current:
-                steps.append(Step(index, previous, d - current))
-                current = d
+            if d != (header_words if current is None else current):
+                steps.append(Step(index, previous, d - (header_words if current is None
+                                                        else current), current is None))
+            current = d
             length = reading.length(spec)
         else:
             length = spec.float_count
         drift[index] = current
         position += length
         previous = index
+    first = next((drift[i] for i in order if drift[i] is not None), header_words)
+    drift = {i: first if d is None else d for i, d in drift.items()}
     for index in order:                  # layers with nothing located: inferred
         if index not in readings and index not in scattered:
             readings[index] = Reading(index, 0)
@@ -623,8 +629,9 @@ HEADER_FIX = ("read major, minor, revision as int32, then seen as uint64 if majo
 
 
 def _layers_from(fit, step):
-    """The layers whose reading moves with ``step`` (read at or after it)."""
-    at = fit.order.index(step.layer)
+    """The layers whose reading moves with ``step`` (read at or after it; every layer
+    for a move at the start)."""
+    at = 0 if step.at_start else fit.order.index(step.layer)
     return fit.order[at:]
 
 
@@ -660,7 +667,7 @@ def split_step(fit, step):
     """``(start shift, block shift)``: a step at the start of the stream is the header
     mistake, a block read more or fewer at the first layer, both, or (when neither
     explains it) a shift of the start; a later step is a block shift."""
-    if step.previous is not None or _block_detail(fit, step, step.delta):
+    if not step.at_start or _block_detail(fit, step, step.delta):
         return 0, step.delta
     header = _header_delta(fit)
     if step.delta == header:
@@ -673,7 +680,7 @@ def split_step(fit, step):
 def _start_shift(fit):
     """The start shift of the reading (0 when it starts where Darknet's does) and the
     layers it moves."""
-    if fit.steps and fit.steps[0].previous is None:
+    if fit.steps and fit.steps[0].at_start:
         shift = split_step(fit, fit.steps[0])[0]
         if shift:
             return shift, _layers_from(fit, fit.steps[0])
@@ -745,7 +752,7 @@ def _test_other_step(fit):
         out.append((_layers_from(fit, step), {
             "n": abs(delta), "more": "more" if delta > 0 else "fewer",
             "bytes": WORD * abs(delta), "layer": step.layer,
-            "after": ("the header" if step.previous is None else
+            "after": ("the header" if step.at_start else
                       f"layer {step.previous}'s blocks")}))
     return out
 
