@@ -45,7 +45,7 @@ from ..._validate import setting_text
 from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
-from .units import UNIT_ROUNDOFF
+from ..model import UNIT_ROUNDOFF, AffineUnit, BatchNormUnit, ConvUnit
 
 #: Probe conv outputs, in standard deviations around the rolling mean.
 PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
@@ -151,11 +151,7 @@ def reference_output(record, probe, dialect):
 
 def unit_affine(bn):
     """``(alpha, beta)`` in double of a model batchnorm unit: ``y = alpha*x + beta``."""
-    if bn.affine_form:
-        return bn.alpha, bn.beta
-    with np.errstate(all="ignore"):
-        alpha = bn.weight / np.sqrt(bn.var + bn.eps)
-        return alpha, bn.bias - alpha * bn.mean
+    return bn.affine()
 
 
 def conv_response(pair, probe):
@@ -184,7 +180,7 @@ def model_output(pair, probe):
     slope, offset = model_response(pair, probe)
     bn = pair.bn
     t = probe.t.astype(np.float64)
-    if bn is None or not bn.run_module:
+    if not isinstance(bn, BatchNormUnit) or not bn.run_module:
         with np.errstate(all="ignore"):
             return slope[:, None] * t + offset[:, None]
     return _run_module(bn.module, conv_response(pair, probe), t)
@@ -263,7 +259,7 @@ def weight_error(pair, record, probe, find_layout=True):
     worst = int(np.argmax(errors)) if errors.size else 0
     err = float(errors[worst]) if errors.size else 0.0
     layout = ""
-    shape = pair.conv.kernel_shape
+    shape = pair.conv.kernel_shape if isinstance(pair.conv, ConvUnit) else None
     if find_layout and err > 0 and shape is not None and shape[2] == shape[3] and shape[2] > 1:
         kernel = darknet.reshape(shape)
         for name, other in (("transposed (rows and columns swapped)",
@@ -455,7 +451,7 @@ def diagnose(pair, record, probe, dialect, scale, model_A, model_B, limit):
     coarse precision several may fit; then the smallest error), with its fix; or
     which stored blocks differ from darknet_bn's exact export."""
     form = "batchnorm" if pair.bn is not None else "folded"
-    model_eps = pair.bn.eps if pair.bn is not None and not pair.bn.affine_form else None
+    model_eps = pair.bn.eps if isinstance(pair.bn, BatchNormUnit) else None
     t = probe.t.astype(np.float64)
     with np.errstate(all="ignore"):
         y_model = model_A[:, None] * t + model_B[:, None]
@@ -477,7 +473,7 @@ def unexplained(pair, record, dialect, limit):
     from ..export import batchnorm_state_dict
     parts = []
     bn = pair.bn
-    if bn is not None and not bn.affine_form:
+    if isinstance(bn, BatchNormUnit):
         exact, _ = batchnorm_state_dict(record, dialect=dialect)
         theirs = {"weight": bn.weight, "bias": bn.bias, "running_mean": bn.mean,
                   "running_var": bn.var}
@@ -507,7 +503,7 @@ def storage_note(pair, precision):
     if pair.conv is not None:
         arrays.append(("conv weights", pair.conv.weight))
     bn = pair.bn
-    if bn is not None and bn.affine_form:
+    if isinstance(bn, AffineUnit):
         arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
         relative.add("multiplier")
     elif bn is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..misreads import (VARIANTS, WORD, Held, Stream, darknet_start, explain, read_record,
                         reads_exactly, search, searchable)
+from ..model import BatchNormUnit, ConvUnit
 
 #: A layer's diagnosis that names no known mistake starts with this.
 UNEXPLAINED = "not a known converter mistake"
@@ -37,14 +38,15 @@ def held_tensors(pair):
     folded = conv is not None and bn is None and spec.bn_channels > 0
     out = []
     if conv is not None and "weights" in blocks:
-        kernel = tuple(conv.kernel_shape[2:]) if conv.kernel_shape is not None else ()
+        shape = conv.kernel_shape if isinstance(conv, ConvUnit) else None
+        kernel = tuple(shape[2:]) if shape is not None else ()
         out.append(Held(spec.index, "weights", np.asarray(conv.weight).reshape(-1),
                         conv.precision, folded, conv.channels, kernel, conv.name))
         if conv.bias is not None and not folded:
             role = "conv_biases" if spec.bn_channels else "biases"
             out.append(Held(spec.index, role, np.asarray(conv.bias), conv.precision,
                             name=conv.name))
-    if bn is not None and not bn.affine_form:
+    if isinstance(bn, BatchNormUnit):
         stored = bn.stored or {}
         for role, key, value in (("scales", "weight", bn.weight), ("biases", "bias", bn.bias),
                                  ("rolling_mean", "running_mean", bn.mean),

@@ -26,7 +26,7 @@ def _ulps(n):
     return str(n) if n < 10**7 else f"{n:.1e}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerCheck:
     """One Darknet layer against its counterpart in the converted model."""
     index: int                 #: cfg layer index
@@ -47,7 +47,7 @@ class LayerCheck:
     misreads: list = field(default_factory=list)   #: ids of the findings explaining it
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExtraUnit:
     """A model unit no cfg layer took: listed; failing when in the data path."""
     name: str
