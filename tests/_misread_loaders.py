@@ -12,7 +12,9 @@ the layers with a pointer.  The bugs, one keyword each:
   ``("weight", "bias", "running_mean", "running_var")``, tensorflow-yolo-v3 #38);
 - ``bias_with_bn``: a conv bias read (and dropped) for a conv that has batchnorm;
 - ``registration_order``: the layers walked in the model's module registration
-  order (``named_children``), not the cfg's.
+  order (``named_children``), not the cfg's;
+- ``skip_conv_bias``: no bias read for a conv without batchnorm (a block missing);
+- ``kernel``: ``"transposed"`` or ``"flipped"``: each kernel stored in that layout.
 
 A read past the end of the file gives zeros (the loader reads into a zero-filled
 buffer).  ``remap_eps``: store darknet_bn's exact pjreddie form (running_var =
@@ -26,6 +28,9 @@ from darknet_bn.darknet import parse_cfg
 
 DARKNET_BN_ORDER = ("bias", "weight", "running_mean", "running_var")
 GAMMA_BETA_SWAPPED = ("weight", "bias", "running_mean", "running_var")
+MEAN_VAR_SWAPPED = ("bias", "weight", "running_var", "running_mean")
+KERNEL_LAYOUTS = {"transposed": lambda k: k.transpose(2, 3),
+                  "flipped": lambda k: k.flip(2, 3)}
 
 
 def synthesize(cfg, fork, path, seed, minor=2):
@@ -71,7 +76,8 @@ def _layers(model, net, registration_order):
 
 
 def load_weights(model, net, path, *, header_ints=5, bn_order=DARKNET_BN_ORDER,
-                 bias_with_bn=False, registration_order=False, remap_eps=None):
+                 bias_with_bn=False, registration_order=False, skip_conv_bias=False,
+                 kernel=None, remap_eps=None):
     """Fill ``model`` (a module_list ``CfgNet`` of ``net``) from ``path`` as a port's
     loader does, with the bug the keywords choose (the defaults: a correct load of a
     version 0.2 file)."""
@@ -104,9 +110,12 @@ def load_weights(model, net, path, *, header_ints=5, bn_order=DARKNET_BN_ORDER,
                     if bias_with_bn:
                         take(conv.out_channels)
                     fill_bn(bn, bn_order)
-                else:
+                elif not skip_conv_bias:
                     conv.bias.data.copy_(take(conv.out_channels))
-                conv.weight.data.copy_(take(conv.weight.numel()).view_as(conv.weight))
+                weights = take(conv.weight.numel()).view_as(conv.weight)
+                if kernel is not None:
+                    weights = KERNEL_LAYOUTS[kernel](weights)
+                conv.weight.data.copy_(weights)
             elif spec.section == "connected":
                 biases = take(conv.out_features)
                 conv.weight.data.copy_(take(conv.weight.numel()).view_as(conv.weight))

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from _check_models import export  # noqa: E402
-from _misread_loaders import (GAMMA_BETA_SWAPPED, build_model, load_weights,  # noqa: E402
-                              permute_registration, synthesize)
+from _misread_loaders import (GAMMA_BETA_SWAPPED, MEAN_VAR_SWAPPED,  # noqa: E402
+                              build_model, load_weights, permute_registration, synthesize)
 from darknet_bn.cli import main  # noqa: E402
 from darknet_bn.darknet import check_model  # noqa: E402
 
@@ -149,6 +149,34 @@ def test_bias_read_for_a_batchnorm_conv(tmp_path, fork):
                         ("a bias read for a conv that has batchnorm", "layers 0, 3, 7",
                          "8, 16, 12 floats"),
                         "with batch_normalize=1 stores no conv bias")
+
+
+#: (case, loader bug, failing layers, finding, words of its diagnosis, words of its fix);
+#: layer 7 is a 1x1 conv (no kernel layout), layer 4 the conv without batchnorm, and the
+#: loader reads [connected] in Darknet's order
+BLOCK_CASES = [
+    ("mean_var_swapped", dict(bn_order=MEAN_VAR_SWAPPED), [0, 1, 3, 7, 9],
+     "swapped_mean_variance", ("rolling_mean went into the running variance",),
+     "biases, scales, rolling_mean, rolling_variance"),
+    ("conv_bias_not_read", dict(skip_conv_bias=True), [7, 9, 11], "missing_block",
+     ("the loader skipped layer 4's biases (16 floats)", "shifted back by 16 floats"),
+     "read every block Darknet stores"),
+    ("kernel_transposed", dict(kernel="transposed"), [0, 3], "kernel_transposed",
+     ("the loader transposed each kernel",), "do not transpose"),
+    ("kernel_flipped", dict(kernel="flipped"), [0, 3], "kernel_flipped",
+     ("the loader flipped each kernel",), "do not flip"),
+]
+
+
+@pytest.mark.parametrize("fork", FORKS)
+@pytest.mark.parametrize("case,bug,layers,name,words,fix", BLOCK_CASES,
+                         ids=[c[0] for c in BLOCK_CASES])
+def test_block_order_missing_block_and_kernel_layout(tmp_path, fork, case, bug, layers, name,
+                                                     words, fix):
+    model, net, cfg, path = _loaded(tmp_path, fork, **bug)
+    for form, report in _check_all(model, net, cfg, path, fork):
+        assert not report.ok and _failing(report) == layers, (form, str(report))
+        _assert_finding(report, form, name, layers, words, fix)
 
 
 def test_header_and_swap_together_are_two_findings(tmp_path):

@@ -76,11 +76,17 @@ def _rejudge(check_layer, pair, stream, reading, dialect, weights_known=False):
 
 def _judged_variant(check_layer, pair, stream, reading, dialect):
     """The swapped block order the layer confirms when judged (its vectors were not
-    found as runs, e.g. folded): the variant's name, or None."""
+    found as runs, e.g. folded): the variant's name, or None.  Only a reading that
+    passes outright counts (a swap judged against a swap reads as a swap again), and
+    only where the reading as it is does not explain the layer."""
+    if check_layer(pair, read_record(stream, pair.spec, reading, dialect), dialect).ok:
+        return None
     for name in JUDGED_VARIANTS:
         alt = replace(reading, variant=name, causes=[])
-        if alt.blocks(pair.spec) is not None and \
-                _rejudge(check_layer, pair, stream, alt, dialect)[0]:
+        if alt.blocks(pair.spec) is None:
+            continue
+        record = read_record(stream, pair.spec, alt, dialect)
+        if check_layer(pair, record, dialect).ok:
             return name
     return None
 
