@@ -59,7 +59,7 @@ def judge_layer(pair, record, dialect, *, compare_weights=True):
                      max_rel_error=max(max_err, 0.0),
                      max_ulp=int(np.max(ulp)) if ulp.size else 0, worst_channel=worst,
                      diagnosis="", precision=precision, tolerance=limit,
-                     max_weight_error=w_err, choice=pair.choice)
+                     max_weight_error=w_err, choice=pair.choice, pairing=pair.note)
 
     def explain():
         notes = []
@@ -105,11 +105,11 @@ def _check_eps(routine, eps):
     return eps
 
 
-def read_converted(converted, eps=None, routine="check_model"):
+def read_converted(converted, eps=None, routine="check_model", net=None):
     """``read_model`` with every unexpected failure of a malformed model as a
     ``CheckError`` naming the model."""
     try:
-        return read_model(converted, eps, routine)
+        return read_model(converted, eps, routine, net)
     except (CheckError, TypeError, OSError):
         raise
     except Exception as e:                 # a malformed graph or tensor deep in a reader
@@ -150,7 +150,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
                         f"{type_name(converted)}")
     net = network_from(cfg, fork, routine)
     darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
-    model = read_converted(converted, eps, routine)
+    model = read_converted(converted, eps, routine, net)
     if model.stores_eps and eps is not None:
         raise ValueError(f"{routine_prefix(routine)}{setting_text('eps', eps)} given, but "
                          f"{model.source} stores its own eps per batchnorm; pass "
@@ -180,7 +180,8 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
              for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
     return CheckReport(ok=ok, dialect=fork.name, source=model.source, tolerance=TOLERANCE,
-                       layers=rows, extra=extra, findings=findings)
+                       layers=rows, extra=extra, notes=list(model.notes),
+                       findings=findings)
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -44,6 +44,7 @@ class LayerCheck:
     tolerance: float = 0.0
     max_weight_error: float = 0.0  #: every weight against Darknet's filter (times the factor)
     choice: str = ""           #: how an ambiguous pairing was settled
+    pairing: str = ""          #: a finding of the pairing (a name disagreeing with the shapes)
     misreads: list = field(default_factory=list)   #: ids of the findings explaining it
 
 
@@ -66,6 +67,7 @@ class CheckReport:
     tolerance: float               #: the float32 tolerance (rows carry their own)
     layers: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  #: how the model was read and paired (a fallback)
     #: misreads (``darknet.misreads.Finding``): where failing layers' floats came from,
     #: each once with its fix and the layers it explains
     findings: list = field(default_factory=list)
@@ -108,7 +110,7 @@ class CheckReport:
 
         lines = [line(**{key: key for key in columns})]
         for r in self.layers:
-            text = "; ".join(x for x in (r.diagnosis, r.choice) if x)
+            text = "; ".join(x for x in (r.diagnosis, r.choice, r.pairing) if x)
             prec = "" if r.form == "missing" else _SHORT_PRECISION.get(r.precision,
                                                                        r.precision)
             lines.append(line(layer=r.index, section=_SECTION.get(r.section, r.section),
@@ -133,6 +135,8 @@ class CheckReport:
         if self.findings:
             summary += "; misread: " + ", ".join(f"{f.id} ({f.name})" for f in self.findings)
         lines += textwrap.wrap(summary, width, subsequent_indent="    ")
+        for text in self.notes:
+            lines += textwrap.wrap(f"note: {text}", width, subsequent_indent="    ")
         for number, (text, rows) in enumerate(notes.items(), 1):
             lines += textwrap.wrap(f"[{number}] {_covers(rows)}: {text}", width,
                                    subsequent_indent="    ", break_on_hyphens=False,

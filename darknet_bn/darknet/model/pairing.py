@@ -32,7 +32,7 @@ error too.
 """
 from dataclasses import dataclass, field
 
-from .units import MODEL_INPUT, CheckError, ConvUnit, DenseUnit, NormUnit, Unit
+from .units import MODEL_INPUT, CheckError, ConvUnit, DenseUnit, LinearUnit, NormUnit, Unit
 
 #: cfg sections whose parameters a model unit holds.
 WEIGHTED_SECTIONS = ("convolutional", "connected", "batchnorm")
@@ -51,6 +51,7 @@ class Pair:
     conv: object = None
     bn: object = None
     choice: str = ""           #: how an ambiguity was settled (empty: no choice)
+    note: str = ""             #: a finding of the pairing (a name disagreeing with the shapes)
 
     @property
     def units(self):
@@ -208,6 +209,49 @@ def _pair_graph(net, units, consumers, strict, choose):
             return Pair(spec, conv, None)               # folded conv, then the [batchnorm]
         return Pair(spec, conv, bn)
 
+    bound = {}                       # a graph input -> the wanted sources it stands for
+
+    def through_inputs(found, want):
+        """Whether ``found`` (a unit's sources) is ``want`` once its graph inputs stand
+        for what the paired units in it do not give: a bound input for what it was
+        bound to, an unbound one for the rest."""
+        given, free = set(), []
+        for s in found:
+            if isinstance(s, Unit):
+                given.add(s)
+            elif s in bound:
+                given |= bound[s]
+            else:
+                free.append(s)
+        rest = want - given
+        return given <= want and (bool(rest) == bool(free))
+
+    def bind(pair, want):
+        inputs = [s for u in pair.units for s in u.sources if not isinstance(s, Unit)]
+        given = {s for u in pair.units for s in u.sources if isinstance(s, Unit)}
+        for s in inputs:
+            bound.setdefault(s, frozenset(want - given))
+
+    readers_of = {s.index: [t for t in specs if s.index in sources[t.index]] for s in specs}
+
+    def successors_fit(spec, unit):
+        """How many of ``unit``'s consumers fit a cfg layer that reads ``spec``."""
+        return sum(any(fits(t, c) for t in readers_of[spec.index])
+                   for c in consumers.get(unit, ()))
+
+    def successors_agree(spec, unit):
+        """Unless the graph or the cfg ends there, one of the consumers of ``unit`` (or
+        of the batchnorm it feeds) fits a cfg layer reading ``spec``."""
+        last = [unit] + [c for c in consumers.get(unit, ()) if isinstance(c, NormUnit)
+                         and not isinstance(unit, NormUnit) and spec.bn_channels]
+        after = [c for u in last for c in consumers.get(u, ()) if c not in last]
+        readers = readers_of[spec.index]
+        return not after or not readers or any(fits(t, c) for t in readers for c in after)
+
+    def looks_through(spec):
+        """Whether the wanted sources of ``spec`` pass through a layer not paired."""
+        return any(s != MODEL_INPUT and s not in output_of for s in sources[spec.index])
+
     for spec in specs:
         want = wanted(spec)
         kind_ok = [u for u in units if u not in used and fits(spec, u) and
@@ -215,11 +259,23 @@ def _pair_graph(net, units, consumers, strict, choose):
         cands = [u for u in kind_ok if u.sources == want]
         if not cands:
             cands = [u for u in kind_ok if relaxed_sources(u) == want]
+        if not cands:                   # a graph input standing for an inner tensor
+            cands = [u for u in kind_ok if through_inputs(u.sources, want) or
+                     through_inputs(relaxed_sources(u), want)]
+            if len(cands) > 1:
+                best = max(successors_fit(spec, u) for u in cands)
+                cands = [u for u in cands if successors_fit(spec, u) == best]
+        if looks_through(spec) or any(not isinstance(x, Unit) and x != MODEL_INPUT
+                                      for u in cands for x in u.sources):
+            cands = [u for u in cands if successors_agree(spec, u)]
         if not cands:
             missing.append(spec)
             continue
         options = [Pair(spec, None, u) if isinstance(u, NormUnit) else with_bn(spec, u)
                    for u in cands]
+        named = [o for o in options if any(u.cfg_index == spec.index for u in o.units)]
+        if len(options) > 1 and len(named) == 1:           # the names settle it
+            options = named
         pick = 0
         if len(options) > 1:
             names = ", ".join(repr(p.names) for p in options)
@@ -230,6 +286,7 @@ def _pair_graph(net, units, consumers, strict, choose):
             pick = choose(spec, options)
             options[pick].choice = f"chosen by values among {names}"
         pair = options[pick]
+        bind(pair, want)
         used.update(pair.units)
         output_of[spec.index] = pair.units[-1]
         pairs.append(pair)
@@ -253,11 +310,67 @@ def _pair_graph(net, units, consumers, strict, choose):
 # --------------------------------------------------------------------------
 # sequence
 # --------------------------------------------------------------------------
+def shape_key(spec):
+    """What ``fits`` compares of a conv/connected layer: equal keys, equal shapes."""
+    if spec.section == "convolutional":
+        return (spec.section, spec.out_c, spec.nweights, spec.size)
+    return (spec.section, spec.outputs, spec.outputs * spec.inputs, 0)
+
+
+def _by_unique_shapes(specs, units):
+    """``[Pair]`` of the conv/connected layers whose shapes no other layer has and
+    exactly one model unit has (with the batchnorm right after it, where the layer has
+    one): paired wherever they sit.  A unit whose name carries another layer's index
+    gets a ``note``."""
+    keys = {}
+    next_spec = {a.index: b for a, b in zip(specs, specs[1:])}
+    for spec in specs:
+        if spec.section != "batchnorm":
+            keys.setdefault(shape_key(spec), []).append(spec)
+    pairs = []
+    for same in keys.values():
+        if len(same) != 1:
+            continue
+        spec = same[0]
+        fitting = [j for j, u in enumerate(units) if isinstance(u, LinearUnit) and fits(spec, u)]
+        if len(fitting) != 1:
+            continue
+        j = fitting[0]
+        nxt = units[j + 1] if j + 1 < len(units) else None
+        follower = next_spec.get(spec.index)
+        folded = (units[j].bias is not None and follower is not None
+                  and follower.section == "batchnorm" and follower.c == spec.out_c)
+        bn = nxt if (spec.bn_channels and isinstance(nxt, NormUnit) and fits(spec, nxt)
+                     and not folded) else None
+        pair = Pair(spec, units[j], bn)
+        named = {u.cfg_index for u in pair.units if u.cfg_index is not None}
+        if named and named != {spec.index}:
+            pair.note = (f"paired by its shapes: the name {units[j].name!r} carries layer "
+                         f"{', '.join(map(str, sorted(named)))}, the shapes are layer "
+                         f"{spec.index}'s")
+        pairs.append(pair)
+    return pairs
+
+
 def _pair_sequence(net, units):
     has_convs = any(not isinstance(u, NormUnit) for u in units)
     specs = _weighted(net)
     if not has_convs:
         specs = [s for s in specs if s.bn_channels]
+    direct = _by_unique_shapes(specs, units) if has_convs else []
+    taken = {u for p in direct for u in p.units}
+    done = {p.spec.index for p in direct}
+    rest = _align(net, [s for s in specs if s.index not in done],
+                  [u for u in units if u not in taken], has_convs)
+    pairs = sorted(direct + rest.pairs, key=lambda p: p.spec.index)
+    paired_orders = [u.order for p in pairs for u in p.units]
+    first, last = (min(paired_orders), max(paired_orders)) if paired_orders else (0, -1)
+    extra = [(u, first < u.order < last) for u, _ in rest.extra]
+    return Pairing(pairs, rest.missing, extra)
+
+
+def _align(net, specs, units, has_convs):
+    """The order alignment of ``specs`` with ``units`` (module docstring)."""
     by_name = bool(units) and all(u.cfg_index is not None for u in units)
     n_specs, n_units = len(specs), len(units)
     infinity = n_specs + n_units + 1
@@ -316,7 +429,4 @@ def _pair_sequence(net, units):
     pairs.reverse()
     missing.reverse()
     extra_units.reverse()
-    paired_orders = [u.order for p in pairs for u in p.units]
-    first, last = (min(paired_orders), max(paired_orders)) if paired_orders else (0, -1)
-    extra = [(u, first < u.order < last) for u in extra_units]
-    return Pairing(pairs, missing, extra)
+    return Pairing(pairs, missing, [(u, False) for u in extra_units])
