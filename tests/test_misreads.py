@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
+import _ports  # noqa: E402
 from _check_models import export  # noqa: E402
 from _misread_loaders import (GAMMA_BETA_SWAPPED, MEAN_VAR_SWAPPED,  # noqa: E402
                               build_model, load_weights, permute_registration, synthesize)
@@ -220,6 +221,42 @@ def test_blocks_read_in_registration_order(tmp_path, fork, cfg_name, first, befo
     if unpaired:
         pytest.skip(f"{', '.join(unpaired)}: a module order that differs from the cfg's "
                     "is not paired yet (pairing by names and order)")
+
+
+@pytest.mark.parametrize("fork", FORKS)
+def test_hand_written_port_loaded_in_module_order(tmp_path, fork):
+    """``_ports.Yolov3TinyPort`` registers cfg layer 18 (neck) before 14 (head); a loader
+    walking ``model.modules()`` reads 18's blocks where 14's are."""
+    net = _ports.port_net(fork)
+    path = tmp_path / "yolov3-tiny.weights"
+    synthesize(_ports.CFG, fork, path, SEED)
+    port = _ports.fill_in_module_order(_ports.Yolov3TinyPort(), path, fork)
+    eps = 0.0 if fork == "pjreddie" else 1e-5
+    x = torch.zeros(1, 3, net.h, net.w)
+    forms = [("module", port, None),
+             ("state_dict", {k: v.clone() for k, v in port.state_dict().items()}, eps),
+             ("onnx folded", _onnx(port, x), None)]
+    for form, converted, form_eps in forms:
+        report = check_model(converted, _ports.CFG, path, dialect=fork, eps=form_eps)
+        assert not report.ok and _failing(report) == [14, 18], (form, str(report))
+        _assert_finding(report, form, "module_order", [14, 18],
+                        ("blocks read in another order", "layer 18 before layers 14, 15"),
+                        "iterate over the cfg's layers")
+    good = _ports.fill_darknet(_ports.Yolov3TinyPort(), net, path, fork)
+    report = check_model(good, _ports.CFG, path, dialect=fork)
+    assert report.ok and report.findings == []
+
+
+def _onnx(model, x):
+    import io
+    import warnings
+
+    import onnx
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), f, dynamo=False)
+    return onnx.load_from_string(f.getvalue())
 
 
 # --------------------------------------------------------------------------
