@@ -216,7 +216,7 @@ def test_blocks_read_in_registration_order(tmp_path, fork, cfg_name, first, befo
         assert not report.ok and _failing(report) == layers, (form, str(report))
         _assert_finding(report, form, "module_order", layers,
                         ("blocks read in another order", words,
-                         "the order the model registers its modules"),
+                         "the order a model registers its modules"),
                         "iterate over the cfg's layers")
     if unpaired:
         pytest.skip(f"{', '.join(unpaired)}: a module order that differs from the cfg's "

@@ -146,7 +146,8 @@ class Stream:
 
 
 def encode(values, precision):
-    """``values`` (float32-representable) as uint32 codes of ``precision``'s bits."""
+    """``values`` (float32-representable) as uint32 codes of ``precision``'s bits (for
+    float32 a view of the float32 array's bits)."""
     f = np.asarray(values, np.float32)
     if precision == "float16":
         with np.errstate(over="ignore"):
@@ -155,14 +156,15 @@ def encode(values, precision):
     if precision == "bfloat16":                        # round to nearest even
         rounded = (bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16
         return rounded.astype(np.uint32)
-    return bits.copy()
+    return bits
 
 
 def _hash_pairs(first, second):
     """The table bucket of each pair of uint32 codes."""
     with np.errstate(over="ignore"):
-        mixed = (first * _MIX[0]) ^ (second * _MIX[1])
-    return mixed >> np.uint32(32 - _TABLE_BITS)
+        mixed = np.multiply(first, _MIX[0])
+        np.bitwise_xor(mixed, np.multiply(second, _MIX[1]), out=mixed)
+    return np.right_shift(mixed, np.uint32(32 - _TABLE_BITS), out=mixed)
 
 
 def _candidates(buckets, table, codes):
@@ -199,8 +201,9 @@ def _in_layout(held, layout):
 def _hash_pairs(first, second):
     """The table bucket of each pair of uint32 codes."""
     with np.errstate(over="ignore"):
-        mixed = (first * _MIX[0]) ^ (second * _MIX[1])
-    return mixed >> np.uint32(32 - _TABLE_BITS)
+        mixed = np.multiply(first, _MIX[0])
+        np.bitwise_xor(mixed, np.multiply(second, _MIX[1]), out=mixed)
+    return np.right_shift(mixed, np.uint32(32 - _TABLE_BITS), out=mixed)
 
 
 def _candidates(buckets, table, codes):
@@ -840,9 +843,10 @@ MISREADS = (
             "read exactly Darknet's blocks per layer, in cfg order: " + DARKNET_ORDER),
     Misread("module_order", "blocks read in another layer order",
             _test_order,
-            "blocks read in another order: the loader read {pairs} (its order {order}: the "
-            "order the model registers its modules, not the cfg's), so these layers hold "
-            "floats of other layers' blocks, cut at their own lengths",
+            "blocks read in another order: the loader read {pairs} (its order {order} is "
+            "not the cfg's: the order a model registers its modules, read by a loader that "
+            "walks model.modules()), so these layers hold floats of other layers' blocks, "
+            "cut at their own lengths",
             "read the blocks in cfg order: iterate over the cfg's layers (or register the "
             "modules in cfg order), not over model.modules() or named_children()"),
     Misread("swapped_scale_bias", "swap: scales and biases read into each other's place "
