@@ -348,3 +348,54 @@ def test_cli_names_the_header_finding(tmp_path, fork, capsys):
                  "--dialect", fork]) == 0
     out = capsys.readouterr().out
     assert "misread (" not in out and "M1" not in out
+
+
+# --------------------------------------------------------------------------
+# the search engine alone
+# --------------------------------------------------------------------------
+def _file_helds(tmp_path, fork="alexeyab"):
+    """bn-zoo's blocks as a model holding Darknet's floats would: ``(net, header,
+    stream, {(layer, role): Held})``."""
+    from darknet_bn.darknet import misreads, read_weights
+    cfg = _cfg(fork)
+    path = tmp_path / "zoo.weights"
+    net = synthesize(cfg, fork, path, SEED)
+    header = read_weights(net, path).header
+    raw = np.fromfile(path, dtype="<f4", offset=header.nbytes).astype(np.float64)
+    helds = {}
+    for spec in net.layers:
+        for role, count in spec.blocks:
+            values = raw[spec.offsets[role]:][:count]
+            helds[spec.index, role] = misreads.Held(spec.index, role, values.copy())
+    return net, header, misreads.Stream(path), helds
+
+
+def test_engine_names_floats_from_another_place(tmp_path):
+    from darknet_bn.darknet import misreads
+    net, header, stream, helds = _file_helds(tmp_path)
+    words = header.nbytes // 4
+    at = words + net.layers[7].offsets["biases"]
+    helds[3, "scales"].values = stream.floats[at:at + 16].astype(np.float64)
+    fit = misreads.search(stream, net, header, list(helds.values()))
+    findings = misreads.explain(fit)
+    assert [f.name for f in findings] == ["other_place"] and findings[0].layers == [3]
+    assert "its scales hold the floats at layer 7's biases" in findings[0].diagnosis
+    assert all(r.causes == [] for r in fit.readings.values())
+
+
+def test_engine_locates_nothing_on_weak_evidence(tmp_path):
+    """Runs shorter than ``MIN_RUN``, runs of one repeated value and runs with more
+    than ``MAX_MISSING`` of their values wrong locate nothing."""
+    from darknet_bn.darknet import misreads
+    net, header, stream, helds = _file_helds(tmp_path)
+    words = header.nbytes // 4
+    at = words + net.layers[3].offsets["weights"]
+    short = misreads.Held(3, "biases", stream.floats[at:at + 7].astype(np.float64))
+    flat = misreads.Held(3, "scales", np.full(16, float(stream.floats[at])))
+    damaged = stream.floats[at:at + 100].astype(np.float64)
+    damaged[::8] += 1.0                                 # 13 of 100 values wrong
+    broken = misreads.Held(3, "weights", damaged)
+    found = misreads.locate_exact(stream, [short, flat, broken])
+    assert found == {}
+    whole = misreads.Held(3, "weights", stream.floats[at:at + 100].astype(np.float64))
+    assert [loc.offset for loc in misreads.locate_exact(stream, [whole])[id(whole)]] == [at]

@@ -54,10 +54,10 @@ WORD = 4
 MIN_RUN = {"float32": 8, "float16": 16, "bfloat16": 24}
 #: At most this fraction of a located tensor's values may differ from the stream.
 MAX_MISSING = 0.1
-#: A folded filter fits a stream run when every weight is within this relative error
-#: (of the filter's largest weight) of the run times the fitted factor: float32's
-#: rounding of the fold is 2**-24 per weight.
-SCALED_TOLERANCE = 2.0 ** -20
+#: A folded filter fits a stream run when every weight is within this error, relative
+#: to the filter's largest weight, of the run times the fitted factor: check's float32
+#: tolerance (8 unit roundoffs; the fold rounds each weight once, 2**-24 relative).
+SCALED_TOLERANCE = 8 * 2.0 ** -24
 #: The scaled search keys on ratios of consecutive floats, dropping this many low
 #: mantissa bits of the float32 ratio; a query ratio within ``RATIO_MARGIN`` ulps of a
 #: bin's edge also tries the neighbouring bin (the fold moves a ratio by a few ulps).
@@ -517,6 +517,7 @@ class Fit:
     steps: list                    #: Step objects, in reading order
     scattered: dict                #: cfg index -> {role: Location} that fit no variant
     located: dict = field(default_factory=dict)   #: cfg index -> {role: Location}
+    sizes: dict = field(default_factory=dict)     #: (cfg index, role) -> values held
 
     @property
     def header_words(self):
@@ -585,17 +586,19 @@ def fit_readings(net, header, helds, locations):
         if reading is not None and not reading.located:
             reading.start = position + drift[index]
         position += reading.length(spec) if reading is not None else spec.float_count
-    return Fit(net, header, readings, order, steps, scattered, by_layer)
+    sizes = {(h.layer, h.role): h.values.size for h in helds}
+    return Fit(net, header, readings, order, steps, scattered, by_layer, sizes)
 
 
 def reads_exactly(fit, spec, role):
     """Whether the model's ``role`` tensor of ``spec`` equals, value for value, the
-    floats its reading takes (found there as an exact run, no value missing)."""
+    floats its reading takes (found there as an exact run, no value missing; folded:
+    every filter that run times its factor within ``SCALED_TOLERANCE``, none NaN)."""
     loc = fit.located.get(spec.index, {}).get(role)
     reading = fit.readings.get(spec.index)
-    return (loc is not None and reading is not None and not loc.scaled and
-            loc.matched == loc.size and loc.layout == reading.layout and
-            reading.offsets(spec).get(role) == loc.offset)
+    return (loc is not None and reading is not None and loc.matched == loc.size and
+            loc.size == fit.sizes.get((spec.index, role)) and
+            loc.layout == reading.layout and reading.offsets(spec).get(role) == loc.offset)
 
 
 # --------------------------------------------------------------------------
