@@ -4,9 +4,10 @@
 The model's conv/linear and batchnorm modules (torch's ``_BatchNorm`` modules,
 ``SyncBatchNorm`` included, or darknet_bn's own) are paired with the cfg's
 ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers by the strict
-pairing of ``darknet_bn.darknet.model`` (names carrying cfg indices
-such as ``module_list.N``, then order and shapes; every layer paired, no
-module left over, no choice made on values).  Each layer's blocks go in
+pairing of ``darknet_bn.darknet.model`` (a live module by its data flow, traced on
+one forward; a state_dict by unique shapes, then names carrying cfg indices such as
+``module_list.N``, then order; every layer paired, no module left over, no choice
+made on values).  Each layer's blocks go in
 Darknet's order (``parse_cfg``'s ``LayerSpec.blocks``), as the model holds them:
 
 - ``[convolutional]``/``[connected]`` with ``batch_normalize=1``: biases = the

@@ -3,11 +3,11 @@
 ``check_model(converted, cfg, weights, *, dialect, eps=None, strict=False)``
 reads the model and pairs its units with the cfg's layers
 (``darknet_bn.darknet.model``: by the data-flow graph for ONNX and traced live
-modules, by shapes, names and order for state_dicts), judges each batchnorm-carrying layer against the
-fork's inference in the precision the model stores (``judging``) and returns a
-``CheckReport`` (``report``): one row per cfg layer with batchnorm, a failing
-row for a layer missing from the model, and the model's units that are not in
-the cfg.  docs/converters.md describes the forms read and the rules.
+modules, by shapes, names and order for state_dicts), judges each
+batchnorm-carrying layer against the fork's inference in the precision the model
+stores (``judging``) and returns a ``CheckReport`` (``report``): one row per cfg
+layer with batchnorm, a failing row for a layer missing from the model, and the
+model's units that are not in the cfg.  docs/converters.md describes the forms read and the rules.
 """
 import math
 

@@ -71,5 +71,6 @@ __all__ = ["read_model", "ModelUnits", "Unit", "LinearUnit", "ConvUnit", "DenseU
            "precision_of", "OpGraph", "OpNode", "Constant", "Quant", "OP_HANDLERS", "FOLDS",
            "read_graph", "topological_order", "onnx_graph", "read_onnx", "load_onnx",
            "external_tensors", "read_state_dict", "read_module", "load_torch_file",
-           "cfg_index_in_name", "darknet_dialect", "trace_module", "probe_shape", "TraceError", "pair_model", "Pair", "Pairing",
+           "cfg_index_in_name", "darknet_dialect", "trace_module", "probe_shape", "TraceError",
+           "pair_model", "Pair", "Pairing",
            "cfg_sources", "fits", "WEIGHTED_SECTIONS"]

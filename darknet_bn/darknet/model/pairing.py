@@ -4,24 +4,33 @@ PyTorch export to ``.weights``).
 The cfg's ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers are
 paired with the model's conv/dense and batchnorm units (``graph``, ``torch_reader``):
 
-**Graph (ONNX).** Every cfg layer's inputs are followed back through routes,
-shortcuts, pools, upsamples and heads to the nearest weighted layers (or the
-model input): ``cfg_sources``.  Every model unit knows the same of the graph
-(``Unit.sources``).  Layers are paired in cfg order, starting from the model
-input: a cfg layer takes the unpaired unit of its kind and shape whose sources
-are the units paired with the layer's own sources.  A layer with batchnorm also
-takes the batchnorm unit fed by that conv alone, unless the conv carries a bias
-and the next cfg layer is a ``[batchnorm]`` reading it (then the conv is the
-folded form and the batchnorm is that layer's).  A cfg layer with no
-counterpart is *missing* and passes its sources on; a unit no layer takes is
-*extra*, *in the data path* when its output reaches a paired unit.
+**Graph (ONNX, traced live modules).** Every cfg layer's inputs are followed
+back through routes, shortcuts, pools, upsamples and heads to the nearest
+weighted layers (or the model input): ``cfg_sources``.  Every model unit knows
+the same of the graph (``Unit.sources``).  Layers are paired in cfg order,
+starting from the model input: a cfg layer takes the unpaired unit of its kind
+and shape whose sources are the units paired with the layer's own sources.  A
+layer with batchnorm also takes the batchnorm unit fed by that conv alone,
+unless the conv carries a bias and the next cfg layer is a ``[batchnorm]``
+reading it (then the conv is the folded form and the batchnorm is that
+layer's).  A cfg layer with no counterpart is *missing* and passes its sources
+on; a unit no layer takes is *extra*, *in the data path* when its output
+reaches a paired unit.  A graph input other than the first (``GraphInput``)
+stands for what the paired units feeding a layer do not give, and is bound to
+that once used; where the wanted sources pass through missing layers (a cut
+subgraph) or a graph input, a candidate's consumers must fit the cfg layer's
+readers.  Among candidates equal by the structure, the one whose name carries
+the layer's cfg index wins.
 
-**Sequence (state_dicts, live modules).** No graph: names carrying cfg indices
-(``module_list.N``, ``models.N``, ``conv_N``...) must match the layer's index
-when every unit has one; then the order and the shapes decide, by an alignment
-of the cfg layers with the units that pairs the most (dynamic programming over
-(layer, unit) positions, iterative).  An extra unit between paired ones counts
-as in the data path.  In a sequence the order settles every choice.
+**Sequence (state_dicts, modules whose forward cannot be traced).** No graph: a
+conv/connected layer whose shapes no other layer has, held by exactly one unit,
+pairs with it (and the batchnorm right after it) wherever it sits; a name
+carrying another layer's index is a ``Pair.note``.  For the rest, names
+carrying cfg indices (``module_list.N``, ``models.N``, ``conv_N``...) must match
+the layer's index when every unit has one; then the order and the shapes
+decide, by an alignment of the cfg layers with the units that pairs the most
+(dynamic programming over (layer, unit) positions, iterative).  An extra unit
+between paired ones counts as in the data path.
 
 **Choices.** Where more than one unit fits a layer (same-shaped layers in
 parallel branches), ``strict=True`` raises ``PairingError`` naming the layer and
@@ -395,7 +404,7 @@ def _align(net, specs, units, has_convs):
             return out
         if spec.bn_channels:
             nxt = units[j + 1] if j + 1 < n_units else None
-            if nxt is not None and isinstance(nxt, NormUnit) and fits(spec, nxt) and named(spec, nxt):
+            if isinstance(nxt, NormUnit) and fits(spec, nxt) and named(spec, nxt):
                 out.append((2, Pair(spec, unit, nxt)))
         out.append((1, Pair(spec, unit, None)))
         return out

@@ -245,11 +245,11 @@ def trace_module(module, shape, names):
     def after(m, args, output):
         flow.mark(output, frozenset([names[m]]))
 
-    for m in names:
-        handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     flags = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
     try:
+        for m in names:
+            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
         module.eval()
         with torch.no_grad(), flow:
             module(probe)
@@ -272,16 +272,18 @@ def attach_flow(result, module, shapes):
     give ``result``'s units their ``sources`` (``result.graph`` then True); when it runs
     on none, a note that the order pairs them."""
     names = {u.module: u.name for u in result.units}
-    flow, failures = None, []
+    flow, failures = None, {}                    # error text -> the probe shapes it met
     for shape in dict.fromkeys(tuple(s) for s in shapes):
         try:
             flow = trace_module(module, shape, names)
             break
         except TraceError as e:
-            failures.append(f"on a {'x'.join(map(str, (1, *shape)))} input: {e}")
+            failures.setdefault(str(e), []).append("x".join(map(str, (1, *shape))))
     if flow is None:
         result.notes.append("paired by registration order and shapes: the forward could "
-                            "not be traced (" + "; ".join(failures) + ")")
+                            "not be traced (" + "; ".join(
+                                f"on {' and '.join(where)} input{'s' * (len(where) > 1)}: "
+                                f"{text}" for text, where in failures.items()) + ")")
         return
     by_name = {u.name: u for u in result.units}
     for unit in result.units:
