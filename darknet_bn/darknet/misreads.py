@@ -63,12 +63,11 @@ SCALED_TOLERANCE = 8 * 2.0 ** -24
 #: bin's edge also tries the neighbouring bin (the fold moves a ratio by a few ulps).
 RATIO_DROP = 11
 RATIO_MARGIN = 16
-NO_BIN = np.uint32(0xFFFFFFFF)
 #: Anchors per tensor (exact) and filters per tensor (scaled).
 ANCHORS = 4
 #: Matched values whose distinctness is checked (a sample of a long run is enough).
 DISTINCT_SAMPLE = 256
-_TABLE_BITS = 22
+_TABLE_BITS = 18
 _MIX = (np.uint32(0x9E3779B1), np.uint32(0x85EBCA77))
 
 #: Kernel layouts a loader may leave: name, (rows, in, kh, kw) -> Darknet's order (each
@@ -133,7 +132,8 @@ class Stream:
         """Per position i: the bin of the ratio f[i+1]/f[i] (scaled search)."""
         if "ratio" not in self._codes:
             with np.errstate(all="ignore"):
-                self._codes["ratio"] = _ratio_bins(self.floats[1:] / self.floats[:-1])
+                ratios = np.divide(self.floats[1:], self.floats[:-1])
+            self._codes["ratio"] = _ratio_bins(ratios)
         return self._codes["ratio"]
 
     def pair_buckets(self, precision):
@@ -291,10 +291,10 @@ def locate_exact(stream, helds, layouts=("",)):
 
 def _ratio_bins(ratios):
     """float32 ratios as uint32 bins: sign, exponent and the top mantissa bits (a bin
-    is 2**-12 to 2**-13 relative wide); ``NO_BIN`` where not finite or zero."""
-    r = np.asarray(ratios, np.float32)
-    bins = r.view(np.uint32) >> np.uint32(RATIO_DROP)
-    return np.where(np.isfinite(r) & (r != 0), bins, NO_BIN).astype(np.uint32)
+    is 2**-12 to 2**-13 relative wide).  Zero, infinite and NaN ratios get bins no
+    query has (a query's ratios are finite and nonzero)."""
+    return np.right_shift(np.asarray(ratios, np.float32).view(np.uint32),
+                          np.uint32(RATIO_DROP))
 
 
 def _query_ratio_keys(row, j):

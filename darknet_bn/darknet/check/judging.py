@@ -41,6 +41,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..._jit import calling_thread_only
 from ..._validate import setting_text
 from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
@@ -133,7 +134,13 @@ def describe_reference(section, dialect):
 
 
 def reference_output(record, probe, dialect):
-    """Darknet's float32 output for the probes, bit for bit."""
+    """Darknet's float32 output for the probes, bit for bit (a few values per
+    channel: the kernels run on the calling thread, ``calling_thread_only``)."""
+    with calling_thread_only():
+        return _reference_output(record, probe, dialect)
+
+
+def _reference_output(record, probe, dialect):
     if record.section == "convolutional" and dialect.folding.inference_folds_conv:
         # the fold of the probe weights alone: each weight is folded on its own
         # (weights[f*size + i] *= precomputed[f]), so these are the folded file's bits
