@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 import _ports  # noqa: E402
-from _check_models import export  # noqa: E402
+from _check_models import batchnorm_as_mul_add, export  # noqa: E402
 from _misread_loaders import (GAMMA_BETA_SWAPPED, MEAN_VAR_SWAPPED,  # noqa: E402
                               build_model, load_weights, permute_registration, synthesize)
 from darknet_bn.cli import main  # noqa: E402
@@ -294,6 +294,22 @@ def test_float16_module_is_searched_in_float16(tmp_path):
                     HEADER_FIX)
 
 
+def test_bfloat16_module_and_mul_add_batchnorm(tmp_path):
+    """bfloat16 tensors are found in the stream rounded to bfloat16; a batchnorm written
+    as Mul/Add of constants holds no Darknet block, the convs' weights find the reading
+    and judging the layers against it confirms it."""
+    fork = "alexeyab"
+    model, net, cfg, path = _loaded(tmp_path, fork, header_ints=4)
+    layers, _ = _bn_layers(fork)
+    graph = batchnorm_as_mul_add(export(model, net.w, fold=False))
+    # layer 11 ([connected] + BatchNorm1d rewritten as Mul/Add) fails in that form even
+    # when loaded correctly, with no misread: only the conv layers are expected there
+    for form, converted, covered in (("bfloat16 module", model.to(torch.bfloat16), layers),
+                                     ("Mul/Add batchnorm", graph, layers[:-1])):
+        report = check_model(converted, cfg, path, dialect=fork)
+        _assert_finding(report, form, "header_16_on_v2", covered, HEADER_WORDS, HEADER_FIX)
+
+
 def test_folded_float16_is_judged_not_searched(tmp_path):
     """Folded float16 convs are not searched (rounding hides the filters' ratios), but
     the raw layers' float16 runs find the shift and judging the folded layers against
@@ -313,7 +329,8 @@ def test_folded_float16_is_judged_not_searched(tmp_path):
     report = check_model(export(good, net.w, half=True), cfg, path, dialect=fork)
     assert _failing(report) == [3] and report.findings == []
     row = report.layers[[r.index for r in report.layers].index(3)]
-    assert "misread search not possible: the folded weights are float16" in row.diagnosis
+    assert ("misread search not possible for its folded weights: they are float16"
+            in row.diagnosis)
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..misreads import (VARIANTS, WORD, Held, Stream, darknet_start, explain, read_record,
                         reads_exactly, search, searchable)
-from ..model import BatchNormUnit, ConvUnit
+from ..model import AffineUnit, BatchNormUnit, ConvUnit
 
 #: A layer's diagnosis that names no known mistake starts with this.
 UNEXPLAINED = "not a known converter mistake"
@@ -59,6 +59,18 @@ def held_tensors(pair):
             out.append(Held(spec.index, role, np.asarray(value, np.float64).reshape(-1),
                             bn.precision, name=bn.name))
     return out
+
+
+def not_searched(pair):
+    """What of ``pair`` the misread search cannot look up ("" when it can look up
+    everything): folded float16/bfloat16 weights, a batchnorm written as Mul/Add."""
+    parts = []
+    if not all(searchable(h) for h in held_tensors(pair)):
+        parts.append(f"its folded weights: they are {pair.conv.precision} (searched only "
+                     "in float32)")
+    if isinstance(pair.bn, AffineUnit):
+        parts.append("its batchnorm: written as Mul/Add of constants, not Darknet's blocks")
+    return " and ".join(parts)
 
 
 def _rejudge(check_layer, pair, stream, reading, dialect, weights_known=False):
@@ -164,8 +176,8 @@ def find_misreads(pairs, rows, net, weights_path, header, dialect, check_layer,
         pair = pair_of.get(index)
         if row.misreads or pair is None:
             continue
-        if UNEXPLAINED in known_mistakes(index) and \
-                not all(searchable(h) for h in held_tensors(pair)):
-            row.diagnosis += ("; misread search not possible: the folded weights are "
-                              f"{pair.conv.precision} (searched only in float32)")
+        if UNEXPLAINED in known_mistakes(index):
+            unsearched = not_searched(pair)
+            if unsearched:
+                row.diagnosis += f"; misread search not possible for {unsearched}"
     return confirmed
