@@ -226,8 +226,9 @@ def trace_module(module, shape, names):
     (``{module: name}``) called in one forward of ``module`` on a ``(1, *shape)`` probe,
     the named modules whose outputs reach its input through any torch operation
     (``cat``, ``add``, slicing, pooling, upsampling...).  The forward runs in eval
-    mode under ``no_grad`` on the model's device and dtype; every submodule's
-    ``training`` flag and every buffer are restored.  ``TraceError`` when the forward
+    mode under ``no_grad`` on the model's device and dtype, on one intra-op thread;
+    every submodule's ``training`` flag, every buffer and torch's thread count are
+    restored.  ``TraceError`` when the forward
     raises."""
     import torch
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
@@ -247,6 +248,8 @@ def trace_module(module, shape, names):
 
     flags = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # a tiny probe: threads only contend
     try:
         for m in names:
             handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
@@ -256,6 +259,7 @@ def trace_module(module, shape, names):
     except Exception as e:
         raise TraceError(f"{type(e).__name__}: {error_text(e, 160)}") from None
     finally:
+        torch.set_num_threads(threads)
         for handle in handles:
             handle.remove()
         for m, training in flags:
