@@ -180,6 +180,32 @@ def test_block_order_missing_block_and_kernel_layout(tmp_path, fork, case, bug, 
         _assert_finding(report, form, name, layers, words, fix)
 
 
+def test_pjreddie_eps_mistake_alone_and_under_a_misread(tmp_path):
+    """PyTorch's BatchNorm2d with pjreddie's blocks (eps 1e-5 inside the root: the usual
+    pjreddie mistake) is the eps diagnosis and no misread; with a 16-byte header
+    skipped as well, the finding covers the layers and each row names the eps mistake
+    against the floats the loader took."""
+    fork = "pjreddie"
+    cfg = _cfg(fork)
+    path = tmp_path / "zoo.weights"
+    synthesize(cfg, fork, path, SEED)
+    layers, _ = _bn_layers(fork)
+    for header_ints in (5, 4):
+        model, net = build_model(cfg, fork)
+        load_weights(model, net, path, header_ints=header_ints)
+        report = check_model(model, cfg, path, dialect=fork)
+        assert _failing(report) == layers
+        rows = [r for r in report.layers if r.index in layers]
+        if header_ints == 5:
+            assert report.findings == []
+            assert all(r.diagnosis.startswith("eps: computes (x-mean)/sqrt(var + 1e-05)")
+                       for r in rows)
+        else:
+            assert [f.name for f in report.findings] == ["header_16_on_v2"]
+            assert all("; against the floats it took: eps: computes (x-mean)/sqrt(var + "
+                       "1e-05)" in r.diagnosis for r in rows), [r.diagnosis for r in rows]
+
+
 def test_header_and_swap_together_are_two_findings(tmp_path):
     fork = "pjreddie"
     model, net, cfg, path = _loaded(tmp_path, fork, minor=1, header_ints=5,

@@ -17,9 +17,8 @@ header included, so a reading that starts in the header is found too):
   compared with the stream rounded to nearest in that precision (what ``.half()``
   and ``.to(torch.bfloat16)`` do);
 - *scaled runs* for folded float32 weights (each filter is Darknet's filter times
-  an unknown per-channel factor): the same with the ratios of
-  consecutive values, then each filter's factor is fitted and every weight
-  verified;
+  an unknown per-channel factor): the same with the ratios of consecutive values,
+  then each filter's factor is fitted and every weight verified;
 - each conv kernel also transposed and flipped (the loader's layout mistakes).
 
 **Decisive.** A tensor is *located* at an offset only when at least ``MIN_RUN``
@@ -196,31 +195,6 @@ def _in_layout(held, layout):
         return held.values
     k = held.values.reshape(held.rows, -1, *held.kernel)
     return np.ascontiguousarray(dict(LAYOUTS)[layout](k)).reshape(-1)
-
-
-def _hash_pairs(first, second):
-    """The table bucket of each pair of uint32 codes."""
-    with np.errstate(over="ignore"):
-        mixed = np.multiply(first, _MIX[0])
-        np.bitwise_xor(mixed, np.multiply(second, _MIX[1]), out=mixed)
-    return np.right_shift(mixed, np.uint32(32 - _TABLE_BITS), out=mixed)
-
-
-def _candidates(buckets, table, codes):
-    """``[(query, stream position)]`` where the stream's pair of ``codes`` equals a query
-    key of ``table`` (``{(code << 32) | next code: [query]}``)."""
-    keys = np.fromiter(table.keys(), np.uint64, len(table))
-    mark = np.zeros(1 << _TABLE_BITS, bool)
-    mark[_hash_pairs((keys >> np.uint64(32)).astype(np.uint32),
-                     (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32))] = True
-    hits = np.flatnonzero(mark[buckets])
-    out = []
-    if hits.size:
-        found = (codes[hits].astype(np.uint64) << np.uint64(32)) | codes[hits + 1]
-        for pos, key in zip(hits.tolist(), found.tolist()):
-            for query in table.get(key, ()):
-                out.append((query, pos))
-    return out
 
 
 def _anchor_positions(codes, count=ANCHORS, window=64):
