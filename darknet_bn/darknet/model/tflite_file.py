@@ -3,7 +3,7 @@ with the ``tflite`` package (the schema's generated bindings, no TensorFlow).
 
 ``read_tflite(path)`` returns a ``TfliteGraph`` of the first subgraph: each tensor's
 name, shape, storage type, data (constants: numpy, in the stored type) and
-quantization (a ``Quantization``, or None), each operator's name
+quantization (scales, zero points, axis; or None), each operator's name
 (``CONV_2D``...) with its input and output tensor indices.  A file that is not a
 TFLite model, or is truncated or damaged (a buffer beyond the file's end, a
 constant of the wrong size), is a ``CheckError`` naming the file.
@@ -15,7 +15,6 @@ import numpy as np
 
 from ..._extras import missing_package
 from ..._validate import error_text
-from .quantization import quantization
 from .units import CheckError
 
 #: The TFLite file identifier, bytes 4-8 of a ``.tflite`` file.
@@ -34,7 +33,7 @@ class TfliteTensor:
     shape: tuple
     storage: str                 #: "float32", "float16", "int8", "int32"...
     data: object = None          #: numpy array of ``shape`` for a constant, else None
-    quant: object = None         #: ``Quantization`` of a quantized tensor, else None
+    quant: object = None         #: ``(scales, zero points, axis)`` of a quantized tensor
 
 
 @dataclass
@@ -89,16 +88,12 @@ def _tensor_data(model, tensor, raw, where, name, shape, dtype):
     return np.frombuffer(data.tobytes(), dtype=dtype).reshape(shape)
 
 
-def _tensor_quant(tensor, storage, where, name):
+def _tensor_quant(tensor, storage):
     q = tensor.Quantization()
     if q is None or q.ScaleLength() == 0 or storage.startswith("float"):
         return None
-    try:
-        zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else 0
-        return quantization(q.ScaleAsNumpy(), zero, q.QuantizedDimension(), storage,
-                            f"{where}: tensor {name!r}")
-    except ValueError as e:
-        raise CheckError(str(e)) from None
+    zero = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1, np.int64)
+    return q.ScaleAsNumpy().copy(), np.asarray(zero).copy(), int(q.QuantizedDimension())
 
 
 def _parse(raw, where):
@@ -118,7 +113,7 @@ def _parse(raw, where):
         if dtype is not None and all(s >= 0 for s in shape):
             data = _tensor_data(model, t, raw, where, name, shape, dtype)
         tensors.append(TfliteTensor(name, shape, storage, data,
-                                    _tensor_quant(t, storage, where, name)))
+                                    _tensor_quant(t, storage)))
     codes = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
