@@ -37,7 +37,7 @@ def add_arguments(p):
 def run(args):
     try:
         check_files(args, FILES)
-        from .darknet.check.readers import load_torch_file
+        from .darknet.model import load_torch_file
         from .torch_weights import write_state_dict_weights
         state = load_torch_file(args.state_dict)
         out = write_state_dict_weights(state, args.cfg, args.out, dialect=args.dialect,

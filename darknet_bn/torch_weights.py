@@ -4,7 +4,7 @@
 The model's conv/linear and batchnorm modules (torch's ``_BatchNorm`` modules,
 ``SyncBatchNorm`` included, or darknet_bn's own) are paired with the cfg's
 ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers by the strict
-pairing of ``darknet_bn.darknet.check.pairing`` (names carrying cfg indices
+pairing of ``darknet_bn.darknet.model`` (names carrying cfg indices
 such as ``module_list.N``, then order and shapes; every layer paired, no
 module left over, no choice made on values).  Each layer's blocks go in
 Darknet's order (``parse_cfg``'s ``LayerSpec.blocks``), as the model holds them:
@@ -34,9 +34,7 @@ import os
 import numpy as np
 
 from ._validate import argument_name, routine_prefix
-from .darknet.check.pairing import pair_model
-from .darknet.check.readers import read_module, read_state_dict
-from .darknet.check.units import CheckError
+from .darknet.model import CheckError, pair_model, read_module, read_state_dict
 from .darknet.parser import check_path
 from .darknet.weights import (WeightsHeader, atomic_output, check_cfg_arg, check_size,
                               network_from, open_weights, read_header, type_name)

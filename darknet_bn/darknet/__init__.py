@@ -7,9 +7,10 @@ batchnorm read/write for every fork, ``BatchNormLayer`` construction and PyTorch
 - ``fold``: ``fold_batchnorm``, ``fold_weights``, ``folded_cfg`` and Darknet's
   ``fuse_conv_batchnorm``, ``denormalize_convolutional_layer``,
   ``denormalize_connected_layer``, ``denormalize_net``
-- ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference);
-  ``check.pairing``: ``pair_model``, the cfg-to-model pairing shared with
-  ``darknet_bn.torch.save_darknet_weights``
+- ``model``: a converted model (ONNX, torch state_dict, live module) as typed units,
+  and ``pair_model``, their pairing with the cfg's layers (shared by ``check`` and
+  ``darknet_bn.torch.save_darknet_weights``/``load_darknet_weights``)
+- ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference)
 """
 from .check import CheckError, CheckReport, LayerCheck, check_model
 from .export import batchnorm_state_dict, export_state_dicts, to_torch_batchnorm

@@ -1,9 +1,9 @@
 """Check a converted model (ONNX, PyTorch) against Darknet's inference, layer by layer.
 
 ``check_model(converted, cfg, weights, *, dialect, eps=None, strict=False)``
-reads the model (``readers``), pairs its units with the cfg's layers
-(``pairing``: by the data-flow graph for ONNX, by names, order and shapes for
-state_dicts and modules), judges each batchnorm-carrying layer against the
+reads the model and pairs its units with the cfg's layers
+(``darknet_bn.darknet.model``: by the data-flow graph for ONNX and traced live
+modules, by shapes, names and order for state_dicts), judges each batchnorm-carrying layer against the
 fork's inference in the precision the model stores (``judging``) and returns a
 ``CheckReport`` (``report``): one row per cfg layer with batchnorm, a failing
 row for a layer missing from the model, and the model's units that are not in
@@ -17,17 +17,39 @@ from ..._validate import argument_name, error_text, routine_prefix, setting_text
 from ...dialects import get_dialect
 from ..parser import check_path
 from ..weights import check_cfg_arg, network_from, read_weights, type_name
-from .judging import (TOLERANCE, describe_reference, diagnose, error_scale, make_probe,
-                      model_output, model_response, reference_output, relative_error,
-                      storage_note, tolerance, ulp_distance, weight_error)
-from .pairing import Pair, Pairing, PairingError, cfg_sources, pair_model
-from .readers import ModelUnits, read_model
+from .judging import (TOLERANCE, blind_spot_text, describe_reference, diagnose, error_scale,
+                      folded_reference, make_probe, model_output, model_response, quantized_check,
+                      reference_output, relative_error, storage_note, tolerance,
+                      ulp_distance, weight_error)
+from ..model import (CheckError, ModelUnits, NormUnit, Pair, Pairing, PairingError, Unit,
+                     cfg_sources, narrowest, pair_model, read_model)
+from ..model.quantization import QUANTIZED
 from .report import CheckReport, ExtraUnit, LayerCheck
-from .units import CheckError, Unit, narrowest
+
+
+def check_quantized_layer(pair, record, dialect):
+    """``LayerCheck`` of a pair with quantized parameters: each within half its step of
+    the fork's folded conv (``judging.quantized_check``); the error is in units of that
+    allowance (tolerance 1), the ulp column in quantization steps."""
+    probe = make_probe(record)
+    error, steps, worst, w_err, diagnosis, described, res = quantized_check(
+        pair, record, probe, dialect)
+    return LayerCheck(index=record.index, section=record.section, channels=record.channels,
+                      form="batchnorm" if pair.bn is not None else "folded",
+                      model_name=pair.names,
+                      reference=describe_reference(record.section, dialect), ok=error <= 1.0,
+                      max_rel_error=error, max_ulp=steps, worst_channel=worst,
+                      diagnosis=diagnosis, precision=QUANTIZED, tolerance=1.0,
+                      max_weight_error=w_err, choice=pair.choice, quantization=described,
+                      resolution=float(np.median(res)) if res.size else 0.0,
+                      resolution_max=float(np.max(res)) if res.size else 0.0)
 
 
 def check_layer(pair, record, dialect):
-    """``LayerCheck`` of one pair: the probes, every weight, and a diagnosis if it fails."""
+    """``LayerCheck`` of one pair: the probes, every weight, and a diagnosis if it fails
+    (quantized parameters: ``check_quantized_layer``)."""
+    if any(u.quantized for u in pair.units):
+        return check_quantized_layer(pair, record, dialect)
     precision = narrowest(*(u.precision for u in pair.units))
     limit = tolerance(precision)
     probe = make_probe(record)
@@ -42,10 +64,14 @@ def check_layer(pair, record, dialect):
     ok = max_err <= limit and w_err <= limit
     notes = []
     if not ok:
-        note = storage_note(pair, precision)
+        note, stored = storage_note(pair, precision, folded_reference(record, dialect))
         if note:
             notes.append(note)
-        if max_err > limit:
+        failing = set(np.flatnonzero(np.max(err, axis=1) > limit).tolist()) if err.size \
+            else set()
+        if stored and failing <= stored and w_err <= limit:
+            pass                        # float16 could not hold the values: that is all
+        elif max_err > limit:
             slope, offset = model_response(pair, probe)
             notes.append(diagnose(pair, record, probe, dialect, scale, slope, offset, limit))
         if w_err > limit:
@@ -54,10 +80,13 @@ def check_layer(pair, record, dialect):
                          (f": the kernel is {layout}" if layout else
                           ": check the weight layout (out, in, kh, kw)"))
     form = "batchnorm" if pair.bn is not None else "folded"
-    return LayerCheck(record.index, record.section, record.channels, form, pair.names,
-                      describe_reference(record.section, dialect), ok,
-                      max(max_err, 0.0), int(np.max(ulp)) if ulp.size else 0, worst,
-                      "; ".join(notes), precision, limit, w_err, pair.choice)
+    return LayerCheck(index=record.index, section=record.section, channels=record.channels,
+                      form=form, model_name=pair.names,
+                      reference=describe_reference(record.section, dialect), ok=ok,
+                      max_rel_error=max(max_err, 0.0),
+                      max_ulp=int(np.max(ulp)) if ulp.size else 0, worst_channel=worst,
+                      diagnosis="; ".join(notes), precision=precision, tolerance=limit,
+                      max_weight_error=w_err, choice=pair.choice)
 
 
 def _chooser(records, dialect):
@@ -136,7 +165,8 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
         raise ValueError(f"{routine_prefix(routine)}{setting_text('eps', eps)} given, but "
                          f"{model.source} stores its own eps per batchnorm; pass "
                          f"{argument_name('eps')} only for a state_dict")
-    if not model.stores_eps and eps is None and any(u.kind == "bn" for u in model.units):
+    if not model.stores_eps and eps is None and \
+            any(isinstance(u, NormUnit) for u in model.units):
         raise CheckError(f"{model.source}: a state_dict stores no eps; pass the eps its model "
                          f"is built with ({setting_text('eps', 1e-5)} for PyTorch's default)")
     records = {rec.index: rec for rec in darknet.layers}
@@ -146,15 +176,30 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
             if p.spec.index in records]
     for spec in pairing.missing:
         if spec.index in records:
-            rows.append(LayerCheck(spec.index, spec.section, spec.bn_channels, "missing", "",
-                                   describe_reference(spec.section, fork), False, math.inf, 0,
-                                   0, "not found in the model: no unit of its kind and shape "
-                                   "where the graph or the order puts it", "float32",
-                                   TOLERANCE))
+            rows.append(LayerCheck(
+                index=spec.index, section=spec.section, channels=spec.bn_channels,
+                form="missing", model_name="", reference=describe_reference(spec.section, fork),
+                ok=False, max_rel_error=math.inf, max_ulp=0, worst_channel=0,
+                diagnosis="not found in the model: no unit of its kind and shape where the "
+                "graph or the order puts it", precision="float32", tolerance=TOLERANCE))
     rows.sort(key=lambda row: row.index)
-    extra = [ExtraUnit(u.name, u.kind, u.channels, reaches) for u, reaches in pairing.extra]
+    extra = [ExtraUnit(name=u.name, kind=u.kind, channels=u.channels, in_data_path=reaches)
+             for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
-    return CheckReport(ok, fork.name, model.source, TOLERANCE, rows, extra)
+    return CheckReport(ok=ok, dialect=fork.name, source=model.source, tolerance=TOLERANCE,
+                       layers=rows, extra=extra, limits=precision_limits(rows, fork))
+
+
+def precision_limits(rows, dialect):
+    """What each quantized precision of the report cannot see (``blind_spot_text``)."""
+    limits = []
+    for described in sorted({r.quantization for r in rows if r.quantization}):
+        judged = [r for r in rows if r.quantization == described]
+        text = blind_spot_text(dialect, described, [r.resolution for r in judged],
+                               [r.resolution_max for r in judged])
+        if text:
+            limits.append(text)
+    return limits
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -45,7 +45,7 @@ from ..._validate import setting_text
 from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
-from .units import UNIT_ROUNDOFF, narrowest
+from ..model import UNIT_ROUNDOFF, AffineUnit, BatchNormUnit, ConvUnit, narrowest
 
 #: Probe conv outputs, in standard deviations around the rolling mean.
 PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
@@ -60,6 +60,8 @@ KNOWN_EPS = (1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 
 #: float16's largest finite value and smallest normal one.
 FLOAT16_MAX, FLOAT16_TINY = 65504.0, 2.0 ** -14
+#: float16's smallest subnormal: a value below half of it is stored as zero.
+FLOAT16_SUBNORMAL = 2.0 ** -24
 
 
 def tolerance(precision):
@@ -151,11 +153,7 @@ def reference_output(record, probe, dialect):
 
 def unit_affine(bn):
     """``(alpha, beta)`` in double of a model batchnorm unit: ``y = alpha*x + beta``."""
-    if bn.affine_form:
-        return bn.alpha, bn.beta
-    with np.errstate(all="ignore"):
-        alpha = bn.weight / np.sqrt(bn.var + bn.eps)
-        return alpha, bn.bias - alpha * bn.mean
+    return bn.affine()
 
 
 def conv_response(pair, probe):
@@ -184,7 +182,7 @@ def model_output(pair, probe):
     slope, offset = model_response(pair, probe)
     bn = pair.bn
     t = probe.t.astype(np.float64)
-    if bn is None or not bn.run_module:
+    if not isinstance(bn, BatchNormUnit) or not bn.run_module:
         with np.errstate(all="ignore"):
             return slope[:, None] * t + offset[:, None]
     return _run_module(bn.module, conv_response(pair, probe), t)
@@ -262,7 +260,7 @@ def weight_error(pair, record, probe):
     worst = int(np.argmax(errors)) if errors.size else 0
     err = float(errors[worst]) if errors.size else 0.0
     layout = ""
-    shape = pair.conv.kernel_shape
+    shape = pair.conv.kernel_shape if isinstance(pair.conv, ConvUnit) else None
     if err > 0 and shape is not None and shape[2] == shape[3] and shape[2] > 1:
         kernel = darknet.reshape(shape)
         for name, other in (("transposed (rows and columns swapped)",
@@ -451,7 +449,7 @@ def diagnose(pair, record, probe, dialect, scale, model_A, model_B, limit):
     coarse precision several may fit; then the smallest error), with its fix; or
     which stored blocks differ from darknet_bn's exact export."""
     form = "batchnorm" if pair.bn is not None else "folded"
-    model_eps = pair.bn.eps if pair.bn is not None and not pair.bn.affine_form else None
+    model_eps = pair.bn.eps if isinstance(pair.bn, BatchNormUnit) else None
     t = probe.t.astype(np.float64)
     with np.errstate(all="ignore"):
         y_model = model_A[:, None] * t + model_B[:, None]
@@ -473,7 +471,7 @@ def unexplained(pair, record, dialect, limit):
     from ..export import batchnorm_state_dict
     parts = []
     bn = pair.bn
-    if bn is not None and not bn.affine_form:
+    if isinstance(bn, BatchNormUnit):
         exact, _ = batchnorm_state_dict(record, dialect=dialect)
         theirs = {"weight": bn.weight, "bias": bn.bias, "running_mean": bn.mean,
                   "running_var": bn.var}
@@ -492,18 +490,31 @@ def unexplained(pair, record, dialect, limit):
             "; check the pairing and the values layer by layer")
 
 
-def storage_note(pair, precision):
-    """For float16 storage: stored values that overflowed, and variances (or affine
+def _rows(mask):
+    """The channels (rows) where a (channels, ...) mask holds."""
+    mask = np.asarray(mask)
+    return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)) if mask.ndim else \
+        np.flatnonzero(mask.reshape(-1))
+
+
+def storage_note(pair, precision, reference=None):
+    """For float16 storage: ``(text, channels)``: stored values that overflowed to
+    infinity (a finite value above 65504 was kept in a wider type, as OpenVINO's
+    compression does), saturated at float16's largest value (65504) or flushed to zero where
+    Darknet's value is below float16's smallest subnormal (``2**-24``; ``reference``:
+    ``(W, b)`` of ``folded_reference``, for a folded conv), and variances (or affine
     multipliers) that became subnormal or zero, which the rounding model does not
     cover (a subnormal weight, bias or mean loses at most ``2**-25`` absolutely,
-    inside the tolerance); "" when none."""
+    inside the tolerance); ("", empty) when none."""
     if precision != "float16":
-        return ""
-    notes, arrays, relative = [], [], set()
+        return "", set()
+    notes, arrays, relative, channels = [], [], set(), set()
     if pair.conv is not None:
         arrays.append(("conv weights", pair.conv.weight))
+        if pair.conv.bias is not None:
+            arrays.append(("conv bias", pair.conv.bias))
     bn = pair.bn
-    if bn is not None and bn.affine_form:
+    if isinstance(bn, AffineUnit):
         arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
         relative.add("multiplier")
     elif bn is not None:
@@ -513,20 +524,39 @@ def storage_note(pair, precision):
         relative.add("running_var")
         zero = np.flatnonzero(var == 0)
         if bn.eps == 0 and zero.size:
+            channels |= set(zero.tolist())
             notes.append(f"running_var is 0 in float16 at channels {zero[:8].tolist()} with "
                          "eps 0: pjreddie's eps-0 remap (sqrt(var) + 1e-6)^2 underflows "
                          "float16; store running_var in float32 or use a nonzero eps")
+    folded, size = {}, None
+    if reference is not None and bn is None and pair.conv is not None:
+        folded = {"conv weights": reference[0], "conv bias": reference[1]}
+        with np.errstate(all="ignore"):            # a channel's largest term
+            size = np.maximum(np.max(np.abs(reference[0]), axis=1), np.abs(reference[1]))
     for name, a in arrays:
         a = np.asarray(a, np.float64)
-        over = np.flatnonzero(np.isinf(a) | (np.abs(a) > FLOAT16_MAX))
-        if over.size:
-            notes.append(f"{name} overflow float16 (beyond 65504) at {over[:8].tolist()}")
+        for rows, what in ((_rows(np.isinf(a)), "overflow float16 (infinite: beyond 65504)"),
+                           (_rows(np.abs(a) == FLOAT16_MAX),
+                            "saturate in float16 (held at its largest value, 65504)")):
+            if rows.size:
+                channels |= set(rows.tolist())
+                notes.append(f"{name} {what} at channels {rows[:8].tolist()}")
+        ref = folded.get(name)
+        if ref is not None and ref.shape == a.shape:
+            # only where it matters: beyond the tolerance of the channel's largest term
+            big = size.reshape((-1,) + (1,) * (ref.ndim - 1)) * tolerance(precision)
+            flushed = _rows((a == 0) & (np.abs(ref) > big) & (np.abs(ref) < FLOAT16_SUBNORMAL))
+            if flushed.size:
+                channels |= set(flushed.tolist())
+                notes.append(f"{name} flushed to zero in float16 at channels "
+                             f"{flushed[:8].tolist()} (Darknet's values are below 2**-24, "
+                             "float16's smallest subnormal)")
         if name in relative:
             sub = np.flatnonzero((a != 0) & (np.abs(a) < FLOAT16_TINY))
             if sub.size:
                 notes.append(f"{name} subnormal in float16 (below 2**-14, fewer significant "
                              f"bits) at channels {sub[:8].tolist()}")
-    return "; ".join(notes)
+    return "; ".join(notes), channels
 
 
 # --------------------------------------------------------------------------
@@ -678,20 +708,24 @@ def quantized_check(pair, record, probe, dialect):
 
 def saturation_note(pair, model, W, b):
     """Stored integers at the end of their range where Darknet's value lies beyond
-    it: the quantizer clipped them."""
+    it while the channel's other values fit: the quantizer clipped them."""
     notes = []
     for unit, name, ref, value, allow in ((pair.conv, "weight", W, model.W, model.allow_W),
                                           (pair.conv, "bias", b, model.b, model.allow_b)):
         q = unit.quantized.get(name) if unit is not None else None
         if q is None:
             continue
+        rows = ref.shape[0]
         with np.errstate(all="ignore"):
-            clipped = np.broadcast_to(q.saturated, ref.shape) & (np.abs(ref - value) > allow)
-        rows = np.flatnonzero(clipped.reshape(ref.shape[0], -1).any(axis=1))
-        if rows.size:
+            off = (np.abs(ref - value) > allow).reshape(rows, -1)
+            beyond = (np.abs(ref) > np.abs(value)).reshape(rows, -1)
+        sat = np.broadcast_to(q.saturated, ref.shape).reshape(rows, -1)
+        clipped = (off & sat & beyond).any(axis=1) & ~(off & ~sat).any(axis=1)
+        channels = np.flatnonzero(clipped)
+        if channels.size:
             notes.append(f"{name}s saturate in {q.description.split(',')[0]} at channels "
-                         f"{rows[:8].tolist()}: Darknet's values lie beyond the largest the "
-                         "scale can hold (the quantizer clipped them)")
+                         f"{channels[:8].tolist()}: Darknet's values lie beyond the largest "
+                         "the scale can hold (the quantizer clipped them)")
     return "; ".join(notes)
 
 
@@ -699,20 +733,31 @@ def diagnose_quantized(pair, record, probe, dialect, model, slack_W, slack_b):
     """The simplest known mistake whose folded conv fits the model's parameters
     within their allowance (``HYPOTHESES`` with every eps form), with its fix."""
     form = "batchnorm" if pair.bn is not None else "folded"
-    model_eps = pair.bn.eps if pair.bn is not None and not pair.bn.affine_form else None
+    model_eps = pair.bn.eps if isinstance(pair.bn, BatchNormUnit) else None
     channels = record.channels
     filters = (record.weights.reshape(channels, -1).astype(np.float64)
                if record.weights is not None else np.ones((channels, 1)))
     w = probe.w.astype(np.float64)
-    model_A = model.W[np.arange(channels), probe.idx]
-    best = None
+    rows = np.arange(channels)
+    model_A = model.W[rows, probe.idx]
+    column = QuantizedModel(model_A[:, None], model.b, model.allow_W[rows, probe.idx][:, None],
+                            model.allow_b, model.float_precision, model.description)
+    slack_column = slack_W[rows, probe.idx][:, None]
+    candidates = []
     for count, rank, text, A, B in hypothesis_responses(record, probe, dialect, form,
                                                         model_eps, model_A):
+        # the probe weight and the bias first (cheap), every weight for the survivors
+        err = float(np.max(_quantized_error(column, A[:, None], B, slack_column,
+                                            slack_b)[0]))
+        if err <= 1.0:
+            candidates.append((count, rank, err, text, A, B))
+    best = None
+    for count, rank, err, text, A, B in sorted(candidates, key=lambda c: c[:3]):
         with np.errstate(all="ignore"):
             W_h = np.where(w != 0, A / w, 0.0)[:, None] * filters
-        err = float(np.max(_quantized_error(model, W_h, B, slack_W, slack_b)[0]))
-        if err <= 1.0 and (best is None or (count, rank, err) < best[:3]):
+        if float(np.max(_quantized_error(model, W_h, B, slack_W, slack_b)[0])) <= 1.0:
             best = (count, rank, err, text)
+            break
     if best is None:
         return ("not a known converter mistake: the dequantized parameters differ from "
                 "Darknet's folded conv by more than half a quantization step; check the "
@@ -720,15 +765,15 @@ def diagnose_quantized(pair, record, probe, dialect, model, slack_W, slack_b):
     return f"{best[3]}; fix: {fix_text(dialect, form)}"
 
 
-def blind_spot_text(dialect, description, resolutions):
+def blind_spot_text(dialect, description, medians, maxima):
     """What a quantized precision cannot see: the relative change of a channel's
-    multiplier below half a step (median and largest over the channels judged), and
-    the variances above which the other forks' normalization and Keras' eps 1e-3 stay
-    inside it."""
-    r = np.asarray(resolutions, np.float64)
+    multiplier below half a step (the layers' medians and largest over the channels
+    judged), and the variances above which the other forks' normalization and Keras'
+    eps 1e-3 stay inside it."""
+    r = np.asarray(medians, np.float64)
     if not r.size:
         return ""
-    median, largest = float(np.median(r)), float(np.max(r))
+    median, largest = float(np.median(r)), float(np.max(maxima))
     parts = []
     forms = [(f"{d.name}'s normalization (x-mean)/{d.normalize_form.text()}", d.normalize_form)
              for d in others(dialect) if not d.normalize_form.same(dialect.normalize_form)]

@@ -26,7 +26,7 @@ def _ulps(n):
     return str(n) if n < 10**7 else f"{n:.1e}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerCheck:
     """One Darknet layer against its counterpart in the converted model."""
     index: int                 #: cfg layer index
@@ -44,9 +44,16 @@ class LayerCheck:
     tolerance: float = 0.0
     max_weight_error: float = 0.0  #: every weight against Darknet's filter (times the factor)
     choice: str = ""           #: how an ambiguous pairing was settled
+    #: quantized parameters: what they are ("int8, per channel"); the error is then in
+    #: units of half a quantization step (tolerance 1) and ``max_ulp`` in steps
+    quantization: str = ""
+    #: quantized: the smallest relative change of a channel's folded weights this
+    #: precision sees (median and largest over the channels)
+    resolution: float = 0.0
+    resolution_max: float = 0.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExtraUnit:
     """A model unit no cfg layer took: listed; failing when in the data path."""
     name: str
@@ -65,6 +72,8 @@ class CheckReport:
     tolerance: float               #: the float32 tolerance (rows carry their own)
     layers: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    #: what each quantized precision judged cannot see, one sentence each
+    limits: list = field(default_factory=list)
 
     @property
     def precisions(self):
@@ -120,13 +129,17 @@ class CheckReport:
                               model=x.name, ok="FAIL" if x.in_data_path else "",
                               note=note(text, x.name)))
         bad = [r for r in self.layers if not r.ok]
-        judged = ", ".join(f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" for p, r_tol in
-                           sorted({(r.precision, r.tolerance) for r in self.layers
-                                   if r.form != "missing"}))
+        judged = ", ".join(
+            f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" if not q else
+            f"{q} (each parameter within half its quantization step)"
+            for p, r_tol, q in sorted({(r.precision, r.tolerance, r.quantization)
+                                       for r in self.layers if r.form != "missing"}))
         summary = (f"{len(self.layers) - len(bad)} of {len(self.layers)} layers within the "
                    f"tolerance of {self.dialect}'s inference; judged in {judged or '-'}" +
                    ("" if not bad else f"; failing: {', '.join(str(r.index) for r in bad)}"))
         lines += textwrap.wrap(summary, width, subsequent_indent="    ")
+        for text in self.limits:
+            lines += textwrap.wrap(text, width, subsequent_indent="    ")
         for number, (text, rows) in enumerate(notes.items(), 1):
             lines += textwrap.wrap(f"[{number}] {_covers(rows)}: {text}", width,
                                    subsequent_indent="    ", break_on_hyphens=False,

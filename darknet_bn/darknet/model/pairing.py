@@ -2,7 +2,7 @@
 PyTorch export to ``.weights``).
 
 The cfg's ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers are
-paired with the model's conv/dense and batchnorm units (``readers``):
+paired with the model's conv/dense and batchnorm units (``graph``, ``torch_reader``):
 
 **Graph (ONNX).** Every cfg layer's inputs are followed back through routes,
 shortcuts, pools, upsamples and heads to the nearest weighted layers (or the
@@ -32,7 +32,7 @@ error too.
 """
 from dataclasses import dataclass, field
 
-from .units import MODEL_INPUT, CheckError
+from .units import MODEL_INPUT, CheckError, ConvUnit, DenseUnit, NormUnit, Unit
 
 #: cfg sections whose parameters a model unit holds.
 WEIGHTED_SECTIONS = ("convolutional", "connected", "batchnorm")
@@ -96,15 +96,15 @@ def cfg_sources(net):
 
 def fits(spec, unit):
     """Whether ``unit`` has the kind and shape of ``spec``'s conv/dense or batchnorm."""
-    if unit.kind == "bn":
+    if isinstance(unit, NormUnit):
         return bool(spec.bn_channels) and unit.channels == spec.bn_channels
     if spec.section == "convolutional":
-        return (unit.kind == "conv" and unit.channels == spec.out_c
+        return (isinstance(unit, ConvUnit) and unit.channels == spec.out_c
                 and unit.weight.size == spec.nweights
                 and (unit.kernel_shape is None
                      or tuple(unit.kernel_shape[2:]) == (spec.size, spec.size)))
     if spec.section == "connected":
-        return (unit.kind == "dense" and unit.channels == spec.outputs
+        return (isinstance(unit, DenseUnit) and unit.channels == spec.outputs
                 and unit.weight.size == spec.outputs * spec.inputs)
     return False
 
@@ -148,7 +148,7 @@ def _nothing_paired(net, units):
     head = units[0] if units else None
     got = (f"{head.kind} {head.name!r} with {head.channels} channels" if head is not None
            else "nothing (the model has no conv/dense/batchnorm units)")
-    n_bn = sum(u.kind == "bn" for u in units)
+    n_bn = sum(isinstance(u, NormUnit) for u in units)
     where = f"{_describe(first)} against the model's {got}" if first else "the cfg has none"
     return (f"cannot pair the model's {len(units) - n_bn} conv/dense and {n_bn} batchnorm "
             f"units with the cfg's {len(specs)} conv/connected/batchnorm layers "
@@ -185,7 +185,7 @@ def _pair_graph(net, units, consumers, strict, choose):
             if s in seen:
                 continue
             seen.add(s)
-            if s == MODEL_INPUT or s in used:
+            if not isinstance(s, Unit) or s in used:      # an input, or a paired unit
                 found.add(s)
             else:                                       # an unpaired unit: look through it
                 stack.extend(s.sources)
@@ -194,7 +194,7 @@ def _pair_graph(net, units, consumers, strict, choose):
     def with_bn(spec, conv):
         if not spec.bn_channels:
             return Pair(spec, conv, None)
-        bns = [u for u in consumers.get(conv, ()) if u.kind == "bn" and u not in used
+        bns = [u for u in consumers.get(conv, ()) if isinstance(u, NormUnit) and u not in used
                and fits(spec, u) and u.sources == frozenset([conv])]
         if not bns:
             return Pair(spec, conv, None)
@@ -203,7 +203,7 @@ def _pair_graph(net, units, consumers, strict, choose):
         if (conv.bias is not None and follower is not None
                 and follower.section == "batchnorm"
                 and sources[follower.index] == frozenset([spec.index])
-                and not any(u.kind == "bn" and fits(follower, u)
+                and not any(isinstance(u, NormUnit) and fits(follower, u)
                             for u in consumers.get(bn, ()))):
             return Pair(spec, conv, None)               # folded conv, then the [batchnorm]
         return Pair(spec, conv, bn)
@@ -211,14 +211,15 @@ def _pair_graph(net, units, consumers, strict, choose):
     for spec in specs:
         want = wanted(spec)
         kind_ok = [u for u in units if u not in used and fits(spec, u) and
-                   (u.kind == "bn") == (spec.section == "batchnorm")]
+                   isinstance(u, NormUnit) == (spec.section == "batchnorm")]
         cands = [u for u in kind_ok if u.sources == want]
         if not cands:
             cands = [u for u in kind_ok if relaxed_sources(u) == want]
         if not cands:
             missing.append(spec)
             continue
-        options = [with_bn(spec, u) if u.kind != "bn" else Pair(spec, None, u) for u in cands]
+        options = [Pair(spec, None, u) if isinstance(u, NormUnit) else with_bn(spec, u)
+                   for u in cands]
         pick = 0
         if len(options) > 1:
             names = ", ".join(repr(p.names) for p in options)
@@ -253,7 +254,7 @@ def _pair_graph(net, units, consumers, strict, choose):
 # sequence
 # --------------------------------------------------------------------------
 def _pair_sequence(net, units):
-    has_convs = any(u.kind != "bn" for u in units)
+    has_convs = any(not isinstance(u, NormUnit) for u in units)
     specs = _weighted(net)
     if not has_convs:
         specs = [s for s in specs if s.bn_channels]
@@ -274,14 +275,14 @@ def _pair_sequence(net, units):
             return out
         unit = units[j]
         if spec.section == "batchnorm" or not has_convs:
-            if unit.kind == "bn" and fits(spec, unit):
+            if isinstance(unit, NormUnit) and fits(spec, unit):
                 out.append((1, Pair(spec, None, unit)))
             return out
-        if unit.kind == "bn" or not fits(spec, unit):
+        if isinstance(unit, NormUnit) or not fits(spec, unit):
             return out
         if spec.bn_channels:
             nxt = units[j + 1] if j + 1 < n_units else None
-            if nxt is not None and nxt.kind == "bn" and fits(spec, nxt) and named(spec, nxt):
+            if nxt is not None and isinstance(nxt, NormUnit) and fits(spec, nxt) and named(spec, nxt):
                 out.append((2, Pair(spec, unit, nxt)))
         out.append((1, Pair(spec, unit, None)))
         return out
