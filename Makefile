@@ -1,7 +1,8 @@
 # darknet_bn: every target sets up the virtual environment it needs, and no more.
 #   make demo         the package alone (numba, numpy)
 #   make test         + test extras: pytest, hypothesis, matplotlib, torch, onnx, onnxruntime,
-#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts)
+#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts),
+#                       tflite, openvino (check on TFLite and OpenVINO IR)
 #   make test-slow    the tests marked slow (CI runs both)
 #   make bench        + pytest-benchmark, torch, matplotlib; writes out/ only
 #   make bench-chart  make bench, then copies its chart to docs/img/bench.png (tracked)
