@@ -347,3 +347,25 @@ def test_float16_saturation_and_flush_to_zero_are_named(tmp_path):
         row.diagnosis, row.diagnosis
     assert "flushed to zero in float16 at channels [3]" in row.diagnosis, row.diagnosis
     assert "eps" not in row.diagnosis and "not a known" not in row.diagnosis, row.diagnosis
+
+
+def test_int8_swapped_blocks_are_named(tmp_path, tmp_path_factory):
+    """A converter that swaps scales and biases, quantized per channel: the swap is far
+    beyond half a step and is named."""
+    exp = export_of("alexeyab", tmp_path_factory)
+    raw = np.fromfile(exp.weights, np.uint8)
+    floats = raw[20:].view("<f4").copy()
+    for spec in exp.net.bn_layers:
+        n = spec.bn_channels
+        s, b = spec.offsets["scales"], spec.offsets["biases"]
+        floats[s:s + n], floats[b:b + n] = floats[b:b + n].copy(), floats[s:s + n].copy()
+    swapped = tmp_path / "swapped.weights"
+    swapped.write_bytes(raw[:20].tobytes() + floats.tobytes())
+    model, _ = models.build(exp.cfg, swapped, "alexeyab")
+    path = tmp_path / "swapped.onnx"
+    onnx.save(models.export(model, SIZE), path)
+    report = exp.check(quantize(path, tmp_path / "swapped-int8.onnx", "qdq"))
+    assert not report.ok
+    for r in report.layers:
+        assert not r.ok and r.precision == "int8", table(report)
+        assert r.diagnosis.startswith("swap: scales and biases are swapped"), r.diagnosis
