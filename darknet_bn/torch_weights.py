@@ -4,9 +4,10 @@
 The model's conv/linear and batchnorm modules (torch's ``_BatchNorm`` modules,
 ``SyncBatchNorm`` included, or darknet_bn's own) are paired with the cfg's
 ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers by the strict
-pairing of ``darknet_bn.darknet.model`` (names carrying cfg indices
-such as ``module_list.N``, then order and shapes; every layer paired, no
-module left over, no choice made on values).  Each layer's blocks go in
+pairing of ``darknet_bn.darknet.model`` (a live module by its data flow, traced on
+one forward; a state_dict by unique shapes, then names carrying cfg indices such as
+``module_list.N``, then order; every layer paired, no module left over, no choice
+made on values).  Each layer's blocks go in
 Darknet's order (``parse_cfg``'s ``LayerSpec.blocks``), as the model holds them:
 
 - ``[convolutional]``/``[connected]`` with ``batch_normalize=1``: biases = the
@@ -70,11 +71,22 @@ def _refuse_unsupported(routine, net):
                          "the model")
 
 
-def _units(routine, model):
-    """``ModelUnits`` of a live module or a state_dict."""
+def _is_state_dict(routine, model):
+    """Whether ``model`` is a state_dict (else a module); ``TypeError`` for anything else."""
+    import torch
+    if isinstance(model, dict):
+        return True
+    if isinstance(model, torch.nn.Module):
+        return False
+    raise TypeError(f"{routine}: model must be a torch.nn.Module or a state_dict (a dict of "
+                    f"tensors), got {type_name(model)}")
+
+
+def _units(routine, model, net):
+    """``ModelUnits`` of a live module (its data flow traced) or a state_dict."""
     import torch
     if isinstance(model, torch.nn.Module):
-        return read_module(model, type(model).__name__)
+        return read_module(model, type(model).__name__, net)
     if isinstance(model, dict):
         return read_state_dict(model, None, "state_dict")
     raise TypeError(f"{routine}: model must be a torch.nn.Module or a state_dict (a dict of "
@@ -211,10 +223,12 @@ def save_darknet_weights(model, cfg, out, *, dialect, seen=0, header_from=None):
                              f"{os.fspath(out)!r} is the {argument_name(name)} file; "
                              f"{routine} refuses to overwrite an input: pass another "
                              f"{argument_name('out')}")
-    units = _units(routine, model)
+    units = _units(routine, model, None) if _is_state_dict(routine, model) else None
     header = _header(routine, fork, seen, header_from)
     net = network_from(cfg, fork, routine)
     _refuse_unsupported(routine, net)
+    if units is None:                                 # a live module: traced on the cfg
+        units = _units(routine, model, net)
     return _write(routine, net, units, header, out)
 
 
@@ -259,7 +273,7 @@ def load_darknet_weights(model, cfg, weights, *, dialect):
     with f:
         check_size(path, net, read_header(path, f), size)
         raw = np.fromfile(f, dtype=_F32)                      # every block, read once
-    units = read_module(model, type(model).__name__)
+    units = read_module(model, type(model).__name__, net)
     pairs = _pairs(routine, net, units)
     copies = []
     for spec in net.layers:

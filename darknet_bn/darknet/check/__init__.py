@@ -3,11 +3,11 @@
 ``check_model(converted, cfg, weights, *, dialect, eps=None, strict=False)``
 reads the model and pairs its units with the cfg's layers
 (``darknet_bn.darknet.model``: by the data-flow graph for ONNX and traced live
-modules, by shapes, names and order for state_dicts), judges each batchnorm-carrying layer against the
-fork's inference in the precision the model stores (``judging``) and returns a
-``CheckReport`` (``report``): one row per cfg layer with batchnorm, a failing
-row for a layer missing from the model, and the model's units that are not in
-the cfg.  docs/converters.md describes the forms read and the rules.
+modules, by shapes, names and order for state_dicts), judges each
+batchnorm-carrying layer against the fork's inference in the precision the model
+stores (``judging``) and returns a ``CheckReport`` (``report``): one row per cfg
+layer with batchnorm, a failing row for a layer missing from the model, and the
+model's units that are not in the cfg.  docs/converters.md describes the forms read and the rules.
 """
 import math
 
@@ -86,7 +86,7 @@ def check_layer(pair, record, dialect):
                       max_rel_error=max(max_err, 0.0),
                       max_ulp=int(np.max(ulp)) if ulp.size else 0, worst_channel=worst,
                       diagnosis="; ".join(notes), precision=precision, tolerance=limit,
-                      max_weight_error=w_err, choice=pair.choice)
+                      max_weight_error=w_err, choice=pair.choice, pairing=pair.note)
 
 
 def _chooser(records, dialect):
@@ -115,11 +115,11 @@ def _check_eps(routine, eps):
     return eps
 
 
-def read_converted(converted, eps=None, routine="check_model"):
+def read_converted(converted, eps=None, routine="check_model", net=None):
     """``read_model`` with every unexpected failure of a malformed model as a
     ``CheckError`` naming the model."""
     try:
-        return read_model(converted, eps, routine)
+        return read_model(converted, eps, routine, net)
     except (CheckError, TypeError, OSError):
         raise
     except Exception as e:                 # a malformed graph or tensor deep in a reader
@@ -160,7 +160,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
                         f"{type_name(converted)}")
     net = network_from(cfg, fork, routine)
     darknet = read_weights(net, wpath, dialect=fork, layer_weights=True)
-    model = read_converted(converted, eps, routine)
+    model = read_converted(converted, eps, routine, net)
     if model.stores_eps and eps is not None:
         raise ValueError(f"{routine_prefix(routine)}{setting_text('eps', eps)} given, but "
                          f"{model.source} stores its own eps per batchnorm; pass "
@@ -187,7 +187,8 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
              for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
     return CheckReport(ok=ok, dialect=fork.name, source=model.source, tolerance=TOLERANCE,
-                       layers=rows, extra=extra, limits=precision_limits(rows, fork))
+                       layers=rows, extra=extra, notes=list(model.notes),
+                       limits=precision_limits(rows, fork))
 
 
 def precision_limits(rows, dialect):

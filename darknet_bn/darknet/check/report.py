@@ -44,6 +44,7 @@ class LayerCheck:
     tolerance: float = 0.0
     max_weight_error: float = 0.0  #: every weight against Darknet's filter (times the factor)
     choice: str = ""           #: how an ambiguous pairing was settled
+    pairing: str = ""          #: a finding of the pairing (a name disagreeing with the shapes)
     #: quantized parameters: what they are ("int8, per channel"); the error is then in
     #: units of half a quantization step (tolerance 1) and ``max_ulp`` in steps
     quantization: str = ""
@@ -72,6 +73,7 @@ class CheckReport:
     tolerance: float               #: the float32 tolerance (rows carry their own)
     layers: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  #: how the model was read and paired (a fallback)
     #: what each quantized precision judged cannot see, one sentence each
     limits: list = field(default_factory=list)
 
@@ -113,7 +115,7 @@ class CheckReport:
 
         lines = [line(**{key: key for key in columns})]
         for r in self.layers:
-            text = "; ".join(x for x in (r.diagnosis, r.choice) if x)
+            text = "; ".join(x for x in (r.diagnosis, r.choice, r.pairing) if x)
             prec = "" if r.form == "missing" else _SHORT_PRECISION.get(r.precision,
                                                                        r.precision)
             lines.append(line(layer=r.index, section=_SECTION.get(r.section, r.section),
@@ -140,6 +142,8 @@ class CheckReport:
         lines += textwrap.wrap(summary, width, subsequent_indent="    ")
         for text in self.limits:
             lines += textwrap.wrap(text, width, subsequent_indent="    ")
+        for text in self.notes:
+            lines += textwrap.wrap(f"note: {text}", width, subsequent_indent="    ")
         for number, (text, rows) in enumerate(notes.items(), 1):
             lines += textwrap.wrap(f"[{number}] {_covers(rows)}: {text}", width,
                                    subsequent_indent="    ", break_on_hyphens=False,

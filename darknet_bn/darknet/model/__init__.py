@@ -31,19 +31,20 @@ from .openvino_reader import bin_path, openvino_graph, read_openvino
 from .tflite_reader import read_tflite_model, tflite_graph
 from .pairing import (WEIGHTED_SECTIONS, Pair, Pairing, PairingError, cfg_sources, fits,
                       pair_model)
-from .torch_reader import (cfg_index_in_name, darknet_dialect, load_torch_file, read_module,
-                           read_state_dict)
+from .torch_reader import (TraceError, darknet_dialect, load_torch_file,
+                           probe_shape, read_module, read_state_dict, trace_module)
 from .units import (MODEL_INPUT, UNIT_ROUNDOFF, AffineUnit, BatchNormUnit, CheckError,
                     ConvUnit, DenseUnit, GraphInput, LinearUnit, ModelUnits, NormUnit, Unit,
-                    as_float64, narrowest, precision_of)
+                    as_float64, cfg_index_in_name, narrowest, precision_of)
 
 
-def read_model(converted, eps=None, routine="check_model"):
+def read_model(converted, eps=None, routine="check_model", net=None):
     """``ModelUnits`` of ``converted``: a live module, a state_dict, an ONNX
-    ``ModelProto``, or a path to an ``.onnx`` / ``.pt`` file."""
+    ``ModelProto``, or a path to an ``.onnx`` / ``.pt`` file.  ``net``: the cfg's
+    ``Network``, for tracing a live module's data flow (``read_module``)."""
     torch = sys.modules.get("torch")          # a live object means its package is imported
     if torch is not None and isinstance(converted, torch.nn.Module):
-        return read_module(converted, type(converted).__name__)
+        return read_module(converted, type(converted).__name__, net)
     if isinstance(converted, dict):
         if torch is None:
             raise CheckError("the state_dict passed is a dict but torch is not imported; "
@@ -85,6 +86,7 @@ __all__ = ["read_model", "ModelUnits", "Unit", "LinearUnit", "ConvUnit", "DenseU
            "precision_of", "OpGraph", "OpNode", "Constant", "Quant", "OP_HANDLERS", "FOLDS",
            "read_graph", "topological_order", "onnx_graph", "read_onnx", "load_onnx",
            "external_tensors", "read_state_dict", "read_module", "load_torch_file",
-           "cfg_index_in_name", "darknet_dialect", "pair_model", "Pair", "Pairing",
+           "cfg_index_in_name", "darknet_dialect", "trace_module", "probe_shape", "TraceError",
+           "pair_model", "Pair", "Pairing",
            "cfg_sources", "fits", "WEIGHTED_SECTIONS", "read_tflite_model", "tflite_graph",
            "read_openvino", "openvino_graph", "bin_path"]

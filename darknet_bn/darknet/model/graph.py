@@ -46,8 +46,8 @@ import numpy as np
 
 from .quantization import QuantizedParam, quantized_param
 from .units import (MODEL_INPUT, AffineUnit, BatchNormUnit, CheckError, ConvUnit, DenseUnit,
-                    GraphInput, LinearUnit, ModelUnits, NormUnit, as_float64, consumers_of,
-                    narrowest)
+                    GraphInput, LinearUnit, ModelUnits, NormUnit, as_float64, cfg_index_in_name,
+                    consumers_of, narrowest)
 
 
 @dataclass(frozen=True)
@@ -293,6 +293,7 @@ class GraphReader:
     def add_unit(self, node, unit, data_input):
         unit.sources = self.sources.get(data_input, frozenset()) if data_input else frozenset()
         unit.order = len(self.units)
+        unit.cfg_index = cfg_index_in_name(unit.name)
         self.units.append(unit)
         for out in node.outputs[:1]:
             self.sources[out] = frozenset([unit])

@@ -4,24 +4,33 @@ PyTorch export to ``.weights``).
 The cfg's ``[convolutional]``, ``[connected]`` and ``[batchnorm]`` layers are
 paired with the model's conv/dense and batchnorm units (``graph``, ``torch_reader``):
 
-**Graph (ONNX).** Every cfg layer's inputs are followed back through routes,
-shortcuts, pools, upsamples and heads to the nearest weighted layers (or the
-model input): ``cfg_sources``.  Every model unit knows the same of the graph
-(``Unit.sources``).  Layers are paired in cfg order, starting from the model
-input: a cfg layer takes the unpaired unit of its kind and shape whose sources
-are the units paired with the layer's own sources.  A layer with batchnorm also
-takes the batchnorm unit fed by that conv alone, unless the conv carries a bias
-and the next cfg layer is a ``[batchnorm]`` reading it (then the conv is the
-folded form and the batchnorm is that layer's).  A cfg layer with no
-counterpart is *missing* and passes its sources on; a unit no layer takes is
-*extra*, *in the data path* when its output reaches a paired unit.
+**Graph (ONNX, traced live modules).** Every cfg layer's inputs are followed
+back through routes, shortcuts, pools, upsamples and heads to the nearest
+weighted layers (or the model input): ``cfg_sources``.  Every model unit knows
+the same of the graph (``Unit.sources``).  Layers are paired in cfg order,
+starting from the model input: a cfg layer takes the unpaired unit of its kind
+and shape whose sources are the units paired with the layer's own sources.  A
+layer with batchnorm also takes the batchnorm unit fed by that conv alone,
+unless the conv carries a bias and the next cfg layer is a ``[batchnorm]``
+reading it (then the conv is the folded form and the batchnorm is that
+layer's).  A cfg layer with no counterpart is *missing* and passes its sources
+on; a unit no layer takes is *extra*, *in the data path* when its output
+reaches a paired unit.  A graph input other than the first (``GraphInput``)
+stands for what the paired units feeding a layer do not give, and is bound to
+that once used; where the wanted sources pass through missing layers (a cut
+subgraph) or a graph input, a candidate's consumers must fit the cfg layer's
+readers.  Among candidates equal by the structure, the one whose name carries
+the layer's cfg index wins.
 
-**Sequence (state_dicts, live modules).** No graph: names carrying cfg indices
-(``module_list.N``, ``models.N``, ``conv_N``...) must match the layer's index
-when every unit has one; then the order and the shapes decide, by an alignment
-of the cfg layers with the units that pairs the most (dynamic programming over
-(layer, unit) positions, iterative).  An extra unit between paired ones counts
-as in the data path.  In a sequence the order settles every choice.
+**Sequence (state_dicts, modules whose forward cannot be traced).** No graph: a
+conv/connected layer whose shapes no other layer has, held by exactly one unit,
+pairs with it (and the batchnorm right after it) wherever it sits; a name
+carrying another layer's index is a ``Pair.note``.  For the rest, names
+carrying cfg indices (``module_list.N``, ``models.N``, ``conv_N``...) must match
+the layer's index when every unit has one; then the order and the shapes
+decide, by an alignment of the cfg layers with the units that pairs the most
+(dynamic programming over (layer, unit) positions, iterative).  An extra unit
+between paired ones counts as in the data path.
 
 **Choices.** Where more than one unit fits a layer (same-shaped layers in
 parallel branches), ``strict=True`` raises ``PairingError`` naming the layer and
@@ -32,7 +41,7 @@ error too.
 """
 from dataclasses import dataclass, field
 
-from .units import MODEL_INPUT, CheckError, ConvUnit, DenseUnit, NormUnit, Unit
+from .units import MODEL_INPUT, CheckError, ConvUnit, DenseUnit, LinearUnit, NormUnit, Unit
 
 #: cfg sections whose parameters a model unit holds.
 WEIGHTED_SECTIONS = ("convolutional", "connected", "batchnorm")
@@ -51,6 +60,7 @@ class Pair:
     conv: object = None
     bn: object = None
     choice: str = ""           #: how an ambiguity was settled (empty: no choice)
+    note: str = ""             #: a finding of the pairing (a name disagreeing with the shapes)
 
     @property
     def units(self):
@@ -208,6 +218,49 @@ def _pair_graph(net, units, consumers, strict, choose):
             return Pair(spec, conv, None)               # folded conv, then the [batchnorm]
         return Pair(spec, conv, bn)
 
+    bound = {}                       # a graph input -> the wanted sources it stands for
+
+    def through_inputs(found, want):
+        """Whether ``found`` (a unit's sources) is ``want`` once its graph inputs stand
+        for what the paired units in it do not give: a bound input for what it was
+        bound to, an unbound one for the rest."""
+        given, free = set(), []
+        for s in found:
+            if isinstance(s, Unit):
+                given.add(s)
+            elif s in bound:
+                given |= bound[s]
+            else:
+                free.append(s)
+        rest = want - given
+        return given <= want and (bool(rest) == bool(free))
+
+    def bind(pair, want):
+        inputs = [s for u in pair.units for s in u.sources if not isinstance(s, Unit)]
+        given = {s for u in pair.units for s in u.sources if isinstance(s, Unit)}
+        for s in inputs:
+            bound.setdefault(s, frozenset(want - given))
+
+    readers_of = {s.index: [t for t in specs if s.index in sources[t.index]] for s in specs}
+
+    def successors_fit(spec, unit):
+        """How many of ``unit``'s consumers fit a cfg layer that reads ``spec``."""
+        return sum(any(fits(t, c) for t in readers_of[spec.index])
+                   for c in consumers.get(unit, ()))
+
+    def successors_agree(spec, unit):
+        """Unless the graph or the cfg ends there, one of the consumers of ``unit`` (or
+        of the batchnorm it feeds) fits a cfg layer reading ``spec``."""
+        last = [unit] + [c for c in consumers.get(unit, ()) if isinstance(c, NormUnit)
+                         and not isinstance(unit, NormUnit) and spec.bn_channels]
+        after = [c for u in last for c in consumers.get(u, ()) if c not in last]
+        readers = readers_of[spec.index]
+        return not after or not readers or any(fits(t, c) for t in readers for c in after)
+
+    def looks_through(spec):
+        """Whether the wanted sources of ``spec`` pass through a layer not paired."""
+        return any(s != MODEL_INPUT and s not in output_of for s in sources[spec.index])
+
     for spec in specs:
         want = wanted(spec)
         kind_ok = [u for u in units if u not in used and fits(spec, u) and
@@ -215,11 +268,23 @@ def _pair_graph(net, units, consumers, strict, choose):
         cands = [u for u in kind_ok if u.sources == want]
         if not cands:
             cands = [u for u in kind_ok if relaxed_sources(u) == want]
+        if not cands:                   # a graph input standing for an inner tensor
+            cands = [u for u in kind_ok if through_inputs(u.sources, want) or
+                     through_inputs(relaxed_sources(u), want)]
+            if len(cands) > 1:
+                best = max(successors_fit(spec, u) for u in cands)
+                cands = [u for u in cands if successors_fit(spec, u) == best]
+        if looks_through(spec) or any(not isinstance(x, Unit) and x != MODEL_INPUT
+                                      for u in cands for x in u.sources):
+            cands = [u for u in cands if successors_agree(spec, u)]
         if not cands:
             missing.append(spec)
             continue
         options = [Pair(spec, None, u) if isinstance(u, NormUnit) else with_bn(spec, u)
                    for u in cands]
+        named = [o for o in options if any(u.cfg_index == spec.index for u in o.units)]
+        if len(options) > 1 and len(named) == 1:           # the names settle it
+            options = named
         pick = 0
         if len(options) > 1:
             names = ", ".join(repr(p.names) for p in options)
@@ -230,6 +295,7 @@ def _pair_graph(net, units, consumers, strict, choose):
             pick = choose(spec, options)
             options[pick].choice = f"chosen by values among {names}"
         pair = options[pick]
+        bind(pair, want)
         used.update(pair.units)
         output_of[spec.index] = pair.units[-1]
         pairs.append(pair)
@@ -253,11 +319,67 @@ def _pair_graph(net, units, consumers, strict, choose):
 # --------------------------------------------------------------------------
 # sequence
 # --------------------------------------------------------------------------
+def shape_key(spec):
+    """What ``fits`` compares of a conv/connected layer: equal keys, equal shapes."""
+    if spec.section == "convolutional":
+        return (spec.section, spec.out_c, spec.nweights, spec.size)
+    return (spec.section, spec.outputs, spec.outputs * spec.inputs, 0)
+
+
+def _by_unique_shapes(specs, units):
+    """``[Pair]`` of the conv/connected layers whose shapes no other layer has and
+    exactly one model unit has (with the batchnorm right after it, where the layer has
+    one): paired wherever they sit.  A unit whose name carries another layer's index
+    gets a ``note``."""
+    keys = {}
+    next_spec = {a.index: b for a, b in zip(specs, specs[1:])}
+    for spec in specs:
+        if spec.section != "batchnorm":
+            keys.setdefault(shape_key(spec), []).append(spec)
+    pairs = []
+    for same in keys.values():
+        if len(same) != 1:
+            continue
+        spec = same[0]
+        fitting = [j for j, u in enumerate(units) if isinstance(u, LinearUnit) and fits(spec, u)]
+        if len(fitting) != 1:
+            continue
+        j = fitting[0]
+        nxt = units[j + 1] if j + 1 < len(units) else None
+        follower = next_spec.get(spec.index)
+        folded = (units[j].bias is not None and follower is not None
+                  and follower.section == "batchnorm" and follower.c == spec.out_c)
+        bn = nxt if (spec.bn_channels and isinstance(nxt, NormUnit) and fits(spec, nxt)
+                     and not folded) else None
+        pair = Pair(spec, units[j], bn)
+        named = {u.cfg_index for u in pair.units if u.cfg_index is not None}
+        if named and named != {spec.index}:
+            pair.note = (f"paired by its shapes: the name {units[j].name!r} carries layer "
+                         f"{', '.join(map(str, sorted(named)))}, the shapes are layer "
+                         f"{spec.index}'s")
+        pairs.append(pair)
+    return pairs
+
+
 def _pair_sequence(net, units):
     has_convs = any(not isinstance(u, NormUnit) for u in units)
     specs = _weighted(net)
     if not has_convs:
         specs = [s for s in specs if s.bn_channels]
+    direct = _by_unique_shapes(specs, units) if has_convs else []
+    taken = {u for p in direct for u in p.units}
+    done = {p.spec.index for p in direct}
+    rest = _align(net, [s for s in specs if s.index not in done],
+                  [u for u in units if u not in taken], has_convs)
+    pairs = sorted(direct + rest.pairs, key=lambda p: p.spec.index)
+    paired_orders = [u.order for p in pairs for u in p.units]
+    first, last = (min(paired_orders), max(paired_orders)) if paired_orders else (0, -1)
+    extra = [(u, first < u.order < last) for u, _ in rest.extra]
+    return Pairing(pairs, rest.missing, extra)
+
+
+def _align(net, specs, units, has_convs):
+    """The order alignment of ``specs`` with ``units`` (module docstring)."""
     by_name = bool(units) and all(u.cfg_index is not None for u in units)
     n_specs, n_units = len(specs), len(units)
     infinity = n_specs + n_units + 1
@@ -282,7 +404,7 @@ def _pair_sequence(net, units):
             return out
         if spec.bn_channels:
             nxt = units[j + 1] if j + 1 < n_units else None
-            if nxt is not None and isinstance(nxt, NormUnit) and fits(spec, nxt) and named(spec, nxt):
+            if isinstance(nxt, NormUnit) and fits(spec, nxt) and named(spec, nxt):
                 out.append((2, Pair(spec, unit, nxt)))
         out.append((1, Pair(spec, unit, None)))
         return out
@@ -316,7 +438,4 @@ def _pair_sequence(net, units):
     pairs.reverse()
     missing.reverse()
     extra_units.reverse()
-    paired_orders = [u.order for p in pairs for u in p.units]
-    first, last = (min(paired_orders), max(paired_orders)) if paired_orders else (0, -1)
-    extra = [(u, first < u.order < last) for u in extra_units]
-    return Pairing(pairs, missing, extra)
+    return Pairing(pairs, missing, [(u, False) for u in extra_units])

@@ -6,8 +6,6 @@ in the model's order, each with the cfg index its name carries, if any
 (``cfg_index_in_name``).  A live module's data flow is traced on one forward
 (``trace_module``) when the caller gives the probe's shape (``probe_shape(net)``).
 """
-import re
-
 import numpy as np
 
 from ..._extras import missing_package
@@ -15,20 +13,7 @@ from ..._validate import error_text
 from ...dialects import Dialect
 from ..kinds import STATE_DICT, TORCH, file_kind, pickled_classes, pickled_module_class
 from .units import (MODEL_INPUT, BatchNormUnit, CheckError, ConvUnit, DenseUnit, ModelUnits,
-                    as_float64, consumers_of, narrowest, precision_of)
-
-#: Names that carry a cfg layer index: module_list.N / models.N / layers.N prefixes,
-#: or convolutional_N / conv_N / batch_norm_N / batchnorm_N / bn_N / connected_N leaves.
-_INDEXED_PREFIX = re.compile(r"(?:^|\.)(?:module_list|models|layers|module_defs)\.(\d+)(?:\.|$)")
-_INDEXED_LEAF = re.compile(
-    r"(?:^|\.)(?:convolutional|conv|batch_norm|batchnorm|bn|connected|linear|fc)_(\d+)$")
-
-
-def cfg_index_in_name(name):
-    """The cfg layer index a module/parameter name carries, or None."""
-    match = _INDEXED_PREFIX.search(name) or _INDEXED_LEAF.search(name)
-    return int(match.group(1)) if match else None
-
+                    as_float64, cfg_index_in_name, consumers_of, narrowest, precision_of)
 
 def _numpy(tensor):
     """A torch tensor as a CPU numpy array (float32 for floats narrower than that) and

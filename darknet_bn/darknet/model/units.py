@@ -28,6 +28,7 @@ readers: the units or inputs feeding it), ``order`` (position in the model),
 module's tensors as they are, for writing ``.weights``), ``module`` (the
 live torch module) and ``quantized`` (the quantized parameters' steps).
 """
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -53,6 +54,19 @@ class GraphInput:
     """A data input of a model graph other than its first (per-layer exports, cut
     subgraphs): a source pairing binds to the cfg layer whose input it stands for."""
     name: str
+
+
+#: Names that carry a cfg layer index: module_list.N / models.N / layers.N prefixes,
+#: or convolutional_N / conv_N / batch_norm_N / batchnorm_N / bn_N / connected_N leaves.
+_INDEXED_PREFIX = re.compile(r"(?:^|\.)(?:module_list|models|layers|module_defs)\.(\d+)(?:\.|$)")
+_INDEXED_LEAF = re.compile(
+    r"(?:^|\.)(?:convolutional|conv|batch_norm|batchnorm|bn|connected|linear|fc)_(\d+)$")
+
+
+def cfg_index_in_name(name):
+    """The cfg layer index a module/parameter name carries, or None."""
+    match = _INDEXED_PREFIX.search(name) or _INDEXED_LEAF.search(name)
+    return int(match.group(1)) if match else None
 
 
 def precision_of(dtype):
