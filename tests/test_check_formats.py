@@ -97,7 +97,7 @@ def test_tflite_int8_blind_spots_are_stated():
     and where the wrong fork's eps placement shows."""
     model, weights = tflite_case("alexeyab", "exact", "int8")
     text = " ".join(table(check_model(model, TFLITE_CFG, weights, dialect="alexeyab")).split())
-    assert re.search(r"int8, per channel: each parameter is known to half its quantization "
+    assert re.search(r"int8, per channel, int32 biases: each parameter is known to half its quantization "
                      r"step, so a mistake that changes a channel's folded weights by less "
                      r"than [0-9.]+% \(median over channels; up to [0-9.]+%\) is not seen: "
                      r"pjreddie's normalization \(x-mean\)/\(sqrt\(var\) \+ 1e-06\) shows "

@@ -622,9 +622,22 @@ def quantized_model(pair, channels):
         with np.errstate(all="ignore"):
             W, b = alpha[:, None] * W, alpha * b + beta
     floats = [u.precision for u in pair.units if u.precision != "int8"]
-    descriptions = sorted({q.description for u in pair.units for q in u.quantized.values()})
-    return QuantizedModel(W, b, allow_W, allow_b, narrowest(*floats),
-                          " and ".join(descriptions))
+    return QuantizedModel(W, b, allow_W, allow_b, narrowest(*floats), describe(pair))
+
+
+def describe(pair):
+    """What a pair's quantized parameters are: the weights' (or the batchnorm
+    multiplier's) quantization, and the biases' storage where it differs
+    (``int8, per channel, int32 biases``)."""
+    found = {name: q for u in pair.units for name, q in u.quantized.items()}
+    main = next((found[k] for k in ("weight", "alpha") if k in found), None)
+    bias = next((found[k] for k in ("bias", "beta") if k in found), None)
+    if main is None:
+        return f"{bias.description.split(',')[0]} biases"
+    text = main.description
+    if bias is not None and bias.description.split(",")[0] != text.split(",")[0]:
+        text += f", {bias.description.split(',')[0]} biases"
+    return text
 
 
 def _quantized_error(model, W, b, slack_W, slack_b):
@@ -775,8 +788,12 @@ def blind_spot_text(dialect, description, medians, maxima):
         return ""
     median, largest = float(np.median(r)), float(np.max(maxima))
     parts = []
-    forms = [(f"{d.name}'s normalization (x-mean)/{d.normalize_form.text()}", d.normalize_form)
-             for d in others(dialect) if not d.normalize_form.same(dialect.normalize_form)]
+    wrong = {}
+    for d in others(dialect):
+        if not d.normalize_form.same(dialect.normalize_form):
+            wrong.setdefault(d.normalize_form.text(), (d.normalize_form, []))[1].append(d.name)
+    forms = [(f"{' and '.join(names)}'s normalization (x-mean)/{text}", form)
+             for text, (form, names) in wrong.items()]
     forms.append(("eps 1e-3 (Keras' default) inside the root", EpsForm(True, 1e-3)))
     for text, form in forms:
         below = visible_below(dialect, form, median)
