@@ -90,16 +90,24 @@ def dequantize(q, scale, zero_point, axis, storage, what):
         raise ValueError(f"{what}: quantization scales must be finite and nonzero")
     if zero.size not in (1, scale.size):
         raise ValueError(f"{what}: {zero.size} zero points for {scale.size} scales")
-    low, high = INTEGER_RANGE.get(storage, (None, None))
-    saturated = (np.zeros(q.shape, bool) if low is None else (q <= low) | (q >= high))
-    quant = Quantization(scale, zero, None if scale.size == 1 else int(axis or 0), storage,
-                         saturated)
+    quant = Quantization(scale, zero, None if scale.size == 1 else int(axis or 0), storage)
     try:
-        value = (q.astype(np.float64) - quant.along(zero, q.shape)) * quant.along(scale,
-                                                                                 q.shape)
+        zeros = quant.along(zero, q.shape)
+        value = (q.astype(np.float64) - zeros) * quant.along(scale, q.shape)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
-    return value, quant
+    return value, quant.moved(quant.axis, saturated_mask(q, zeros, storage))
+
+
+def saturated_mask(q, zeros, storage):
+    """The stored integers at an end of their range: the storage type's ends, and for a
+    symmetric quantization (zero point 0) also ``-largest`` (the narrow range
+    [-127, 127] that TFLite and onnxruntime quantize int8 weights to)."""
+    low, high = INTEGER_RANGE.get(storage, (None, None))
+    if low is None:
+        return np.zeros(q.shape, bool)
+    q = q.astype(np.int64)
+    return (q <= low) | (q >= high) | ((zeros == 0) & (q <= -high))
 
 
 def quantized_param(quant, shape):
