@@ -49,7 +49,6 @@ def _qdq_conv(cfg, weights, fork, bump=0.0, clip=False):
     hand per channel (symmetric, max|w|/127); ``bump``: one weight of channel 1 moved by
     that many steps (through its float value); ``clip``: channel 2's scale too small,
     so its largest weight sits clipped at 127."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from darknet_bn.darknet import read_weights
