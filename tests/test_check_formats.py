@@ -369,3 +369,24 @@ def test_int8_swapped_blocks_are_named(tmp_path, tmp_path_factory):
     for r in report.layers:
         assert not r.ok and r.precision == "int8", table(report)
         assert r.diagnosis.startswith("swap: scales and biases are swapped"), r.diagnosis
+
+
+@pytest.mark.parametrize("fork", ["alexeyab", "pjreddie"])
+def test_openvino_ir_batchnorm_as_multiply_add(fork, tmp_path):
+    """bn-zoo (Darknet's own files): a ``[batchnorm]`` after an activation and a
+    ``[connected]`` batchnorm stay ``Multiply``/``Add`` in the IR.  The conversion holds
+    eps 1e-5 inside the root: AlexeyAB's form passes; for pjreddie it fails in FP32 and,
+    the recorded variances being large, stays below float16's rounding in FP16."""
+    cfg, weights = (CFG_DIR / fork / f"bn-zoo.{ext}" for ext in ("cfg", "weights"))
+    model, _ = models.build(cfg, weights, fork)
+    path = tmp_path / "bn-zoo.onnx"
+    onnx.save(models.export(model, 32), path)
+    for compress in (True, False):
+        report = check_model(openvino_ir(path, tmp_path / f"ir-{compress}.xml", compress),
+                             cfg, weights, dialect=fork)
+        standalone = [r for r in report.layers if r.section == "batchnorm"]
+        assert len(standalone) == 2 and all("Multiply" in r.model_name for r in standalone)
+        if fork == "alexeyab" or compress:
+            assert_passes(report)
+        else:
+            assert_eps_named(report, EPS_INSIDE, everywhere=True)
