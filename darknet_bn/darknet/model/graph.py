@@ -19,9 +19,12 @@ is translated into before ``read_graph`` finds the conv/dense layers and batchno
 - ``constants``: ``{tensor name: Constant(value, precision, quant)}``, the
   stored parameters and constant nodes: ``value`` a numpy array (bfloat16
   values widened to float32), ``precision`` the float precision it was stored
-  in ("float32", "float16", "bfloat16"), ``quant`` a ``Quant(scale,
-  zero_point, axis)`` for a quantized tensor (None for float; units are not
-  read from quantized constants yet: ``CheckError``);
+  in ("float32", "float16", "bfloat16"; "int8" for a quantized tensor), ``quant``
+  a ``quantization.Quant(scale, zero_point, axis, storage, saturated)`` for a
+  quantized tensor, whose ``value`` then holds the dequantized values (None for
+  float).  A unit read from quantized constants carries each one's steps
+  (``Unit.quantized``; an affine chain carries its constants' half steps to
+  ``alpha`` and ``beta``);
 - ``inputs``: the data inputs (tensor names, not constants) in the model's
   order.  The first is the model input; any other (per-layer exports, a
   subgraph cut from the middle) starts pairing wherever its layer fits.
@@ -44,19 +47,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .quantization import QuantizedParam, quantized_param
+from .quantization import Quant, QuantizedParam, quantized_param
 from .units import (MODEL_INPUT, AffineUnit, BatchNormUnit, CheckError, ConvUnit, DenseUnit,
                     GraphInput, LinearUnit, ModelUnits, NormUnit, as_float64, cfg_index_in_name,
                     consumers_of, narrowest)
-
-
-@dataclass(frozen=True)
-class Quant:
-    """A quantized constant's parameters: ``value = (q - zero_point) * scale`` along
-    ``axis`` (None: per tensor)."""
-    scale: object
-    zero_point: object
-    axis: object = None
 
 
 @dataclass

@@ -5,7 +5,7 @@ dynamic quantization) as the float graph they stand for, with quantized constant
 
 - ``DequantizeLinear`` of stored integers (int8/uint8 weights per tensor or per
   channel, int32 biases): a ``Constant`` holding the dequantized values and their
-  ``Quantization`` (steps, saturation);
+  ``Quant`` (steps, saturation);
 - ``QLinearConv``: a ``Conv`` of its input, with its weights and its int32 bias
   (scale: input scale x weight scale) dequantized; ``QLinearMatMul``: a
   ``MatMul``;

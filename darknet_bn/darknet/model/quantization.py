@@ -7,7 +7,7 @@ A dequantized parameter is known to half its quantization step (``scale / 2``):
 that is the precision ``check`` judges a quantized parameter in.  Translators call
 ``dequantize`` on the stored integers; the graph's ``Constant`` then holds the
 dequantized values (float64, so anything reading the value computes with the
-model's numbers) and a ``Quantization`` (its ``quant``), which gives each element's
+model's numbers) and a ``Quant`` (its ``quant``), which gives each element's
 step and which stored integers sat at the ends of their range.
 """
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ QUANTIZED = "int8"
 
 
 @dataclass(frozen=True, eq=False)
-class Quantization:
+class Quant:
     """``value = (q - zero_point) * scale``; ``scale`` and ``zero_point`` hold one value
     (per tensor, ``axis`` None) or one per index of ``axis`` (per channel).
     ``storage``: the stored integers' type; ``saturated``: a boolean array of the
@@ -62,7 +62,7 @@ class Quantization:
 
     def moved(self, axis, saturated):
         """The same quantization after a transpose: the channel axis now ``axis``."""
-        return Quantization(self.scale, self.zero_point, axis if self.per_channel else None,
+        return Quant(self.scale, self.zero_point, axis if self.per_channel else None,
                             self.storage, saturated)
 
 
@@ -78,7 +78,7 @@ class QuantizedParam:
 
 
 def dequantize(q, scale, zero_point, axis, storage, what):
-    """``(value, Quantization)``: the stored integers ``q`` dequantized in float64 (exact
+    """``(value, Quant)``: the stored integers ``q`` dequantized in float64 (exact
     for 8-bit ``q``), checked: finite nonzero scales, as many zero points as scales (or
     one), one scale per index of ``axis``.  ``ValueError`` naming ``what`` otherwise."""
     q = np.asarray(q)
@@ -90,7 +90,7 @@ def dequantize(q, scale, zero_point, axis, storage, what):
         raise ValueError(f"{what}: quantization scales must be finite and nonzero")
     if zero.size not in (1, scale.size):
         raise ValueError(f"{what}: {zero.size} zero points for {scale.size} scales")
-    quant = Quantization(scale, zero, None if scale.size == 1 else int(axis or 0), storage)
+    quant = Quant(scale, zero, None if scale.size == 1 else int(axis or 0), storage)
     try:
         zeros = quant.along(zero, q.shape)
         value = (q.astype(np.float64) - zeros) * quant.along(scale, q.shape)

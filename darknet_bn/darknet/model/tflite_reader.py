@@ -3,7 +3,7 @@
 The file is read by ``tflite_file`` (the ``tflite`` package's flatbuffer bindings;
 no TensorFlow).  Tensors holding data become ``Constant``s: float32 as they are,
 float16 with precision float16, quantized ones (int8 weights per channel, int32
-biases, int8 elementwise constants) dequantized with their ``Quantization``.
+biases, int8 elementwise constants) dequantized with their ``Quant``.
 Operators translate by ``TRANSLATIONS`` into ONNX's vocabulary and layouts:
 
 - ``CONV_2D`` (weights OHWI) -> ``Conv`` with OIHW weights; ``DEPTHWISE_CONV_2D``
