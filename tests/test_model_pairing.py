@@ -277,7 +277,9 @@ def test_trace_leaves_the_model_as_it_was(files):
             m.num_batches_tracked.fill_(7)
     flags = {name: m.training for name, m in good.named_modules()}
     before = _bits(good.state_dict())
+    threads = torch.get_num_threads()
     report = check_model(good, _ports.CFG, files[fork], dialect=fork)
+    assert torch.get_num_threads() == threads
     assert report.ok and report.notes == []
     after = _bits(good.state_dict())
     assert before.keys() == after.keys()

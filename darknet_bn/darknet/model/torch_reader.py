@@ -226,8 +226,9 @@ def trace_module(module, shape, names):
     (``{module: name}``) called in one forward of ``module`` on a ``(1, *shape)`` probe,
     the named modules whose outputs reach its input through any torch operation
     (``cat``, ``add``, slicing, pooling, upsampling...).  The forward runs in eval
-    mode under ``no_grad`` on the model's device and dtype; every submodule's
-    ``training`` flag and every buffer are restored.  ``TraceError`` when the forward
+    mode under ``no_grad`` on the model's device and dtype, on one intra-op thread;
+    every submodule's ``training`` flag, every buffer and torch's thread count are
+    restored.  ``TraceError`` when the forward
     raises."""
     import torch
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
@@ -245,17 +246,20 @@ def trace_module(module, shape, names):
     def after(m, args, output):
         flow.mark(output, frozenset([names[m]]))
 
-    for m in names:
-        handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     flags = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                      # a tiny probe: threads only contend
     try:
+        for m in names:
+            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
         module.eval()
         with torch.no_grad(), flow:
             module(probe)
     except Exception as e:
         raise TraceError(f"{type(e).__name__}: {error_text(e, 160)}") from None
     finally:
+        torch.set_num_threads(threads)
         for handle in handles:
             handle.remove()
         for m, training in flags:
@@ -272,16 +276,18 @@ def attach_flow(result, module, shapes):
     give ``result``'s units their ``sources`` (``result.graph`` then True); when it runs
     on none, a note that the order pairs them."""
     names = {u.module: u.name for u in result.units}
-    flow, failures = None, []
+    flow, failures = None, {}                    # error text -> the probe shapes it met
     for shape in dict.fromkeys(tuple(s) for s in shapes):
         try:
             flow = trace_module(module, shape, names)
             break
         except TraceError as e:
-            failures.append(f"on a {'x'.join(map(str, (1, *shape)))} input: {e}")
+            failures.setdefault(str(e), []).append("x".join(map(str, (1, *shape))))
     if flow is None:
         result.notes.append("paired by registration order and shapes: the forward could "
-                            "not be traced (" + "; ".join(failures) + ")")
+                            "not be traced (" + "; ".join(
+                                f"on {' and '.join(where)} input{'s' * (len(where) > 1)}: "
+                                f"{text}" for text, where in failures.items()) + ")")
         return
     by_name = {u.name: u for u in result.units}
     for unit in result.units:

@@ -86,7 +86,7 @@ def as_float64(array, what):
     a = np.asarray(array)
     if a.dtype.kind not in "fiu" and str(a.dtype) != "bfloat16":
         raise CheckError(f"{what}: holds {a.dtype} values, not numbers")
-    return a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
 
 
 def _vector(unit, what, value, channels):
