@@ -1,11 +1,13 @@
 # darknet_bn: every target sets up the virtual environment it needs, and no more.
 #   make demo         the package alone (numba, numpy)
 #   make test         + test extras: pytest, hypothesis, matplotlib, torch, onnx, onnxruntime,
-#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts)
+#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts),
+#                       tflite, openvino (check on TFLite and OpenVINO IR)
 #   make test-slow    the tests marked slow (CI runs both)
 #   make bench        + pytest-benchmark, torch, matplotlib; writes out/ only
 #   make bench-chart  make bench, then copies its chart to docs/img/bench.png (tracked)
 #   make dist         sdist and wheel in dist/
+#   make tflite-fixtures  tests/data/tflite/*.tflite with TensorFlow's converter, in .venv-tf
 # Installs go through constraints.txt: this machine's CPU wheel of torch.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,7 +18,7 @@ DEMO_EXTRAS  =
 TEST_EXTRAS  = test,plot,torch,onnx
 BENCH_EXTRAS = bench,plot,torch
 
-.PHONY: demo test test-slow bench bench-chart profile dist clean
+.PHONY: demo test test-slow bench bench-chart profile dist clean tflite-fixtures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,10 +56,18 @@ PROFILE_ARGS ?=
 profile: $(call stamp,$(BENCH_EXTRAS))
 	$(BIN)/python -m benchmarks.profile_step $(PROFILE_ARGS)
 
+# The committed TFLite fixtures, remade by TensorFlow's own converter (tensorflow-cpu is
+# too large for the test extras; the tests read the files with the light tflite parser).
+TF_VENV ?= .venv-tf
+tflite-fixtures:
+	test -x $(TF_VENV)/bin/python || $(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install -c constraints.txt tensorflow-cpu -e .
+	$(TF_VENV)/bin/python tools/make_tflite_fixtures.py tests/data/tflite
+
 dist: $(call stamp,$(TEST_EXTRAS))
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks out
+	rm -rf $(VENV) $(TF_VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -6,7 +6,7 @@ import sys
 from typing import NamedTuple
 
 from ._validate import error_text
-from .darknet.kinds import CFG, ONNX, STATE_DICT, TORCH, WEIGHTS, file_kind
+from .darknet.kinds import CFG, ONNX, OPENVINO, STATE_DICT, TFLITE, TORCH, WEIGHTS, file_kind
 from .dialects import get_dialect, names
 
 #: The command line's words for the API's argument names, used by the API's messages
@@ -67,8 +67,9 @@ class File(NamedTuple):
 
 CFG_FILE = File("cfg", "CFG", (CFG,), "Darknet .cfg file")
 WEIGHTS_FILE = File("weights", "WEIGHTS", (WEIGHTS,), "matching .weights file")
-MODEL_FILE = File("converted", "MODEL", (ONNX, TORCH),
-                  "the converted model: an ONNX file, or a torch state_dict (.pt/.pth)")
+MODEL_FILE = File("converted", "MODEL", (ONNX, TFLITE, OPENVINO, TORCH),
+                  "the converted model: an ONNX file (float or int8), a TFLite file, an "
+                  "OpenVINO IR .xml (its .bin beside it) or a torch state_dict (.pt/.pth)")
 STATE_DICT_FILE = File("state_dict", "STATE_DICT", (TORCH,),
                        "torch state_dict file (torch.save(model.state_dict(), path))",
                        expected=STATE_DICT)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 #: Optional packages -> the extra of darknet_bn that installs them.
 EXTRAS = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnx", "matplotlib": "plot",
-          "tbb": "tbb"}
+          "tbb": "tbb", "tflite": "tflite", "openvino": "openvino"}
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -1,13 +1,20 @@
-"""Check a converted model (ONNX, torch state_dict) against Darknet's inference, per layer.
+"""Check a converted model (ONNX, TFLite, OpenVINO IR, torch state_dict) against
+Darknet's inference, per layer.
 
-Pairs the cfg's layers with the model's (ONNX: by the data-flow graph from the
-model input; state_dicts: by names carrying cfg indices, order and shapes),
-runs the batchnorm-carrying ones on probe inputs that exercise every channel,
-compares every conv weight, and prints one row per layer (80 columns): the
-largest error relative to the size of the terms (tolerance: 8 unit roundoffs of
-the precision the model stores: float32, float16 or bfloat16), the largest
-distance in ulps, and for a failing layer a note number.  Under the table, each
-note once, with the layers it covers: the most likely converter mistake (eps
+MODEL: an ONNX file (float32/float16/bfloat16, or int8 from
+onnxruntime.quantization: QDQ, QLinearConv, ConvInteger), a TFLite file (float32,
+float16, full-integer or dynamic-range int8; the tflite extra), an OpenVINO IR
+.xml with its .bin beside it (FP32 or FP16-compressed; the openvino extra) or a
+torch state_dict.  Pairs the cfg's layers with the model's (graphs: by the
+data-flow graph from the model input; state_dicts: by names carrying cfg indices,
+order and shapes), runs the batchnorm-carrying ones on probe inputs that
+exercise every channel, compares every conv weight, and prints one row per layer
+(80 columns): the largest error relative to the size of the terms (tolerance: 8
+unit roundoffs of the precision the model stores: float32, float16 or bfloat16;
+int8 parameters: each within half its quantization step, the error in units of
+that), the largest distance in ulps (int8: steps), and for a failing layer a
+note number.  Under the table, what int8 cannot see (activation quantization is
+not judged), then each note once, with the layers it covers: the most likely converter mistake (eps
 value or placement, swapped blocks, variance stored as a std or biased, raw
 weights where folded ones were expected or the reverse, the other fork, a
 transposed or flipped kernel) and its fix.  A cfg layer missing from the model
@@ -19,14 +26,17 @@ and normalize_cpu for [batchnorm] and [connected]; pjreddie (x - mean)/(sqrt(var
 repository and the sdist).
 
 Exit status: 0 when every layer is within the tolerance, 1 when some layer is
-not, 2 for an unreadable file or a model none of whose layers pair with the cfg
+not, 2 for an unreadable file (a truncated .tflite, an .xml without its .bin or
+with a .bin of the wrong size, an operator the reader does not know...) or a
+model none of whose layers pair with the cfg
 (one line on stderr).
 """
 from ._cmd import (CFG_FILE, MODEL_FILE, WEIGHTS_FILE, add_dialect_argument,
                    add_file_arguments, check_files, fail)
 from .darknet.check import check_model
 
-HELP = "compare a converted model (ONNX, torch state_dict) with Darknet's BN inference"
+HELP = ("compare a converted model (ONNX, TFLite, OpenVINO IR, torch state_dict) with "
+        "Darknet's BN inference")
 FILES = (CFG_FILE, WEIGHTS_FILE, MODEL_FILE)
 
 

@@ -332,12 +332,18 @@ def _bad_files(tmp_path):
     files["bias of the wrong size"] = (
         _graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], name="c0")], [w, bias]),
         "bias of 5 values for 16 filters")
+    wq = numpy_helper.from_array(np.ones((16, 3, 3, 3), np.int8), "wq")
+    zero_scale = numpy_helper.from_array(np.zeros(16, np.float32), "s0")
+    files["quantized weights with a zero scale"] = (
+        _graph([helper.make_node("DequantizeLinear", ["wq", "s0"], ["w"], name="dq0", axis=0),
+                helper.make_node("Conv", ["x", "w"], ["y"], name="c0")], [wq, zero_scale]),
+        "quantization scales must be finite and nonzero")
     scale = numpy_helper.from_array(np.ones(1, np.float32), "s")
-    zp = numpy_helper.from_array(np.zeros(1, np.uint8), "z")
-    files["quantized"] = (
-        _graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q0"),
-                helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq0")],
-               [scale, zp]), "quantized graph")
+    zp = numpy_helper.from_array(np.zeros(1, np.int8), "z")
+    files["quantized conv without constant weights"] = (
+        _graph([helper.make_node("QLinearConv", ["x", "s", "z", "wx", "s", "z", "s", "z"],
+                                 ["y"], name="qc0")], [scale, zp], ("x", "wx")),
+        "QLinearConv node 'qc0': the weight ('wx') is not a constant")
     outside = onnx.TensorProto()
     outside.CopyFrom(w)
     outside.ClearField("raw_data")

@@ -78,7 +78,9 @@ def test_a_hand_built_op_graph_gives_units():
     assert affine.sources == frozenset([GraphInput("x2")])
 
 
-def test_a_quantized_constant_is_refused_by_name():
+def test_a_quantized_constant_carries_its_steps_into_the_unit():
     graph, _ = _conv_graph(Quant(scale=np.float32(0.1), zero_point=0))
-    with pytest.raises(CheckError, match="quantized"):
-        read_graph(graph, "hand-built")
+    unit = read_graph(graph, "hand-built").units[0]
+    steps = unit.quantized["weight"].steps
+    assert steps.shape == unit.weight.shape and np.all(steps == np.float32(0.1))
+    assert unit.quantized["weight"].description == "int8, per tensor"

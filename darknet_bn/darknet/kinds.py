@@ -6,6 +6,9 @@ wrong place is named for what it is.
 
 - ``.weights``: the int32 header ``major = 0, minor <= 2`` (``save_weights``);
 - ONNX: a protobuf ``ModelProto`` opening with ``ir_version`` and another of its fields;
+- TFLite: a flatbuffer with the file identifier ``TFL3`` at bytes 4-8;
+- OpenVINO IR: an XML document whose root element is ``<net>`` (the ``.xml``; its
+  ``.bin`` holds raw data, which nothing identifies);
 - PyTorch: ``torch.save``'s zip archive (a ``data.pkl`` member) or its legacy pickle;
 - ``.cfg``: text whose first line that is not blank or a comment is a ``[section]``.
 
@@ -40,6 +43,8 @@ class FileKind(NamedTuple):
 CFG = FileKind("cfg", "a Darknet .cfg file")
 WEIGHTS = FileKind("weights", "a Darknet .weights file")
 ONNX = FileKind("onnx", "an ONNX model")
+TFLITE = FileKind("tflite", "a TFLite model")
+OPENVINO = FileKind("openvino", "an OpenVINO IR model (.xml)")
 TORCH = FileKind("torch", "a PyTorch file (torch.save)")
 #: What a state_dict file is, for a message about another file given instead.
 STATE_DICT = "a state_dict saved with torch.save(model.state_dict(), path)"
@@ -67,6 +72,26 @@ def _is_onnx(head):
         return False
     tag = _varint(head, version[1])
     return tag is not None and _ONNX_FIELDS.get(tag[0] >> 3) == tag[0] & 7
+
+
+def _is_tflite(head):
+    return head[4:8] == b"TFL3"
+
+
+def _is_openvino(head):
+    """An XML declaration or comments, then ``<net``."""
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        text = head[:e.start].decode("utf-8-sig", "ignore")
+    text = text.lstrip()
+    if text.startswith("<?xml"):
+        end = text.find("?>")
+        text = text[end + 2:].lstrip() if end >= 0 else ""
+    while text.startswith("<!--"):
+        end = text.find("-->")
+        text = text[end + 3:].lstrip() if end >= 0 else ""
+    return text.startswith("<net") and text[4:5] in (" ", ">", "\t", "\n", "\r")
 
 
 def _is_weights(head):
@@ -118,6 +143,10 @@ def file_kind(path):
         return TORCH
     if _is_onnx(head):
         return ONNX
+    if _is_tflite(head):
+        return TFLITE
+    if _is_openvino(head):
+        return OPENVINO
     if _is_weights(head):
         return WEIGHTS
     if _is_cfg(head):

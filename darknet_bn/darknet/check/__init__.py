@@ -19,11 +19,32 @@ from ..parser import check_path
 from ..weights import check_cfg_arg, network_from, read_weights, type_name
 from ..model import (CheckError, ModelUnits, NormUnit, Pair, Pairing, PairingError, Unit,
                      cfg_sources, narrowest, pair_model, read_model)
-from .judging import (TOLERANCE, describe_reference, diagnose, error_scale, make_probe,
-                      model_output, model_response, reference_output, relative_error,
-                      storage_note, tolerance, ulp_distance, weight_error)
+from ..model.quantization import QUANTIZED
+from .judging import (TOLERANCE, blind_spot_text, describe_reference, diagnose, error_scale,
+                      folded_reference, make_probe, model_output, model_response, quantized_check,
+                      reference_output, relative_error, storage_note, tolerance,
+                      ulp_distance, weight_error)
 from .misreading import find_misreads
 from .report import CheckReport, ExtraUnit, LayerCheck
+
+
+def check_quantized_layer(pair, record, dialect):
+    """``LayerCheck`` of a pair with quantized parameters: each within half its step of
+    the fork's folded conv (``judging.quantized_check``); the error is in units of that
+    allowance (tolerance 1), the ulp column in quantization steps."""
+    probe = make_probe(record)
+    error, steps, worst, w_err, diagnosis, described, res = quantized_check(
+        pair, record, probe, dialect)
+    return LayerCheck(index=record.index, section=record.section, channels=record.channels,
+                      form="batchnorm" if pair.bn is not None else "folded",
+                      model_name=pair.names,
+                      reference=describe_reference(record.section, dialect), ok=error <= 1.0,
+                      max_rel_error=error, max_ulp=steps, worst_channel=worst,
+                      diagnosis=diagnosis, precision=QUANTIZED, tolerance=1.0,
+                      max_weight_error=w_err, choice=pair.choice, pairing=pair.note,
+                      quantization=described,
+                      resolution=float(np.median(res)) if res.size else 0.0,
+                      resolution_max=float(np.max(res)) if res.size else 0.0)
 
 
 def check_layer(pair, record, dialect, *, compare_weights=True):
@@ -38,7 +59,10 @@ def check_layer(pair, record, dialect, *, compare_weights=True):
 def judge_layer(pair, record, dialect, *, compare_weights=True):
     """``(LayerCheck without its diagnosis, explain)``: ``explain()`` fills a failing
     row's diagnosis (the known mistakes, a kernel layout), which is the costly part
-    (``check_model`` first asks whether a misread explains the layer)."""
+    (``check_model`` first asks whether a misread explains the layer).  Quantized
+    parameters: ``check_quantized_layer``, diagnosed at once."""
+    if any(u.quantized for u in pair.units):
+        return check_quantized_layer(pair, record, dialect), lambda: None
     precision = narrowest(*(u.precision for u in pair.units))
     limit = tolerance(precision)
     probe = make_probe(record)
@@ -63,10 +87,14 @@ def judge_layer(pair, record, dialect, *, compare_weights=True):
 
     def explain():
         notes = []
-        note = storage_note(pair, precision)
+        note, stored = storage_note(pair, precision, folded_reference(record, dialect))
         if note:
             notes.append(note)
-        if max_err > limit:
+        failing = set(np.flatnonzero(np.max(err, axis=1) > limit).tolist()) if err.size \
+            else set()
+        if stored and failing <= stored and w_err <= limit:
+            pass                        # float16 could not hold the values: that is all
+        elif max_err > limit:
             slope, offset = model_response(pair, probe)
             notes.append(diagnose(pair, record, probe, dialect, scale, slope, offset, limit))
         if w_err > limit:
@@ -181,7 +209,19 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
     return CheckReport(ok=ok, dialect=fork.name, source=model.source, tolerance=TOLERANCE,
                        layers=rows, extra=extra, notes=list(model.notes),
-                       findings=findings)
+                       findings=findings, limits=precision_limits(rows, fork))
+
+
+def precision_limits(rows, dialect):
+    """What each quantized precision of the report cannot see (``blind_spot_text``)."""
+    limits = []
+    for described in sorted({r.quantization for r in rows if r.quantization}):
+        judged = [r for r in rows if r.quantization == described]
+        text = blind_spot_text(dialect, described, [r.resolution for r in judged],
+                               [r.resolution_max for r in judged])
+        if text:
+            limits.append(text)
+    return limits
 
 
 __all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",

@@ -46,7 +46,7 @@ from ..._validate import setting_text
 from ...dialects import BY_CODE, EpsForm, others
 from ..fold import fold_batchnorm
 from ..weights import make_batchnorm_layer_from_record
-from ..model import UNIT_ROUNDOFF, AffineUnit, BatchNormUnit, ConvUnit
+from ..model import UNIT_ROUNDOFF, AffineUnit, BatchNormUnit, ConvUnit, narrowest
 
 #: Probe conv outputs, in standard deviations around the rolling mean.
 PROBE_SIGMAS = (-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0)
@@ -61,6 +61,8 @@ KNOWN_EPS = (1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 
 #: float16's largest finite value and smallest normal one.
 FLOAT16_MAX, FLOAT16_TINY = 65504.0, 2.0 ** -14
+#: float16's smallest subnormal: a value below half of it is stored as zero.
+FLOAT16_SUBNORMAL = 2.0 ** -24
 
 
 def tolerance(precision):
@@ -499,16 +501,29 @@ def unexplained(pair, record, dialect, limit):
             "; check the pairing and the values layer by layer")
 
 
-def storage_note(pair, precision):
-    """For float16 storage: stored values that overflowed, and variances (or affine
+def _rows(mask):
+    """The channels (rows) where a (channels, ...) mask holds."""
+    mask = np.asarray(mask)
+    return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)) if mask.ndim else \
+        np.flatnonzero(mask.reshape(-1))
+
+
+def storage_note(pair, precision, reference=None):
+    """For float16 storage: ``(text, channels)``: stored values that overflowed to
+    infinity (a finite value above 65504 was kept in a wider type, as OpenVINO's
+    compression does), saturated at float16's largest value (65504) or flushed to zero where
+    Darknet's value is below float16's smallest subnormal (``2**-24``; ``reference``:
+    ``(W, b)`` of ``folded_reference``, for a folded conv), and variances (or affine
     multipliers) that became subnormal or zero, which the rounding model does not
     cover (a subnormal weight, bias or mean loses at most ``2**-25`` absolutely,
-    inside the tolerance); "" when none."""
+    inside the tolerance); ("", empty) when none."""
     if precision != "float16":
-        return ""
-    notes, arrays, relative = [], [], set()
+        return "", set()
+    notes, arrays, relative, channels = [], [], set(), set()
     if pair.conv is not None:
         arrays.append(("conv weights", pair.conv.weight))
+        if pair.conv.bias is not None:
+            arrays.append(("conv bias", pair.conv.bias))
     bn = pair.bn
     if isinstance(bn, AffineUnit):
         arrays += [("multiplier", bn.alpha), ("offset", bn.beta)]
@@ -520,17 +535,284 @@ def storage_note(pair, precision):
         relative.add("running_var")
         zero = np.flatnonzero(var == 0)
         if bn.eps == 0 and zero.size:
+            channels |= set(zero.tolist())
             notes.append(f"running_var is 0 in float16 at channels {zero[:8].tolist()} with "
                          "eps 0: pjreddie's eps-0 remap (sqrt(var) + 1e-6)^2 underflows "
                          "float16; store running_var in float32 or use a nonzero eps")
+    folded, size = {}, None
+    if reference is not None and bn is None and pair.conv is not None:
+        folded = {"conv weights": reference[0], "conv bias": reference[1]}
+        with np.errstate(all="ignore"):            # a channel's largest term
+            size = np.maximum(np.max(np.abs(reference[0]), axis=1), np.abs(reference[1]))
     for name, a in arrays:
         a = np.asarray(a, np.float64)
-        over = np.flatnonzero(np.isinf(a) | (np.abs(a) > FLOAT16_MAX))
-        if over.size:
-            notes.append(f"{name} overflow float16 (beyond 65504) at {over[:8].tolist()}")
+        for rows, what in ((_rows(np.isinf(a)), "overflow float16 (infinite: beyond 65504)"),
+                           (_rows(np.abs(a) == FLOAT16_MAX),
+                            "saturate in float16 (held at its largest value, 65504)")):
+            if rows.size:
+                channels |= set(rows.tolist())
+                notes.append(f"{name} {what} at channels {rows[:8].tolist()}")
+        ref = folded.get(name)
+        if ref is not None and ref.shape == a.shape:
+            # only where it matters: beyond the tolerance of the channel's largest term
+            big = size.reshape((-1,) + (1,) * (ref.ndim - 1)) * tolerance(precision)
+            flushed = _rows((a == 0) & (np.abs(ref) > big) & (np.abs(ref) < FLOAT16_SUBNORMAL))
+            if flushed.size:
+                channels |= set(flushed.tolist())
+                notes.append(f"{name} flushed to zero in float16 at channels "
+                             f"{flushed[:8].tolist()} (Darknet's values are below 2**-24, "
+                             "float16's smallest subnormal)")
         if name in relative:
             sub = np.flatnonzero((a != 0) & (np.abs(a) < FLOAT16_TINY))
             if sub.size:
                 notes.append(f"{name} subnormal in float16 (below 2**-14, fewer significant "
                              f"bits) at channels {sub[:8].tolist()}")
+    return "; ".join(notes), channels
+
+
+# --------------------------------------------------------------------------
+# quantized parameters (int8, uint8, int32): each within half its step
+# --------------------------------------------------------------------------
+#: Variances searched for where a mistake becomes visible at a quantized precision.
+_VARIANCE_GRID = np.logspace(-12, 6, 1801)
+
+
+def folded_reference(record, dialect):
+    """``(W, b)`` in double: the conv the fork's inference amounts to per output
+    channel, ``y = W x + b``, with ``W`` (C, K) (a ``[batchnorm]``: (C, 1)).  Where the
+    fork folds at inference, the folded file's bits (``fold_batchnorm``); else
+    ``a = scale/D(var)`` on Darknet's filter, ``b = bias - a*mean``, in double."""
+    channels = record.channels
+    filters = (record.weights.reshape(channels, -1) if record.weights is not None
+               else np.ones((channels, 1), np.float32))
+    if record.section == "convolutional" and dialect.folding.inference_folds_conv:
+        folded, biases = fold_batchnorm(np.ascontiguousarray(filters.reshape(-1)),
+                                        record.biases, record.scales, record.rolling_mean,
+                                        record.rolling_variance, dialect=dialect)
+        return folded.reshape(channels, -1).astype(np.float64), biases.astype(np.float64)
+    p = record_params(record)
+    with np.errstate(all="ignore"):
+        a = p.scale / dialect.normalize_form.denominator(p.var)
+        return a[:, None] * filters.astype(np.float64), p.bias - a * p.mean
+
+
+def _half_step(unit, name, shape):
+    q = unit.quantized.get(name) if unit is not None else None
+    return np.zeros(shape) if q is None else np.broadcast_to(q.steps, shape) / 2
+
+
+@dataclass
+class QuantizedModel:
+    """A pair as one folded conv ``y = W x + b`` (double), with each element's
+    quantization allowance (half a step, carried through the batchnorm's multiplier)
+    and the precision of its float parts."""
+    W: np.ndarray
+    b: np.ndarray
+    allow_W: np.ndarray
+    allow_b: np.ndarray
+    float_precision: str
+    description: str
+
+
+def quantized_model(pair, channels):
+    """The ``QuantizedModel`` of a pair with quantized parameters."""
+    conv, bn = pair.conv, pair.bn
+    if conv is not None:
+        W = conv.weight
+        b = conv.bias if conv.bias is not None else np.zeros(channels)
+    else:
+        W, b = np.ones((channels, 1)), np.zeros(channels)
+    allow_W = _half_step(conv, "weight", W.shape)
+    allow_b = _half_step(conv, "bias", b.shape)
+    if bn is not None:
+        alpha, beta = unit_affine(bn)
+        a_half = _half_step(bn, "alpha", alpha.shape)
+        allow_W = np.abs(alpha)[:, None] * allow_W + a_half[:, None] * np.abs(W)
+        allow_b = (np.abs(alpha) * allow_b + a_half * np.abs(b)
+                   + _half_step(bn, "beta", beta.shape))
+        with np.errstate(all="ignore"):
+            W, b = alpha[:, None] * W, alpha * b + beta
+    floats = [u.precision for u in pair.units if u.precision != "int8"]
+    return QuantizedModel(W, b, allow_W, allow_b, narrowest(*floats), describe(pair))
+
+
+def describe(pair):
+    """What a pair's quantized parameters are: the weights' (or the batchnorm
+    multiplier's) quantization, and the biases' storage where it differs
+    (``int8, per channel, int32 biases``)."""
+    found = {name: q for u in pair.units for name, q in u.quantized.items()}
+    main = next((found[k] for k in ("weight", "alpha") if k in found), None)
+    bias = next((found[k] for k in ("bias", "beta") if k in found), None)
+    if main is None:
+        return f"{bias.description.split(',')[0]} biases"
+    text = main.description
+    if bias is not None and bias.description.split(",")[0] != text.split(",")[0]:
+        text += f", {bias.description.split(',')[0]} biases"
+    return text
+
+
+def _quantized_error(model, W, b, slack_W, slack_b):
+    """Per channel: the largest ``|model - reference|`` over the allowance (1 = at
+    the tolerance), and the largest difference in steps of the stored integers."""
+    def ratio(x, ref, allow):
+        with np.errstate(all="ignore"):
+            diff = np.abs(x - ref)
+            r = np.where(diff == 0, 0.0, diff / allow)
+        both_nan = np.isnan(x) & np.isnan(ref)
+        return np.where(both_nan, 0.0, np.where(np.isnan(r), np.inf, r)), diff
+    rw, dw = ratio(model.W, W, model.allow_W + slack_W)
+    rb, db = ratio(model.b, b, model.allow_b + slack_b)
+    per_channel = np.maximum(np.max(rw, axis=1), rb)
+    with np.errstate(all="ignore"):
+        steps_w = np.where(model.allow_W > 0, dw / (2 * model.allow_W), 0.0)
+        steps_b = np.where(model.allow_b > 0, db / (2 * model.allow_b), 0.0)
+    steps = np.nan_to_num(np.maximum(np.max(steps_w, axis=1), steps_b), nan=0.0,
+                          posinf=2.0 ** 31)
+    return per_channel, steps, np.max(rw, axis=1)
+
+
+def _slack(W, b, record, dialect, precision):
+    """The float rounding of the parts that are not quantized (and of the folding
+    before the quantizer rounded): ``8 u`` of the terms, as float judging has it."""
+    u = ROUNDOFFS * UNIT_ROUNDOFF[precision]
+    p = record_params(record)
+    with np.errstate(all="ignore"):
+        a = p.scale / dialect.normalize_form.denominator(p.var)
+        terms_b = np.abs(a * p.mean) + np.abs(p.bias)
+    return u * np.abs(W), u * np.nan_to_num(terms_b, nan=np.inf)
+
+
+def resolution(model, W):
+    """Per channel: the allowance at the filter's largest weight, relative to it: a
+    change of the channel's multiplier smaller than this is not seen."""
+    rows = np.arange(W.shape[0])
+    idx = np.argmax(np.where(np.isfinite(W), np.abs(W), -1.0), axis=1)
+    with np.errstate(all="ignore"):
+        r = model.allow_W[rows, idx] / np.abs(W[rows, idx])
+    return r[np.isfinite(r)]
+
+
+def visible_below(dialect, form, relative):
+    """The largest variance at which computing with ``form`` instead of the fork's
+    normalization changes a channel's multiplier by more than ``relative``, or None
+    when it never does on 1e-12..1e6."""
+    exact = dialect.normalize_form
+    with np.errstate(all="ignore"):
+        change = np.abs(exact.denominator(_VARIANCE_GRID) / form.denominator(_VARIANCE_GRID)
+                        - 1)
+    seen = _VARIANCE_GRID[change > relative]
+    return float(seen.max()) if seen.size else None
+
+
+def quantized_check(pair, record, probe, dialect):
+    """``(error, max_steps, worst channel, weight error, diagnosis, description,
+    resolution)`` of a pair with quantized parameters: each parameter of the pair as one
+    folded conv against ``folded_reference``, within half its step plus the float
+    rounding of its unquantized parts (error 1 = at that allowance)."""
+    channels = record.channels
+    model = quantized_model(pair, channels)
+    W, b = folded_reference(record, dialect)
+    if model.W.shape != W.shape:
+        raise ValueError(f"layer {record.index}: the model's filters hold "
+                         f"{model.W.shape[1]} weights, Darknet's {W.shape[1]}")
+    slack_W, slack_b = _slack(W, b, record, dialect, model.float_precision)
+    per_channel, steps, w_err = _quantized_error(model, W, b, slack_W, slack_b)
+    worst = int(np.argmax(per_channel)) if per_channel.size else 0
+    error = float(per_channel[worst]) if per_channel.size else 0.0
+    diagnosis = ""
+    if error > 1.0:
+        notes = [n for n in (saturation_note(pair, model, W, b),) if n]
+        notes.append(diagnose_quantized(pair, record, probe, dialect, model, slack_W,
+                                        slack_b))
+        diagnosis = "; ".join(notes)
+    return (error, int(np.max(steps)) if steps.size else 0, worst,
+            float(np.max(w_err)) if w_err.size else 0.0, diagnosis, model.description,
+            resolution(model, W))
+
+
+def saturation_note(pair, model, W, b):
+    """Stored integers at the end of their range where Darknet's value lies beyond
+    it while the channel's other values fit: the quantizer clipped them."""
+    notes = []
+    for unit, name, ref, value, allow in ((pair.conv, "weight", W, model.W, model.allow_W),
+                                          (pair.conv, "bias", b, model.b, model.allow_b)):
+        q = unit.quantized.get(name) if unit is not None else None
+        if q is None:
+            continue
+        rows = ref.shape[0]
+        with np.errstate(all="ignore"):
+            off = (np.abs(ref - value) > allow).reshape(rows, -1)
+            beyond = (np.abs(ref) > np.abs(value)).reshape(rows, -1)
+        sat = np.broadcast_to(q.saturated, ref.shape).reshape(rows, -1)
+        clipped = (off & sat & beyond).any(axis=1) & ~(off & ~sat).any(axis=1)
+        channels = np.flatnonzero(clipped)
+        if channels.size:
+            notes.append(f"{name}s saturate in {q.description.split(',')[0]} at channels "
+                         f"{channels[:8].tolist()}: Darknet's values lie beyond the largest "
+                         "the scale can hold (the quantizer clipped them)")
     return "; ".join(notes)
+
+
+def diagnose_quantized(pair, record, probe, dialect, model, slack_W, slack_b):
+    """The simplest known mistake whose folded conv fits the model's parameters
+    within their allowance (``HYPOTHESES`` with every eps form), with its fix."""
+    form = "batchnorm" if pair.bn is not None else "folded"
+    model_eps = pair.bn.eps if isinstance(pair.bn, BatchNormUnit) else None
+    channels = record.channels
+    filters = (record.weights.reshape(channels, -1).astype(np.float64)
+               if record.weights is not None else np.ones((channels, 1)))
+    w = probe.w.astype(np.float64)
+    rows = np.arange(channels)
+    model_A = model.W[rows, probe.idx]
+    column = QuantizedModel(model_A[:, None], model.b, model.allow_W[rows, probe.idx][:, None],
+                            model.allow_b, model.float_precision, model.description)
+    slack_column = slack_W[rows, probe.idx][:, None]
+    candidates = []
+    for count, rank, text, A, B in hypothesis_responses(record, probe, dialect, form,
+                                                        model_eps, model_A):
+        # the probe weight and the bias first (cheap), every weight for the survivors
+        err = float(np.max(_quantized_error(column, A[:, None], B, slack_column,
+                                            slack_b)[0]))
+        if err <= 1.0:
+            candidates.append((count, rank, err, text, A, B))
+    best = None
+    for count, rank, err, text, A, B in sorted(candidates, key=lambda c: c[:3]):
+        with np.errstate(all="ignore"):
+            W_h = np.where(w != 0, A / w, 0.0)[:, None] * filters
+        if float(np.max(_quantized_error(model, W_h, B, slack_W, slack_b)[0])) <= 1.0:
+            best = (count, rank, err, text)
+            break
+    if best is None:
+        return ("not a known converter mistake: the dequantized parameters differ from "
+                "Darknet's folded conv by more than half a quantization step; check the "
+                "pairing and the values layer by layer")
+    return f"{best[3]}; fix: {fix_text(dialect, form)}"
+
+
+def blind_spot_text(dialect, description, medians, maxima):
+    """What a quantized precision cannot see: the relative change of a channel's
+    multiplier below half a step (the layers' medians and largest over the channels
+    judged), and the variances above which the other forks' normalization and Keras'
+    eps 1e-3 stay inside it."""
+    r = np.asarray(medians, np.float64)
+    if not r.size:
+        return ""
+    median, largest = float(np.median(r)), float(np.max(maxima))
+    parts = []
+    wrong = {}
+    for d in others(dialect):
+        if not d.normalize_form.same(dialect.normalize_form):
+            wrong.setdefault(d.normalize_form.text(), (d.normalize_form, []))[1].append(d.name)
+    forms = [(f"{' and '.join(names)}'s normalization (x-mean)/{text}", form)
+             for text, (form, names) in wrong.items()]
+    forms.append(("eps 1e-3 (Keras' default) inside the root", EpsForm(True, 1e-3)))
+    for text, form in forms:
+        below = visible_below(dialect, form, median)
+        if below is not None:
+            parts.append(f"{text} shows only where var < {below:.2g}")
+    seen = "; ".join(parts)
+    return (f"{description}: each parameter is known to half its quantization step, so a "
+            f"mistake that changes a channel's folded weights by less than "
+            f"{100 * median:.2g}% (median over channels; up to {100 * largest:.2g}%) is not "
+            f"seen" + (f": {seen}" if seen else "") +
+            "; activation quantization is not judged (check judges parameters)")

@@ -46,6 +46,13 @@ class LayerCheck:
     choice: str = ""           #: how an ambiguous pairing was settled
     pairing: str = ""          #: a finding of the pairing (a name disagreeing with the shapes)
     misreads: list = field(default_factory=list)   #: ids of the findings explaining it
+    #: quantized parameters: what they are ("int8, per channel"); the error is then in
+    #: units of half a quantization step (tolerance 1) and ``max_ulp`` in steps
+    quantization: str = ""
+    #: quantized: the smallest relative change of a channel's folded weights this
+    #: precision sees (median and largest over the channels)
+    resolution: float = 0.0
+    resolution_max: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -71,6 +78,8 @@ class CheckReport:
     #: misreads (``darknet.misreads.Finding``): where failing layers' floats came from,
     #: each once with its fix and the layers it explains
     findings: list = field(default_factory=list)
+    #: what each quantized precision judged cannot see, one sentence each
+    limits: list = field(default_factory=list)
 
     @property
     def precisions(self):
@@ -126,15 +135,19 @@ class CheckReport:
                               model=x.name, ok="FAIL" if x.in_data_path else "",
                               note=note(text, x.name)))
         bad = [r for r in self.layers if not r.ok]
-        judged = ", ".join(f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" for p, r_tol in
-                           sorted({(r.precision, r.tolerance) for r in self.layers
-                                   if r.form != "missing"}))
+        judged = ", ".join(
+            f"{p} ({r_tol:.3g}, 8 {p} unit roundoffs)" if not q else
+            f"{q} (each parameter within half its quantization step)"
+            for p, r_tol, q in sorted({(r.precision, r.tolerance, r.quantization)
+                                       for r in self.layers if r.form != "missing"}))
         summary = (f"{len(self.layers) - len(bad)} of {len(self.layers)} layers within the "
                    f"tolerance of {self.dialect}'s inference; judged in {judged or '-'}" +
                    ("" if not bad else f"; failing: {', '.join(str(r.index) for r in bad)}"))
         if self.findings:
             summary += "; misread: " + ", ".join(f"{f.id} ({f.name})" for f in self.findings)
         lines += textwrap.wrap(summary, width, subsequent_indent="    ")
+        for text in self.limits:
+            lines += textwrap.wrap(text, width, subsequent_indent="    ")
         for text in self.notes:
             lines += textwrap.wrap(f"note: {text}", width, subsequent_indent="    ")
         for number, (text, rows) in enumerate(notes.items(), 1):

@@ -13,16 +13,22 @@ and ``darknet_bn.torch_weights`` (``.weights`` load/save).
   ``read_module``, ``trace_module``: a live module's data flow);
 - ``pairing``: ``pair_model``, units with cfg layers.
 
+- ``tflite_reader`` (with ``tflite_file``), ``openvino_reader``: TFLite files and
+  OpenVINO IR into the same graph; ``onnx_quantized``: int8 ONNX graphs as float ops
+  on quantized constants (``quantization``: dequantized values, their steps).
+
 ``read_model(converted, eps)`` dispatches on what ``converted`` is.
 """
 import os
 import sys
 
-from ..kinds import ONNX, TORCH, file_kind
+from ..kinds import ONNX, OPENVINO, TFLITE, TORCH, file_kind
 from ..parser import check_path
 from .graph import (FOLDS, OP_HANDLERS, Constant, OpGraph, OpNode, Quant, read_graph,
                     topological_order)
 from .onnx_reader import external_tensors, load_onnx, onnx_graph, read_onnx
+from .openvino_reader import bin_path, openvino_graph, read_openvino
+from .tflite_reader import read_tflite_model, tflite_graph
 from .pairing import (WEIGHTED_SECTIONS, Pair, Pairing, PairingError, cfg_sources, fits,
                       pair_model)
 from .torch_reader import (TraceError, darknet_dialect, load_torch_file,
@@ -60,8 +66,17 @@ def read_model(converted, eps=None, routine="check_model", net=None):
         return read_onnx(load_onnx(name), name)
     if kind == TORCH:
         return read_state_dict(load_torch_file(name), eps, name)
+    if kind == TFLITE:
+        return read_tflite_model(name)
+    if kind == OPENVINO:
+        return read_openvino(name)
+    if kind is None and name.lower().endswith(".bin") and \
+            os.path.isfile(name[:-4] + ".xml"):
+        raise CheckError(f"{name}: the weights of an OpenVINO IR; pass the .xml "
+                         f"({os.path.basename(name[:-4])}.xml), its .bin is read beside it")
     what = f"the converted model is {kind}" if kind is not None else "unknown model format"
-    raise CheckError(f"{name}: {what}; pass an ONNX model or a torch state_dict "
+    raise CheckError(f"{name}: {what}; pass an ONNX model (float or int8), a TFLite file, "
+                     "an OpenVINO IR .xml or a torch state_dict "
                      "(torch.save(model.state_dict(), path))")
 
 
@@ -73,4 +88,5 @@ __all__ = ["read_model", "ModelUnits", "Unit", "LinearUnit", "ConvUnit", "DenseU
            "external_tensors", "read_state_dict", "read_module", "load_torch_file",
            "cfg_index_in_name", "darknet_dialect", "trace_module", "probe_shape", "TraceError",
            "pair_model", "Pair", "Pairing",
-           "cfg_sources", "fits", "WEIGHTED_SECTIONS"]
+           "cfg_sources", "fits", "WEIGHTED_SECTIONS", "read_tflite_model", "tflite_graph",
+           "read_openvino", "openvino_graph", "bin_path"]

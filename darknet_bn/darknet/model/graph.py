@@ -19,9 +19,12 @@ is translated into before ``read_graph`` finds the conv/dense layers and batchno
 - ``constants``: ``{tensor name: Constant(value, precision, quant)}``, the
   stored parameters and constant nodes: ``value`` a numpy array (bfloat16
   values widened to float32), ``precision`` the float precision it was stored
-  in ("float32", "float16", "bfloat16"), ``quant`` a ``Quant(scale,
-  zero_point, axis)`` for a quantized tensor (None for float; units are not
-  read from quantized constants yet: ``CheckError``);
+  in ("float32", "float16", "bfloat16"; "int8" for a quantized tensor), ``quant``
+  a ``quantization.Quant(scale, zero_point, axis, storage, saturated)`` for a
+  quantized tensor, whose ``value`` then holds the dequantized values (None for
+  float).  A unit read from quantized constants carries each one's steps
+  (``Unit.quantized``; an affine chain carries its constants' half steps to
+  ``alpha`` and ``beta``);
 - ``inputs``: the data inputs (tensor names, not constants) in the model's
   order.  The first is the model input; any other (per-layer exports, a
   subgraph cut from the middle) starts pairing wherever its layer fits.
@@ -44,18 +47,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .quantization import Quant, QuantizedParam, quantized_param
 from .units import (MODEL_INPUT, AffineUnit, BatchNormUnit, CheckError, ConvUnit, DenseUnit,
                     GraphInput, LinearUnit, ModelUnits, NormUnit, as_float64, cfg_index_in_name,
                     consumers_of, narrowest)
-
-
-@dataclass(frozen=True)
-class Quant:
-    """A quantized constant's parameters: ``value = (q - zero_point) * scale`` along
-    ``axis`` (None: per tensor)."""
-    scale: object
-    zero_point: object
-    axis: object = None
 
 
 @dataclass
@@ -212,20 +207,33 @@ class Chain:
         self.owner, self.sources, self.axis = owner, sources, axis
         self.alpha, self.beta, self.names, self.ops, self.precision = 1.0, 0.0, [], [], "float32"
         self.additive_only, self.position = True, None
+        #: quantized constants: half their steps carried to alpha and beta (to first
+        #: order), and what they were ("int8, per tensor")
+        self.alpha_half, self.beta_half, self.quantized = 0.0, 0.0, set()
 
-    def extend(self, node, const, const_first):
+    def extend(self, node, const, const_first, half=None, described=""):
         value = const.value.astype(np.float64)
         op = node.op
+        dv = 0.0 if half is None else half
+        if half is not None:
+            self.quantized.add(described)
         if op == "Mul":
+            self.alpha_half = np.abs(self.alpha) * dv + np.abs(value) * self.alpha_half
+            self.beta_half = np.abs(self.beta) * dv + np.abs(value) * self.beta_half
             self.alpha, self.beta = self.alpha * value, self.beta * value
         elif op == "Add":
-            self.beta = self.beta + value
+            self.beta, self.beta_half = self.beta + value, self.beta_half + dv
         elif op == "Sub":
+            self.beta_half = self.beta_half + dv
             if const_first:                          # value - x
                 self.alpha, self.beta = -self.alpha, value - self.beta
             else:
                 self.beta = self.beta - value
         else:                                        # Div(x, value)
+            with np.errstate(all="ignore"):
+                self.alpha_half = (self.alpha_half / np.abs(value)
+                                   + np.abs(self.alpha) * dv / value ** 2)
+                self.beta_half = self.beta_half / np.abs(value) + np.abs(self.beta) * dv / value ** 2
             self.alpha, self.beta = self.alpha / value, self.beta / value
         if op in ("Mul", "Div") or (op == "Sub" and const_first):
             self.additive_only = False
@@ -262,10 +270,6 @@ class GraphReader:
             raise CheckError(f"{self.where}: {node.op} node {node.name!r}: {what} "
                              f"({node.inputs[i]!r}) is not an initializer or a constant; "
                              "check needs the parameters stored in the graph")
-        if found.quant is not None:
-            raise CheckError(f"{self.where}: {node.op} node {node.name!r}: {what} is "
-                             "quantized; check judges float models only: check the float "
-                             "model before quantization")
         return found
 
     def data_sources(self, node):
@@ -311,7 +315,8 @@ def read_conv(r, node):
                               bias=None if b is None else b.value,
                               kernel_shape=tuple(w.value.shape),
                               precision=narrowest(w.precision, b and b.precision),
-                              form="Conv"), node.inputs[0])
+                              form="Conv", quantized=quantized_params(
+                                  w, (out_c, -1), None, b, (out_c,))), node.inputs[0])
 
 
 def read_dense(r, node):
@@ -340,9 +345,12 @@ def read_dense(r, node):
         if bias.size != weight.shape[0]:
             raise CheckError(f"{r.where}: Gemm node {name!r}: bias of {bias.size} values "
                              f"for {weight.shape[0]} outputs")
+    layout = None if a.get("transB", 0) else np.transpose
     r.add_unit(node, DenseUnit(name=name, weight=weight, bias=bias,
                                precision=narrowest(w.precision, b and b.precision),
-                               form=node.op), node.inputs[0])
+                               form=node.op, quantized=quantized_params(
+                                   w, weight.shape, layout, b, (weight.shape[0],))),
+               node.inputs[0])
 
 
 def read_batchnorm(r, node):
@@ -388,7 +396,11 @@ def read_affine(r, node):
         chain = Chain(None, r.sources.get(data, frozenset()), axis)
     if chain.position is None:
         chain.position = (chain.owner.order if chain.owner is not None else len(r.units)) + 0.5
-    chain.extend(node, Constant(vector, const.precision), const_first)
+    half, described = None, ""
+    if const.quant is not None:
+        half = _per_channel(const.quant.steps(np.shape(const.value)), axis) / 2
+        described = const.quant.describe()
+    chain.extend(node, Constant(vector, const.precision), const_first, half, described)
     r.chains[node.outputs[0]] = chain
     r.sources[node.outputs[0]] = frozenset([chain])
 
@@ -425,6 +437,35 @@ def read_graph(graph, where):
     return finish_chains(r.units, r.chains, where)
 
 
+def quantized_params(w, w_shape, layout, b, b_shape):
+    """``{"weight": QuantizedParam, "bias": ...}`` of a layer's quantized constants, in
+    the unit's layout (``w_shape`` after ``layout``, a transform of the stored array)."""
+    out = {}
+    for key, c, shape, transform in (("weight", w, w_shape, layout), ("bias", b, b_shape, None)):
+        if c is None or c.quant is None:
+            continue
+        param = quantized_param(c.quant, np.shape(c.value))
+        steps, saturated = param.steps, param.saturated
+        if transform is not None:
+            steps, saturated = transform(steps), transform(saturated)
+        out[key] = QuantizedParam(np.reshape(steps, shape), np.reshape(saturated, shape),
+                                  param.description)
+    return out
+
+
+def chain_quantized(chain, channels):
+    """The quantized steps of an affine chain's alpha and beta (twice the half steps
+    carried), or {} when no constant of the chain is quantized."""
+    if not chain.quantized:
+        return {}
+    out = {}
+    for key, half in (("alpha", chain.alpha_half), ("beta", chain.beta_half)):
+        steps = np.broadcast_to(2 * np.asarray(half, np.float64), (channels,)).copy()
+        out[key] = QuantizedParam(steps, np.zeros(channels, bool),
+                                  " and ".join(sorted(chain.quantized)))
+    return out
+
+
 def finish_chains(units, chains, where):
     """Chains become biases or affine batchnorms; sources resolve to units."""
     final = list(dict.fromkeys(chains.values()))
@@ -435,14 +476,17 @@ def finish_chains(units, chains, where):
                                                                  np.size(chain.beta))
         alpha = np.broadcast_to(np.asarray(chain.alpha, np.float64), (channels,)).copy()
         beta = np.broadcast_to(np.asarray(chain.beta, np.float64), (channels,)).copy()
+        quantized = chain_quantized(chain, channels)
         if owner is not None and chain.additive_only and np.all(alpha == 1.0):
             owner.add_bias(beta, chain.precision)
             owner.form += " + Add"
+            if "beta" in quantized:
+                owner.quantized["bias"] = quantized["beta"]
             resolved[chain] = owner
             continue
         unit = AffineUnit(name=" + ".join(chain.names), alpha=alpha, beta=beta,
                           precision=chain.precision, form="/".join(dict.fromkeys(chain.ops)),
-                          order=chain.position)
+                          order=chain.position, quantized=quantized)
         resolved[chain] = unit
         units.append(unit)
 

@@ -6,7 +6,8 @@ initializers and ``Constant`` nodes become ``Constant``s (float16 and bfloat16
 tensors keep their precision), the other nodes ``OpNode``s with their
 attributes as Python values (``Cast``'s ``to`` as a dtype name), the graph
 inputs that are not initializers the data inputs in order.  Quantized graphs
-(``QUANTIZED_OPS``) are refused.  ``read_onnx`` = ``read_graph(onnx_graph(...))``.
+(QDQ, QOperator, dynamic) are rewritten by ``onnx_quantized.dequantized_graph`` into
+float ops on quantized constants.  ``read_onnx`` = ``read_graph(onnx_graph(...))``.
 """
 import os
 
@@ -15,12 +16,8 @@ import numpy as np
 from ..._extras import missing_package
 from ..._validate import error_text
 from .graph import Constant, OpGraph, OpNode, read_graph
+from .onnx_quantized import dequantized_graph
 from .units import CheckError
-
-#: Node types of quantized graphs, which check does not judge yet.
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
-
 
 def import_onnx(what):
     try:
@@ -115,11 +112,6 @@ def onnx_graph(model, where):
     """The ``OpGraph`` of an ``onnx.ModelProto``."""
     onnx, _ = import_onnx(where)
     graph = model.graph
-    quantized = [n for n in graph.node if n.op_type in QUANTIZED_OPS]
-    if quantized:
-        raise CheckError(f"{where}: a quantized graph ({quantized[0].op_type} node "
-                         f"{quantized[0].name!r}); check judges float models only: check the "
-                         "float model before quantization")
     constants = {t.name: tensor_constant(t, where) for t in graph.initializer}
     nodes = []
     for node in graph.node:
@@ -139,4 +131,4 @@ def onnx_graph(model, where):
 
 def read_onnx(model, where):
     """``ModelUnits`` of an ``onnx.ModelProto``."""
-    return read_graph(onnx_graph(model, where), where)
+    return read_graph(dequantized_graph(onnx_graph(model, where), where), where)

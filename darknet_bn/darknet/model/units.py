@@ -25,8 +25,8 @@ are ``NormUnit``s.  Shared fields (``Unit``): ``name``, ``precision``, ``form``
 (how the model writes it: node types, module class), ``sources`` (graph
 readers: the units or inputs feeding it), ``order`` (position in the model),
 ``cfg_index`` (a cfg layer index its name carries), ``stored`` (a torch
-module's tensors as they are, for writing ``.weights``) and ``module`` (the
-live torch module).
+module's tensors as they are, for writing ``.weights``), ``module`` (the
+live torch module) and ``quantized`` (the quantized parameters' steps).
 """
 import re
 from dataclasses import dataclass, field
@@ -39,8 +39,11 @@ class CheckError(ValueError):
     """The converted model cannot be read or paired with the Darknet layers."""
 
 
-#: Unit roundoff of each storage precision (half an ulp at 1).
-UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+#: Unit roundoff of each storage precision (half an ulp at 1); for int8 (any linear
+#: quantization), half a step of a full-range value (1/254, about ``2**-8``), used to
+#: order precisions: a quantized parameter is judged by its own steps (``quantized``).
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8,
+                 "int8": 2.0 ** -8}
 
 #: The model input, as a data-flow source (the cfg's side, and a model with one input).
 MODEL_INPUT = "input"
@@ -106,6 +109,8 @@ class Unit:
     cfg_index: object = None
     stored: dict = field(default_factory=dict)
     module: object = None
+    #: quantized parameters ("weight", "bias", "alpha", "beta") -> ``QuantizedParam``
+    quantized: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if type(self) in (Unit, LinearUnit, NormUnit):
