@@ -345,8 +345,9 @@ def locate_scaled(stream, helds, layouts=("",)):
 
 
 def searchable(held):
-    """Whether ``held`` can be looked up (folded weights: float32 only)."""
-    return not held.scaled or held.precision == "float32"
+    """Whether ``held`` can be looked up: float values (``MIN_RUN``'s precisions, not
+    quantized integers), and folded weights in float32 only."""
+    return held.precision in MIN_RUN and (not held.scaled or held.precision == "float32")
 
 
 def locate(stream, helds, expected):

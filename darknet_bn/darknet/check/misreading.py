@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..misreads import (VARIANTS, WORD, Held, Stream, darknet_start, explain, read_record,
-                        reads_exactly, search, searchable)
+from ..misreads import (MIN_RUN, VARIANTS, WORD, Held, Stream, darknet_start, explain,
+                        read_record, reads_exactly, search, searchable)
 from ..model import AffineUnit, BatchNormUnit, ConvUnit
 
 #: A layer's diagnosis that names no known mistake starts with this.
@@ -65,7 +65,12 @@ def not_searched(pair):
     """What of ``pair`` the misread search cannot look up ("" when it can look up
     everything): folded float16/bfloat16 weights, a batchnorm written as Mul/Add."""
     parts = []
-    if not all(searchable(h) for h in held_tensors(pair)):
+    helds = held_tensors(pair)
+    quantized = sorted({h.precision for h in helds if h.precision not in MIN_RUN})
+    if quantized:
+        parts.append(f"its {'/'.join(quantized)} parameters: quantized values hold no "
+                     "runs of the file's floats")
+    elif not all(searchable(h) for h in helds):
         parts.append(f"its folded weights: they are {pair.conv.precision} (searched only "
                      "in float32)")
     if isinstance(pair.bn, AffineUnit):
