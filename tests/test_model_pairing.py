@@ -341,3 +341,22 @@ def test_state_dict_name_disagreeing_with_shapes_is_a_finding(files):
     assert "carries layer 18" in rows[13].pairing
     assert "carries layer 13" in rows[18].pairing
     assert all(r.pairing == "" for r in report.layers if r.index not in (13, 18))
+
+
+def test_trace_follows_route_groups(tmp_path):
+    """yolov4-tiny's ``[route] groups=2 group_id=1`` (``torch.chunk`` in the port): the
+    traced graph pairs every layer, each conv with its own module."""
+    fork = "alexeyab"
+    cfg = _ports.CFG.parent / "yolov4-tiny.cfg"
+    path = tmp_path / "yolov4-tiny.weights"
+    models.synthesize_weights(cfg, fork, path, SEEDS[fork])
+    model, net = models.build(cfg, path, fork)
+    units = read_model(model, net=net)
+    assert units.graph and units.notes == []
+    assert any(spec.section == "route" and spec.groups > 1 for spec in net.layers)
+    pairing = pair_model(net, units, strict=True)
+    assert not pairing.missing and not pairing.extra
+    for pair in pairing.pairs:
+        conv, _ = model.modules_of(pair.spec.index)
+        assert pair.conv.module is conv, pair.spec.index
+    assert check_model(model, cfg, path, dialect=fork).ok

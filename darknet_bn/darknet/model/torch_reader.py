@@ -228,8 +228,7 @@ def trace_module(module, shape, names):
     (``cat``, ``add``, slicing, pooling, upsampling...).  The forward runs in eval
     mode under ``no_grad`` on the model's device and dtype, on one intra-op thread;
     every submodule's ``training`` flag, every buffer and torch's thread count are
-    restored.  ``TraceError`` when the forward
-    raises."""
+    restored.  ``TraceError`` when the forward raises."""
     import torch
     param = next((p for p in module.parameters() if p.is_floating_point()), None)
     device = param.device if param is not None else torch.device("cpu")
