@@ -118,11 +118,11 @@ def test_module_rows_hold_the_large_shape_to_its_floor(monkeypatch):
         floor = r["target"] == 1.10
         assert ("fresh output + exact reference kernel" in r["what"]) == floor
         assert ("nn.BatchNorm2d eval" in r["note"]) == floor
-        assert "| met |" in targets.report([r], 1, "", "") or "NOT MET" in targets.report(
-            [r], 1, "", "")
+    text = targets.report(rows, 1, "", "")
+    assert text.count("<= 1.10x") == 3 and text.count("<= 2.00x") == 3
 
 
-def test_floor_call_writes_the_modules_bits():
+def test_floor_call_writes_the_modules_bits(monkeypatch):
     """The floor the module is held to computes what the module computes (same kernel,
     same bits), so the ratio compares equal work."""
     torch = pytest.importorskip("torch")
@@ -144,11 +144,8 @@ def test_floor_call_writes_the_modules_bits():
         captured["out"] = real(n, offset)
         return captured["out"]
     run = targets.module_floor_call(shape, "alexeyab")
-    fused.placed_empty = keep
-    try:
-        run()
-    finally:
-        fused.placed_empty = real
+    monkeypatch.setattr(fused, "placed_empty", keep)
+    run()
     assert np.array_equal(captured["out"].view(np.int32), y.view(np.int32))
 
 
@@ -172,11 +169,8 @@ def test_offset_sweep_rows_have_min_median_max_and_the_rerun_rule(monkeypatch):
     monkeypatch.setattr(offsets, "SHORT_OFFSETS", (0, 64, 2048, 4032))
     monkeypatch.setattr(offsets, "CALLS", {"small": 2, "large": 2})
     monkeypatch.setattr(offsets, "LIMIT", 0.5)          # every row takes the rerun path
-    torch_present = True
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        torch_present = False
+    import importlib.util
+    torch_present = importlib.util.find_spec("torch") is not None
     rows = offsets.measure([(2, 8, 3, 3)], ["alexeyab", "hankai"], 1, fast=True,
                            progress=None)
     impls = ("layer", "module") if torch_present else ("layer",)

@@ -32,7 +32,7 @@ def at_offset(values, offset):
 def data(shape):
     print(f"seed {SEED}")
     rng = np.random.default_rng(SEED)
-    n, c = shape[0], shape[1]
+    c = shape[1]
     x = (rng.standard_normal(shape) * rng.uniform(0.5, 3, (1, c) + (1,) * (len(shape) - 2))
          + rng.normal(0, 2, (1, c) + (1,) * (len(shape) - 2))).astype(np.float32)
     delta = rng.standard_normal(shape).astype(np.float32)
