@@ -18,7 +18,11 @@ module: darknet_bn.torch.DarknetBatchNorm2d (train: module(x).backward(delta) th
         the same way (eps 1e-5, momentum the fork's rolling factor), same torch thread
         count.
 
-After the default sweep (no ``--shape``), the target table (``targets.py``): each
+After the default sweep (no ``--shape``): the offset sweep (``offsets.py``: the
+layer and the module with the input and delta at each page offset; min, median and
+max over offsets, target: worst offset <= 1.05x the best; ``--offsets fast`` for 8
+offsets and 15 calls everywhere, ``--offsets none`` to skip it, ``--offsets full``
+to run it with ``--shape`` too), then the target table (``targets.py``): each
 target row with its ratio, its target and whether it is met, and the load
 average; ``--targets-only`` runs just that table, ``--no-targets`` skips it.
 
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import targets
+from . import offsets, targets
 from ._common import (DARKNET_C_MS, DIALECT_NAMES, IMPLS, SHAPES, implementations,
                       load_average, paired_ratio, parse_shape, round_robin, shape_str, threads)
 
@@ -154,6 +158,9 @@ def main(argv=None):
                         help="only the target table (targets.py), no sweep")
     parser.add_argument("--no-targets", action="store_true",
                         help="the sweep without the target table")
+    parser.add_argument("--offsets", choices=("full", "fast", "none"), default=None,
+                        help="the offset sweep (offsets.py); default: full in the default "
+                        "run (no --shape, not --targets-only), else none")
     args = parser.parse_args(argv)
     import darknet_bn
     darknet_bn.warmup()
@@ -177,6 +184,20 @@ def main(argv=None):
     if results:
         print()
         print(report(results, nthreads))
+    sweep_mode = args.offsets or ("full" if not (args.shape or args.targets_only) else "none")
+    if sweep_mode != "none":
+        print("\n### Offset sweep (rows as they finish)", flush=True)
+        before = load_average()
+        rows = offsets.measure(args.shape or SHAPES, args.dialect or DIALECT_NAMES, nthreads,
+                               tuple(args.mode or ("train", "infer")),
+                               fast=sweep_mode == "fast",
+                               progress=lambda line: print(line, flush=True))
+        print()
+        print(offsets.report(rows, nthreads, before, load_average()), flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).with_name(Path(args.json).stem + "-offsets.json").write_text(
+                json.dumps(rows, indent=1))
     if args.targets_only or not (args.no_targets or args.shape):
         rows = targets.measure(targets.GROUPS, nthreads)
         print(targets.report(rows, nthreads, load_before, load_average()))

@@ -5,7 +5,11 @@ Rows (each pair runs in one process, interleaved, same thread count for Numba
 and torch):
 
 - module eval: ``DarknetBatchNorm2d(c, dialect=...)`` in ``eval()`` under
-  ``torch.no_grad()`` against ``nn.BatchNorm2d`` run the same way.
+  ``torch.no_grad()``: on 1x256x13x13 against ``nn.BatchNorm2d`` run the same way; on
+  8x128x52x52 against its floor, what the module must do at least: a fresh output
+  allocation (placed as the module places it) plus the exact reference kernel into
+  it.  (The earlier target there, <= 1.5x of ``nn.BatchNorm2d``'s call, is below that
+  floor: the kernel alone measured 1.58 - 1.89x of nn's call.)
 - model: the layer structure of ``data/golden/cfg/alexeyab/yolov4-tiny.cfg``
   (``cfg_model.CfgNet``: ``nn.Conv2d`` + ``nn.BatchNorm2d`` + leaky, routes, maxpools,
   upsample) against the same model after ``darknet_bn.torch.convert_batchnorm``;
@@ -14,7 +18,10 @@ and torch):
   reference kernel (``exact_reference.exact_infer``: one pass, no checks), the two
   outputs compared bitwise on every run.
 - FC train: ``BatchNormLayer`` forward(train=True) + backward(train=True) against
-  ``F.batch_norm(training=True)`` + autograd backward, h = w = 1.  "alone": a fresh
+  ``F.batch_norm(training=True)`` + autograd backward, h = w = 1.  An open target: the
+  row also gives the division's share, two passes of one exact double division
+  (normalize_cpu, normalize_delta_cpu's first term) timed beside it, as a share of
+  the step and of PyTorch's step.  "alone": a fresh
   process that runs only these rows; "inside the run": this process, after whatever ran
   before (the full ``make bench`` sweep).
 - torch (the forks whose normalize_cpu divides in float, ``Dialect.float_overloads``:
@@ -51,8 +58,9 @@ CFG_FORK = "alexeyab"
 CFG = ROOT / "data" / "golden" / "cfg" / CFG_FORK / "yolov4-tiny.cfg"
 GROUPS = ("module", "model", "layer", "fc", "torch")
 
-#: (group, what, shape, target ratio, statistic)
-MODULE_ROWS = (((1, 256, 13, 13), 2.0), ((8, 128, 52, 52), 1.5))
+#: (shape, target ratio, what the module is compared with: "nn" = nn.BatchNorm2d's eval
+#: call, "floor" = a fresh output allocation + the exact reference kernel into it)
+MODULE_ROWS = (((1, 256, 13, 13), 2.0, "nn"), ((8, 128, 52, 52), 1.10, "floor"))
 LAYER_ROWS = (((16, 64, 28, 28), 1.05), ((4, 128, 104, 104), 1.05))
 FC_ROWS = (((256, 1024, 1, 1), 1.0), ((64, 4096, 1, 1), 1.0))
 MODEL_TARGET = 1.03
@@ -73,21 +81,48 @@ def row(group, what, shape, dialect, ta, tb, target, stat, note=""):
 # --------------------------------------------------------------------------
 def module_rows(nthreads, rounds=15, inner=20):
     out = []
-    for shape, target in MODULE_ROWS:
+    for shape, target, against in MODULE_ROWS:
         for dialect in DIALECT_NAMES:
             module = torch_module_impl(shape, dialect, nthreads, True)
             nn = torch_module_impl(shape, dialect, nthreads, False)
             if not module or not nn:
                 return out
-            ta, tb = round_robin({"module": module["infer"], "nn": nn["infer"]}, rounds,
-                                 inner).values()
-            floors = module_floors(shape, dialect, rounds, inner)
-            out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval", shape,
-                           dialect, ta, tb, target, "min",
-                           note=f"floors: exact reference kernel {floors[0]:.3f} ms = "
-                           f"{floors[0] / (min(tb) * 1e3):.2f}x nn's call; copy of the tensor "
-                           f"{floors[1]:.3f} ms"))
+            if against == "nn":
+                ta, tb = round_robin({"module": module["infer"], "nn": nn["infer"]}, rounds,
+                                     inner).values()
+                floors = module_floors(shape, dialect, rounds, inner)
+                out.append(row("module", "DarknetBatchNorm2d eval / nn.BatchNorm2d eval",
+                               shape, dialect, ta, tb, target, "min",
+                               note=f"floors: exact reference kernel {floors[0]:.3f} ms = "
+                               f"{floors[0] / (min(tb) * 1e3):.2f}x nn's call; copy of the "
+                               f"tensor {floors[1]:.3f} ms"))
+                continue
+            floor = module_floor_call(shape, dialect)
+            ta, tb, tn = round_robin({"module": module["infer"], "floor": floor,
+                                      "nn": nn["infer"]}, rounds, inner).values()
+            out.append(row("module", "DarknetBatchNorm2d eval / (fresh output + exact "
+                           "reference kernel)", shape, dialect, ta, tb, target, "min",
+                           note=f"nn.BatchNorm2d eval {min(tn) * 1e3:.3f} ms: module "
+                           f"{min(ta) / min(tn):.2f}x, floor {min(tb) / min(tn):.2f}x of it"))
     return out
+
+
+def module_floor_call(shape, dialect):
+    """What the module's eval call must do at least: allocate its output (as the module
+    does: ``fused.placed_empty`` half a page from the input) and run the exact reference
+    kernel into it (no ``x`` copy, no checks, no torch)."""
+    from darknet_bn import fused
+    from .exact_reference import exact_infer
+    x, _, scales, biases, rmean, rvar = make_data(shape)
+    n, c, h, w = shape
+    src = x.reshape(-1)
+    away = fused.far_offset((fused.page_offset(src.__array_interface__["data"][0]),))
+    code = get_dialect(dialect).code
+
+    def run():
+        out = fused.placed_empty(src.size, away)
+        exact_infer(src, out, out, rmean, rvar, scales, biases, n, c, h * w, code, 0)
+    return run
 
 
 def module_floors(shape, dialect, rounds, inner):
@@ -181,11 +216,34 @@ def fc_rows(nthreads, where, rounds=9, inner=10):
             fns = implementations(shape, dialect, nthreads, ("fused", "torch"))
             if "train" not in fns["torch"]:
                 return out
-            ta, tb = round_robin({name: fns[name]["train"] for name in ("fused", "torch")},
-                                 rounds, inner).values()
+            ta, tb, td = round_robin({"fused": fns["fused"]["train"],
+                                      "torch": fns["torch"]["train"],
+                                      "division": division_pass(shape, dialect)},
+                                     rounds, inner).values()
+            two = 2 * min(td)
             out.append(row("fc", f"BatchNormLayer train step / torch ({where})", shape,
-                           dialect, ta, tb, target, "median"))
+                           dialect, ta, tb, target, "median",
+                           note=f"open; division's share: two exact division passes "
+                           f"{two * 1e3:.3f} ms = {two / min(ta):.0%} of the step, "
+                           f"{two / min(tb):.0%} of torch's"))
     return out
+
+
+def division_pass(shape, dialect):
+    """One exact division pass over the tensor (``fused.forward_infer`` without the
+    ``x`` copy: read, C's division by the channel's denominator, scale, bias, write):
+    the cost of each of the train step's two divisions per element."""
+    from darknet_bn import fused
+    layer, x, _ = make_layer(shape, dialect, "fused")
+    out = np.empty_like(x)
+    workspace = fused.Workspace()
+    s = layer.buffers()
+    args = (x, out, out, s["rolling_mean"], s["rolling_variance"], s["scales"], s["biases"],
+            layer.batch, layer.c, layer.h * layer.w, layer.dialect, workspace, 0)
+
+    def run():
+        fused.forward_infer(*args)
+    return run
 
 
 def torch_rows(nthreads, rounds=9, inner=5):

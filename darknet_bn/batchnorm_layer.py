@@ -245,7 +245,7 @@ class _Struct:
         # when the caller does not pass one, so backward allocates nothing.
         names = FIELDS + (("net_delta",) if layer_type == "batchnorm" else ())
         sizes = [c if name in CHANNEL_FIELDS else batch * self.outputs for name in names]
-        starts, total = _layout(sizes)
+        starts, total = _layout(sizes, [PAGE_OFFSETS[name] for name in names])
         raw = np.zeros(total + _ALIGN, dtype=np.float32)
         skip = (-raw.__array_interface__["data"][0]) % (4 * _ALIGN) // 4   # 64-byte aligned
         self.block = raw[skip:skip + total]
@@ -263,30 +263,41 @@ class _Struct:
 
 _ALIGN = 16                 # floats: the block starts on a 64-byte boundary
 _PAGE = 1024                # floats: 4 KiB, the address period of L1 sets and 4K aliasing
-_STAGGER = 64               # floats: 256 bytes between the page offsets of successive buffers
+
+#: Where each buffer starts in a 4 KiB page, in floats, relative to the block's start
+#: (``_layout``).  The tensor buffers sit 64 bytes apart, each stored stream at or
+#: *below* the streams the same pass loads at the same index (mod 4 KiB): forward
+#: loads ``output`` (in place) and stores ``x``, ``x_norm``, ``output``; the backward's
+#: normalize pass loads ``x`` and ``delta`` (in place) and stores ``delta`` and
+#: ``net_delta``.  The per-channel buffers follow from 1 KiB on, 256 bytes apart.
+PAGE_OFFSETS = dict({"output": 0, "x": -16, "delta": -32, "x_norm": -48, "net_delta": -64},
+                    **{name: 256 + 64 * i for i, name in enumerate(CHANNEL_FIELDS)})
 
 
 def _padded(size):
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _layout(sizes):
+def _layout(sizes, offsets):
     """``(starts, total)``: where each buffer begins in the block, and the block's size.
 
     Buffer ``i`` begins at the first position after buffer ``i - 1`` whose offset in
-    a 4 KiB page is ``i * 256`` bytes (mod 4 KiB), so no two of the 15 buffers share
-    a page offset (each start is 256-byte aligned).  Packed end to end, buffers whose
-    sizes are multiples of 4 KiB (e.g. ``c = 1024``, or ``batch*c*h*w`` a multiple of
-    1024) would all begin at the same page offset, and a kernel that stores to one
-    (``mean_delta[i]``) and then loads the same index of another (``x[j*c + i]``) hits
-    4K aliasing (the load waits for the unrelated store) and competes for the same
-    L1 sets: the FC-like train steps (256,1024,1,1) and (64,4096,1,1) took 1.06 -
-    1.28x as long packed (docs/benchmarks.md, "Buffer placement").  The cost is at
-    most 4 KiB of padding per buffer.
+    a 4 KiB page is ``offsets[i]`` floats (mod 4 KiB; ``PAGE_OFFSETS``), so no two
+    buffers share a page offset (each start is 64-byte aligned).  Packed end to end,
+    buffers whose sizes are multiples of 4 KiB (e.g. ``c = 1024``, or ``batch*c*h*w``
+    a multiple of 1024) would all begin at the same page offset, and a kernel that
+    stores to one (``mean_delta[i]``) and then loads the same index of another
+    (``x[j*c + i]``) hits 4K aliasing (the load waits for an unrelated store with the
+    same low 12 address bits) and competes for the same L1 sets: the FC-like train
+    steps (256,1024,1,1) and (64,4096,1,1) took 1.06 - 1.28x as long packed.  A
+    stored stream a little *after* a loaded one (0 < store - load < ~700 bytes mod
+    4 KiB) hits the same stall on every element; ``PAGE_OFFSETS`` keeps each pass's
+    stores at or below its loads (docs/benchmarks.md, "Buffer placement", "Input
+    placement").  The cost is at most 4 KiB of padding per buffer.
     """
     starts, pos = [], 0
-    for i, size in enumerate(sizes):
-        pos += (i * _STAGGER - pos) % _PAGE
+    for offset, size in zip(offsets, sizes):
+        pos += (offset - pos) % _PAGE
         starts.append(pos)
         pos += size
     return starts, _padded(pos)
@@ -383,7 +394,9 @@ class BatchNormLayer:
                              f"layer_type={dialect.layer_types[0]!r}")
         kernel = _check_kernel(routine, DEFAULT_KERNEL if kernel is None else kernel)
         n = batch * c * h * w
-        floats = _layout([n] * (len(TENSOR_FIELDS) + 1) + [c] * len(CHANNEL_FIELDS))[1]
+        names = FIELDS + ("net_delta",)
+        floats = _layout([c if name in CHANNEL_FIELDS else n for name in names],
+                         [PAGE_OFFSETS[name] for name in names])[1]
         if (floats + _ALIGN) * np.dtype(np.float32).itemsize > np.iinfo(np.intp).max:
             raise ValueError(f"{routine}: batch*c*h*w = {batch}*{c}*{h}*{w} = "
                              f"{n} floats per buffer cannot be allocated; use smaller "

@@ -883,3 +883,66 @@ def backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_upd
         _backward(dsrc, delta, net_delta, x, x_norm, mean, variance, scales, bias_updates,
                   scale_updates, mean_delta, variance_delta, batch, filters, spatial,
                   dialect.code, do_backward_bias, write_net_delta, groups(filters)[1])
+
+
+# --------------------------------------------------------------------------
+# Where a fresh store stream starts (4K aliasing)
+# --------------------------------------------------------------------------
+# The elementwise passes load one array (the caller's input or delta) and store
+# others at the same index.  When a stored array starts a little *after* a loaded
+# one in a 4 KiB page (0 < store - load < ~700 bytes, mod 4 KiB), a load is held
+# behind an unrelated earlier store whose address has the same low 12 bits (4K
+# aliasing): the same kernel took up to 1.2 - 1.4x as long (docs/benchmarks.md,
+# "Input placement").  Arrays the kernels allocate themselves (the torch ops' fresh
+# outputs, their x_norm scratch) therefore start half a page away from the arrays
+# they are computed from.  Buffers a user may hold views of are never moved.
+PAGE_BYTES = 4096
+_PAGE_FLOATS = PAGE_BYTES // 4
+_LINE = 64                                 # bytes: every placed start is cache-line aligned
+
+
+def far_offset(loads):
+    """The page offset (bytes, a multiple of 64) farthest, around the 4 KiB page, from
+    every page offset in ``loads`` (the arrays a pass loads): the middle of the largest
+    gap between them; half a page after a single one."""
+    if len(loads) == 1:
+        return (loads[0] + PAGE_BYTES // 2) % PAGE_BYTES // _LINE * _LINE
+    points = sorted({offset % PAGE_BYTES for offset in loads})
+    gaps = [((points[(i + 1) % len(points)] - p) % PAGE_BYTES or PAGE_BYTES, p)
+            for i, p in enumerate(points)]
+    gap, start = max(gaps)
+    return (start + gap // 2) % PAGE_BYTES // _LINE * _LINE
+
+
+def page_offset(address):
+    """``address % 4096``: where an address falls in its 4 KiB page."""
+    return address % PAGE_BYTES
+
+
+class PlacedBuffer:
+    """A reusable float32 buffer whose views can start at any page offset: it keeps
+    one page of slack and hands out ``view(n, offset)``.  Grows to the largest ``n``
+    asked for; views from before a growth stay valid (they keep the old memory)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self):
+        self.raw = np.empty(0, np.float32)
+
+    def view(self, n, offset):
+        if self.raw.shape[0] < n + _PAGE_FLOATS:
+            self.raw = np.empty(n + _PAGE_FLOATS, np.float32)
+        return placed_view(self.raw, n, offset)
+
+
+def placed_view(raw, n, offset):
+    """``n`` floats of ``raw`` (which has at least ``n + 1024``) starting at page
+    offset ``offset`` bytes (a multiple of 4)."""
+    skip = (offset - raw.__array_interface__["data"][0]) % PAGE_BYTES // 4
+    return raw[skip:skip + n]
+
+
+def placed_empty(n, offset):
+    """A new float32 array of ``n`` elements starting at page offset ``offset`` (one
+    page of slack; numpy's allocation, so large arrays get transparent huge pages)."""
+    return placed_view(np.empty(n + _PAGE_FLOATS, np.float32), n, offset)

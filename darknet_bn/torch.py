@@ -185,13 +185,20 @@ class _TorchThreads:
             torch.set_num_threads(self.n)
 
 
-def _empty_like(x):
-    """A new float32 tensor shaped like ``x``, allocated by numpy: numpy asks the kernel
-    for transparent huge pages on large arrays (``madvise(MADV_HUGEPAGE)``), so the
-    first touch of a fresh output costs about a quarter of torch's default allocation
-    (4 KiB page faults): 4.7 vs 19 ms to allocate and fill 88 MB here.  torch does the
-    same with ``THP_MEM_ALLOC_ENABLE=1``."""
-    return torch.from_numpy(np.empty(tuple(x.shape), np.float32))
+def _offset(t):
+    """Where the tensor ``t``'s data starts in its 4 KiB page (bytes)."""
+    return fused.page_offset(t.data_ptr())
+
+
+def _empty_like(x, offset):
+    """A new float32 tensor shaped like ``x`` whose data starts at page offset ``offset``
+    (``fused.far_offset`` of the arrays the kernel loads while storing it: no 4K
+    aliasing whatever the caller's placement), allocated by numpy: numpy asks the
+    kernel for transparent huge pages on large arrays (``madvise(MADV_HUGEPAGE)``), so
+    the first touch of a fresh output costs about a quarter of torch's default
+    allocation (4 KiB page faults): 4.7 vs 19 ms to allocate and fill 88 MB here.
+    torch does the same with ``THP_MEM_ALLOC_ENABLE=1``."""
+    return torch.from_numpy(fused.placed_empty(x.numel(), offset).reshape(tuple(x.shape)))
 
 
 _scratch = threading.local()
@@ -206,14 +213,15 @@ def _workspace():
         return _scratch.workspace
 
 
-def _scratch_buf(name, n):
-    """A per-thread float32 scratch buffer of ``n`` elements (``name``: "x_norm"),
-    grown to the largest ``n`` seen and reused: never allocated per call."""
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.shape[0] < n:
-        buf = np.empty(n, np.float32)
-        setattr(_scratch, name, buf)
-    return buf[:n]
+def _scratch_buf(name, n, offset):
+    """A per-thread float32 scratch buffer of ``n`` elements (``name``: "x_norm")
+    starting at page offset ``offset``, grown to the largest ``n`` seen and reused:
+    never allocated per call once grown."""
+    store = getattr(_scratch, name, None)
+    if store is None:
+        store = fused.PlacedBuffer()
+        setattr(_scratch, name, store)
+    return store.view(n, offset)
 
 
 class _XNormCache:
@@ -225,15 +233,17 @@ class _XNormCache:
     setting the ticket one step: a call that finds it taken (another thread using
     the same module) does without the buffer."""
 
-    __slots__ = ("buf", "ticket", "lock")
+    __slots__ = ("store", "buf", "ticket", "lock")
 
     def __init__(self):
+        self.store = fused.PlacedBuffer()
         self.buf = None
         self.ticket = None
         self.lock = threading.Lock()
 
     def drop(self):
         with self.lock:
+            self.store = fused.PlacedBuffer()
             self.buf = None
             self.ticket = None
 
@@ -275,7 +285,8 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
                  ("running_var", running_var)))
     keep, new = rolling_factors("batchnorm_train", momentum, num_batches_tracked)
     n = x.numel()
-    y = _empty_like(x)
+    away = fused.far_offset((_offset(x),))     # y and x_norm: half a page from x
+    y = _empty_like(x, away)
     mean = torch.empty(filters, dtype=_F32)
     variance = torch.empty(filters, dtype=_F32)
     rolling_mean = running_mean.clone()
@@ -295,14 +306,13 @@ def batchnorm_train(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     if entry is not None and entry.lock.acquire(blocking=False):
         try:
             entry.ticket = None
-            if entry.buf is None or entry.buf.shape[0] < n:
-                entry.buf = np.empty(n, np.float32)
-            run(entry.buf[:n])
+            entry.buf = entry.store.view(n, away)
+            run(entry.buf)
             entry.ticket = ticket
         finally:
             entry.lock.release()
     else:
-        run(_scratch_buf("x_norm", n))
+        run(_scratch_buf("x_norm", n, away))
     return (y, mean, variance, rolling_mean, rolling_variance,
             torch.tensor([ticket], dtype=torch.int64))
 
@@ -367,7 +377,9 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
         like_x=(("grad_output", grad_output),),
         vectors=(("mean", mean), ("variance", variance), ("weight", weight)))
     n = x.numel()
-    gx = _empty_like(x)
+    x_at, grad_at = _offset(x), _offset(grad_output)
+    x_norm_at = fused.far_offset((x_at,))      # where a recomputed x_norm goes
+    gx = _empty_like(x, fused.far_offset((x_at, grad_at, x_norm_at)))
     gw = torch.zeros(filters, dtype=_F32)
     gb = torch.zeros(filters, dtype=_F32)
     mean_delta = np.empty(filters, np.float32)
@@ -391,7 +403,7 @@ def batchnorm_train_backward(grad_output: Tensor, x: Tensor, mean: Tensor, varia
             entry.lock.release()
         if hit:
             return gx, gw, gb
-    x_norm = _scratch_buf("x_norm", n)
+    x_norm = _scratch_buf("x_norm", n, x_norm_at)
     _normalize(x, mean, variance, d, x_norm)
     run(x_norm)
     return gx, gw, gb
@@ -429,7 +441,7 @@ def batchnorm_infer(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     d, _ = _prepare("batchnorm_infer", x, dialect,
                     vectors=(("weight", weight), ("bias", bias),
                              ("running_mean", running_mean), ("running_var", running_var)))
-    y = _empty_like(x)
+    y = _empty_like(x, fused.far_offset((_offset(x),)))
     _infer(x, _buf(y), _buf(running_mean), _buf(running_var), _buf(weight), _buf(bias), d)
     return y
 
@@ -748,7 +760,7 @@ class _DarknetBatchNorm:
         implementation called directly (``batchnorm_infer`` without the dispatcher
         and its repeated checks; same kernel, same bits)."""
         params, buffers = self._parameters, self._buffers
-        y = _empty_like(x)
+        y = _empty_like(x, fused.far_offset((_offset(x),)))
         _infer(x, _buf(y), _buf(buffers["running_mean"]), _buf(buffers["running_var"]),
                _buf(params["weight"]), _buf(params["bias"]), self.dialect)
         return y

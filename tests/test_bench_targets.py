@@ -98,3 +98,99 @@ def test_report_states_target_and_verdict():
     assert "| 2.00x (min 2.00x, median 2.00x) | median of 5 | <= 1.00x | NOT MET |" in text
     assert "| 1.00x (min 1.00x, median 1.00x) | min of 5 | <= 1.05x | met |" in text
     assert "1 of 2 target rows met" in text and "load average" in text
+
+
+def test_module_rows_hold_the_large_shape_to_its_floor(monkeypatch):
+    """The module group: the small shape against nn.BatchNorm2d (<= 2.0x), the large one
+    against a fresh output + the exact reference kernel (<= 1.10x), every fork."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(targets, "MODULE_ROWS", (((1, 4, 3, 3), 2.0, "nn"),
+                                                 ((2, 8, 5, 5), 1.10, "floor")))
+    threads = torch.get_num_threads()
+    try:
+        rows = targets.module_rows(1, rounds=1, inner=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["dialect"], tuple(r["shape"]), r["target"]) for r in rows] == [
+        (d, s, t) for s, t in (((1, 4, 3, 3), 2.0), ((2, 8, 5, 5), 1.10))
+        for d in ("pjreddie", "alexeyab", "hankai")]
+    for r in rows:
+        floor = r["target"] == 1.10
+        assert ("fresh output + exact reference kernel" in r["what"]) == floor
+        assert ("nn.BatchNorm2d eval" in r["note"]) == floor
+    text = targets.report(rows, 1, "", "")
+    assert text.count("<= 1.10x") == 3 and text.count("<= 2.00x") == 3
+
+
+def test_floor_call_writes_the_modules_bits(monkeypatch):
+    """The floor the module is held to computes what the module computes (same kernel,
+    same bits), so the ratio compares equal work."""
+    torch = pytest.importorskip("torch")
+    from darknet_bn import fused
+    from darknet_bn.torch import DarknetBatchNorm2d
+    from benchmarks._common import make_data
+    shape = (2, 8, 5, 5)
+    x, _, scales, biases, rmean, rvar = make_data(shape)
+    module = DarknetBatchNorm2d(8, dialect="alexeyab").eval()
+    with torch.no_grad():
+        for t, v in ((module.weight, scales), (module.bias, biases),
+                     (module.running_mean, rmean), (module.running_var, rvar)):
+            t.copy_(torch.from_numpy(v))
+        y = module(torch.from_numpy(x)).numpy().reshape(-1)
+    captured = {}
+    real = fused.placed_empty
+
+    def keep(n, offset):
+        captured["out"] = real(n, offset)
+        return captured["out"]
+    run = targets.module_floor_call(shape, "alexeyab")
+    monkeypatch.setattr(fused, "placed_empty", keep)
+    run()
+    assert np.array_equal(captured["out"].view(np.int32), y.view(np.int32))
+
+
+def test_fc_rows_report_the_division_share(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(targets, "FC_ROWS", (((8, 16, 1, 1), 1.0),))
+    threads = torch.get_num_threads()
+    try:
+        rows = targets.fc_rows(1, "alone", rounds=1, inner=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["dialect"] for r in rows] == ["pjreddie", "alexeyab", "hankai"]
+    assert all("open; division's share: two exact division passes" in r["note"]
+               and r["target"] == 1.0 for r in rows)
+
+
+def test_offset_sweep_rows_have_min_median_max_and_the_rerun_rule(monkeypatch):
+    """The offset sweep's table: one row per impl, mode, fork; min <= median <= max over
+    the offsets; a row over the limit is re-timed three times and the median counts."""
+    from benchmarks import offsets
+    monkeypatch.setattr(offsets, "SHORT_OFFSETS", (0, 64, 2048, 4032))
+    monkeypatch.setattr(offsets, "CALLS", {"small": 2, "large": 2})
+    monkeypatch.setattr(offsets, "LIMIT", 0.5)          # every row takes the rerun path
+    import importlib.util
+    torch_present = importlib.util.find_spec("torch") is not None
+    rows = offsets.measure([(2, 8, 3, 3)], ["alexeyab", "hankai"], 1, fast=True,
+                           progress=None)
+    impls = ("layer", "module") if torch_present else ("layer",)
+    assert [(r["dialect"], r["mode"], r["impl"]) for r in rows] == [
+        (d, m, i) for d in ("alexeyab", "hankai") for m in ("train", "infer") for i in impls]
+    for r in rows:
+        assert r["offsets"] == 4 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert len(r["rerun_ratios"]) == 3
+        assert r["ratio"] == sorted(r["rerun_ratios"])[1]
+    text = offsets.report(rows, 1, "", "")
+    assert text.count("| 2x8x3x3 |") == len(rows)
+
+
+@pytest.mark.parametrize("offset", [0, 16, 64, 2048, 4032])
+def test_offset_sweep_places_the_input_where_it_says(offset):
+    from benchmarks import offsets
+    values = np.arange(3000, dtype=np.float32).reshape(3, 1000)
+    placer = offsets.Placed(values)
+    a = placer.at(offset)
+    assert offsets.page_offset(a) == offset and np.array_equal(a, values)
+    b = placer.at((offset + 1024) % 4096)          # the same allocation, rewritten
+    assert offsets.page_offset(b) == (offset + 1024) % 4096 and np.array_equal(b, values)
+    assert np.shares_memory(a, placer.raw) and np.shares_memory(b, placer.raw)
