@@ -328,8 +328,9 @@ def test_bfloat16_module_and_mul_add_batchnorm(tmp_path):
     model, net, cfg, path = _loaded(tmp_path, fork, header_ints=4)
     layers, _ = _bn_layers(fork)
     graph = batchnorm_as_mul_add(export(model, net.w, fold=False))
-    # layer 11 ([connected] + BatchNorm1d rewritten as Mul/Add) fails in that form even
-    # when loaded correctly, with no misread: only the conv layers are expected there
+    # layer 11 ([connected] + BatchNorm1d) is left out there: batchnorm_as_mul_add writes
+    # its constants as (1, C, 1, 1), which broadcast against the dense output (N, C)
+    # into another tensor, so that graph computes no batchnorm and fails, rightly
     for form, converted, covered in (("bfloat16 module", model.to(torch.bfloat16), layers),
                                      ("Mul/Add batchnorm", graph, layers[:-1])):
         report = check_model(converted, cfg, path, dialect=fork)
