@@ -171,16 +171,17 @@ def test_weights_load_and_save_of_an_out_of_order_port(fork, files, tmp_path):
 # --------------------------------------------------------------------------
 # ONNX graphs with several inputs
 # --------------------------------------------------------------------------
-def _per_layer_graph(net, port, seed):
+def _per_layer_graph(net, port, seed, skip=()):
     """One ONNX graph holding every conv layer of the port as its own piece: its own
     graph input, Conv, BatchNormalization (where the layer has one), LeakyRelu, its own
-    output; the pieces and the inputs in an order shuffled with ``seed``."""
+    output; the pieces and the inputs in an order shuffled with ``seed``; the layers
+    in ``skip`` left out."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = random.Random(seed)
     print(f"_per_layer_graph: seed {seed}")
     nodes, inits, inputs, outputs = [], [], [], []
-    indices = list(_ports.CFG_LAYERS)
+    indices = [i for i in _ports.CFG_LAYERS if i not in skip]
     rng.shuffle(indices)
     for i in indices:
         spec, block = net.layers[i], port.block_of(i)
@@ -254,9 +255,26 @@ def test_subgraph_cut_from_the_middle_pairs_every_layer_in_it(fork, cut, files, 
         weight = conv.weight.detach().double().numpy().reshape(conv.out_channels, -1)
         assert _proportional(p.conv.weight, weight) <= PROPORTIONAL, p.spec.index
     report = check_model(str(part), _ports.CFG, files[fork], dialect=fork)
-    assert all(r.ok for r in report.layers if r.index in inside)
-    assert {r.index for r in report.layers if r.form == "missing"} == \
-        {r.index for r in report.layers} - set(inside)
+    assert report.ok, str(report)
+    assert sorted(r.index for r in report.layers) == \
+        sorted(i for i in inside if net.layers[i].bn_channels)
+    outside = {s.index for s in pairing.outside}
+    assert pairing.missing == [] and outside == \
+        {s.index for s in net.layers if s.section == "convolutional"} - set(inside)
+    assert any("piece of the network" in n for n in report.notes), report.notes
+
+
+def test_a_layer_missing_between_paired_ones_still_fails(files):
+    """In a graph that is a piece of the network, a layer the graph lacks between paired
+    layers is missing (a failing row), not outside: the per-layer graph without layer
+    14, whose cfg neighbours 13 and 15 are there."""
+    fork = "alexeyab"
+    net, good, _ = _ports_of(fork, files[fork])
+    proto = _per_layer_graph(net, good, seed=SEEDS[fork], skip=(14,))
+    report = check_model(proto, _ports.CFG, files[fork], dialect=fork)
+    assert not report.ok
+    assert [r.index for r in report.layers if not r.ok] == [14], str(report)
+    assert [r.form for r in report.layers if r.index == 14] == ["missing"]
 
 
 # --------------------------------------------------------------------------

@@ -208,8 +208,18 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
              for u, reaches in pairing.extra]
     ok = all(row.ok for row in rows) and not any(x.in_data_path for x in extra)
     return CheckReport(ok=ok, dialect=fork.name, source=model.source, tolerance=TOLERANCE,
-                       layers=rows, extra=extra, notes=list(model.notes),
+                       layers=rows, extra=extra, notes=list(model.notes) + outside_note(pairing),
                        findings=findings, limits=precision_limits(rows, fork))
+
+
+def outside_note(pairing):
+    """A note naming the cfg layers outside a graph that is a piece of the network
+    (``Pairing.outside``): not judged, not failing."""
+    if not pairing.outside:
+        return []
+    layers = ", ".join(str(s.index) for s in pairing.outside)
+    return [f"the graph is a piece of the network (its inputs stand for inner tensors): "
+            f"cfg layers {layers} lie outside it and are not judged"]
 
 
 def precision_limits(rows, dialect):

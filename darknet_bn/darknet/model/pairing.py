@@ -74,11 +74,13 @@ class Pair:
 @dataclass
 class Pairing:
     """``pair_model``'s result: ``pairs`` in cfg order, the cfg layers with no
-    counterpart (``missing``) and the units no layer took (``extra``: ``(unit,
-    in_data_path)``)."""
+    counterpart (``missing``), the units no layer took (``extra``: ``(unit,
+    in_data_path)``) and, for a graph that is a piece of the network, the cfg layers
+    outside the piece (``outside``)."""
     pairs: list
     missing: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    outside: list = field(default_factory=list)
 
 
 def cfg_sources(net):
@@ -139,11 +141,11 @@ def pair_model(net, model_units, *, strict=False, complete=False, choose=None):
         result = _pair_sequence(net, units)
     if not result.pairs:
         raise PairingError(_nothing_paired(net, units))
-    if complete and (result.missing or result.extra):
+    if complete and (result.missing or result.extra or result.outside):
         what = []
-        if result.missing:
+        if result.missing or result.outside:
             what.append("no counterpart for " +
-                        ", ".join(_describe(s) for s in result.missing[:3]))
+                        ", ".join(_describe(s) for s in (result.missing + result.outside)[:3]))
         if result.extra:
             what.append("model units not in the cfg: " + ", ".join(
                 f"{u.kind} {u.name!r}" for u, _ in result.extra[:3]))
@@ -313,7 +315,32 @@ def _pair_graph(net, units, consumers, strict, choose):
             reaches = u in used
             stack.extend(consumers.get(u, ()))
         extra.append((unit, reaches))
-    return Pairing(pairs, missing, extra)
+    outside = []
+    if bound:                        # graph inputs stood for inner tensors: a piece
+        missing, outside = _outside_the_piece(specs, sources, missing,
+                                              {p.spec.index for p in pairs})
+    return Pairing(pairs, missing, extra, outside)
+
+
+def _outside_the_piece(specs, sources, missing, paired):
+    """``(missing, outside)``: in a piece of the network (graph inputs standing for
+    inner tensors, as ``onnx.utils.extract_model`` cuts it), a layer with no
+    counterpart that no paired layer leads to, or that leads to no paired layer, lies
+    outside the piece; one between paired layers is missing from it."""
+    ancestors = {}
+    for spec in specs:                                  # cfg order: sources first
+        found = set()
+        for s in sources[spec.index]:
+            if s != MODEL_INPUT:
+                found.add(s)
+                found |= ancestors.get(s, set())
+        ancestors[spec.index] = found
+    inside, outside = [], []
+    for spec in missing:
+        before = bool(ancestors[spec.index] & paired)
+        after = any(spec.index in ancestors[i] for i in paired)
+        (inside if before and after else outside).append(spec)
+    return inside, outside
 
 
 # --------------------------------------------------------------------------
