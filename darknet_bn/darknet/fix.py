@@ -254,14 +254,8 @@ class OnnxWriter:
 
 
 def _current(writer, link):
-    if link.origin is None or link.origin.tensor is None:
-        return None
-    raw = writer.stored(link.origin.tensor).astype(np.float64)
-    value = raw
-    for step in link.origin.steps:
-        if step.op == "Transpose":
-            value = np.transpose(value, step.perm)
-    return value.reshape(-1)
+    """A link's constant as the model holds it (per channel, or one value)."""
+    return np.asarray(link.value, np.float64).reshape(-1)
 
 
 def _affine(link, value):
@@ -309,10 +303,7 @@ def write_chain(writer, unit, links, alpha, beta):
         elif writable[i]:
             maps.append((1.0, 0.0))
         else:
-            value = _current(writer, lk)
-            if value is None:
-                value = np.asarray(1.0 if lk.op in ("Mul", "Div") else 0.0)
-            maps.append(_affine(lk, value))
+            maps.append(_affine(lk, _current(writer, lk)))
     identity = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
     with np.errstate(all="ignore"):
         if k is not None:
@@ -353,8 +344,7 @@ def _size(link):
 def _chain_alpha(writer, links):
     maps = []
     for lk in links:
-        value = _current(writer, lk)
-        maps.append(_affine(lk, 1.0 if value is None else value))
+        maps.append(_affine(lk, _current(writer, lk)))
     return _compose(maps)[0]
 
 
@@ -399,8 +389,7 @@ def write_bias(writer, unit, bias):
         if lk.origin is not None and lk.origin.tensor is not None:
             targets.append((lk.op, lk.origin, lk))
         else:
-            value = _current(writer, lk)
-            fixed = fixed + (0.0 if value is None else _affine(lk, value)[1])
+            fixed = fixed + _affine(lk, _current(writer, lk))[1]
     if not targets:
         raise FixError(f"{writer.where}: {unit.name!r}: its bias is not stored; "
                        "cannot write it")
@@ -467,21 +456,38 @@ def write_torch_unit(tensors, unit, values, eps, module=None):
 # --------------------------------------------------------------------------
 # the driver
 # --------------------------------------------------------------------------
+def plain_values(pair, floats):
+    """A paired layer without batchnorm: its weights and biases as the file stores them
+    (``floats``: the file's floats after its header)."""
+    spec, conv = pair.spec, pair.conv
+    blocks = dict(spec.blocks)
+    if conv is None or "weights" not in blocks:
+        return []
+    take = {name: floats[spec.offsets[name]:][:blocks[name]].astype(np.float64)
+            for name in ("weights", "biases") if name in blocks}
+    values = {"weight": take["weights"].reshape(conv.channels, -1)}
+    if "biases" in take:
+        values["bias"] = take["biases"]
+    return [(conv, values, None)]
+
+
 def plan(model_units, net, darknet, dialect, fixed_eps):
-    """``[(LayerFix, [(unit, values, eps)])]`` for every pair; ``FixError`` for a
-    quantized unit."""
+    """``[(LayerFix, [(unit, values, eps)])]`` for every pair (layers without batchnorm
+    too: a misread reaches them as well); ``FixError`` for a quantized unit."""
     records = {rec.index: rec for rec in darknet.layers}
+    floats = np.fromfile(darknet.path, dtype="<f4", offset=darknet.header.nbytes)
     pairing = pair_model(net, model_units, choose=value_chooser(records, dialect))
     steps = []
     for pair in pairing.pairs:
-        record = records.get(pair.spec.index)
-        if record is None:
-            continue
         if any(u.quantized for u in pair.units):
-            raise FixError(f"layer {record.index}: {pair.names} holds int8 parameters; "
+            raise FixError(f"layer {pair.spec.index}: {pair.names} holds int8 parameters; "
                            "fix writes float32 and float16 parameters only")
-        steps.append((LayerFix(record.index, record.section, True, ""),
-                      pair_values(pair, record, dialect, fixed_eps)))
+        record = records.get(pair.spec.index)
+        layer = LayerFix(pair.spec.index, pair.spec.section, True, "")
+        if record is None:
+            steps.append((layer, plain_values(pair, floats)))
+        else:
+            steps.append((layer, pair_values(pair, record, dialect, fixed_eps)))
     return steps
 
 

@@ -250,11 +250,13 @@ def _per_channel(value, axis):
 @dataclass(frozen=True)
 class Link:
     """One op of an affine chain, as the model stores it: ``op``, its constant's
-    ``origin`` and ``shape``, whether the constant is the first operand."""
+    ``origin`` and ``shape``, whether the constant is the first operand, its values
+    (per channel, or one)."""
     op: str
     origin: Origin
     const_first: bool
     shape: tuple
+    value: np.ndarray = None
 
 
 class Chain:
@@ -483,7 +485,8 @@ def read_affine(r, node):
         half = _per_channel(const.quant.steps(np.shape(const.value)), axis) / 2
         described = const.quant.describe()
     chain.extend(node, Constant(vector, const.precision), const_first, half, described)
-    chain.links.append(Link(node.op, const.origin, const_first, np.shape(const.value)))
+    chain.links.append(Link(node.op, const.origin, const_first, np.shape(const.value),
+                            vector.astype(np.float64)))
     r.chains[node.outputs[0]] = chain
     r.sources[node.outputs[0]] = frozenset([chain])
 
