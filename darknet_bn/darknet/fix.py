@@ -57,10 +57,11 @@ class Change:
 
 @dataclass
 class LayerFix:
-    """One cfg layer: ``check``'s diagnosis before, what changed."""
+    """One cfg layer: ``check``'s verdict (``ok_before``; None for a layer without
+    batchnorm, which ``check`` does not judge) and diagnosis before, what changed."""
     index: int
     section: str
-    ok_before: bool
+    ok_before: object
     diagnosis: str
     changes: list = field(default_factory=list)
 
@@ -86,13 +87,23 @@ class FixReport:
         return self.after is not None and self.after.ok
 
     def format_lines(self):
+        """Per layer: its state before and ``check``'s diagnosis (without the fix), then
+        each changed parameter with its largest change."""
         lines = []
         for layer in self.layers:
-            state = "ok" if layer.ok_before else "FAIL"
-            lines.append(f"layer {layer.index} [{layer.section}] was {state}"
-                         + (f": {layer.diagnosis}" if layer.diagnosis else ""))
-            for c in layer.changes:
-                lines.append(f"    {c.unit} {c.param}: largest change {c.largest:.3g}")
+            state = {True: "ok", False: "FAIL", None: "(no batchnorm: not judged)"}[
+                layer.ok_before]
+            diagnosis = layer.diagnosis.split("; fix:")[0]
+            lines.append(f"layer {layer.index:>3} [{layer.section}] {state}"
+                         + (f" {diagnosis}" if diagnosis else ""))
+            changed = [c for c in layer.changes if c.largest != 0]
+            if not changed:
+                lines.append("    unchanged")
+            by_unit = {}
+            for c in changed:
+                by_unit.setdefault(c.unit, []).append(f"{c.param} {c.largest:.3g}")
+            for unit, parts in by_unit.items():
+                lines.append(f"    {unit}: largest change {', '.join(parts)}")
         return lines
 
 
@@ -483,7 +494,7 @@ def plan(model_units, net, darknet, dialect, fixed_eps):
             raise FixError(f"layer {pair.spec.index}: {pair.names} holds int8 parameters; "
                            "fix writes float32 and float16 parameters only")
         record = records.get(pair.spec.index)
-        layer = LayerFix(pair.spec.index, pair.spec.section, True, "")
+        layer = LayerFix(pair.spec.index, pair.spec.section, None, "")
         if record is None:
             steps.append((layer, plain_values(pair, floats)))
         else:
