@@ -289,3 +289,39 @@ def test_a_constant_computed_by_an_op_that_cannot_be_inverted_is_refused(case, t
     assert not out.exists()
     argv = ["fix", str(case.cfg), str(case.weights), str(src), str(out), "--dialect", case.fork]
     assert main(argv) == 1 and not out.exists()
+
+
+# --------------------------------------------------------------------------
+# OpenVINO IR, made by openvino from the exports
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("compress", [False, True], ids=["FP32", "FP16"])
+def test_openvino_ir(case, compress, tmp_path):
+    ov = pytest.importorskip("openvino", reason="the openvino extra (pip install "
+                             "'.[openvino]') reads OpenVINO IR")
+    src = tmp_path / "m.onnx"
+    onnx.save(models.export(case.model, SIZE, fold=False), src)
+    xml, out = tmp_path / "m.xml", tmp_path / "fixed.xml"
+    ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=compress)
+    assert not check_model(xml, case.cfg, case.weights, dialect=case.fork).ok
+    xml_before = xml.read_bytes()
+    report = fix_file(case.cfg, case.weights, xml, out, dialect=case.fork)
+    assert report.ok and out.read_bytes() == xml_before
+    assert (tmp_path / "fixed.bin").stat().st_size == (tmp_path / "m.bin").stat().st_size
+    assert check_model(out, case.cfg, case.weights, dialect=case.fork).ok
+
+    def run(path):
+        compiled = ov.Core().compile_model(str(path), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled(case.x)
+        return np.concatenate([np.asarray(result[o], np.float64).reshape(-1)
+                               for o in compiled.outputs])
+    e_before, e_after = case.error(run(xml)), case.error(run(out))
+    print(f"{case.fork} IR {'FP16' if compress else 'FP32'}: end-to-end error before "
+          f"{e_before:.3g}, after {e_after:.3g} (float32 reference {case.e_ref:.3g})")
+    if compress:
+        assert e_after < e_before
+    else:
+        assert e_after <= BOUND * case.e_ref and not e_before <= 10 * case.e_ref
+    argv = ["fix", str(case.cfg), str(case.weights), str(xml), str(tmp_path / "m.bin"),
+            "--dialect", case.fork]
+    assert main(argv) == 2

@@ -34,9 +34,10 @@ import numpy as np
 from ..dialects import get_dialect
 from .check import CheckError, check_model, read_converted, value_chooser
 from .check.judging import folded_reference
-from .kinds import ONNX, TORCH, file_kind
+from .kinds import ONNX, OPENVINO, TORCH, file_kind
 from .model import AffineUnit, BatchNormUnit, ConvUnit, LinearUnit, pair_model
 from .model.onnx_reader import load_onnx
+from .model.openvino_reader import bin_path
 from .model.torch_reader import darknet_dialect, load_torch_file
 from .parser import check_path
 from .weights import atomic_output, check_cfg_arg, network_from, read_weights, type_name
@@ -188,28 +189,23 @@ def _invert(origin, value):
     return value
 
 
-class OnnxWriter:
-    """Collects the stored tensors' new values of an ONNX model, then writes them."""
+class TensorWriter:
+    """Collects the new values of a model's stored tensors (``put``), checking that a
+    tensor two units share gets one value; a format's subclass reads (``read``) and
+    writes them."""
 
-    def __init__(self, model, where):
-        self.model, self.where = model, where
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.const_nodes = {n.output[0]: n for n in model.graph.node
-                            if n.op_type == "Constant" and n.output}
-        self.nodes = {o: n for n in model.graph.node for o in n.output[:1]}
+    def __init__(self, where):
+        self.where = where
         self.values, self.owner, self.eps = {}, {}, {}
 
     def stored(self, name):
-        from onnx import numpy_helper
+        """The stored tensor ``name``'s values (new ones once ``put``)."""
         if name in self.values:
             return self.values[name]
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.const_nodes.get(name)
-        attr = next((a for a in node.attribute if a.name == "value"), None) if node else None
-        if attr is None:
-            raise FixError(f"{self.where}: the constant {name!r} is not a stored tensor")
-        return numpy_helper.to_array(attr.t)
+        return self.read(name)
+
+    def read(self, name):
+        raise NotImplementedError
 
     def put(self, unit, param, origin, value):
         """Write ``value`` (the constant's values, float64) through ``origin``."""
@@ -234,6 +230,30 @@ class OnnxWriter:
                            f"{previous!r} and {unit.name!r}, which need different values")
         self.values[origin.tensor], self.owner[origin.tensor] = new, unit.name
         return _largest(old, new)
+
+    def set_eps(self, unit, eps):
+        raise FixError(f"{self.where}: {unit.name!r}: this format stores no eps")
+
+
+class OnnxWriter(TensorWriter):
+    """The stored tensors of an ONNX model: initializers and ``Constant`` nodes."""
+
+    def __init__(self, model, where):
+        super().__init__(where)
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.const_nodes = {n.output[0]: n for n in model.graph.node
+                            if n.op_type == "Constant" and n.output}
+
+    def read(self, name):
+        from onnx import numpy_helper
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.const_nodes.get(name)
+        attr = next((a for a in node.attribute if a.name == "value"), None) if node else None
+        if attr is None:
+            raise FixError(f"{self.where}: the constant {name!r} is not a stored tensor")
+        return numpy_helper.to_array(attr.t)
 
     def set_eps(self, unit, eps):
         self.eps[unit.origins["node"]] = eps
@@ -262,6 +282,52 @@ class OnnxWriter:
             if name in inits:
                 inits[name].CopyFrom(numpy_helper.from_array(value, name))
         return model
+
+
+#: OpenVINO IR element types written: name -> numpy dtype.
+IR_TYPES = {"f32": "<f4", "f16": "<f2"}
+
+
+class IrWriter(TensorWriter):
+    """The stored tensors of an OpenVINO IR: each ``Const`` layer's bytes in the .bin at
+    the offset its ``.xml`` gives (``openvino_reader.const_origin``: ``"layer ID"``)."""
+
+    def __init__(self, xml_path):
+        from xml.etree import ElementTree
+        super().__init__(os.fspath(xml_path))
+        self.consts = {}
+        for layer in ElementTree.parse(xml_path).getroot().iter("layer"):
+            data = layer.find("data")
+            if layer.get("type") == "Const" and data is not None and data.get("size"):
+                shape = tuple(int(v) for v in (data.get("shape") or "").split(",") if v)
+                self.consts[f"layer {layer.get('id')}"] = (int(data.get("offset", 0)),
+                                                  int(data.get("size")),
+                                                  data.get("element_type"), shape)
+        with open(bin_path(xml_path), "rb") as f:
+            self.bin = f.read()
+
+    def read(self, name):
+        found = self.consts.get(name)
+        if found is None:
+            raise FixError(f"{self.where}: the constant {name!r} is not a Const layer of "
+                           "the .xml")
+        offset, size, element, shape = found
+        if element not in IR_TYPES:
+            raise FixError(f"{self.where}: the constant {name!r} is {element} (f32 and f16 "
+                           "are written)")
+        return np.frombuffer(self.bin, IR_TYPES[element], size // np.dtype(
+            IR_TYPES[element]).itemsize, offset).reshape(shape).astype(IR_TYPES[element][1:])
+
+    def apply(self):
+        """The new .bin's bytes."""
+        out = bytearray(self.bin)
+        for name, value in self.values.items():
+            offset, size, element, _ = self.consts[name]
+            data = np.ascontiguousarray(value, IR_TYPES[element]).tobytes()
+            if len(data) != size:
+                raise FixError(f"{self.where}: {name!r}: {len(data)} bytes for {size}")
+            out[offset:offset + size] = data
+        return bytes(out)
 
 
 def _current(writer, link):
@@ -359,9 +425,9 @@ def _chain_alpha(writer, links):
     return _compose(maps)[0]
 
 
-def write_onnx_unit(writer, unit, values, eps):
-    """Record the new values of one unit of an ONNX graph; the largest change per
-    parameter."""
+def write_graph_unit(writer, unit, values, eps):
+    """Record the new values of one unit of a graph (ONNX, OpenVINO IR) in ``writer``;
+    ``[(parameter, largest change)]``."""
     changes = []
     origins = unit.origins
     if isinstance(unit, AffineUnit):
@@ -582,7 +648,7 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
         steps = plan(units, net, darknet, fork, None)
         for layer, unit_values in steps:
             for unit, values, e in unit_values:
-                for param, largest in write_onnx_unit(writer, unit, values, e):
+                for param, largest in write_graph_unit(writer, unit, values, e):
                     layer.changes.append(Change(unit.name, param, largest))
         repaired = writer.apply()
 
@@ -605,25 +671,72 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
 
         def save(dst):
             torch.save(repaired, dst)
+    elif kind == OPENVINO:
+        if not os.fspath(out).lower().endswith(".xml"):
+            raise ValueError(f"{routine}: out {os.fspath(out)!r}: an OpenVINO IR is written "
+                             "as an .xml (its .bin beside it); pass a name ending in .xml")
+        if _same(model_path, bin_path(out)):
+            raise ValueError(f"{routine}: out's .bin {bin_path(out)!r} is the model's; fix "
+                             "never overwrites its input: pass another out")
+        units = read_converted(name, None, routine, net)
+        writer = IrWriter(name)
+        steps = plan(units, net, darknet, fork, None)
+        for layer, unit_values in steps:
+            for unit, values, e in unit_values:
+                for param, largest in write_graph_unit(writer, unit, values, e):
+                    layer.changes.append(Change(unit.name, param, largest))
+        with open(name, "rb") as f:
+            repaired = (f.read(), writer.apply())
+        save = None
     else:
         raise FixError(f"{name}: {kind or 'this format'} is not repaired by fix yet "
-                       "(ONNX and torch state_dict files are)")
+                       "(ONNX, OpenVINO IR and torch state_dict files are)")
     layers = [layer for layer, _ in steps]
     _diagnoses(before, layers)
     report = FixReport(name, fork.name, layers, before)
     if dry_run:
         return report
-    after = check_model(repaired if kind != TORCH else _inner_state(repaired), net, weights,
-                        dialect=fork, eps=eps)
-    report.after = after
+    if kind == OPENVINO:
+        report.after = write_ir(routine, repaired, out, net, weights, fork)
+    else:
+        report.after = check_model(repaired if kind != TORCH else _inner_state(repaired), net,
+                                   weights, dialect=fork, eps=eps)
+        _refuse_failing(name, report.after)
+        with atomic_output(routine, out) as dst:
+            save(dst)
+    report.out = os.fspath(out)
+    return report
+
+
+def _refuse_failing(name, after):
     if not after.ok:
         failing = ", ".join(str(r.index) for r in after.layers if not r.ok)
         raise FixError(f"{name}: the repaired model still fails check on layers "
                        f"{failing}; nothing written")
-    with atomic_output(routine, out) as dst:
-        save(dst)
-    report.out = os.fspath(out)
-    return report
+
+
+def write_ir(routine, files, out, net, weights, dialect):
+    """Write an IR's ``(xml bytes, bin bytes)`` as ``out`` and its .bin, through
+    temporary files checked first: ``check``'s report; ``FixError`` (nothing left)
+    when it fails."""
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(out))
+    fd, tmp_xml = tempfile.mkstemp(prefix=".darknet-fix-", suffix=".xml", dir=directory)
+    tmp_bin = bin_path(tmp_xml)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(files[0])
+        with open(tmp_bin, "wb") as f:
+            f.write(files[1])
+        after = check_model(tmp_xml, net, weights, dialect=dialect)
+        _refuse_failing(os.fspath(out), after)
+        os.replace(tmp_bin, bin_path(out))
+        os.replace(tmp_xml, out)
+        return after
+    finally:
+        for tmp in (tmp_xml, tmp_bin):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _same(a, b):
