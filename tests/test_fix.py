@@ -325,3 +325,57 @@ def test_openvino_ir(case, compress, tmp_path):
     argv = ["fix", str(case.cfg), str(case.weights), str(xml), str(tmp_path / "m.bin"),
             "--dialect", case.fork]
     assert main(argv) == 2
+
+
+# --------------------------------------------------------------------------
+# TFLite: the committed fixtures made by TensorFlow's converter
+# --------------------------------------------------------------------------
+TFLITE = Path(__file__).resolve().parent / "data" / "tflite"
+
+
+def run_tflite(path, x):
+    litert = pytest.importorskip("ai_edge_litert.interpreter",
+                                 reason="the TFLite interpreter (pip install ai-edge-litert, "
+                                 "in the test extra) runs the repaired file")
+    interpreter = litert.Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).astype(
+        np.float64).reshape(-1)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_tflite_keras_eps(precision, tmp_path):
+    """pjreddie's blocks with Keras' eps 1e-3, converted by TensorFlow: repaired in its
+    buffers.  End to end against TensorFlow's own conversion of the exact form
+    (``exact``), in the same interpreter."""
+    pytest.importorskip("tflite", reason="the tflite extra reads TFLite files")
+    cfg, weights = TFLITE / "tflite-small.cfg", TFLITE / "tflite-small-pjreddie.weights"
+    src = TFLITE / f"tflite-small-pjreddie-keraseps-{precision}.tflite"
+    out = tmp_path / "fixed.tflite"
+    assert not check_model(src, cfg, weights, dialect="pjreddie").ok
+    report = fix_file(cfg, weights, src, out, dialect="pjreddie")
+    assert report.ok and out.stat().st_size == src.stat().st_size
+    assert check_model(out, cfg, weights, dialect="pjreddie").ok
+    rng = np.random.default_rng(11)
+    print("tflite input: seed 11")
+    x = rng.normal(0, 1, (1, 16, 16, 3)).astype(np.float32)
+    exact = run_tflite(TFLITE / f"tflite-small-pjreddie-exact-{precision}.tflite", x)
+    scale = np.max(np.abs(exact))
+    e_before = float(np.max(np.abs(run_tflite(src, x) - exact)) / scale)
+    e_after = float(np.max(np.abs(run_tflite(out, x) - exact)) / scale)
+    print(f"tflite {precision}: error against the exact conversion before {e_before:.3g}, "
+          f"after {e_after:.3g}")
+    limit = {"float32": 64 * 2.0 ** -24, "float16": 64 * 2.0 ** -11}[precision]
+    assert e_after <= limit < e_before
+
+
+def test_tflite_int8_is_refused_naming_the_layer(tmp_path, capsys):
+    pytest.importorskip("tflite", reason="the tflite extra reads TFLite files")
+    cfg, weights = TFLITE / "tflite-small.cfg", TFLITE / "tflite-small-pjreddie.weights"
+    src = TFLITE / "tflite-small-pjreddie-keraseps-int8.tflite"
+    out = tmp_path / "fixed.tflite"
+    assert main(["fix", str(cfg), str(weights), str(src), str(out), "--dialect",
+                 "pjreddie"]) == 1
+    assert "int8 parameters" in capsys.readouterr().err and not out.exists()

@@ -34,13 +34,15 @@ import numpy as np
 from ..dialects import get_dialect
 from .check import CheckError, check_model, read_converted, value_chooser
 from .check.judging import folded_reference
-from .kinds import ONNX, OPENVINO, TORCH, file_kind
+from .kinds import ONNX, OPENVINO, TFLITE, TORCH, file_kind
 from .model import AffineUnit, BatchNormUnit, ConvUnit, LinearUnit, pair_model
 from .model.onnx_reader import load_onnx
 from .model.openvino_reader import bin_path
+from .model.tflite_file import read_tflite
 from .model.torch_reader import darknet_dialect, load_torch_file
 from .parser import check_path
-from .weights import atomic_output, check_cfg_arg, network_from, read_weights, type_name
+from .weights import (atomic_output, check_cfg_arg, network_from, normal_file_mode,
+                      read_weights, type_name)
 
 
 class FixError(CheckError):
@@ -327,6 +329,36 @@ class IrWriter(TensorWriter):
             if len(data) != size:
                 raise FixError(f"{self.where}: {name!r}: {len(data)} bytes for {size}")
             out[offset:offset + size] = data
+        return bytes(out)
+
+
+class TfliteWriter(TensorWriter):
+    """The stored tensors of a TFLite file: each constant's buffer bytes in the
+    flatbuffer (``tflite_reader`` names a tensor ``index:name``)."""
+
+    def __init__(self, path):
+        super().__init__(os.fspath(path))
+        self.tensors = read_tflite(path).tensors
+        with open(path, "rb") as f:
+            self.raw = f.read()
+
+    def _tensor(self, name):
+        index = int(name.partition(":")[0])
+        tensor = self.tensors[index]
+        if tensor.data is None or tensor.offset is None:
+            raise FixError(f"{self.where}: the tensor {name!r} holds no stored data")
+        return tensor
+
+    def read(self, name):
+        return np.asarray(self._tensor(name).data)
+
+    def apply(self):
+        """The new file's bytes."""
+        out = bytearray(self.raw)
+        for name, value in self.values.items():
+            tensor = self._tensor(name)
+            data = np.ascontiguousarray(value, tensor.data.dtype.newbyteorder("<")).tobytes()
+            out[tensor.offset:tensor.offset + len(data)] = data
         return bytes(out)
 
 
@@ -688,16 +720,32 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
         with open(name, "rb") as f:
             repaired = (f.read(), writer.apply())
         save = None
+    elif kind == TFLITE:
+        units = read_converted(name, None, routine, net)
+        writer = TfliteWriter(name)
+        steps = plan(units, net, darknet, fork, None)
+        for layer, unit_values in steps:
+            for unit, values, e in unit_values:
+                for param, largest in write_graph_unit(writer, unit, values, e):
+                    layer.changes.append(Change(unit.name, param, largest))
+        repaired = writer.apply()
+
+        def save(dst):
+            dst.write(repaired)
     else:
         raise FixError(f"{name}: {kind or 'this format'} is not repaired by fix yet "
-                       "(ONNX, OpenVINO IR and torch state_dict files are)")
+                       "(ONNX, TFLite, OpenVINO IR and torch state_dict files are)")
     layers = [layer for layer, _ in steps]
     _diagnoses(before, layers)
     report = FixReport(name, fork.name, layers, before)
     if dry_run:
         return report
     if kind == OPENVINO:
-        report.after = write_ir(routine, repaired, out, net, weights, fork)
+        report.after = write_checked(routine, [(out, repaired[0]), (bin_path(out),
+                                                                     repaired[1])],
+                                     out, net, weights, fork)
+    elif kind == TFLITE:
+        report.after = write_checked(routine, [(out, repaired)], out, net, weights, fork)
     else:
         report.after = check_model(repaired if kind != TORCH else _inner_state(repaired), net,
                                    weights, dialect=fork, eps=eps)
@@ -715,26 +763,34 @@ def _refuse_failing(name, after):
                        f"{failing}; nothing written")
 
 
-def write_ir(routine, files, out, net, weights, dialect):
-    """Write an IR's ``(xml bytes, bin bytes)`` as ``out`` and its .bin, through
-    temporary files checked first: ``check``'s report; ``FixError`` (nothing left)
-    when it fails."""
+def write_checked(routine, files, out, net, weights, dialect):
+    """Write ``files`` (``[(path, bytes)]``: ``out`` first, then the files beside it)
+    through temporary files in ``out``'s directory, checked (``check`` reads the first)
+    before they are renamed: ``check``'s report; ``FixError`` (nothing left) when it
+    fails.  The files get the mode ``open()`` gives a new file."""
     import tempfile
     directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp_xml = tempfile.mkstemp(prefix=".darknet-fix-", suffix=".xml", dir=directory)
-    tmp_bin = bin_path(tmp_xml)
+    suffix = os.path.splitext(os.fspath(out))[1]
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(files[0])
-        with open(tmp_bin, "wb") as f:
-            f.write(files[1])
-        after = check_model(tmp_xml, net, weights, dialect=dialect)
+        fd, first = tempfile.mkstemp(prefix=".darknet-fix-", suffix=suffix, dir=directory)
+    except OSError as e:
+        raise OSError(e.errno, f"{routine}: cannot create the output file in "
+                               f"{directory!r}: {e.strerror}", os.fspath(out)) from None
+    os.close(fd)
+    root = os.path.splitext(first)[0]
+    temps = [first] + [root + os.path.splitext(os.fspath(p))[1] for p, _ in files[1:]]
+    try:
+        for tmp, (_, data) in zip(temps, files):
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, normal_file_mode(tmp))
+        after = check_model(first, net, weights, dialect=dialect)
         _refuse_failing(os.fspath(out), after)
-        os.replace(tmp_bin, bin_path(out))
-        os.replace(tmp_xml, out)
+        for tmp, (path, _) in reversed(list(zip(temps, files))):
+            os.replace(tmp, path)
         return after
     finally:
-        for tmp in (tmp_xml, tmp_bin):
+        for tmp in temps:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
