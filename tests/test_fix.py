@@ -379,3 +379,42 @@ def test_tflite_int8_is_refused_naming_the_layer(tmp_path, capsys):
     assert main(["fix", str(cfg), str(weights), str(src), str(out), "--dialect",
                  "pjreddie"]) == 1
     assert "int8 parameters" in capsys.readouterr().err and not out.exists()
+
+
+# --------------------------------------------------------------------------
+# misreads in torch forms: the port registering layer 18 before 14
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("fork", ["pjreddie", "alexeyab"])
+def test_out_of_order_port_state_dict_and_live_module(fork, tmp_path):
+    import _ports
+    net = _ports.port_net(fork)
+    weights = tmp_path / "yolov3-tiny.weights"
+    loaders.synthesize(_ports.CFG, fork, weights, 61)
+    port = _ports.fill_in_module_order(_ports.Yolov3TinyPort(), weights, fork)
+    good = _ports.fill_darknet(_ports.Yolov3TinyPort(), net, weights, fork)
+    eps = get_dialect(fork).torch_eps
+    src, out = tmp_path / "port.pt", tmp_path / "fixed.pt"
+    torch.save(port.state_dict(), src)
+    before = check_model(src, _ports.CFG, weights, dialect=fork, eps=eps)
+    assert [r.index for r in before.layers if not r.ok] == [14, 18]
+    report = fix_file(_ports.CFG, weights, src, out, dialect=fork, eps=eps)
+    assert report.ok
+    rng = np.random.default_rng(3)
+    print("port input: seed 3")
+    x = torch.from_numpy(rng.normal(0, 1, (1, 3, net.h, net.w)).astype(np.float32))
+    fixed = _ports.Yolov3TinyPort()
+    fixed.load_state_dict(torch.load(out, weights_only=True))
+    for m in fixed.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = eps
+
+    def flat(model):
+        with torch.no_grad():
+            y = model.eval()(x)
+        ys = y if isinstance(y, (list, tuple)) else [y]
+        return torch.cat([t.reshape(-1) for t in ys]).double().numpy()
+    reference = flat(good)                  # fill_darknet: Darknet's blocks in cfg order
+    assert np.array_equal(flat(fixed), reference)
+    assert not np.array_equal(flat(port), reference)
+    live = fix_model(port, _ports.CFG, weights, dialect=fork)
+    assert live.ok and np.array_equal(flat(port), reference)
