@@ -371,14 +371,85 @@ def test_tflite_keras_eps(precision, tmp_path):
     assert e_after <= limit < e_before
 
 
-def test_tflite_int8_is_refused_naming_the_layer(tmp_path, capsys):
+@pytest.mark.parametrize("form", ["int8", "dynamic"])
+def test_tflite_int8_that_does_not_fit_the_scales_is_refused_naming_channels(form, tmp_path,
+                                                                            capsys):
+    """Keras' eps 1e-3 makes the stored weights smaller than pjreddie's: requantized
+    with the stored per-channel scales, Darknet's largest weights overflow int8."""
     pytest.importorskip("tflite", reason="the tflite extra reads TFLite files")
     cfg, weights = TFLITE / "tflite-small.cfg", TFLITE / "tflite-small-pjreddie.weights"
-    src = TFLITE / "tflite-small-pjreddie-keraseps-int8.tflite"
+    src = TFLITE / f"tflite-small-pjreddie-keraseps-{form}.tflite"
     out = tmp_path / "fixed.tflite"
     assert main(["fix", str(cfg), str(weights), str(src), str(out), "--dialect",
                  "pjreddie"]) == 1
-    assert "int8 parameters" in capsys.readouterr().err and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert "do not fit int8 with the stored scales in channels" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_tflite_int8_exact_form_requantizes_to_itself(tmp_path):
+    pytest.importorskip("tflite", reason="the tflite extra reads TFLite files")
+    cfg, weights = TFLITE / "tflite-small.cfg", TFLITE / "tflite-small-pjreddie.weights"
+    src = TFLITE / "tflite-small-pjreddie-exact-int8.tflite"
+    out = tmp_path / "fixed.tflite"
+    report = fix_file(cfg, weights, src, out, dialect="pjreddie")
+    assert report.ok
+    changed = sum(out.read_bytes()[i] != b for i, b in enumerate(src.read_bytes()))
+    print(f"exact int8 TFLite: {changed} bytes changed by requantization")
+    assert changed <= 0.01 * src.stat().st_size
+
+
+# --------------------------------------------------------------------------
+# int8 ONNX from onnxruntime.quantization
+# --------------------------------------------------------------------------
+def quantize(proto, tmp, form, per_channel):
+    q = pytest.importorskip("onnxruntime.quantization")
+    src, out = tmp / f"float-{form}.onnx", tmp / f"{form}-{per_channel}.onnx"
+    onnx.save(proto, src)
+    name = proto.graph.input[0].name
+    rng = np.random.default_rng(5)
+    print("calibration inputs: seed 5")
+    batches = iter([{name: rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
+                    for _ in range(4)])
+
+    class Reader(q.CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+    fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
+    q.quantize_static(str(src), str(out), Reader(), quant_format=fmt,
+                      per_channel=per_channel, weight_type=q.QuantType.QInt8,
+                      activation_type=q.QuantType.QInt8)
+    return out
+
+
+@pytest.mark.parametrize("form,per_channel", [("qdq", True), ("qdq", False),
+                                              ("qoperator", True)])
+def test_int8_onnx_requantized_with_the_stored_scales(form, per_channel, tmp_path):
+    """An AlexeyAB conversion with eps 1e-7 (too small: every folded weight a little
+    too large), quantized by onnxruntime: Darknet's weights are smaller, so they fit
+    the stored scales; the repaired file passes and still runs."""
+    fork = "alexeyab"
+    folder, name = NETWORKS[fork]
+    cfg, weights = CFG_DIR / folder / f"{name}.cfg", tmp_path / f"{name}.weights"
+    models.synthesize_weights(cfg, fork, weights, SEEDS[fork])
+    model, _ = models.build(cfg, weights, fork, eps=1e-7)
+    path = quantize(models.export(model, SIZE, fold=True), tmp_path, form, per_channel)
+    assert not check_model(path, cfg, weights, dialect=fork).ok
+    out = tmp_path / "fixed.onnx"
+    report = fix_file(cfg, weights, path, out, dialect=fork)
+    assert report.ok
+    before, after = onnx.load(path), onnx.load(out)
+    assert [t.data_type for t in after.graph.initializer] == \
+        [t.data_type for t in before.graph.initializer]
+    scales = {t.name: t.raw_data for t in before.graph.initializer if "scale" in t.name}
+    assert scales
+    assert all(t.raw_data == scales[t.name] for t in after.graph.initializer
+               if t.name in scales)                       # no scale changed
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(9).normal(0, 1, (1, 3, SIZE, SIZE)).astype(np.float32)
+    session = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"])
+    outs = session.run(None, {session.get_inputs()[0].name: x})
+    assert all(np.all(np.isfinite(o)) for o in outs)
 
 
 # --------------------------------------------------------------------------

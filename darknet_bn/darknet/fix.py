@@ -181,10 +181,35 @@ def _largest(old, new):
 # --------------------------------------------------------------------------
 # ONNX
 # --------------------------------------------------------------------------
-def _invert(origin, value):
+def requantized(step, value, where):
+    """``value`` (float64) as the stored integers of a ``Quantize`` step, with the
+    stored scale and zero point (round half to even, as ``QuantizeLinear``);
+    ``FixError`` naming the channels whose values do not fit the storage range."""
+    quant, shape = step.quant, step.in_shape
+    with np.errstate(all="ignore"):
+        q = np.round(value / quant.along(quant.scale, shape)) + \
+            quant.along(quant.zero_point if quant.zero_point is not None else 0, shape)
+    info = np.iinfo(step.in_dtype)
+    bad = ~np.isfinite(q) | (q < info.min) | (q > info.max)
+    if bad.any():
+        axis = (quant.axis or 0) % max(len(shape), 1) if quant.per_channel else None
+        channels = (np.flatnonzero(np.any(np.moveaxis(bad, axis, 0).reshape(
+            shape[axis], -1), axis=1)) if axis is not None else [])
+        which = (f"channels {', '.join(map(str, channels[:12]))}"
+                 + (f" (and {len(channels) - 12} more)" if len(channels) > 12 else "")
+                 if axis is not None else "the tensor (per-tensor scale)")
+        raise FixError(f"{where}: Darknet's values do not fit {step.in_dtype} with the stored "
+                       f"scales in {which}; a scale is never changed: requantize the model")
+    return q.astype(step.in_dtype)
+
+
+def _invert(origin, value, where=""):
     """``value`` (the constant's values) as the stored tensor holds them."""
     value = np.asarray(value, np.float64).reshape(origin.shape).astype(origin.dtype)
     for step in reversed(origin.steps):
+        if step.op == "Quantize":
+            value = requantized(step, value.astype(np.float64), where)
+            continue
         if step.op == "Transpose":
             value = np.transpose(value, np.argsort(step.perm))
         value = value.reshape(step.in_shape).astype(step.in_dtype)
@@ -218,10 +243,11 @@ class TensorWriter:
                            f"{origin.why}, which cannot be written back; store it as a "
                            "constant")
         old = self.stored(origin.tensor)
-        if old.dtype.kind != "f" or str(old.dtype) == "bfloat16":
+        quantized = any(step.op == "Quantize" for step in origin.steps)
+        if (old.dtype.kind != "f" and not quantized) or str(old.dtype) == "bfloat16":
             raise FixError(f"{self.where}: {unit.name!r}: {param} is stored as {old.dtype} "
-                           "(float32 and float16 are written)")
-        new = _invert(origin, value).astype(old.dtype)
+                           "(float32, float16 and quantized integers are written)")
+        new = _invert(origin, value, f"{self.where}: {unit.name!r} {param}").astype(old.dtype)
         if new.shape != old.shape:
             raise FixError(f"{self.where}: {unit.name!r}: {param} of shape {new.shape} for "
                            f"the stored {old.shape}")
@@ -588,9 +614,6 @@ def plan(model_units, net, darknet, dialect, fixed_eps):
     pairing = pair_model(net, model_units, choose=value_chooser(records, dialect))
     steps = []
     for pair in pairing.pairs:
-        if any(u.quantized for u in pair.units):
-            raise FixError(f"layer {pair.spec.index}: {pair.names} holds int8 parameters; "
-                           "fix writes float32 and float16 parameters only")
         record = records.get(pair.spec.index)
         layer = LayerFix(pair.spec.index, pair.spec.section, None, "")
         if record is None:

@@ -56,11 +56,13 @@ from .units import (MODEL_INPUT, AffineUnit, BatchNormUnit, CheckError, ConvUnit
 @dataclass(frozen=True)
 class Step:
     """One op between a stored tensor and a constant a unit reads: ``op``, its
-    ``perm`` (``Transpose``), the shape and dtype of its input."""
+    ``perm`` (``Transpose``), the shape and dtype of its input; ``quant``: the
+    ``Quant`` of a ``Quantize`` step (stored integers dequantized)."""
     op: str
     in_shape: tuple
     in_dtype: str
     perm: tuple = None
+    quant: object = None
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,11 @@ class _Translation:
                                           f"{self.where}: tensor {tensor.name!r}")
             except ValueError as e:
                 raise CheckError(str(e)) from None
-            return Constant(value, QUANTIZED, quant)
+            stored = np.asarray(tensor.data)
+            step = Step("Quantize", stored.shape, str(stored.dtype), quant=quant)
+            return Constant(value, QUANTIZED, quant, Origin(self.name(index), (step,),
+                                                            np.shape(value),
+                                                            str(np.asarray(value).dtype)))
         precision = "float16" if tensor.storage == "float16" else "float32"
         value = np.asarray(tensor.data)
         return Constant(value, precision, origin=Origin(self.name(index), (), value.shape,
