@@ -7,8 +7,11 @@ Mul/Add constants; folded Conv/Gemm weights and biases by the fork's folding).
 Misread layers get the right floats from WEIGHTS.
 
 MODEL: an ONNX file (float32/float16 parameters, also behind Identity, Cast,
-Reshape, Transpose...) or a torch state_dict (--eps: the eps its model is built
-with; the variance then carries the fork's denominator).  The report lists, per
+Reshape, Transpose...; int8 from onnxruntime.quantization), a TFLite file, an
+OpenVINO IR .xml (OUT an .xml; its .bin is written beside it) or a torch
+state_dict (--eps: the eps its model is built with; the variance then carries the
+fork's denominator).  int8 weights are requantized with the stored scales; a scale
+is never changed (values that do not fit: exit 1 naming the channels).  The report lists, per
 layer, check's diagnosis before and each parameter's largest change.  After
 writing, check runs on the repaired model: OUT is written only when every layer
 passes.  Details: docs/converters.md, "Repairing a model".

@@ -21,9 +21,11 @@ parameter values change, and the eps attribute where the format has one):
 Values computed in double are rounded once to the stored tensor's dtype.  An ONNX
 constant behind ``Identity``/``Cast``/``Reshape``/``Flatten``/``Squeeze``/
 ``Unsqueeze``/``Transpose`` is written back through the inverse of that chain
-(``graph.Origin``); a constant computed by other ops, a stored tensor two layers
-need with different values, an int8 parameter or a format not written here is a
-``FixError`` (nothing is written).  ``fix_file`` runs ``check`` on the repaired model
+(``graph.Origin``); quantized integers are requantized with their stored scales
+(``requantized``).  Formats: ONNX, TFLite, OpenVINO IR, torch state_dicts.  A
+constant computed by other ops, a stored tensor two layers need with different
+values, integers beyond the storage range with the stored scales (named by channel)
+or a format not written here is a ``FixError`` (nothing is written).  ``fix_file`` runs ``check`` on the repaired model
 before writing it: OUT exists only when every layer passes.
 """
 import os
