@@ -14,7 +14,6 @@ size of the float32 reference's own distance from it (``e_ref``): within ``4 e_r
 (measured: about 1x).  The unrepaired model is more than ``10 e_ref`` away.
 """
 import copy
-import io
 from pathlib import Path
 
 import numpy as np

@@ -25,8 +25,9 @@ constant behind ``Identity``/``Cast``/``Reshape``/``Flatten``/``Squeeze``/
 (``requantized``).  Formats: ONNX, TFLite, OpenVINO IR, torch state_dicts.  A
 constant computed by other ops, a stored tensor two layers need with different
 values, integers beyond the storage range with the stored scales (named by channel)
-or a format not written here is a ``FixError`` (nothing is written).  ``fix_file`` runs ``check`` on the repaired model
-before writing it: OUT exists only when every layer passes.
+or a format not written here is a ``FixError`` (nothing is written).  ``fix_file``
+runs ``check`` on the repaired model before writing it: OUT exists only when every
+layer passes.
 """
 import os
 from dataclasses import dataclass, field
@@ -681,8 +682,9 @@ def fix_model(model, cfg, weights, *, dialect):
 
 def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
     """Write a repaired copy of the converted model file ``converted`` to ``out``
-    (module docstring): a ``FixReport``.  ONNX files (float32/float16 parameters) and
-    torch state_dict files (``eps``: the eps the state_dict's model is built with).
+    (module docstring): a ``FixReport``.  ONNX (float32/float16 and int8 parameters),
+    TFLite, OpenVINO IR (``out`` an ``.xml``, its ``.bin`` beside it) and torch
+    state_dict files (``eps``: the eps the state_dict's model is built with).
     ``out`` must not be ``converted``; it is written through a temporary file, and
     only when ``check`` passes on the repaired model.  ``dry_run``: nothing is
     written; the report says what would change.  ``FixError`` (exit 1) when the
