@@ -647,9 +647,10 @@ def fix_model(model, cfg, weights, *, dialect):
     paired with a cfg layer gets the values computing the fork's inference (module
     docstring); a ``_BatchNorm`` gets ``torch_form``'s variance and eps (pjreddie:
     ``running_var = (sqrt(var) + 1e-6)^2``, ``eps = 0``).  The dtype and device of
-    each tensor are kept.  Returns ``(FixReport, after)``: the layers changed and the
-    ``CheckReport`` of the repaired module.  ``FixError`` (nothing changed) when a
-    unit cannot hold its values."""
+    each tensor are kept.  Returns a ``FixReport``: the layers changed, ``before`` and
+    ``after`` (the ``CheckReport``s of the module before and after; ``.ok`` is
+    ``after.ok``).  ``FixError`` (nothing left changed) when a unit cannot hold its
+    values."""
     routine = "fix_model"
     import torch
     if not isinstance(model, torch.nn.Module):
