@@ -491,3 +491,17 @@ def test_out_of_order_port_state_dict_and_live_module(fork, tmp_path):
     assert not np.array_equal(flat(port), reference)
     live = fix_model(port, _ports.CFG, weights, dialect=fork)
     assert live.ok and np.array_equal(flat(port), reference)
+
+
+def test_hankai_batchnorm_nodes_and_folded(tmp_path):
+    """hank-ai's inference is AlexeyAB's folded conv: the same repair, by its dialect."""
+    folder, name = NETWORKS["alexeyab"]
+    cfg, weights = CFG_DIR / folder / f"{name}.cfg", tmp_path / f"{name}.weights"
+    models.synthesize_weights(cfg, "hankai", weights, 54)
+    model, _ = models.build(cfg, weights, "hankai", eps=1e-3)
+    for fold in (False, True):
+        src, out = tmp_path / f"m{fold}.onnx", tmp_path / f"f{fold}.onnx"
+        onnx.save(models.export(model, SIZE, fold=fold), src)
+        assert not check_model(src, cfg, weights, dialect="hankai").ok
+        assert fix_file(cfg, weights, src, out, dialect="hankai").ok
+        assert check_model(out, cfg, weights, dialect="hankai").ok
