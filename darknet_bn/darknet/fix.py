@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..dialects import get_dialect
-from .check import CheckError, check_model, read_converted, value_chooser
+from .check import CheckError, check_eps, check_model, read_converted, value_chooser
 from .check.judging import folded_reference
 from .kinds import ONNX, OPENVINO, TFLITE, TORCH, file_kind
 from .model import AffineUnit, BatchNormUnit, ConvUnit, LinearUnit, pair_model
@@ -692,12 +692,18 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
     model cannot be repaired in its form; ``CheckError``/``TypeError``/``ValueError``
     for bad input."""
     routine = "fix_file"
+    fork = get_dialect(dialect, routine)
+    cfg = check_cfg_arg(routine, cfg, "cfg")
+    check_path(routine, "weights", weights, "yolov4.weights")
     model_path = check_path(routine, "converted", converted, "model.onnx")
     out = check_path(routine, "out", out, "fixed.onnx")
+    eps = check_eps(routine, eps)
+    if not isinstance(dry_run, bool):
+        raise TypeError(f"{routine}: dry_run must be True or False, got {type_name(dry_run)}")
     if _same(model_path, out):
         raise ValueError(f"{routine}: out {os.fspath(out)!r} is the model file; fix never "
                          "overwrites its input: pass another out")
-    fork, net, darknet = _setup(routine, cfg, weights, dialect)
+    fork, net, darknet = _setup(routine, cfg, weights, fork)
     before = check_model(model_path, net, weights, dialect=fork, eps=eps)
     kind = file_kind(model_path)
     name = os.fspath(model_path)

@@ -121,7 +121,7 @@ def value_chooser(records, dialect):
     return choose
 
 
-def _check_eps(routine, eps):
+def check_eps(routine, eps):
     if eps is None:
         return None
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
@@ -169,7 +169,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     fork = get_dialect(dialect, routine)
     cfg = check_cfg_arg(routine, cfg, "cfg")
     wpath = check_path(routine, "weights", weights, "yolov4.weights")
-    eps = _check_eps(routine, eps)
+    eps = check_eps(routine, eps)
     if not isinstance(strict, bool):
         raise TypeError(f"{routine}: strict must be True or False, got {type_name(strict)}")
     if converted is None or isinstance(converted, (int, float, list, tuple)):
@@ -224,6 +224,6 @@ def precision_limits(rows, dialect):
     return limits
 
 
-__all__ = ["check_model", "check_layer", "value_chooser", "read_converted", "CheckReport", "LayerCheck", "ExtraUnit",
+__all__ = ["check_model", "check_layer", "value_chooser", "read_converted", "check_eps", "CheckReport", "LayerCheck", "ExtraUnit",
            "CheckError", "PairingError", "TOLERANCE", "pair_model", "cfg_sources", "Pair",
            "Pairing", "ModelUnits", "Unit", "read_model"]
