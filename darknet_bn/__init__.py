@@ -13,6 +13,7 @@ Modules are named for their Darknet origin:
 - ``darknet_bn.darknet``: ``.cfg`` parsing with Darknet's shape inference, ``.weights``
   batchnorm read/write for every fork, layers from records, PyTorch export, Darknet's
   BN folding (``fold_batchnorm``, ``fold_weights``) and ``check_model`` for converted models
+  (``fix_model``/``fix_file``: repair them)
 """
 from ._jit import warmup
 from .batchnorm_layer import (BatchNormLayer, backward_batchnorm_layer, backward_scale_cpu,
@@ -20,7 +21,8 @@ from .batchnorm_layer import (BatchNormLayer, backward_batchnorm_layer, backward
 from .blas import (axpy_cpu, copy_cpu, mean_cpu, mean_delta_cpu, normalize_cpu,
                    normalize_delta_cpu, scal_cpu, variance_cpu, variance_delta_cpu)
 from .convolutional_layer import add_bias, backward_bias, scale_bias
-from .darknet import (CfgError, WeightsFormatError, check_model, fold_batchnorm, fold_weights,
+from .darknet import (CfgError, WeightsFormatError, check_model, fix_file, fix_model,
+                      fold_batchnorm, fold_weights,
                       make_batchnorm_layer_from_record, make_batchnorm_layers, parse_cfg,
                       read_weights, to_torch_batchnorm, write_weights)
 from .dialects import DIALECTS, Dialect, get_dialect
@@ -36,5 +38,5 @@ __all__ = [
     "scale_bias", "add_bias", "backward_bias", "backward_scale_cpu", "sum_array",
     "parse_cfg", "read_weights", "write_weights", "make_batchnorm_layer_from_record",
     "make_batchnorm_layers", "to_torch_batchnorm", "CfgError", "WeightsFormatError",
-    "fold_batchnorm", "fold_weights", "check_model",
+    "fold_batchnorm", "fold_weights", "check_model", "fix_model", "fix_file",
 ]

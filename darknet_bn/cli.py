@@ -23,6 +23,7 @@ COMMANDS = {
     "compare": "darknet_bn.compare",
     "fold": "darknet_bn.fold_cmd",
     "check": "darknet_bn.check_cmd",
+    "fix": "darknet_bn.fix_cmd",
     "to-weights": "darknet_bn.to_weights_cmd",
 }
 

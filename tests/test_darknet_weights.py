@@ -482,7 +482,23 @@ def _baseline(name, tmp_path):
                                 out_path=tmp_path / "folded.weights"),
         "check_model": dict(converted=_bn_state_dict_file(w, tmp_path), cfg=cfg, weights=path,
                             dialect="pjreddie", eps=0.0),
+        "fix_file": dict(cfg=cfg, weights=path, converted=_bn_state_dict_file(w, tmp_path),
+                         out=tmp_path / "fixed.pt", dialect="pjreddie", eps=0.0,
+                         dry_run=False),
+        "fix_model": dict(model=_bn_module(w), cfg=cfg, weights=path, dialect="pjreddie"),
     }[name]
+
+
+def _bn_module(w):
+    """A module holding one BatchNorm per BN layer of ``w`` (paired by order)."""
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Module()
+    for i, (sd, _) in enumerate(D.export_state_dicts(w).values()):
+        bn = torch.nn.BatchNorm2d(len(sd["running_mean"]))
+        bn.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
+                           strict=False)
+        module.add_module(f"bn{i}", bn)
+    return module
 
 
 def _layer_arrays():
@@ -569,6 +585,11 @@ BAD_ARGUMENTS = {
                     "weights": _PATHS + [""], "dialect": _DIALECTS,
                     "eps": ["1e-5", True, -1.0, float("nan"), [0.0]],
                     "strict": [1, "yes", None]},
+    "fix_file": {"cfg": _PATHS, "weights": _PATHS + [""], "converted": [None, 5, [_CFG]],
+                 "out": [None, 5, [_CFG]], "dialect": _DIALECTS,
+                 "eps": ["1e-5", True, -1.0, float("nan")], "dry_run": [1, "yes", None]},
+    "fix_model": {"model": [None, 5, "model.pt"], "cfg": _PATHS, "weights": _PATHS + [""],
+                  "dialect": _DIALECTS},
 }
 
 #: Wrong-typed contents: (function, parameter, value, the name the message must give).

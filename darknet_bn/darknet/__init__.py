@@ -11,8 +11,10 @@ batchnorm read/write for every fork, ``BatchNormLayer`` construction and PyTorch
   and ``pair_model``, their pairing with the cfg's layers (shared by ``check`` and
   ``darknet_bn.torch.save_darknet_weights``/``load_darknet_weights``)
 - ``check``: ``check_model`` (a converted ONNX/PyTorch model against Darknet's inference)
+- ``fix``: ``fix_file``, ``fix_model`` (a repaired model, in its own format)
 """
 from .check import CheckError, CheckReport, LayerCheck, check_model
+from .fix import FixError, FixReport, fix_file, fix_model
 from .export import batchnorm_state_dict, export_state_dicts, to_torch_batchnorm
 from .fold import (FoldResult, denormalize_connected_layer, denormalize_convolutional_layer,
                    denormalize_net, fold_batchnorm, fold_weights, folded_cfg,
@@ -32,4 +34,5 @@ __all__ = [
     "fold_batchnorm", "fold_weights", "fuse_conv_batchnorm", "denormalize_convolutional_layer",
     "denormalize_connected_layer", "denormalize_net", "folded_cfg", "FoldResult",
     "check_model", "CheckReport", "LayerCheck", "CheckError",
+    "fix_file", "fix_model", "FixReport", "FixError",
 ]

@@ -107,7 +107,7 @@ def judge_layer(pair, record, dialect, *, compare_weights=True):
     return row, explain
 
 
-def _chooser(records, dialect):
+def value_chooser(records, dialect):
     """For ambiguous pairs: the option whose values fit Darknet's best."""
     def choose(spec, options):
         record = records.get(spec.index)
@@ -121,7 +121,7 @@ def _chooser(records, dialect):
     return choose
 
 
-def _check_eps(routine, eps):
+def check_eps(routine, eps):
     if eps is None:
         return None
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
@@ -169,7 +169,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
     fork = get_dialect(dialect, routine)
     cfg = check_cfg_arg(routine, cfg, "cfg")
     wpath = check_path(routine, "weights", weights, "yolov4.weights")
-    eps = _check_eps(routine, eps)
+    eps = check_eps(routine, eps)
     if not isinstance(strict, bool):
         raise TypeError(f"{routine}: strict must be True or False, got {type_name(strict)}")
     if converted is None or isinstance(converted, (int, float, list, tuple)):
@@ -189,7 +189,7 @@ def check_model(converted, cfg, weights, *, dialect, eps=None, strict=False):
                          f"is built with ({setting_text('eps', 1e-5)} for PyTorch's default)")
     records = {rec.index: rec for rec in darknet.layers}
     pairing = pair_model(net, model, strict=strict,
-                         choose=None if strict else _chooser(records, fork))
+                         choose=None if strict else value_chooser(records, fork))
     judged = [judge_layer(p, records[p.spec.index], fork) for p in pairing.pairs
               if p.spec.index in records]
     rows = [row for row, _ in judged]
@@ -234,6 +234,6 @@ def precision_limits(rows, dialect):
     return limits
 
 
-__all__ = ["check_model", "check_layer", "CheckReport", "LayerCheck", "ExtraUnit",
+__all__ = ["check_model", "check_layer", "value_chooser", "read_converted", "check_eps", "CheckReport", "LayerCheck", "ExtraUnit",
            "CheckError", "PairingError", "TOLERANCE", "pair_model", "cfg_sources", "Pair",
            "Pairing", "ModelUnits", "Unit", "read_model"]

@@ -53,13 +53,39 @@ from .units import (MODEL_INPUT, AffineUnit, BatchNormUnit, CheckError, ConvUnit
                     consumers_of, narrowest)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One op between a stored tensor and a constant a unit reads: ``op``, its
+    ``perm`` (``Transpose``), the shape and dtype of its input; ``quant``: the
+    ``Quant`` of a ``Quantize`` step (stored integers dequantized)."""
+    op: str
+    in_shape: tuple
+    in_dtype: str
+    perm: tuple = None
+    quant: object = None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a constant's values are stored: the stored ``tensor`` (a name of the
+    translator's ``constants``) and the invertible ``steps`` (``INVERTIBLE``) from it,
+    or ``tensor`` None and ``why`` (the op that computed it)."""
+    tensor: str = None
+    steps: tuple = ()
+    shape: tuple = ()
+    dtype: str = "float32"
+    why: str = ""
+
+
 @dataclass
 class Constant:
     """A constant tensor: its ``value``, the float ``precision`` it was stored in, and
-    its quantization (None for a float constant)."""
+    its quantization (None for a float constant); ``origin``: where its values are
+    stored (``Origin``; set by ``read_graph`` for a graph's constants)."""
     value: np.ndarray
     precision: str = "float32"
     quant: Quant = None
+    origin: Origin = None
 
 
 @dataclass
@@ -166,6 +192,28 @@ FOLDS = {
 }
 
 
+#: Ops whose output a stored tensor's values can be recovered from (``Origin``).
+INVERTIBLE = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def folded_origin(node, inputs, out):
+    """The ``Origin`` of ``node``'s folded output ``out``: its first input's with one
+    more step when ``node`` is ``INVERTIBLE``, else one naming the op."""
+    first = inputs[0] if inputs else None
+    source = first.origin if first is not None else None
+    if node.op not in INVERTIBLE or source is None or source.tensor is None:
+        why = source.why if source is not None and source.why else \
+            f"{node.op} node {node.name or node.outputs[0]!r}"
+        return Origin(why=why)
+    perm = node.attrs.get("perm") if node.op == "Transpose" else None
+    if node.op == "Transpose" and perm is None:
+        perm = tuple(reversed(range(np.ndim(first.value))))
+    step = Step(node.op, tuple(np.shape(first.value)), str(np.asarray(first.value).dtype),
+                None if perm is None else tuple(int(i) for i in perm))
+    return Origin(source.tensor, source.steps + (step,), tuple(np.shape(out)),
+                  str(np.asarray(out).dtype))
+
+
 def fold(node, inputs, where):
     """The ``Constant`` ``node`` computes from constant ``inputs``, or None (not
     foldable: an unknown op, a cast to a non-float type)."""
@@ -180,7 +228,8 @@ def fold(node, inputs, where):
     except Exception as e:
         raise CheckError(f"{where}: {node.op} node {node.name!r} on constants fails "
                          f"({type(e).__name__}: {str(e)[:160]})") from None
-    return Constant(np.asarray(out), precision)
+    out = np.asarray(out)
+    return Constant(out, precision, origin=folded_origin(node, inputs, out))
 
 
 # --------------------------------------------------------------------------
@@ -200,6 +249,18 @@ def _per_channel(value, axis):
     return None
 
 
+@dataclass(frozen=True)
+class Link:
+    """One op of an affine chain, as the model stores it: ``op``, its constant's
+    ``origin`` and ``shape``, whether the constant is the first operand, its values
+    (per channel, or one)."""
+    op: str
+    origin: Origin
+    const_first: bool
+    shape: tuple
+    value: np.ndarray = None
+
+
 class Chain:
     """Consecutive per-channel affine nodes: ``y = alpha*x + beta`` of its input."""
 
@@ -207,6 +268,7 @@ class Chain:
         self.owner, self.sources, self.axis = owner, sources, axis
         self.alpha, self.beta, self.names, self.ops, self.precision = 1.0, 0.0, [], [], "float32"
         self.additive_only, self.position = True, None
+        self.links = []
         #: quantized constants: half their steps carried to alpha and beta (to first
         #: order), and what they were ("int8, per tensor")
         self.alpha_half, self.beta_half, self.quantized = 0.0, 0.0, set()
@@ -242,13 +304,27 @@ class Chain:
         self.precision = narrowest(self.precision, const.precision)
 
 
+def stored_origin(name, const):
+    """``const`` with its ``Origin``: itself, stored as ``name`` (kept if already set)."""
+    if const.origin is not None:
+        return const
+    value = np.asarray(const.value)
+    return Constant(const.value, const.precision, const.quant,
+                    Origin(name, (), tuple(value.shape), str(value.dtype)))
+
+
+def origin_of(const):
+    """A constant's ``Origin`` (None for an absent optional input)."""
+    return None if const is None else const.origin
+
+
 class GraphReader:
     """The state ``read_graph``'s handlers share: constants, each tensor's sources, the
     units found so far, the chains being built."""
 
     def __init__(self, graph, where):
         self.where = where
-        self.consts = dict(graph.constants)
+        self.consts = {name: stored_origin(name, c) for name, c in graph.constants.items()}
         available = set(self.consts) | set(graph.inputs)
         self.nodes = topological_order(list(graph.nodes), available)
         self.consumers = {}
@@ -316,7 +392,9 @@ def read_conv(r, node):
                               kernel_shape=tuple(w.value.shape),
                               precision=narrowest(w.precision, b and b.precision),
                               form="Conv", quantized=quantized_params(
-                                  w, (out_c, -1), None, b, (out_c,))), node.inputs[0])
+                                  w, (out_c, -1), None, b, (out_c,)),
+                              origins={"weight": w.origin, "bias": origin_of(b),
+                                       "node": node.outputs[0]}), node.inputs[0])
 
 
 def read_dense(r, node):
@@ -349,7 +427,12 @@ def read_dense(r, node):
     r.add_unit(node, DenseUnit(name=name, weight=weight, bias=bias,
                                precision=narrowest(w.precision, b and b.precision),
                                form=node.op, quantized=quantized_params(
-                                   w, weight.shape, layout, b, (weight.shape[0],))),
+                                   w, weight.shape, layout, b, (weight.shape[0],)),
+                               origins={"weight": w.origin, "bias": origin_of(b),
+                                        "node": node.outputs[0],
+                                        "weight_transposed": not a.get("transB", 0),
+                                        "alpha": float(a.get("alpha", 1.0)),
+                                        "beta": float(a.get("beta", 1.0))}),
                node.inputs[0])
 
 
@@ -367,7 +450,10 @@ def read_batchnorm(r, node):
     r.add_unit(node, BatchNormUnit(name=name, weight=scale, bias=bias, mean=mean, var=var,
                                    eps=float(node.attrs.get("epsilon", 1e-5)),
                                    precision=narrowest(*(p.precision for p in params)),
-                                   form="BatchNormalization"), node.inputs[0])
+                                   form="BatchNormalization",
+                                   origins={**{k: p.origin for k, p in zip(
+                                       ("weight", "bias", "mean", "var"), params)},
+                                            "node": node.outputs[0]}), node.inputs[0])
 
 
 def read_affine(r, node):
@@ -401,6 +487,8 @@ def read_affine(r, node):
         half = _per_channel(const.quant.steps(np.shape(const.value)), axis) / 2
         described = const.quant.describe()
     chain.extend(node, Constant(vector, const.precision), const_first, half, described)
+    chain.links.append(Link(node.op, const.origin, const_first, np.shape(const.value),
+                            vector.astype(np.float64)))
     r.chains[node.outputs[0]] = chain
     r.sources[node.outputs[0]] = frozenset([chain])
 
@@ -480,13 +568,15 @@ def finish_chains(units, chains, where):
         if owner is not None and chain.additive_only and np.all(alpha == 1.0):
             owner.add_bias(beta, chain.precision)
             owner.form += " + Add"
+            owner.origins["bias_links"] = list(chain.links)
             if "beta" in quantized:
                 owner.quantized["bias"] = quantized["beta"]
             resolved[chain] = owner
             continue
         unit = AffineUnit(name=" + ".join(chain.names), alpha=alpha, beta=beta,
                           precision=chain.precision, form="/".join(dict.fromkeys(chain.ops)),
-                          order=chain.position, quantized=quantized)
+                          order=chain.position, quantized=quantized,
+                          origins={"links": list(chain.links)})
         resolved[chain] = unit
         units.append(unit)
 

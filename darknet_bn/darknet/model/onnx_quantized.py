@@ -21,7 +21,7 @@ Every other node is kept.  A quantized op whose parameters are not constants is 
 """
 import numpy as np
 
-from .graph import Constant, OpGraph, OpNode
+from .graph import Constant, OpGraph, OpNode, Origin, Step
 from .quantization import QUANTIZED, dequantize
 from .units import CheckError
 
@@ -51,6 +51,10 @@ class _Rewrite:
             raise CheckError(f"{self.where}: {node.op} node {node.name!r}: {what} "
                              f"({name!r}) is not a constant; check needs the quantized "
                              "parameters stored in the graph")
+        if c is not None and c.origin is None:         # stored: where fix writes it back
+            value = np.asarray(c.value)
+            c = Constant(c.value, c.precision, c.quant,
+                         Origin(name, (), value.shape, str(value.dtype)))
         return c
 
     def dequantized(self, node, q, scale, zero, axis, what, name):
@@ -65,7 +69,14 @@ class _Rewrite:
                                       f"{self.where}: {node.op} node {node.name!r}: {what}")
         except ValueError as e:
             raise CheckError(str(e)) from None
-        self.constants[name] = Constant(value, QUANTIZED, quant)
+        origin = q.origin
+        if origin is not None and origin.tensor is not None and not origin.steps:
+            origin = Origin(origin.tensor, (Step("Quantize", values.shape, str(values.dtype),
+                                                 quant=quant),), np.shape(value),
+                            str(np.asarray(value).dtype))
+        else:
+            origin = Origin(why=f"{node.op} node {node.name!r} of computed integers")
+        self.constants[name] = Constant(value, QUANTIZED, quant, origin)
         return name
 
     def single_consumer(self, tensor, op):

@@ -20,6 +20,7 @@ ONNX's vocabulary (the IR's layouts are ONNX's: NCHW, weights (out, in, kh, kw))
 - ``Parameter``: the model inputs; the ops of ``DATA_FLOW`` as they are; any other
   op is a ``CheckError`` naming it.
 """
+import hashlib
 import os
 import xml.etree.ElementTree as ElementTree
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..._extras import missing_package
 from ..._validate import error_text
-from .graph import Constant, OpGraph, OpNode, read_graph
+from .graph import Constant, Origin, OpGraph, OpNode, read_graph
 from .units import CheckError
 
 #: IR element types that keep a narrower float precision.
@@ -119,8 +120,45 @@ def _element_type(op):
     return op.get_output_element_type(0).get_type_name()
 
 
-def openvino_graph(model, where):
-    """The ``OpGraph`` of an ``openvino.Model`` (module docstring)."""
+def const_layers(xml_path):
+    """``{(element type, shape, bytes): [layer ids]}``: the ``.xml``'s ``Const`` layers
+    by what the ``.bin`` holds for them (OpenVINO renames unnamed layers when it reads a
+    model, so a constant is found by its content)."""
+    root = ElementTree.parse(xml_path).getroot()
+    with open(bin_path(xml_path), "rb") as f:
+        data = f.read()
+    found = {}
+    for layer in root.iter("layer"):
+        d = layer.find("data")
+        if layer.get("type") == "Const" and d is not None and d.get("size"):
+            offset, size = int(d.get("offset", 0)), int(d.get("size"))
+            shape = tuple(int(v) for v in (d.get("shape") or "").split(",") if v)
+            key = (d.get("element_type"), shape,
+                   hashlib.blake2b(data[offset:offset + size], digest_size=16).digest())
+            found.setdefault(key, []).append(layer.get("id"))
+    return found
+
+
+#: OpenVINO element type names as the ``.xml`` writes them.
+_XML_TYPES = {"f32": "f32", "f16": "f16", "float": "f32", "half": "f16"}
+
+
+def const_origin(op, value, layers):
+    """The ``Origin`` of a ``Constant`` op: ``"layer ID"`` of the one ``Const`` layer
+    holding its bytes, or why it has none."""
+    element = _XML_TYPES.get(_element_type(op), _element_type(op))
+    digest = hashlib.blake2b(np.ascontiguousarray(value).tobytes(), digest_size=16).digest()
+    ids = layers.get((element, tuple(value.shape), digest), [])
+    if len(ids) != 1:
+        why = ("a constant several Const layers of the .xml hold" if ids else
+               "a constant OpenVINO computed when reading the .xml")
+        return Origin(why=f"{why} ({op.get_friendly_name()})")
+    return Origin(f"layer {ids[0]}", (), tuple(value.shape), str(value.dtype))
+
+
+def openvino_graph(model, where, layers=None):
+    """The ``OpGraph`` of an ``openvino.Model`` (module docstring); ``layers``
+    (``const_layers``): where each constant is stored."""
     constants, nodes, inputs = {}, [], []
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
@@ -130,8 +168,9 @@ def openvino_graph(model, where):
         attrs = op.get_attributes()
         if kind == "Constant":
             value = np.array(op.get_data(), copy=True)
-            constants[outs[0]] = Constant(value, _PRECISIONS.get(_element_type(op),
-                                                                 "float32"))
+            constants[outs[0]] = Constant(
+                value, _PRECISIONS.get(_element_type(op), "float32"),
+                origin=None if layers is None else const_origin(op, value, layers))
         elif kind == "Parameter":
             inputs.append(outs[0])
         elif kind == "Convert":
@@ -163,4 +202,5 @@ def openvino_graph(model, where):
 def read_openvino(path):
     """``ModelUnits`` of the OpenVINO IR ``.xml`` at ``path`` (and its ``.bin``)."""
     where = os.fspath(path)
-    return read_graph(openvino_graph(load_openvino(where), where), where)
+    model = load_openvino(where)
+    return read_graph(openvino_graph(model, where, const_layers(where)), where)

@@ -34,6 +34,7 @@ class TfliteTensor:
     storage: str                 #: "float32", "float16", "int8", "int32"...
     data: object = None          #: numpy array of ``shape`` for a constant, else None
     quant: object = None         #: ``(scales, zero points, axis)`` of a quantized tensor
+    offset: object = None        #: where a constant's bytes start in the file
 
 
 @dataclass
@@ -66,9 +67,10 @@ def _operator_names(tflite):
 
 
 def _tensor_data(model, tensor, raw, where, name, shape, dtype):
+    """``(data, offset in the file)`` of a constant tensor, or ``(None, None)``."""
     buffer = model.Buffers(tensor.Buffer())
     if buffer is None:
-        return None
+        return None, None
     offset = buffer.Offset()
     if offset > 1:                                    # data stored after the flatbuffer
         size = buffer.Size()
@@ -77,15 +79,16 @@ def _tensor_data(model, tensor, raw, where, name, shape, dtype):
                              "the file (truncated?)")
         data = np.frombuffer(raw, dtype=np.uint8, count=size, offset=offset)
     elif buffer.DataLength() == 0:
-        return None
+        return None, None
     else:
         data = buffer.DataAsNumpy()
+        offset = buffer._tab.Vector(buffer._tab.Offset(4))     # the vector's first byte
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if data.size != expected:
         raise CheckError(f"{where}: tensor {name!r} holds {data.size} bytes for shape "
                          f"{list(shape)} ({expected} expected): the file is truncated or "
                          "damaged")
-    return np.frombuffer(data.tobytes(), dtype=dtype).reshape(shape)
+    return np.frombuffer(data.tobytes(), dtype=dtype).reshape(shape), offset
 
 
 def _tensor_quant(tensor, storage):
@@ -109,11 +112,11 @@ def _parse(raw, where):
         name = (t.Name() or b"").decode("utf-8", "replace") or f"tensor {i}"
         storage, dtype = _TYPES.get(t.Type(), (f"type {t.Type()}", None))
         shape = tuple(int(s) for s in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        data = None
+        data = offset = None
         if dtype is not None and all(s >= 0 for s in shape):
-            data = _tensor_data(model, t, raw, where, name, shape, dtype)
+            data, offset = _tensor_data(model, t, raw, where, name, shape, dtype)
         tensors.append(TfliteTensor(name, shape, storage, data,
-                                    _tensor_quant(t, storage)))
+                                    _tensor_quant(t, storage), offset))
     codes = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)

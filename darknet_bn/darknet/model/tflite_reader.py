@@ -22,7 +22,7 @@ activation quantization (``QUANTIZE``, int8 data tensors) is not judged.
 """
 import numpy as np
 
-from .graph import Constant, OpGraph, OpNode, read_graph
+from .graph import Constant, OpGraph, OpNode, Origin, Step, read_graph
 from .quantization import QUANTIZED, dequantize
 from .tflite_file import read_tflite
 from .units import CheckError
@@ -58,12 +58,12 @@ class _Translation:
         self.constants, self.nodes = {}, []
         for i, tensor in enumerate(tfl.tensors):
             if tensor.data is not None:
-                self.constants[self.name(i)] = self.constant_of(tensor)
+                self.constants[self.name(i)] = self.constant_of(i, tensor)
 
     def name(self, index):
         return "" if index < 0 else f"{index}:{self.tfl.tensors[index].name}"
 
-    def constant_of(self, tensor):
+    def constant_of(self, index, tensor):
         if tensor.quant is not None:
             scale, zero, axis = tensor.quant
             try:
@@ -71,9 +71,15 @@ class _Translation:
                                           f"{self.where}: tensor {tensor.name!r}")
             except ValueError as e:
                 raise CheckError(str(e)) from None
-            return Constant(value, QUANTIZED, quant)
+            stored = np.asarray(tensor.data)
+            step = Step("Quantize", stored.shape, str(stored.dtype), quant=quant)
+            return Constant(value, QUANTIZED, quant, Origin(self.name(index), (step,),
+                                                            np.shape(value),
+                                                            str(np.asarray(value).dtype)))
         precision = "float16" if tensor.storage == "float16" else "float32"
-        return Constant(np.asarray(tensor.data), precision)
+        value = np.asarray(tensor.data)
+        return Constant(value, precision, origin=Origin(self.name(index), (), value.shape,
+                                                        str(value.dtype)))
 
     def rank(self, index):
         return len(self.tfl.tensors[index].shape)
@@ -91,13 +97,25 @@ class _Translation:
             axis = perm.index(quant.axis % c.value.ndim) if quant.axis is not None else None
             quant = quant.moved(axis, sat)
         new = f"{name}:{suffix}"
-        self.constants[new] = Constant(np.ascontiguousarray(value), c.precision, quant)
+        self.constants[new] = Constant(np.ascontiguousarray(value), c.precision, quant,
+                                       moved_origin(c, "Transpose", perm, value))
         return new
 
     def add(self, op, index, inputs, outputs, attrs=None):
         name = self.tfl.tensors[outputs[0]].name if outputs else f"operator {index}"
         self.nodes.append(OpNode(op, name, tuple(inputs),
                                  tuple(self.name(j) for j in outputs), attrs or {}))
+
+
+def moved_origin(c, op, perm, value):
+    """The ``Origin`` of constant ``c`` after ``op`` (``Transpose`` by ``perm``, or
+    ``Reshape``) gave ``value``; None where ``c`` has none."""
+    if c.origin is None or c.origin.tensor is None:
+        return c.origin
+    step = Step(op, tuple(np.shape(c.value)), str(np.asarray(c.value).dtype),
+                None if perm is None else tuple(perm))
+    return Origin(c.origin.tensor, c.origin.steps + (step,), tuple(np.shape(value)),
+                  str(np.asarray(value).dtype))
 
 
 def _conv(t, k, op):
@@ -128,7 +146,9 @@ def _elementwise(t, k, op):
             quant = c.quant
             if quant is not None and quant.saturated is not None:
                 quant = quant.moved(0, np.reshape(quant.saturated, (-1, 1, 1)))
-            t.constants[new] = Constant(c.value.reshape(-1, 1, 1), c.precision, quant)
+            value = c.value.reshape(-1, 1, 1)
+            t.constants[new] = Constant(value, c.precision, quant,
+                                        moved_origin(c, "Reshape", None, value))
             names[op.inputs.index(j)] = new
     t.add(ELEMENTWISE[op.name], k, names, op.outputs)
 

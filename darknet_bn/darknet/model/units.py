@@ -26,7 +26,9 @@ are ``NormUnit``s.  Shared fields (``Unit``): ``name``, ``precision``, ``form``
 readers: the units or inputs feeding it), ``order`` (position in the model),
 ``cfg_index`` (a cfg layer index its name carries), ``stored`` (a torch
 module's tensors as they are, for writing ``.weights``), ``module`` (the
-live torch module) and ``quantized`` (the quantized parameters' steps).
+live torch module), ``quantized`` (the quantized parameters' steps) and
+``origins`` (graph readers: where each parameter is stored, ``graph.Origin``, for
+``darknet_bn.darknet.fix``).
 """
 import re
 from dataclasses import dataclass, field
@@ -111,6 +113,9 @@ class Unit:
     module: object = None
     #: quantized parameters ("weight", "bias", "alpha", "beta") -> ``QuantizedParam``
     quantized: dict = field(default_factory=dict)
+    #: where a graph unit's parameters are stored: parameter -> ``graph.Origin``,
+    #: "node" -> its op's first output, and the affine chain's "links"/"bias_links"
+    origins: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if type(self) in (Unit, LinearUnit, NormUnit):
