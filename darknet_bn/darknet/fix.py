@@ -681,6 +681,15 @@ def fix_model(model, cfg, weights, *, dialect):
     return FixReport(type(model).__name__, fork.name, layers, before, after)
 
 
+def write_steps(writer, steps):
+    """Write every planned unit's values through ``writer`` (an ONNX, IR or TFLite
+    writer), recording each parameter's largest change on its layer."""
+    for layer, unit_values in steps:
+        for unit, values, e in unit_values:
+            for param, largest in write_graph_unit(writer, unit, values, e):
+                layer.changes.append(Change(unit.name, param, largest))
+
+
 def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
     """Write a repaired copy of the converted model file ``converted`` to ``out``
     (module docstring): a ``FixReport``.  ONNX (float32/float16 and int8 parameters),
@@ -712,10 +721,7 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
         units = read_converted(proto, None, routine, net)
         writer = OnnxWriter(proto, name)
         steps = plan(units, net, darknet, fork, None)
-        for layer, unit_values in steps:
-            for unit, values, e in unit_values:
-                for param, largest in write_graph_unit(writer, unit, values, e):
-                    layer.changes.append(Change(unit.name, param, largest))
+        write_steps(writer, steps)
         repaired = writer.apply()
 
         def save(dst):
@@ -747,10 +753,7 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
         units = read_converted(name, None, routine, net)
         writer = IrWriter(name)
         steps = plan(units, net, darknet, fork, None)
-        for layer, unit_values in steps:
-            for unit, values, e in unit_values:
-                for param, largest in write_graph_unit(writer, unit, values, e):
-                    layer.changes.append(Change(unit.name, param, largest))
+        write_steps(writer, steps)
         with open(name, "rb") as f:
             repaired = (f.read(), writer.apply())
         save = None
@@ -758,10 +761,7 @@ def fix_file(cfg, weights, converted, out, *, dialect, eps=None, dry_run=False):
         units = read_converted(name, None, routine, net)
         writer = TfliteWriter(name)
         steps = plan(units, net, darknet, fork, None)
-        for layer, unit_values in steps:
-            for unit, values, e in unit_values:
-                for param, largest in write_graph_unit(writer, unit, values, e):
-                    layer.changes.append(Change(unit.name, param, largest))
+        write_steps(writer, steps)
         repaired = writer.apply()
 
         def save(dst):
