@@ -338,17 +338,20 @@ def _(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
             x.new_empty(c), x.new_empty(1, dtype=torch.int64))
 
 
-def _infer(x, out, mean, variance, scales, biases, dialect):
+def _infer(x, out, mean, variance, scales, biases, dialect, src=None):
     """The inference kernel (normalize_cpu, scale_bias, add_bias without the ``x`` copy)
-    of ``x`` into the flat buffer ``out``; ``dialect`` a ``Dialect``."""
+    of ``x`` into the flat buffer ``out``; ``dialect`` a ``Dialect``; ``src``: ``x``'s
+    flat numpy view when the caller has it."""
     batch, filters = x.shape[0], x.shape[1]
     try:                        # _workspace() written out: the eval path's one more call
         workspace = _scratch.workspace
     except AttributeError:
         workspace = _workspace()
+    if src is None:
+        src = _buf(x)
     with _TorchThreads():
-        fused.forward_infer(_buf(x), out, out, mean, variance, scales, biases, batch, filters,
-                            x.numel() // (batch * filters), dialect, workspace, 0)
+        fused.forward_infer(src, out, out, mean, variance, scales, biases, batch, filters,
+                            src.shape[0] // (batch * filters), dialect, workspace, 0)
 
 
 def _normalize(x, mean, variance, dialect, out):
@@ -555,6 +558,10 @@ def _eager():
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
+#: The eval fast path's view cache before its first call: (data pointers, numpy views).
+_NO_VIEWS = ((), ())
+
+
 class _DarknetBatchNorm:
     """What DarknetBatchNorm2d and DarknetBatchNorm1d share (placed before
     ``nn.BatchNorm2d``/``nn.BatchNorm1d`` in their bases); ``_NDIMS`` and ``_LAYOUT``
@@ -604,6 +611,7 @@ class _DarknetBatchNorm:
         self.bias_grad = bias_grad
         self.keep_x_norm = bool(keep_x_norm)
         self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
+        self.__dict__["_views"] = _NO_VIEWS
 
     # ---- eps: the fork's, read-only; momentum: checked when set
     @property
@@ -758,12 +766,24 @@ class _DarknetBatchNorm:
     def _infer_now(self, x):
         """The eval forward where nothing records or differentiates it: the op's
         implementation called directly (``batchnorm_infer`` without the dispatcher
-        and its repeated checks; same kernel, same bits)."""
+        and its repeated checks; same kernel, same bits).  The numpy views of the four
+        per-channel tensors are kept between calls (``_views``) and reused while the
+        tensors' data pointers stay the same: ``_check`` has just found them contiguous
+        float32 of shape ``(C,)``, so the same pointer is the same memory (a kept view
+        holds its tensor, which cannot be freed under it)."""
         params, buffers = self._parameters, self._buffers
-        y = _empty_like(x, fused.far_offset((_offset(x),)))
-        _infer(x, _buf(y), _buf(buffers["running_mean"]), _buf(buffers["running_var"]),
-               _buf(params["weight"]), _buf(params["bias"]), self.dialect)
-        return y
+        mean, variance = buffers["running_mean"], buffers["running_var"]
+        weight, bias = params["weight"], params["bias"]
+        pointers = (mean.data_ptr(), variance.data_ptr(), weight.data_ptr(), bias.data_ptr())
+        cached = self.__dict__["_views"]
+        if cached[0] != pointers:
+            cached = self.__dict__["_views"] = (pointers, tuple(
+                _buf(t) for t in (mean, variance, weight, bias)))
+        views = cached[1]
+        src = x.numpy().reshape(-1)
+        out = fused.placed_empty(src.shape[0], fused.far_offset((_offset(x),)))
+        _infer(x, out, views[0], views[1], views[2], views[3], self.dialect, src)
+        return torch.from_numpy(out.reshape(tuple(x.shape)))
 
     def _onnx_form(self, input):
         """What ``torch.onnx.export`` records: the eval function as ONNX's
@@ -784,11 +804,13 @@ class _DarknetBatchNorm:
         state = self.__dict__.copy()
         state["dialect"] = self.dialect.name
         state["_x_norm_cache"] = 0
+        state["_views"] = _NO_VIEWS
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         state["dialect"] = get_dialect(state["dialect"])
+        state["_views"] = _NO_VIEWS
         super().__setstate__(state)
         self._x_norm_cache = _new_cache(self) if self.keep_x_norm else 0
 

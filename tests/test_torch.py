@@ -298,6 +298,55 @@ def test_pickle_round_trip():
     assert torch.equal(m(x), m2(x))
 
 
+@pytest.mark.parametrize("dialect", FORKS)
+def test_eval_fast_path_follows_the_modules_tensors(dialect):
+    """The eval fast path keeps numpy views of the four per-channel tensors between
+    calls.  Every way a user changes them is seen by the next call, bit for bit
+    against the op path (``batchnorm_infer`` through the dispatcher, which keeps no
+    views): values written in place, ``load_state_dict``, a new Parameter, ``.data``
+    replaced, ``.to()`` giving new tensors, a deepcopy and a pickle (whose views are
+    their own) and a copy changed after it was made."""
+    import copy
+    rng = np.random.default_rng(24)
+    print("seed 24")
+    m = _module((2, 5, 3, 3), dialect, _params(rng, 5)).eval()
+    x = torch.from_numpy(rng.normal(0, 1, (2, 5, 3, 3)).astype(np.float32))
+
+    def same(module, context):
+        with torch.no_grad():
+            fast = module(x)
+        slow = torch.ops.darknet_bn.batchnorm_infer(
+            x, module.weight.detach(), module.bias.detach(), module.running_mean,
+            module.running_var, module.dialect.code)
+        assert_bits([("output", _np(fast), _np(slow))], context=f"{dialect}: {context}")
+        return fast
+
+    first = same(m, "first call")
+    with torch.no_grad():
+        m.weight.mul_(2)
+        m.running_mean.add_(0.25)
+    assert not torch.equal(same(m, "in-place"), first)
+    m.load_state_dict(_module((2, 5, 3, 3), dialect, _params(rng, 5)).state_dict())
+    same(m, "load_state_dict")
+    m.weight = torch.nn.Parameter(torch.full((5,), 3.0))
+    same(m, "new Parameter")
+    m.running_var.data = torch.full((5,), 0.5)
+    same(m, ".data replaced")
+    m.bias.data = m.bias.data.clone() + 1
+    same(m, "bias .data replaced")
+    before = same(m, "before the copies")
+    for context, twin in (("deepcopy", copy.deepcopy(m)),
+                          ("pickle", pickle.loads(pickle.dumps(m)))):
+        assert torch.equal(same(twin, context), before)
+        with torch.no_grad():
+            twin.bias.sub_(1)
+        same(twin, f"{context} changed")
+        assert torch.equal(same(m, f"original after the {context} changed"), before)
+    m.to(torch.float32).to("cpu")
+    m.double().float()
+    same(m, ".double().float(): new tensors")
+
+
 def test_import_darknet_bn_does_not_import_torch():
     code = "import sys, darknet_bn; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
