@@ -210,12 +210,14 @@ def torch_module_impl(shape, dialect, nthreads, darknet):
     dt = torch.from_numpy(delta)
 
     def train():
-        module.train()
+        if not module.training:
+            module.train()
         xt.grad = module.weight.grad = module.bias.grad = None
         module(xt).backward(dt)
 
     def infer():
-        module.eval()
+        if module.training:                 # the mode once, not a train(False) per call
+            module.eval()
         with torch.no_grad():
             module(xt)
     return {"train": train, "infer": infer}
