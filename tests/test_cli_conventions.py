@@ -110,12 +110,15 @@ def test_a_closed_pipe_is_silent_and_keeps_the_exit_status(models, tmp_path):
         (["check", "bn-zoo.cfg", "bn-zoo.weights", "bad-eps.onnx", "--dialect", FORK], 1),
         (["fold", "bn-zoo.cfg", "bn-zoo.weights", "folded.weights", "--dialect", FORK], 0),
         (["to-weights", "bn-zoo.cfg", "model.pt", "out.weights", "--dialect", FORK], 0),
+        (["fix", "bn-zoo.cfg", "bn-zoo.weights", "bad-eps.onnx", "fixed.onnx", "--dialect",
+          FORK], 0),
         (["--help"], 0),
     ]
     for args, expected in runs:
         status, _, err = darknet_bn(*args, cwd=d, close_stdout=True)
         assert (status, err) == (expected, ""), (args, status, err[-1000:])
-    for name in ("cmp/compare.csv", "folded.weights", "folded.cfg", "out.weights"):
+    for name in ("cmp/compare.csv", "folded.weights", "folded.cfg", "out.weights",
+                 "fixed.onnx"):
         assert (d / name).is_file(), name
     # the pipeline itself: head takes the first line, the exit status is check's
     pipeline = (f"{sys.executable} -m darknet_bn check bn-zoo.cfg bn-zoo.weights model.onnx "
@@ -137,15 +140,16 @@ def _modes(directory):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
 def test_the_commands_write_files_with_the_mode_open_gives(models, tmp_path, umask):
-    """fold (the weights and their cfg), to-weights, compare (CSV, Markdown, PNG): every
-    file gets 0o666 & ~umask, as open() gives a new file; a file written over keeps
-    its mode, as open() keeps it."""
-    d = copies(models, tmp_path, "bn-zoo.cfg", "bn-zoo.weights", "model.pt")
+    """fold (the weights and their cfg), to-weights, fix, compare (CSV, Markdown, PNG):
+    every file gets 0o666 & ~umask, as open() gives a new file; a file written over
+    keeps its mode, as open() keeps it."""
+    d = copies(models, tmp_path, "bn-zoo.cfg", "bn-zoo.weights", "model.pt", "bad-eps.onnx")
     inputs = _modes(d)
     out = d / "out"
     out.mkdir()
     for args in (["fold", "bn-zoo.cfg", "bn-zoo.weights", "out/folded.weights"],
-                 ["to-weights", "bn-zoo.cfg", "model.pt", "out/model.weights"]):
+                 ["to-weights", "bn-zoo.cfg", "model.pt", "out/model.weights"],
+                 ["fix", "bn-zoo.cfg", "bn-zoo.weights", "bad-eps.onnx", "out/fixed.onnx"]):
         status, _, err = darknet_bn(*args, "--dialect", FORK, cwd=d, umask=umask)
         assert status == 0, err
     status, _, err = darknet_bn("compare", "--max-m", "4", "--out", "out/cmp", cwd=d,
@@ -153,8 +157,8 @@ def test_the_commands_write_files_with_the_mode_open_gives(models, tmp_path, uma
     assert status == 0, err
     written = _modes(out)
     assert sorted(written) == ["cmp/compare.csv", "cmp/compare.md", "cmp/compare.png",
-                               "cmp/compare_inference.csv", "folded.cfg", "folded.weights",
-                               "model.weights"]
+                               "cmp/compare_inference.csv", "fixed.onnx", "folded.cfg",
+                               "folded.weights", "model.weights"]
     assert written == {name: 0o666 & ~umask for name in written}
     assert _modes(d) == {**inputs, **{f"out/{k}": v for k, v in written.items()}}
     os.chmod(out / "folded.weights", 0o640)
@@ -167,28 +171,32 @@ def test_the_commands_write_files_with_the_mode_open_gives(models, tmp_path, uma
 _API_WRITES = """
 import sys
 import torch
-from darknet_bn.darknet import denormalize_net, fold_weights, read_weights, write_weights
+from darknet_bn.darknet import (denormalize_net, fix_file, fold_weights, read_weights,
+                                write_weights)
 from darknet_bn.torch import save_darknet_weights
-cfg, weights, state = sys.argv[1:4]
+cfg, weights, state, broken = sys.argv[1:5]
 fold_weights(cfg, weights, "fold.weights", dialect="alexeyab", out_cfg_path="fold.cfg")
 write_weights(cfg, "write.weights", read_weights(cfg, weights, dialect="alexeyab"))
 save_darknet_weights(torch.load(state), cfg, "save.weights", dialect="alexeyab")
 pj = cfg.replace("alexeyab", "pjreddie")
 denormalize_net(pj, pj.replace(".cfg", ".weights"), "denormalize.weights")
+fix_file(cfg, weights, broken, "fix.onnx", dialect="alexeyab")
 """
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
 def test_the_api_writes_files_with_the_mode_open_gives(models, tmp_path, umask):
     """fold_weights (weights and cfg), write_weights, save_darknet_weights,
-    denormalize_net: 0o666 & ~umask."""
+    denormalize_net, fix_file: 0o666 & ~umask."""
     r = subprocess.run([sys.executable, "-c", _API_WRITES, str(CFG_DIR / FORK / "bn-zoo.cfg"),
-                        str(CFG_DIR / FORK / "bn-zoo.weights"), str(models / "model.pt")],
+                        str(CFG_DIR / FORK / "bn-zoo.weights"), str(models / "model.pt"),
+                        str(models / "bad-eps.onnx")],
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=600, umask=umask)
     assert r.returncode == 0, r.stderr
     assert _modes(tmp_path) == {name: 0o666 & ~umask for name in (
-        "fold.weights", "fold.cfg", "write.weights", "save.weights", "denormalize.weights")}
+        "fold.weights", "fold.cfg", "write.weights", "save.weights", "denormalize.weights",
+        "fix.onnx")}
 
 
 # --------------------------------------------------------------------------
@@ -200,6 +208,8 @@ POSITIONAL = {
     "fold": (["bn-zoo.cfg", "bn-zoo.weights", "out.weights"], "CFG WEIGHTS OUT"),
     "check": (["bn-zoo.cfg", "bn-zoo.weights", "model.onnx"], "CFG WEIGHTS MODEL"),
     "to-weights": (["bn-zoo.cfg", "model.pt", "out.weights"], "CFG STATE_DICT OUT"),
+    "fix": (["bn-zoo.cfg", "bn-zoo.weights", "model.onnx", "out.onnx"],
+            "CFG WEIGHTS MODEL OUT"),
 }
 SWAPS = [(command, i, j) for command, (args, _) in POSITIONAL.items()
          for i in range(len(args)) for j in range(i + 1, len(args))]
@@ -235,6 +245,11 @@ def test_swapped_arguments_are_named_with_the_order(models, tmp_path, command, i
     ("fold", ["bn-zoo.cfg", "model.onnx", "o.weights"], ["WEIGHTS", "an ONNX model"]),
     ("fold", ["bn-zoo.cfg", "bn-zoo.weights", "model.pt"],
      ["OUT", "a PyTorch file", "would overwrite"]),
+    ("fix", ["bn-zoo.cfg", "bn-zoo.weights", "module.pt", "o.pt"],
+     ["module.pt", "pickled nn.Module", "torch.save(model.state_dict(), path)"]),
+    ("fix", ["bn-zoo.cfg", "model.pt", "model.onnx", "o.onnx"], ["WEIGHTS", "a PyTorch file"]),
+    ("fix", ["bn-zoo.cfg", "bn-zoo.weights", "model.onnx", "bn-zoo.weights"],
+     ["OUT 'bn-zoo.weights' is the WEIGHTS file", "pass another OUT"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_files_of_the_wrong_kind_are_named_for_what_they_are(models, tmp_path, command,
                                                              args, words):
