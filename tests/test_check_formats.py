@@ -5,7 +5,8 @@ float16, full-integer and dynamic-range int8; files made by TensorFlow's convert
 ONNX (made here by ``onnxruntime.quantization``: QDQ and QOperator, per tensor and per
 channel, dynamic).
 
-Both forks: a correct conversion passes in every form; the pjreddie eps mistake (eps
+Every fork (hank-ai's through the torch exports and the formats made from them): a
+correct conversion passes in every form; the pjreddie eps mistake (eps
 inside the root; Keras' default eps 1e-3 in the TFLite files) is named wherever it
 exceeds the precision (variances are synthesized log-uniform in [1e-4, 4]); bad files
 exit 2 with one line.
@@ -116,14 +117,18 @@ def test_tflite_cli_exit_status(capsys):
 # --------------------------------------------------------------------------
 # torch exports of yolov4-tiny (AlexeyAB) and yolov3-tiny (pjreddie)
 # --------------------------------------------------------------------------
-NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny")}
-SEEDS = {"alexeyab": 41, "pjreddie": 42}
+#: hank-ai's fork reads AlexeyAB's cfgs (its parser is AlexeyAB's).
+NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny"),
+            "hankai": ("alexeyab", "yolov4-tiny")}
+SEEDS = {"alexeyab": 41, "pjreddie": 42, "hankai": 43}
+#: The forks whose normalization is PyTorch's eps 1e-5 inside the root.
+EPS_INSIDE_FORKS = ("alexeyab", "hankai")
 SIZE = 64
 
 
 class Export:
-    """One fork's network as PyTorch YOLO ports build it (eps 1e-5: AlexeyAB's exact
-    form, pjreddie's eps mistake), exported by torch.onnx (batchnorm folded), and
+    """One fork's network as PyTorch YOLO ports build it (eps 1e-5: AlexeyAB's and
+    hank-ai's exact form, pjreddie's eps mistake), exported by torch.onnx (batchnorm folded), and
     for pjreddie also darknet_bn's exact pjreddie form."""
 
     def __init__(self, fork, tmp):
@@ -145,7 +150,7 @@ class Export:
 
     def assert_verdict(self, report, everywhere):
         assert [r.index for r in report.layers] == self.bn_layers, table(report)
-        if self.fork == "alexeyab":
+        if self.fork in EPS_INSIDE_FORKS:
             assert_passes(report)
         else:
             assert_eps_named(report, EPS_INSIDE, everywhere)
@@ -161,7 +166,7 @@ def export_of(fork, tmp_path_factory):
     return _EXPORTS[fork]
 
 
-@pytest.fixture(scope="module", params=["alexeyab", "pjreddie"])
+@pytest.fixture(scope="module", params=["alexeyab", "pjreddie", "hankai"])
 def export(request, tmp_path_factory):
     return export_of(request.param, tmp_path_factory)
 
