@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _synthesize import NETWORKS, network_with_weights, synthesize_weights  # noqa: F401
 from darknet_bn.darknet import parse_cfg
-from darknet_bn.dialects import get_dialect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a package there
 from benchmarks.cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch builder, shared)
@@ -26,31 +26,6 @@ from benchmarks.cfg_model import CfgNet  # noqa: E402  (one cfg-to-PyTorch build
 F32 = np.float32
 
 
-def synthesize_weights(cfg, fork, path, seed):
-    """A ``.weights`` file for ``cfg`` with random blocks (every float random) and the
-    fork's header with ``seen`` 0.  Variances are log-uniform in [1e-4, 4]."""
-    net = parse_cfg(cfg, dialect=fork)
-    rng = np.random.default_rng(seed)
-    print(f"synthesize_weights({cfg}, {fork}): seed {seed}")
-    header = np.array([0, 2, get_dialect(fork).folding.save_weights_revision], "<i4").tobytes() + \
-        np.array([0], "<u8").tobytes()
-    chunks = [header]
-    for spec in net.layers:
-        for name, count in spec.blocks:
-            if name == "rolling_variance":
-                values = 10 ** rng.uniform(-4, np.log10(4), count)
-            elif name == "scales":
-                values = rng.normal(1, 0.2, count)
-            elif name == "rolling_mean":
-                values = rng.normal(0, 1, count)
-            elif name == "biases":
-                values = rng.normal(0, 0.5, count)
-            else:
-                values = rng.normal(0, 0.1, count)
-            chunks.append(values.astype("<f4").tobytes())
-    with open(path, "wb") as f:
-        f.write(b"".join(chunks))
-    return net
 
 
 def cfg_text(side, *sections):
@@ -380,3 +355,30 @@ def float16_like_darknet(proto):
         v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
     del new.graph.value_info[:]
     return new
+
+
+def quantize(onnx_path, out, form, per_channel=True, seed=5):
+    """The ONNX file ``onnx_path`` quantized by onnxruntime.quantization into ``out``:
+    ``form`` "qdq" or "qoperator" (static int8 weights and activations, calibrated on
+    4 random inputs of the graph's input shape) or "dynamic" (int8 weights)."""
+    import onnx
+    import pytest
+    q = pytest.importorskip("onnxruntime.quantization")
+    if form == "dynamic":
+        q.quantize_dynamic(str(onnx_path), str(out), weight_type=q.QuantType.QInt8)
+        return out
+    proto = onnx.load(onnx_path)
+    name = proto.graph.input[0].name
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(seed)
+    print(f"calibration inputs: seed {seed}")
+    batches = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
+
+    class Reader(q.CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+    fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
+    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=fmt,
+                      per_channel=per_channel, weight_type=q.QuantType.QInt8,
+                      activation_type=q.QuantType.QInt8)
+    return out

@@ -117,9 +117,6 @@ def test_tflite_cli_exit_status(capsys):
 # --------------------------------------------------------------------------
 # torch exports of yolov4-tiny (AlexeyAB) and yolov3-tiny (pjreddie)
 # --------------------------------------------------------------------------
-#: hank-ai's fork reads AlexeyAB's cfgs (its parser is AlexeyAB's).
-NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny"),
-            "hankai": ("alexeyab", "yolov4-tiny")}
 SEEDS = {"alexeyab": 41, "pjreddie": 42, "hankai": 43}
 #: The forks whose normalization is PyTorch's eps 1e-5 inside the root.
 EPS_INSIDE_FORKS = ("alexeyab", "hankai")
@@ -133,10 +130,7 @@ class Export:
 
     def __init__(self, fork, tmp):
         self.fork, self.tmp = fork, tmp
-        folder, name = NETWORKS[fork]
-        self.cfg = CFG_DIR / folder / f"{name}.cfg"
-        self.weights = tmp / f"{name}.weights"
-        self.net = models.synthesize_weights(self.cfg, fork, self.weights, SEEDS[fork])
+        self.cfg, self.weights, self.net = models.network_with_weights(fork, tmp, SEEDS[fork])
         model, _ = models.build(self.cfg, self.weights, fork)
         self.onnx = tmp / "model.onnx"
         onnx.save(models.export(model, SIZE), self.onnx)
@@ -199,26 +193,6 @@ def test_openvino_ir_exact_pjreddie_passes(tmp_path, tmp_path_factory):
 # --------------------------------------------------------------------------
 # int8 ONNX, made by onnxruntime.quantization
 # --------------------------------------------------------------------------
-def quantize(onnx_path, out, form, per_channel=True, seed=5):
-    q = pytest.importorskip("onnxruntime.quantization")
-    if form == "dynamic":
-        q.quantize_dynamic(str(onnx_path), str(out), weight_type=q.QuantType.QInt8)
-        return out
-    proto = onnx.load(onnx_path)
-    name = proto.graph.input[0].name
-    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    rng = np.random.default_rng(seed)
-    print(f"calibration inputs: seed {seed}")
-    batches = iter([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)])
-
-    class Reader(q.CalibrationDataReader):
-        def get_next(self):
-            return next(batches, None)
-    fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
-    q.quantize_static(str(onnx_path), str(out), Reader(), quant_format=fmt,
-                      per_channel=per_channel, weight_type=q.QuantType.QInt8,
-                      activation_type=q.QuantType.QInt8)
-    return out
 
 
 QUANTIZED_FORMS = [("qdq", True), ("qdq", False), ("qoperator", True), ("dynamic", False)]
@@ -227,7 +201,7 @@ QUANTIZED_FORMS = [("qdq", True), ("qdq", False), ("qoperator", True), ("dynamic
 @pytest.mark.parametrize("form,per_channel", QUANTIZED_FORMS,
                          ids=["qdq-per-channel", "qdq-per-tensor", "qoperator", "dynamic"])
 def test_int8_onnx(export, form, per_channel):
-    path = quantize(export.onnx, export.tmp / f"{form}-{per_channel}.onnx", form, per_channel)
+    path = models.quantize(export.onnx, export.tmp / f"{form}-{per_channel}.onnx", form, per_channel)
     report = export.check(path)
     assert {r.precision for r in report.layers} == {"int8"}, table(report)
     words = "per channel" if per_channel else "per tensor"
@@ -238,7 +212,7 @@ def test_int8_onnx(export, form, per_channel):
 def test_int8_onnx_exact_pjreddie_passes(tmp_path, tmp_path_factory):
     exp = export_of("pjreddie", tmp_path_factory)
     for form, per_channel in QUANTIZED_FORMS:
-        path = quantize(exp.exact_onnx, tmp_path / f"{form}-{per_channel}.onnx", form,
+        path = models.quantize(exp.exact_onnx, tmp_path / f"{form}-{per_channel}.onnx", form,
                         per_channel)
         assert_passes(exp.check(path))
 
@@ -369,7 +343,7 @@ def test_int8_swapped_blocks_are_named(tmp_path, tmp_path_factory):
     model, _ = models.build(exp.cfg, swapped, "alexeyab")
     path = tmp_path / "swapped.onnx"
     onnx.save(models.export(model, SIZE), path)
-    report = exp.check(quantize(path, tmp_path / "swapped-int8.onnx", "qdq"))
+    report = exp.check(models.quantize(path, tmp_path / "swapped-int8.onnx", "qdq"))
     assert not report.ok
     for r in report.layers:
         assert not r.ok and r.precision == "int8", table(report)

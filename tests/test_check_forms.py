@@ -23,10 +23,6 @@ from darknet_bn.darknet import check_model                        # noqa: E402
 from darknet_bn.darknet.check import PairingError                 # noqa: E402
 
 CFG_DIR = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
-#: Each fork's network: (the folder of its cfg, its name).  hank-ai's fork ships
-#: AlexeyAB's cfgs.
-NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny"),
-            "hankai": ("alexeyab", "yolov4-tiny")}
 SIZE = 64                                  # input side for the exports (strides up to 32)
 SEEDS = {"alexeyab": 41, "pjreddie": 42, "hankai": 44}
 
@@ -36,10 +32,7 @@ class Case:
 
     def __init__(self, fork, tmp):
         self.fork = fork
-        folder, name = NETWORKS[fork]
-        self.cfg = CFG_DIR / folder / f"{name}.cfg"
-        self.weights = tmp / f"{name}.weights"
-        self.net = models.synthesize_weights(self.cfg, fork, self.weights, SEEDS[fork])
+        self.cfg, self.weights, self.net = models.network_with_weights(fork, tmp, SEEDS[fork])
         self.model, _ = models.build(self.cfg, self.weights, fork)
         self.bn_layers = [s.index for s in self.net.bn_layers]
         self._exports = {}

@@ -30,8 +30,6 @@ from darknet_bn.darknet.fix import FixError, fix_file, fix_model  # noqa: E402
 from darknet_bn.dialects import get_dialect                       # noqa: E402
 from darknet_bn.torch import convert_batchnorm                    # noqa: E402
 
-CFG_DIR = Path(__file__).resolve().parent.parent / "data" / "golden" / "cfg"
-NETWORKS = {"alexeyab": ("alexeyab", "yolov4-tiny"), "pjreddie": ("pjreddie", "yolov3-tiny")}
 #: The mistake each fork's conversion makes: the eps of its BatchNorm2d on the stored
 #: variance (pjreddie: PyTorch's default inside the root; AlexeyAB: Keras' 1e-3).
 MISTAKE_EPS = {"pjreddie": 1e-5, "alexeyab": 1e-3}
@@ -44,10 +42,7 @@ BOUND = 4.0
 class Case:
     def __init__(self, fork, tmp):
         self.fork = fork
-        folder, name = NETWORKS[fork]
-        self.cfg = CFG_DIR / folder / f"{name}.cfg"
-        self.weights = tmp / f"{name}.weights"
-        self.net = models.synthesize_weights(self.cfg, fork, self.weights, SEEDS[fork])
+        self.cfg, self.weights, self.net = models.network_with_weights(fork, tmp, SEEDS[fork])
         self.model, _ = models.build(self.cfg, self.weights, fork, eps=MISTAKE_EPS[fork])
         self.tmp = tmp
         rng = np.random.default_rng(7)
@@ -404,26 +399,6 @@ def test_tflite_int8_exact_form_requantizes_to_itself(tmp_path):
 # --------------------------------------------------------------------------
 # int8 ONNX from onnxruntime.quantization
 # --------------------------------------------------------------------------
-def quantize(proto, tmp, form, per_channel):
-    q = pytest.importorskip("onnxruntime.quantization")
-    src, out = tmp / f"float-{form}.onnx", tmp / f"{form}-{per_channel}.onnx"
-    onnx.save(proto, src)
-    name = proto.graph.input[0].name
-    rng = np.random.default_rng(5)
-    print("calibration inputs: seed 5")
-    batches = iter([{name: rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
-                    for _ in range(4)])
-
-    class Reader(q.CalibrationDataReader):
-        def get_next(self):
-            return next(batches, None)
-    fmt = q.QuantFormat.QDQ if form == "qdq" else q.QuantFormat.QOperator
-    q.quantize_static(str(src), str(out), Reader(), quant_format=fmt,
-                      per_channel=per_channel, weight_type=q.QuantType.QInt8,
-                      activation_type=q.QuantType.QInt8)
-    return out
-
-
 @pytest.mark.parametrize("form,per_channel", [("qdq", True), ("qdq", False),
                                               ("qoperator", True)])
 def test_int8_onnx_requantized_with_the_stored_scales(form, per_channel, tmp_path):
@@ -431,11 +406,11 @@ def test_int8_onnx_requantized_with_the_stored_scales(form, per_channel, tmp_pat
     too large), quantized by onnxruntime: Darknet's weights are smaller, so they fit
     the stored scales; the repaired file passes and still runs."""
     fork = "alexeyab"
-    folder, name = NETWORKS[fork]
-    cfg, weights = CFG_DIR / folder / f"{name}.cfg", tmp_path / f"{name}.weights"
-    models.synthesize_weights(cfg, fork, weights, SEEDS[fork])
+    cfg, weights, _ = models.network_with_weights(fork, tmp_path, SEEDS[fork])
     model, _ = models.build(cfg, weights, fork, eps=1e-7)
-    path = quantize(models.export(model, SIZE, fold=True), tmp_path, form, per_channel)
+    src = tmp_path / "float.onnx"
+    onnx.save(models.export(model, SIZE, fold=True), src)
+    path = models.quantize(src, tmp_path / f"{form}-{per_channel}.onnx", form, per_channel)
     assert not check_model(path, cfg, weights, dialect=fork).ok
     out = tmp_path / "fixed.onnx"
     report = fix_file(cfg, weights, path, out, dialect=fork)
@@ -495,9 +470,7 @@ def test_out_of_order_port_state_dict_and_live_module(fork, tmp_path):
 
 def test_hankai_batchnorm_nodes_and_folded(tmp_path):
     """hank-ai's inference is AlexeyAB's folded conv: the same repair, by its dialect."""
-    folder, name = NETWORKS["alexeyab"]
-    cfg, weights = CFG_DIR / folder / f"{name}.cfg", tmp_path / f"{name}.weights"
-    models.synthesize_weights(cfg, "hankai", weights, 54)
+    cfg, weights, _ = models.network_with_weights("hankai", tmp_path, 54)
     model, _ = models.build(cfg, weights, "hankai", eps=1e-3)
     for fold in (False, True):
         src, out = tmp_path / f"m{fold}.onnx", tmp_path / f"f{fold}.onnx"

@@ -28,7 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from _synthesize import synthesize_weights  # noqa: E402  (the tests' .weights, no torch)
 from darknet_bn.darknet import parse_cfg  # noqa: E402
 from darknet_bn.dialects import get_dialect  # noqa: E402
 
@@ -37,28 +39,6 @@ SEEDS = {"pjreddie": 7, "alexeyab": 8}
 VARIANTS = (("alexeyab", "exact"), ("pjreddie", "exact"), ("pjreddie", "keraseps"))
 PRECISIONS = ("float32", "float16", "int8", "dynamic")
 KERAS_DEFAULT_EPS = 1e-3
-
-
-def synthesize(net, fork, path, seed):
-    """A ``.weights`` file with random blocks and the fork's header (seen 0)."""
-    rng = np.random.default_rng(seed)
-    print(f"{path.name}: seed {seed}")
-    revision = get_dialect(fork).folding.save_weights_revision
-    chunks = [np.array([0, 2, revision], "<i4").tobytes(), np.array([0], "<u8").tobytes()]
-    for spec in net.layers:
-        for name, count in spec.blocks:
-            if name == "rolling_variance":
-                values = 10 ** rng.uniform(-4, np.log10(4), count)
-            elif name == "scales":
-                values = rng.normal(1, 0.2, count)
-            elif name == "rolling_mean":
-                values = rng.normal(0, 1, count)
-            elif name == "biases":
-                values = rng.normal(0, 0.5, count)
-            else:
-                values = rng.normal(0, 0.1, count)
-            chunks.append(values.astype("<f4").tobytes())
-    path.write_bytes(b"".join(chunks))
 
 
 def blocks_of(net, path):
@@ -149,8 +129,7 @@ def main(out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for fork in sorted({f for f, _ in VARIANTS}):
-        net = parse_cfg(str(CFG), dialect=fork)
-        synthesize(net, fork, out / f"tflite-small-{fork}.weights", SEEDS[fork])
+        synthesize_weights(CFG, fork, out / f"tflite-small-{fork}.weights", SEEDS[fork])
     for fork, variant in VARIANTS:
         net = parse_cfg(str(CFG), dialect=fork)
         blocks = blocks_of(net, out / f"tflite-small-{fork}.weights")
