@@ -640,11 +640,46 @@ def _normalize_rows(src, output, x, x_norm, mv, dn, sc, bi, batch, filters, f0, 
                 ov[i] = xn * sc[i] + bi[i]
 
 
+#: Inference on rows goes row by row (each thread a contiguous run of images) when a
+#: row's per-channel vectors (mean, denominator, scales, biases: 16 - 20 bytes per
+#: channel) fit in L1 beside the streams; wider layers go by channel blocks.
+INFER_ROW_FILTERS = 1024
+
+
 @kernel(sig(BUF, BUF, BUF, BUF, BUF, BUF, BUF, BUF64, BUF, INT, INT, INT, INT))
 def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, biases,
                         denom, denom32, batch, filters, dialect, save_x):
     """``_forward_infer`` for spatial == 1; ``denom``/``denom32`` as in
-    ``_forward_train_rows``."""
+    ``_forward_train_rows``.  Every output element is computed alone, so the order of
+    the loops changes no bit.
+
+    Up to ``INFER_ROW_FILTERS`` channels the threads split the images (one parallel
+    region; the denominators first, serially).  Rejected for those widths: the
+    channel blocks of the wider layers, where each thread walks a block of 256
+    channels down all the images, i.e. 1 KiB pieces at a stride of one row.  With
+    1024 channels that stride is exactly 4 KiB, every piece of every stream falls
+    in the same cache sets and page offsets row after row, and the time depended on
+    where the caller's input and the module's vectors start: 1.2 - 1.8x between
+    input offsets at 256x1024 (hank-ai's float division; 1.05 - 1.14x for the C
+    forks), against 1.01 - 1.09x row by row, which was also 20 - 50 % faster
+    (docs/benchmarks.md, "Input placement").  Row by row loses on 64x4096 (vectors
+    of 64 - 80 KiB no longer fit in L1: 1.3 - 1.5x slower), hence the bound.  A second
+    parallel region for the denominators cost 20 - 30 us per call on 2 threads."""
+    how = normalize_quotient(dialect)
+    if filters <= INFER_ROW_FILTERS:
+        if how == FLOAT_QUOTIENT:
+            for f in range(filters):
+                denom32[f] = np.float32(normalize_denominator(rolling_variance[f], dialect))
+            for j in prange(batch):
+                _infer_rows(src, output, x, rolling_mean, denom32, scales, biases, j, j + 1,
+                            filters, 0, filters, save_x, FLOAT_QUOTIENT)
+        else:
+            for f in range(filters):
+                denom[f] = normalize_denominator(rolling_variance[f], dialect)
+            for j in prange(batch):
+                _infer_rows(src, output, x, rolling_mean, denom, scales, biases, j, j + 1,
+                            filters, 0, filters, save_x, DOUBLE_QUOTIENT)
+        return
     nblocks = (filters + ROW_BLOCK - 1) // ROW_BLOCK
     for blk in prange(nblocks):
         f0 = blk * ROW_BLOCK
@@ -653,25 +688,25 @@ def _forward_infer_rows(src, output, x, rolling_mean, rolling_variance, scales, 
         rm = rolling_mean[f0:f1]
         sc = scales[f0:f1]
         bi = biases[f0:f1]
-        if normalize_quotient(dialect) == FLOAT_QUOTIENT:
+        if how == FLOAT_QUOTIENT:
             dn32 = denom32[f0:f1]
             for i in range(nf):
                 dn32[i] = np.float32(normalize_denominator(rolling_variance[f0 + i], dialect))
-            _infer_rows(src, output, x, rm, dn32, sc, bi, batch, filters, f0, nf, save_x,
+            _infer_rows(src, output, x, rm, dn32, sc, bi, 0, batch, filters, f0, nf, save_x,
                         FLOAT_QUOTIENT)
         else:
             dn = denom[f0:f1]
             for i in range(nf):
                 dn[i] = normalize_denominator(rolling_variance[f0 + i], dialect)
-            _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x,
+            _infer_rows(src, output, x, rm, dn, sc, bi, 0, batch, filters, f0, nf, save_x,
                         DOUBLE_QUOTIENT)
 
 
 @helper(inline="always")
-def _infer_rows(src, output, x, rm, dn, sc, bi, batch, filters, f0, nf, save_x, how):
-    """The rows of ``_forward_infer_rows`` for channels f0..f0+nf-1, ``how`` a constant
-    (``c_arith.normalize_by``)."""
-    for j in range(batch):
+def _infer_rows(src, output, x, rm, dn, sc, bi, j0, j1, filters, f0, nf, save_x, how):
+    """Images j0..j1-1 of ``_forward_infer_rows``, channels f0..f0+nf-1 (``rm``, ``dn``,
+    ``sc``, ``bi`` start at channel f0), ``how`` a constant (``c_arith.normalize_by``)."""
+    for j in range(j0, j1):
         lo = j * filters + f0
         sv = src[lo:lo + nf]
         ov = output[lo:lo + nf]

@@ -37,7 +37,9 @@ SHAPES = [
     (5, 8, 2, 3), (1, 9, 1, 2), (64, 40, 1, 1), (2, 24, 33, 31), (7, 3, 1, 1),
     (2, 40, 9, 9), (3, 35, 5, 5), (2, 32, 4, 4), (4, 19, 2, 3),
     (9, 600, 1, 1), (1, 300, 1, 1),     # spatial == 1 kernels: several row blocks
+    (3, 1100, 1, 1),                    # inference wider than INFER_ROW_FILTERS: by blocks
 ]
+assert 300 < 600 <= fused.INFER_ROW_FILTERS < 1100
 #: Shapes whose channels split into every kind of fused group: 16-channel vec8
 #: pairs, single vec8 groups, leftover channels one by one, and backward pairs.
 GROUP_SHAPES = [(2, 40, 9, 9), (3, 35, 5, 5), (4, 19, 2, 3), (2, 16, 8, 8)]
