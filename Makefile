@@ -1,7 +1,8 @@
 # darknet_bn: every target sets up the virtual environment it needs, and no more.
 #   make demo         the package alone (numba, numpy)
-#   make test         + test extras: pytest, hypothesis, matplotlib, torch, onnx, onnxruntime,
-#                       onnxscript, onnxslim, onnxsim, build, import-linter (the layer contracts),
+#   make test         + test extras: pytest, pytest-xdist (a worker per CPU), hypothesis,
+#                       matplotlib, torch, onnx, onnxruntime, onnxscript, onnxslim, onnxsim,
+#                       build, import-linter (the layer contracts),
 #                       tflite, openvino (check on TFLite and OpenVINO IR)
 #   make test-slow    the tests marked slow (CI runs both)
 #   make bench        + pytest-benchmark, torch, matplotlib; writes out/ only
@@ -35,11 +36,15 @@ stamp = $(VENV)/.installed-$(if $(1),$(subst $(comma),-,$(1)),core)
 demo: $(call stamp,$(DEMO_EXTRAS))
 	$(BIN)/darknet-bn demo
 
+# One pytest worker per CPU (pytest-xdist): every test runs in a worker process of its own
+# suite, the fork, thread and cache tests included.
+PYTEST = $(BIN)/python -m pytest -n auto
+
 test: $(call stamp,$(TEST_EXTRAS))
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-slow: $(call stamp,$(TEST_EXTRAS))
-	$(BIN)/python -m pytest -m slow
+	$(PYTEST) -m slow
 
 # Benchmarks (not tests): side-by-side timings, ratios and the target table; JSON and chart in out/.
 BENCH_ARGS ?=
