@@ -224,6 +224,7 @@ def _touch(site, name):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
 
 
+@pytest.mark.slow          # recompiles every kernel module's imports in child processes
 def test_cache_stamp_covers_exactly_the_kernel_imports(tmp_path):
     """Editing a module compiled into the kernels (the arithmetic, the dialect table,
     the intrinsics, _jit) recompiles them; editing one they do not use keeps the cache."""
