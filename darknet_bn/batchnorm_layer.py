@@ -155,10 +155,22 @@ def _backward_blas(l, delta, train, mean, variance, net_delta):
         copy_cpu(n, l.delta, 1, net_delta, 1)
 
 
+def _in_own_buffer(arr, buffer):
+    """``arr``, or, when the caller's array is read-only, ``buffer`` holding a copy of it
+    (the kernels then run in place, as they do on ``l.forward(None)``).  A read-only
+    array is another Numba type: passing it on compiled a second specialization of
+    the fused kernel on its first call (25 s here), for an array it only reads."""
+    if arr is None or arr.flags.writeable:
+        return arr
+    np.copyto(buffer, arr)
+    return None
+
+
 def _forward_fused(l, input, train):
     """``forward_batchnorm_layer`` through the fused kernel API (``darknet_bn.fused``):
     one kernel per pass, bit-identical to ``_forward_blas``."""
     dialect = l.dialect
+    input = _in_own_buffer(input, l.output)
     src = l.output if input is None else input
     if train:
         fused.forward_train(src, l.output, l.x, l.x_norm, l.mean, l.variance, l.rolling_mean,
@@ -174,6 +186,7 @@ def _backward_fused(l, delta, train, mean, variance, net_delta):
     """``backward_batchnorm_layer`` through the fused kernel API; same contract as
     ``_backward_blas``."""
     write_net = net_delta is not None
+    delta = _in_own_buffer(delta, l.delta)
     fused.backward(l.delta if delta is None else delta, l.delta,
                    net_delta if write_net else l.delta, l.x, l.x_norm, mean, variance,
                    l.scales, l.bias_updates, l.scale_updates, l.mean_delta, l.variance_delta,

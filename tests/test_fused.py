@@ -389,3 +389,27 @@ def test_kernel_api_example_in_the_docs_gives_the_layers_bits():
                          ("mean", ns["mean"]), ("variance", ns["var"]),
                          ("rolling_mean", ns["rm"]), ("rolling_variance", ns["rv"])):
         assert bits_equal(getattr(layer, name), theirs), name
+
+
+@pytest.mark.parametrize("dialect", FORKS)
+def test_read_only_arrays_compile_no_new_kernel(dialect):
+    """A read-only input or delta (another Numba type) is copied into the layer's own
+    buffer, which the kernels take in place: same bits as a writable array, and no
+    second specialization of a fused kernel (each took about 25 s to compile)."""
+    rng = np.random.default_rng(7)
+    shape = (2, 5, 3, 4)
+    x, d = _inputs(shape, rng, "normal")
+    frozen_x, frozen_d = x.copy(), d.copy()
+    frozen_x.flags.writeable = frozen_d.flags.writeable = False
+    kernels = (fused._forward_train, fused._forward_infer, fused._backward)
+    outs = []
+    for xs, ds in ((x, d), (frozen_x, frozen_d)):
+        l = BatchNormLayer(*shape, dialect=dialect, layer_type="convolutional")
+        before = [len(k.signatures) for k in kernels]
+        got = [l.forward(xs, train=True).copy(), l.backward(ds, train=True).copy(),
+               l.forward(xs, train=False).copy()]
+        assert [len(k.signatures) for k in kernels] == before or xs is x
+        outs.append(got)
+    for name, a, b in zip(("forward", "backward", "inference"), *outs):
+        assert np.array_equal(a.view(np.int32), b.view(np.int32)), name
+    assert not frozen_x.flags.writeable and np.array_equal(frozen_x, x)
