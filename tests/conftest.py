@@ -39,8 +39,7 @@ QUICK_PARAMETERS = {
     "test_check_formats.py::test_openvino_ir": {"pjreddie-fp16", "alexeyab-fp32", "hankai-fp16"},
     "test_check_formats.py::test_openvino_ir_batchnorm_as_multiply_add": {"alexeyab"},
     "test_check_forms.py::test_dynamo_exporter": {"hankai"},
-    "test_model_pairing.py::test_onnx_export_pairs_by_the_graph":
-        {"alexeyab-dynamo", "pjreddie-torchscript"},
+    "test_model_pairing.py::test_onnx_export_pairs_by_the_graph": {"alexeyab-dynamo"},
     "test_torch_onnx.py::test_each_layer_within_check_tolerance":
         {"pjreddie-dynamo", "alexeyab-torchscript"},
     "test_torch_onnx.py::test_bn_zoo_export_checks_and_runs": {"alexeyab-dynamo", "pjreddie-torchscript"},
@@ -48,7 +47,6 @@ QUICK_PARAMETERS = {
         {"pjreddie-2d", "alexeyab-1d", "hankai-2d"},
     "test_torch_train.py::test_round_trip_example": {"alexeyab"},
     "test_cli_conventions.py::test_the_commands_write_files_with_the_mode_open_gives": {"077"},
-    "test_cli_conventions.py::test_the_api_writes_files_with_the_mode_open_gives": {"022"},
     "test_cli_conventions.py::test_swapped_arguments_are_named_with_the_order":
         {"check-01", "fold-12", "fix-23", "to-weights-02", "inspect-01"},
     "test_cli_conventions.py::test_files_of_the_wrong_kind_are_named_for_what_they_are":

@@ -28,6 +28,7 @@ def test_bench_runs_every_implementation(tmp_path, capsys):
         assert {"fused", "blas", "numpy", "memcpy"} <= set(r["min_s"])
 
 
+@pytest.mark.slow          # its forked child compiles the serial builds of the kernels
 def test_fork_child_prints_parent_and_child(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "fork.json"

@@ -184,6 +184,7 @@ fix_file(cfg, weights, broken, "fix.onnx", dialect="alexeyab")
 """
 
 
+@pytest.mark.slow          # the commands' run above goes through the same writers
 @pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
 def test_the_api_writes_files_with_the_mode_open_gives(models, tmp_path, umask):
     """fold_weights (weights and cfg), write_weights, save_darknet_weights,
