@@ -399,16 +399,25 @@ def threading_info():
             "cache": not CACHE_DISABLED}
 
 
-def warmup():
+def warmup(serial=False):
     """Compile (or load from the cache) every kernel for its float32 signatures.
 
-    Returns the number of signatures compiled.  Call it once at start-up to move
-    Numba's compilation out of the first real call.
+    Returns the number of builds compiled or loaded.  Call it once at start-up to move
+    Numba's compilation out of the first real call.  ``serial=True`` also compiles
+    into the cache the serial builds that a forked child of a process on GNU OpenMP
+    runs (docs/reliability.md, "Processes"), so that the first such child (a
+    DataLoader worker, say) loads them instead of compiling them.
     """
+    count = 0
     for dispatcher, signatures in KERNELS:
-        for s in signatures:
-            dispatcher.compile(s)
-    return sum(len(signatures) for _, signatures in KERNELS)
+        builds = [dispatcher]
+        if serial and dispatcher.targetoptions.get("parallel"):
+            builds.append(_serial_twin(dispatcher))
+        for build in builds:
+            for s in signatures:
+                build.compile(s)
+            count += len(signatures)
+    return count
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ QUICK_PARAMETERS = {
     "test_check_forms.py::test_dynamo_exporter": {"hankai"},
     "test_model_pairing.py::test_onnx_export_pairs_by_the_graph": {"alexeyab-dynamo"},
     "test_torch_onnx.py::test_each_layer_within_check_tolerance":
-        {"pjreddie-dynamo", "alexeyab-torchscript"},
+        {"pjreddie-torchscript", "alexeyab-torchscript"},
     "test_torch_onnx.py::test_bn_zoo_export_checks_and_runs": {"alexeyab-dynamo", "pjreddie-torchscript"},
     "test_torch_compile.py::test_compile_fullgraph_matches_eager":
         {"pjreddie-2d", "alexeyab-1d", "hankai-2d"},

@@ -235,3 +235,20 @@ def test_first_import_in_a_forked_worker(tmp_path):
     assert exitcode == "0", f"the worker died ({exitcode}):\n{r.stderr[-2000:]}"
     assert same == "True"
     assert serial == str(layer == "omp" and parallel == "True")
+
+
+@pytest.mark.slow          # compiles every kernel's serial build on a cold cache (about 2 min)
+def test_warmup_serial_puts_a_forked_childs_builds_in_the_cache():
+    """``warmup(serial=True)`` compiles the serial builds as well, under the names a
+    switched child loads them by: a new serial twin then loads from the cache."""
+    parallel = [(d, sigs) for d, sigs in _jit.KERNELS if d.targetoptions.get("parallel")]
+    if not parallel:
+        pytest.skip("the kernels are serial builds already in this process")
+    every = sum(len(sigs) for _, sigs in _jit.KERNELS)
+    assert _jit.warmup() == every
+    assert _jit.warmup(serial=True) == every + sum(len(sigs) for _, sigs in parallel)
+    for dispatcher, sigs in parallel[:3]:
+        twin = _jit._serial_twin(dispatcher)
+        twin.compile(sigs[0])
+        assert not twin.targetoptions.get("parallel")
+        assert sum(twin.stats.cache_hits.values()) == 1, dispatcher.py_func.__qualname__
