@@ -237,7 +237,7 @@ def test_first_import_in_a_forked_worker(tmp_path):
     assert serial == str(layer == "omp" and parallel == "True")
 
 
-@pytest.mark.slow          # compiles every kernel's serial build on a cold cache (about 2 min)
+@pytest.mark.slow          # compiles every kernel and its serial build on a cold cache (2 min)
 def test_warmup_serial_puts_a_forked_childs_builds_in_the_cache():
     """``warmup(serial=True)`` compiles the serial builds as well, under the names a
     switched child loads them by: a new serial twin then loads from the cache."""
