@@ -40,16 +40,8 @@ demo: $(call stamp,$(DEMO_EXTRAS))
 # suite, the fork, thread and cache tests included.
 PYTEST = $(BIN)/python -m pytest -n auto
 
-# While pip installs the test extras (one core), the other core compiles the kernels into
-# Numba's cache, the serial builds a forked child runs included (`warmup(serial=True)`),
-# when the package is installed already (after `make demo`); the tests then load them.
-test:
-	$(MAKE) --no-print-directory -j2 $(call stamp,$(TEST_EXTRAS)) warm-cache
+test: $(call stamp,$(TEST_EXTRAS))
 	$(PYTEST)
-
-.PHONY: warm-cache
-warm-cache:
-	@$(BIN)/python -c "import darknet_bn; darknet_bn.warmup(serial=True)" 2>/dev/null || true
 
 test-slow: $(call stamp,$(TEST_EXTRAS))
 	$(PYTEST) -m slow
