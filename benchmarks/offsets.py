@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from darknet_bn import get_dialect
+from darknet_bn import fused, get_dialect
 
 from ._common import make_data, make_layer, shape_str
 
@@ -57,8 +57,7 @@ class Placed:
         self.raw = np.resize(self.values.reshape(-1), self.values.size + PAGE // 4)
 
     def at(self, offset):
-        skip = (offset - self.raw.__array_interface__["data"][0]) % PAGE // 4
-        out = self.raw[skip:skip + self.values.size].reshape(self.values.shape)
+        out = fused.placed_view(self.raw, self.values.size, offset).reshape(self.values.shape)
         out[...] = self.values
         return out
 
@@ -71,7 +70,7 @@ def placed(values, offset):
 
 def page_offset(a):
     """Where the data of the numpy array ``a`` starts in its 4 KiB page, in bytes."""
-    return a.__array_interface__["data"][0] % PAGE
+    return fused.page_offset(fused.data_address(a))
 
 
 def plan(shape, fast=False):

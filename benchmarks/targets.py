@@ -116,7 +116,7 @@ def module_floor_call(shape, dialect):
     x, _, scales, biases, rmean, rvar = make_data(shape)
     n, c, h, w = shape
     src = x.reshape(-1)
-    away = fused.far_offset((fused.page_offset(src.__array_interface__["data"][0]),))
+    away = fused.far_offset((fused.page_offset(fused.data_address(src)),))
     code = get_dialect(dialect).code
 
     def run():
